@@ -133,12 +133,15 @@ impl Upstream {
 /// Provider side of time.
 ///
 /// MUST rules: `monotonic` MUST never go backwards and MUST advance at real-time rate; `wall` is the
-/// time since the Unix epoch and MAY jump.
+/// time since the Unix epoch and MAY jump; `sleep` MUST complete no earlier than `d` from the call and
+/// MUST NOT block other tasks while it waits.
 pub trait ClockSource: Send + Sync {
     /// Time since an arbitrary fixed point (boot).
     fn monotonic(&self) -> Duration;
     /// Time since 1970-01-01T00:00:00Z.
     fn wall(&self) -> Duration;
+    /// A future that completes after `d`.
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()>;
 }
 
 /// A clock handle.
@@ -163,6 +166,10 @@ impl Clock {
     /// Wall time since the Unix epoch.
     pub fn wall(&self) -> Duration {
         self.0.wall()
+    }
+    /// Waits `d` without blocking other requests.
+    pub async fn sleep(&self, d: Duration) {
+        self.0.sleep(d).await;
     }
 }
 

@@ -1,2 +1,143 @@
+//! `faulty`: the kv service with four deliberate latent bugs, for the router and the reproduction work.
+//! See README.md next to this file for each bug, its trigger and what a fixed version does.
 #![no_std]
-//! placeholder
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::format;
+use core::time::Duration;
+
+use janus_samples_kv::{Kv, store_error};
+use runtime_abi::tracing::{info, warn};
+use runtime_abi::{
+    Capabilities, Clock, InitError, Listener, Manifest, Method, Request, Response, Service,
+    StatusCode, Store, StoreSpec, Update,
+};
+
+/// Size of the per-counter milestone table (bug 2 indexes past it).
+pub const MILESTONES: usize = 8;
+/// Page size of `/stats` (bug 3 reads only the first page).
+pub const STATS_PAGE: usize = 16;
+
+/// The service.
+pub struct Faulty {
+    kv: Kv,
+    store: Store,
+    clock: Clock,
+}
+
+impl Service for Faulty {
+    const MANIFEST: Manifest = Manifest {
+        name: "faulty",
+        version: "0.1.0",
+        listener: Listener::HTTP,
+        upstreams: &[],
+        store: Some(StoreSpec::DEFAULT),
+        config: &[],
+    };
+
+    fn new(caps: Capabilities) -> Result<Self, InitError> {
+        let store = caps.store()?;
+        Ok(Faulty {
+            kv: Kv::from_store(store.clone()),
+            store,
+            clock: caps.clock(),
+        })
+    }
+
+    async fn handle(&self, req: Request) -> Response {
+        match (&req.method, req.path.as_str()) {
+            (Method::Get, "/div") => div(&req),
+            (Method::Get, "/stats") => self.stats(),
+            (Method::Get, "/wait") => self.wait(&req).await,
+            (Method::Post, path) if path.starts_with("/counter/") && path.ends_with("/incr") => {
+                self.incr(&path["/counter/".len()..path.len() - "/incr".len()])
+            }
+            _ => self.kv.handle(req).await,
+        }
+    }
+}
+
+/// Bug 1 (input): `GET /div?a=A&b=0` divides by zero and panics.
+fn div(req: &Request) -> Response {
+    let parse = |name: &str| req.query_param(name).and_then(|v| v.parse::<i64>().ok());
+    let (Some(a), Some(b)) = (parse("a"), parse("b")) else {
+        return Response::error(
+            StatusCode::BAD_REQUEST,
+            "need integer query parameters a and b",
+        );
+    };
+    info!(a, b, "dividing");
+    let q = a / b; // BUG: no check for b == 0
+    Response::json(
+        StatusCode::OK,
+        &serde_json::json!({ "a": a, "b": b, "quotient": q }),
+    )
+}
+
+impl Faulty {
+    /// Bug 2 (state): each increment stamps a fixed table of `MILESTONES` slots at the new value's
+    /// index; once a counter reaches `MILESTONES` the index runs past the table and panics.
+    fn incr(&self, name: &str) -> Response {
+        let key = format!("counter/{name}");
+        let current = match self.store.get(&key) {
+            Ok(v) => v
+                .and_then(|b| core::str::from_utf8(&b).ok()?.parse::<u64>().ok())
+                .unwrap_or(0),
+            Err(e) => return store_error(&e),
+        };
+        let next = current + 1;
+        let mut milestones = [0u64; MILESTONES];
+        let stamp = self.clock.monotonic().as_millis() as u64;
+        milestones[next as usize] = stamp; // BUG: index == MILESTONES once the counter reaches it
+        info!(
+            counter = name,
+            value = next,
+            milestone = milestones[next as usize],
+            "increment"
+        );
+        let value = format!("{next}").into_bytes();
+        match self.store.update(&key, |_| Update::Set(value.clone())) {
+            Ok(_) => Response::json(
+                StatusCode::OK,
+                &serde_json::json!({ "name": name, "value": next }),
+            ),
+            Err(e) => store_error(&e),
+        }
+    }
+
+    /// Bug 3 (wrong answer): counts keys from the first page only, so it under-reports once the
+    /// store holds more than `STATS_PAGE` keys.
+    fn stats(&self) -> Response {
+        match self.store.list("", STATS_PAGE) {
+            // BUG: never fetches the following pages
+            Ok(page) => Response::json(
+                StatusCode::OK,
+                &serde_json::json!({ "keys": page.len(), "seq": self.store.seq() }),
+            ),
+            Err(e) => store_error(&e),
+        }
+    }
+
+    /// Bug 4 (hang): `GET /wait?key=K` waits for key K to exist, with no deadline: a key that never
+    /// appears holds the request forever.
+    async fn wait(&self, req: &Request) -> Response {
+        let Some(key) = req.query_param("key") else {
+            return Response::error(StatusCode::BAD_REQUEST, "missing query parameter 'key'");
+        };
+        let mut polls = 0u64;
+        loop {
+            match self.store.get(&key) {
+                Ok(Some(v)) => return Response::new(StatusCode::OK).with_body(v),
+                Ok(None) => {}
+                Err(e) => return store_error(&e),
+            }
+            polls += 1;
+            if polls % 100 == 0 {
+                warn!(key = key.as_str(), polls, "still waiting for key");
+            }
+            self.clock.sleep(Duration::from_millis(20)).await; // BUG: no deadline
+        }
+    }
+}
