@@ -134,7 +134,7 @@ impl Faulty {
                 Err(e) => return store_error(&e),
             }
             polls += 1;
-            if polls % 100 == 0 {
+            if polls.is_multiple_of(100) {
                 warn!(key = key.as_str(), polls, "still waiting for key");
             }
             self.clock.sleep(Duration::from_millis(20)).await; // BUG: no deadline
