@@ -1,2 +1,27 @@
-#![no_std]
-//! placeholder
+//! Janus unikernel backend: a `no_std` kernel library that boots a `runtime_abi::Service` as a
+//! PVH-bootable x86-64 ELF under QEMU/KVM (microvm or q35), Firecracker or cloud-hypervisor.
+//!
+//! Layers, bottom up:
+//! - [`arch`] (unsafe): PVH entry, long mode, paging, GDT/TSS/IDT, the CPL3 drop, CPL0 gates.
+//! - [`mm`] (unsafe): heap allocator and libc memory primitives.
+//! - [`drivers`] (unsafe): serial, isa-debug-exit, PIC, PIT, RTC, PCI/virtio-mmio discovery,
+//!   virtio-net as a smoltcp `phy::Device`.
+//! - Safe, host-testable logic: [`cmdline`], [`clock`], [`entropy`], [`console`], [`executor`],
+//!   [`boot`] (memory map), [`http`] (connection handling over a byte-stream seam).
+//! - [`net`]: smoltcp interface, TCP listener pools and async sockets.
+//! - [`node`]: the Janus node protocol around a `runtime_abi::Service`, and the [`entry!`] macro.
+//!
+//! Everything runs at CPL3 on one CPU with interrupts disabled; the executor idles through the
+//! `int 0x80` halt gate and wakes on the PIT one-shot timer or the NIC interrupt.
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+pub mod arch;
+pub mod boot;
+pub mod clock;
+pub mod console;
+pub mod drivers;
+pub mod mm;
+pub mod rt;

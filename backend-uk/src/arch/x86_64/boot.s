@@ -1,0 +1,830 @@
+/* Janus unikernel boot code (AT&T syntax), included by boot.rs.
+ *
+ * PVH entry (32-bit protected mode, paging off, EBX = hvm_start_info), identity paging of the first
+ * 4 GiB with 2 MiB pages (user bit set), GDT/TSS/IDT, SSE, then iretq to CPL3 with IOPL=3 and IF=0.
+ * Everything that must run at CPL0 lives here: interrupt and exception entry stubs, the halt gate
+ * (int 0x80) and the wrmsr gate (int 0x81). None of it uses SSE (this host's nested KVM emulates
+ * CPL0 code and cannot execute SSE there).
+ */
+
+    .section .note.Xen, "a"
+    .p2align 2
+    .long 4                     /* namesz */
+    .long 8                     /* descsz */
+    .long 18                    /* XEN_ELFNOTE_PHYS32_ENTRY */
+    .asciz "Xen"
+    .p2align 2
+    .quad janus_pvh_start32
+    .p2align 2
+
+    .section .text.boot, "ax"
+    .code32
+    .global janus_pvh_start32
+janus_pvh_start32:
+    cli
+    cld
+    mov %ebx, %esi
+    /* zero .bss (QEMU zeroes it too; firecracker-style loaders may not) */
+    mov $__bss_start, %edi
+    mov $__bss_end, %ecx
+    sub %edi, %ecx
+    xor %eax, %eax
+    rep stosb
+    mov %esi, janus_start_info_paddr
+    mov $janus_boot_stack_top, %esp
+
+    /* PML4[0] -> PDPT, PDPT[0..4] -> 4 PDs, PDs map 0..4 GiB with 2 MiB pages (P|RW|US|PS) */
+    mov $janus_pdpt, %eax
+    or $7, %eax
+    mov %eax, janus_pml4
+    mov $janus_pd, %eax
+    or $7, %eax
+    mov %eax, janus_pdpt
+    add $4096, %eax
+    mov %eax, janus_pdpt + 8
+    add $4096, %eax
+    mov %eax, janus_pdpt + 16
+    add $4096, %eax
+    mov %eax, janus_pdpt + 24
+    mov $janus_pd, %edi
+    mov $0x87, %eax
+    mov $2048, %ecx
+1:
+    mov %eax, (%edi)
+    movl $0, 4(%edi)
+    add $0x200000, %eax
+    add $8, %edi
+    dec %ecx
+    jnz 1b
+
+    mov %cr4, %eax
+    or $0x20, %eax              /* PAE */
+    mov %eax, %cr4
+    mov $janus_pml4, %eax
+    mov %eax, %cr3
+    mov $0xC0000080, %ecx       /* EFER */
+    rdmsr
+    or $0x100, %eax             /* LME */
+    wrmsr
+    mov %cr0, %eax
+    or $0x80000001, %eax        /* PG | PE */
+    mov %eax, %cr0
+    lgdt janus_gdt_ptr
+    ljmp $0x08, $janus_long_mode
+
+    .code64
+janus_long_mode:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    xor %ax, %ax
+    mov %ax, %fs
+    mov %ax, %gs
+
+    /* SSE: CR0.EM=0, CR0.TS=0, CR0.MP=1; CR4.OSFXSR|OSXMMEXCPT */
+    mov %cr0, %rax
+    and $~0xC, %rax
+    or $0x2, %rax
+    mov %rax, %cr0
+    mov %cr4, %rax
+    or $0x600, %rax
+    mov %rax, %cr4
+    mov $1, %eax
+    cpuid
+    bt $26, %ecx                /* XSAVE */
+    jnc 2f
+    mov %cr4, %rax
+    or $0x40000, %rax           /* OSXSAVE */
+    mov %rax, %cr4
+    xor %ecx, %ecx
+    xor %edx, %edx
+    mov $3, %eax                /* XCR0 = x87 | SSE (xgetbv is not emulated here) */
+    xsetbv
+2:
+    /* TSS descriptor (GDT slot 0x28) */
+    movabs $janus_tss, %rax
+    mov %rax, %rcx
+    and $0xFFFF, %rcx
+    shl $16, %rcx
+    or $(104 + 8192), %rcx      /* limit covers the I/O bitmap and its 0xff terminator */
+    mov %rax, %rdx
+    shr $16, %rdx
+    and $0xFF, %rdx
+    shl $32, %rdx
+    or %rdx, %rcx
+    movabs $0x0000890000000000, %rdx
+    or %rdx, %rcx
+    mov %rax, %rdx
+    shr $24, %rdx
+    and $0xFF, %rdx
+    shl $56, %rdx
+    or %rdx, %rcx
+    mov %rcx, janus_gdt + 0x28
+    shr $32, %rax
+    mov %rax, janus_gdt + 0x30
+    movabs $janus_irq_stack_top, %rax
+    mov %rax, janus_tss + 4     /* RSP0: stack for CPL3 -> CPL0 transitions */
+    movabs $janus_ist1_stack_top, %rax
+    mov %rax, janus_tss + 36    /* IST1: NMI and double fault */
+    movw $104, janus_tss + 102  /* I/O bitmap right after the TSS: all ports allowed (zeros) */
+    movb $0xff, janus_tss + 104 + 8192
+    mov $0x28, %ax
+    ltr %ax
+
+    /* IDT from janus_idt_handlers */
+    movabs $janus_idt_handlers, %rsi
+    movabs $janus_idt, %rdi
+    xor %ecx, %ecx
+3:
+    mov (%rsi,%rcx,8), %rax
+    mov %rax, %rdx
+    and $0xFFFF, %rdx
+    or $0x80000, %rdx           /* selector 0x08 */
+    mov %rax, %rbx
+    shr $16, %rbx
+    and $0xFFFF, %rbx
+    shl $48, %rbx
+    or %rbx, %rdx
+    movabs $0x00008E0000000000, %rbx    /* present, DPL0, interrupt gate */
+    cmp $0x80, %ecx
+    jb 4f
+    cmp $0x81, %ecx
+    ja 4f
+    movabs $0x0000EE0000000000, %rbx    /* DPL3 gates callable from CPL3 */
+4:
+    cmp $2, %ecx
+    je 5f
+    cmp $8, %ecx
+    jne 6f
+5:
+    bts $32, %rbx               /* IST1 */
+6:
+    or %rbx, %rdx
+    mov %rdx, (%rdi)
+    shr $32, %rax
+    mov %rax, 8(%rdi)
+    add $16, %rdi
+    inc %ecx
+    cmp $256, %ecx
+    jne 3b
+    lidt janus_idt_ptr
+
+    /* drop to CPL3, IOPL=3, IF=0. IOPL is also set with popfq first: this host's nested KVM
+     * does not take IOPL from the iretq image. */
+    pushq $0x3002
+    popfq
+    mov janus_start_info_paddr, %edi
+    pushq $0x1b
+    movabs $janus_user_stack_top - 8, %rax
+    push %rax
+    pushq $0x3002
+    pushq $0x23
+    movabs $janus_rust_start, %rax
+    push %rax
+    iretq
+
+/* ---- CPL0 stubs ---- */
+    .text
+    .p2align 4
+janus_exc_common:
+    push %rax
+    mov 8(%rsp), %rax
+    mov %rax, janus_trap_info
+    mov 16(%rsp), %rax
+    mov %rax, janus_trap_info + 8
+    mov 24(%rsp), %rax
+    mov %rax, janus_trap_info + 16
+    mov 32(%rsp), %rax
+    mov %rax, janus_trap_info + 24
+    mov 40(%rsp), %rax
+    mov %rax, janus_trap_info + 32
+    mov 48(%rsp), %rax
+    mov %rax, janus_trap_info + 40
+    mov %cr2, %rax
+    mov %rax, janus_trap_info + 48
+    testb $3, 32(%rsp)
+    jz 7f
+    /* fault at CPL3: return into the Rust trap upcall on the trap stack */
+    movabs $janus_trap_upcall, %rax
+    mov %rax, 24(%rsp)
+    movabs $janus_trap_stack_top - 8, %rax
+    mov %rax, 48(%rsp)
+    movq $0x3002, 40(%rsp)
+    pop %rax
+    add $16, %rsp
+    iretq
+7:
+    /* fault inside a CPL0 stub: report '!' and exit QEMU with status 253 */
+    mov $0x3f8, %dx
+    mov $0x21, %al
+    out %al, %dx
+    mov $0xf4, %dx
+    mov $0x7e, %eax
+    out %eax, %dx
+8:
+    hlt
+    jmp 8b
+
+janus_isr_spurious:
+    iretq
+
+janus_halt_gate:
+    sti
+    hlt
+    cli
+    iretq
+
+janus_wrmsr_gate:
+    wrmsr
+    iretq
+
+janus_exc_0:
+    pushq $0
+    pushq $0
+    jmp janus_exc_common
+janus_exc_1:
+    pushq $0
+    pushq $1
+    jmp janus_exc_common
+janus_exc_2:
+    pushq $0
+    pushq $2
+    jmp janus_exc_common
+janus_exc_3:
+    pushq $0
+    pushq $3
+    jmp janus_exc_common
+janus_exc_4:
+    pushq $0
+    pushq $4
+    jmp janus_exc_common
+janus_exc_5:
+    pushq $0
+    pushq $5
+    jmp janus_exc_common
+janus_exc_6:
+    pushq $0
+    pushq $6
+    jmp janus_exc_common
+janus_exc_7:
+    pushq $0
+    pushq $7
+    jmp janus_exc_common
+janus_exc_8:
+    pushq $8
+    jmp janus_exc_common
+janus_exc_9:
+    pushq $0
+    pushq $9
+    jmp janus_exc_common
+janus_exc_10:
+    pushq $10
+    jmp janus_exc_common
+janus_exc_11:
+    pushq $11
+    jmp janus_exc_common
+janus_exc_12:
+    pushq $12
+    jmp janus_exc_common
+janus_exc_13:
+    pushq $13
+    jmp janus_exc_common
+janus_exc_14:
+    pushq $14
+    jmp janus_exc_common
+janus_exc_15:
+    pushq $0
+    pushq $15
+    jmp janus_exc_common
+janus_exc_16:
+    pushq $0
+    pushq $16
+    jmp janus_exc_common
+janus_exc_17:
+    pushq $17
+    jmp janus_exc_common
+janus_exc_18:
+    pushq $0
+    pushq $18
+    jmp janus_exc_common
+janus_exc_19:
+    pushq $0
+    pushq $19
+    jmp janus_exc_common
+janus_exc_20:
+    pushq $0
+    pushq $20
+    jmp janus_exc_common
+janus_exc_21:
+    pushq $21
+    jmp janus_exc_common
+janus_exc_22:
+    pushq $0
+    pushq $22
+    jmp janus_exc_common
+janus_exc_23:
+    pushq $0
+    pushq $23
+    jmp janus_exc_common
+janus_exc_24:
+    pushq $0
+    pushq $24
+    jmp janus_exc_common
+janus_exc_25:
+    pushq $0
+    pushq $25
+    jmp janus_exc_common
+janus_exc_26:
+    pushq $0
+    pushq $26
+    jmp janus_exc_common
+janus_exc_27:
+    pushq $0
+    pushq $27
+    jmp janus_exc_common
+janus_exc_28:
+    pushq $0
+    pushq $28
+    jmp janus_exc_common
+janus_exc_29:
+    pushq $29
+    jmp janus_exc_common
+janus_exc_30:
+    pushq $30
+    jmp janus_exc_common
+janus_exc_31:
+    pushq $0
+    pushq $31
+    jmp janus_exc_common
+janus_irq_0:
+    push %rax
+    lock orq $1, janus_irq_pending
+    movb $0x20, %al
+    outb %al, $0x20
+    pop %rax
+    iretq
+janus_irq_1:
+    push %rax
+    lock orq $2, janus_irq_pending
+    inb $0x21, %al
+    orb $2, %al
+    outb %al, $0x21
+    movb $0x20, %al
+    outb %al, $0x20
+    pop %rax
+    iretq
+janus_irq_2:
+    push %rax
+    lock orq $4, janus_irq_pending
+    movb $0x20, %al
+    outb %al, $0x20
+    pop %rax
+    iretq
+janus_irq_3:
+    push %rax
+    lock orq $8, janus_irq_pending
+    inb $0x21, %al
+    orb $8, %al
+    outb %al, $0x21
+    movb $0x20, %al
+    outb %al, $0x20
+    pop %rax
+    iretq
+janus_irq_4:
+    push %rax
+    lock orq $16, janus_irq_pending
+    inb $0x21, %al
+    orb $16, %al
+    outb %al, $0x21
+    movb $0x20, %al
+    outb %al, $0x20
+    pop %rax
+    iretq
+janus_irq_5:
+    push %rax
+    lock orq $32, janus_irq_pending
+    inb $0x21, %al
+    orb $32, %al
+    outb %al, $0x21
+    movb $0x20, %al
+    outb %al, $0x20
+    pop %rax
+    iretq
+janus_irq_6:
+    push %rax
+    lock orq $64, janus_irq_pending
+    inb $0x21, %al
+    orb $64, %al
+    outb %al, $0x21
+    movb $0x20, %al
+    outb %al, $0x20
+    pop %rax
+    iretq
+janus_irq_7:
+    push %rax
+    lock orq $128, janus_irq_pending
+    inb $0x21, %al
+    orb $128, %al
+    outb %al, $0x21
+    movb $0x20, %al
+    outb %al, $0x20
+    pop %rax
+    iretq
+janus_irq_8:
+    push %rax
+    lock orq $256, janus_irq_pending
+    inb $0xa1, %al
+    orb $1, %al
+    outb %al, $0xa1
+    movb $0x20, %al
+    outb %al, $0xa0
+    outb %al, $0x20
+    pop %rax
+    iretq
+janus_irq_9:
+    push %rax
+    lock orq $512, janus_irq_pending
+    inb $0xa1, %al
+    orb $2, %al
+    outb %al, $0xa1
+    movb $0x20, %al
+    outb %al, $0xa0
+    outb %al, $0x20
+    pop %rax
+    iretq
+janus_irq_10:
+    push %rax
+    lock orq $1024, janus_irq_pending
+    inb $0xa1, %al
+    orb $4, %al
+    outb %al, $0xa1
+    movb $0x20, %al
+    outb %al, $0xa0
+    outb %al, $0x20
+    pop %rax
+    iretq
+janus_irq_11:
+    push %rax
+    lock orq $2048, janus_irq_pending
+    inb $0xa1, %al
+    orb $8, %al
+    outb %al, $0xa1
+    movb $0x20, %al
+    outb %al, $0xa0
+    outb %al, $0x20
+    pop %rax
+    iretq
+janus_irq_12:
+    push %rax
+    lock orq $4096, janus_irq_pending
+    inb $0xa1, %al
+    orb $16, %al
+    outb %al, $0xa1
+    movb $0x20, %al
+    outb %al, $0xa0
+    outb %al, $0x20
+    pop %rax
+    iretq
+janus_irq_13:
+    push %rax
+    lock orq $8192, janus_irq_pending
+    inb $0xa1, %al
+    orb $32, %al
+    outb %al, $0xa1
+    movb $0x20, %al
+    outb %al, $0xa0
+    outb %al, $0x20
+    pop %rax
+    iretq
+janus_irq_14:
+    push %rax
+    lock orq $16384, janus_irq_pending
+    inb $0xa1, %al
+    orb $64, %al
+    outb %al, $0xa1
+    movb $0x20, %al
+    outb %al, $0xa0
+    outb %al, $0x20
+    pop %rax
+    iretq
+janus_irq_15:
+    push %rax
+    lock orq $32768, janus_irq_pending
+    inb $0xa1, %al
+    orb $128, %al
+    outb %al, $0xa1
+    movb $0x20, %al
+    outb %al, $0xa0
+    outb %al, $0x20
+    pop %rax
+    iretq
+
+    .section .rodata
+    .p2align 3
+janus_idt_handlers:
+    .quad janus_exc_0
+    .quad janus_exc_1
+    .quad janus_exc_2
+    .quad janus_exc_3
+    .quad janus_exc_4
+    .quad janus_exc_5
+    .quad janus_exc_6
+    .quad janus_exc_7
+    .quad janus_exc_8
+    .quad janus_exc_9
+    .quad janus_exc_10
+    .quad janus_exc_11
+    .quad janus_exc_12
+    .quad janus_exc_13
+    .quad janus_exc_14
+    .quad janus_exc_15
+    .quad janus_exc_16
+    .quad janus_exc_17
+    .quad janus_exc_18
+    .quad janus_exc_19
+    .quad janus_exc_20
+    .quad janus_exc_21
+    .quad janus_exc_22
+    .quad janus_exc_23
+    .quad janus_exc_24
+    .quad janus_exc_25
+    .quad janus_exc_26
+    .quad janus_exc_27
+    .quad janus_exc_28
+    .quad janus_exc_29
+    .quad janus_exc_30
+    .quad janus_exc_31
+    .quad janus_irq_0
+    .quad janus_irq_1
+    .quad janus_irq_2
+    .quad janus_irq_3
+    .quad janus_irq_4
+    .quad janus_irq_5
+    .quad janus_irq_6
+    .quad janus_irq_7
+    .quad janus_irq_8
+    .quad janus_irq_9
+    .quad janus_irq_10
+    .quad janus_irq_11
+    .quad janus_irq_12
+    .quad janus_irq_13
+    .quad janus_irq_14
+    .quad janus_irq_15
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_halt_gate
+    .quad janus_wrmsr_gate
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
+
+    .section .data
+    .p2align 4
+janus_gdt:
+    .quad 0
+    .quad 0x00AF9A000000FFFF    /* 0x08 kernel code64 */
+    .quad 0x00CF92000000FFFF    /* 0x10 kernel data */
+    .quad 0x00CFF2000000FFFF    /* 0x18 user data */
+    .quad 0x00AFFA000000FFFF    /* 0x20 user code64 */
+    .quad 0, 0                  /* 0x28 TSS (filled at boot) */
+janus_gdt_end:
+    .p2align 3
+janus_gdt_ptr:
+    .word janus_gdt_end - janus_gdt - 1
+    .quad janus_gdt
+    .p2align 3
+janus_idt_ptr:
+    .word 4095
+    .quad janus_idt
+
+    .section .bss
+    .p2align 12
+janus_pml4: .skip 4096
+janus_pdpt: .skip 4096
+janus_pd: .skip 4096 * 4
+janus_idt: .skip 4096
+    .p2align 4
+janus_tss: .skip 104 + 8192 + 16
+    .global janus_trap_info
+janus_trap_info: .skip 64
+    .global janus_irq_pending
+janus_irq_pending: .skip 8
+    .global janus_start_info_paddr
+janus_start_info_paddr: .skip 8
+    .p2align 4
+janus_boot_stack: .skip 8192
+janus_boot_stack_top:
+janus_irq_stack: .skip 16384
+janus_irq_stack_top:
+janus_ist1_stack: .skip 8192
+janus_ist1_stack_top:
+    .global janus_trap_stack_top
+janus_trap_stack: .skip 65536
+janus_trap_stack_top:
+    .global janus_user_stack_bottom
+janus_user_stack_bottom:
+janus_user_stack: .skip 1048576
+    .global janus_user_stack_top
+janus_user_stack_top:

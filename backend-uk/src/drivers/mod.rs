@@ -1,0 +1,8 @@
+//! Device drivers: serial console, isa-debug-exit, PIC, PIT, CMOS RTC, PCI and virtio glue.
+#![allow(unsafe_code)]
+
+pub mod exit;
+pub mod pic;
+pub mod pit;
+pub mod rtc;
+pub mod serial;
