@@ -1,1 +1,74 @@
-fn main() {}
+//! `janus`: build a service as a unix process or a unikernel image, and run it.
+#![forbid(unsafe_code)]
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use janus::{Flavor, NodeOpts};
+
+#[derive(Parser)]
+#[command(name = "janus", version, about = "One HTTP service, two builds: unix process and unikernel")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build a service; prints the artifact path as the last line.
+    Build {
+        /// The service crate directory.
+        service: PathBuf,
+        /// unix (instrumented process) or uk (unikernel image).
+        #[arg(long, default_value = "unix")]
+        flavor: Flavor,
+    },
+    /// Build and run one node in the foreground.
+    Run {
+        /// The service crate directory.
+        service: PathBuf,
+        /// unix (instrumented process) or uk (unikernel image under QEMU).
+        #[arg(long, default_value = "unix")]
+        flavor: Flavor,
+        #[command(flatten)]
+        node: NodeOpts,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("janus: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Build { service, flavor } => {
+            let a = janus::build(&service, flavor)?;
+            eprintln!("janus: requirements written to {}", a.requirements.display());
+            if let Some(elf) = &a.debug_elf {
+                eprintln!("janus: unstripped ELF for gdb: {}", elf.display());
+            }
+            println!("{}", a.path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run {
+            service,
+            flavor,
+            node,
+        } => {
+            let a = janus::build(&service, flavor)?;
+            let mut cmd = janus::node::command(&a, &node)?;
+            // Replace this process: signals and the exit status are the node's own.
+            let err = cmd.exec();
+            anyhow::bail!("cannot start {}: {err}", a.path.display())
+        }
+    }
+}

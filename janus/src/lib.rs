@@ -1,0 +1,32 @@
+//! The `janus` command-line tool as a library: the integration tests and the CLI share it.
+//!
+//! - [`service`]: reads a service crate (name, library, service type) and refuses one that is not
+//!   `#![no_std]`.
+//! - [`build`]: generates the per-flavour wrapper crate, builds it, writes the artifact and the
+//!   requirements manifest next to it.
+//! - [`flavor`]: what differs between the unix process and the unikernel image.
+//! - [`node`]: the node options both flavours take, and how `janus run` starts one.
+#![forbid(unsafe_code)]
+
+pub mod build;
+pub mod flavor;
+pub mod node;
+pub mod service;
+
+pub use build::{Artifact, Flavor, build};
+pub use node::NodeOpts;
+pub use service::ServiceCrate;
+
+use std::path::PathBuf;
+
+/// The Janus source tree (the workspace holding runtime-abi and the backends): `$JANUS_HOME`, else
+/// the tree this binary was built from.
+pub fn janus_home() -> PathBuf {
+    match std::env::var_os("JANUS_HOME") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(".")),
+    }
+}

@@ -1,0 +1,208 @@
+//! Node options shared by both flavours, and the command that starts one node.
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use anyhow::Context;
+
+use crate::build::{Artifact, Flavor};
+use crate::flavor::uk::{Accel, Machine, UkRunOpts};
+
+/// Options of one node; `janus run`, `janus up` and the tests share them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NodeOpts {
+    /// Address the service listens on (unix) or that QEMU forwards to the guest (uk).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Admin listener address (loopback by default).
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// Bearer token for the admin listener.
+    #[arg(long)]
+    pub admin_token: Option<String>,
+    /// Node id reported in `x-janus-node`.
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// `NAME=ADDR:PORT`: map a declared upstream to an address (repeatable).
+    #[arg(long = "upstream", value_name = "NAME=ADDR:PORT", value_parser = parse_upstream)]
+    pub upstreams: Vec<(String, SocketAddr)>,
+    /// `KEY=VALUE`: set a declared service config key (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub config: Vec<(String, String)>,
+    /// Log format of the unix build: human or json.
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// Log filter of the unix build (EnvFilter syntax).
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Guest memory in MiB (uk).
+    #[arg(long = "memory", default_value_t = 128)]
+    pub memory_mib: u32,
+    /// QEMU machine (uk): microvm or q35.
+    #[arg(long, default_value = "microvm", value_parser = parse_machine)]
+    pub machine: MachineArg,
+    /// Accelerator (uk): kvm, tcg or auto (kvm when /dev/kvm opens).
+    #[arg(long, default_value = "auto", value_parser = parse_accel)]
+    pub accel: AccelArg,
+}
+
+/// Clap-parsable wrapper of [`Machine`].
+#[derive(Debug, Clone, Copy)]
+pub struct MachineArg(pub Machine);
+impl Default for MachineArg {
+    fn default() -> Self {
+        MachineArg(Machine::Microvm)
+    }
+}
+
+/// Clap-parsable wrapper of [`Accel`].
+#[derive(Debug, Clone, Copy)]
+pub struct AccelArg(pub Accel);
+impl Default for AccelArg {
+    fn default() -> Self {
+        AccelArg(Accel::Auto)
+    }
+}
+
+fn parse_machine(s: &str) -> Result<MachineArg, String> {
+    match s {
+        "microvm" => Ok(MachineArg(Machine::Microvm)),
+        "q35" => Ok(MachineArg(Machine::Q35)),
+        _ => Err(format!("unknown machine '{s}' (expected microvm or q35)")),
+    }
+}
+
+fn parse_accel(s: &str) -> Result<AccelArg, String> {
+    match s {
+        "auto" => Ok(AccelArg(Accel::Auto)),
+        "kvm" => Ok(AccelArg(Accel::Kvm)),
+        "tcg" => Ok(AccelArg(Accel::Tcg)),
+        _ => Err(format!("unknown accelerator '{s}' (expected kvm, tcg or auto)")),
+    }
+}
+
+/// Parses `NAME=ADDR:PORT`.
+pub fn parse_upstream(s: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}' is not NAME=ADDR:PORT"))?;
+    if name.is_empty() {
+        return Err(format!("'{s}' has an empty upstream name"));
+    }
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("'{addr}' in '{s}' is not an IP address with a port"))?;
+    Ok((name.to_string(), addr))
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}' is not KEY=VALUE"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+impl NodeOpts {
+    /// The command line flags of a unix node.
+    pub fn unix_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        let mut push = |k: &str, v: String| {
+            a.push(k.to_string());
+            a.push(v);
+        };
+        if let Some(l) = self.listen {
+            push("--listen", l.to_string());
+        }
+        if let Some(l) = self.admin {
+            push("--admin", l.to_string());
+        }
+        if let Some(t) = &self.admin_token {
+            push("--admin-token", t.clone());
+        }
+        if let Some(n) = &self.node_id {
+            push("--node-id", n.clone());
+        }
+        for (n, addr) in &self.upstreams {
+            push("--upstream", format!("{n}={addr}"));
+        }
+        for (k, v) in &self.config {
+            push("--set", format!("{k}={v}"));
+        }
+        if let Some(f) = &self.log_format {
+            push("--log-format", f.clone());
+        }
+        if let Some(l) = &self.log_level {
+            push("--log-level", l.clone());
+        }
+        a
+    }
+
+    /// The run options of a uk node (a missing admin token is generated and printed).
+    pub fn uk_run_opts(&self) -> UkRunOpts {
+        let admin_token = self.admin_token.clone().unwrap_or_else(|| {
+            let t = random_token();
+            eprintln!("janus: generated admin token {t}");
+            t
+        });
+        UkRunOpts {
+            listen: self
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            admin: self.admin,
+            admin_token,
+            node_id: self.node_id.clone().unwrap_or_else(|| "uk-0".to_string()),
+            upstreams: self.upstreams.clone(),
+            config: self.config.clone(),
+            memory_mib: self.memory_mib,
+            machine: self.machine.0,
+            accel: self.accel.0,
+        }
+    }
+}
+
+/// The command that runs one node of a built artifact.
+pub fn command(artifact: &Artifact, opts: &NodeOpts) -> anyhow::Result<Command> {
+    match artifact.flavor {
+        Flavor::Unix => {
+            let mut cmd = Command::new(&artifact.path);
+            cmd.args(opts.unix_args());
+            Ok(cmd)
+        }
+        Flavor::Uk => crate::flavor::uk::qemu_command(&artifact.path, &opts.uk_run_opts())
+            .context("cannot prepare the QEMU command"),
+    }
+}
+
+/// 32 hex characters from the OS's random source.
+pub fn random_token() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok();
+    if !ok {
+        // Fall back to the process id and the time: weaker, but still unique per node.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b.copy_from_slice(&(t ^ u128::from(std::process::id())).to_le_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_flag_parsing_names_the_problem() {
+        assert_eq!(
+            parse_upstream("backend=127.0.0.1:9000"),
+            Ok(("backend".into(), "127.0.0.1:9000".parse().expect("addr")))
+        );
+        assert!(parse_upstream("backend").unwrap_err().contains("NAME=ADDR:PORT"));
+        assert!(parse_upstream("=1.2.3.4:5").unwrap_err().contains("empty"));
+        assert!(parse_upstream("b=localhost").unwrap_err().contains("not an IP"));
+    }
+}
