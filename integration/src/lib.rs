@@ -1,1 +1,10 @@
-//! placeholder
+//! Test support for Janus's end-to-end tests: real child processes and VMs ([`node`]), a raw HTTP/1.1
+//! client ([`client`]) and the conformance driver ([`conformance`]) that runs one table against
+//! either build.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod conformance;
+pub mod node;
+
+pub use node::{Node, artifact, free_addr, sample_dir};
