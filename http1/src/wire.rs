@@ -221,14 +221,31 @@ pub enum BodyFraming {
     UntilClose,
 }
 
-fn map_httparse(e: httparse::Error, window: &[u8]) -> Error {
+/// Which field of the start line holds the version: the third of a request line, the first
+/// of a status line.
+#[derive(Clone, Copy)]
+enum StartLine {
+    Request,
+    Response,
+}
+
+fn map_httparse(e: httparse::Error, window: &[u8], kind: StartLine) -> Error {
     match e {
         httparse::Error::TooManyHeaders => Error::TooManyHeaders,
         httparse::Error::Version => {
-            // A well-formed `HTTP/x.y` that is not 1.0/1.1 is 505; anything else is malformed.
-            let first_line = window.split(|&b| b == b'\n').next().unwrap_or_default();
-            let looks_like_http = first_line.windows(5).any(|w| w == b"HTTP/");
-            if looks_like_http {
+            // A version field that starts with `HTTP/` is a version we do not speak (505);
+            // anything else is malformed (400). Only bytes up to the one httparse rejected are
+            // looked at, so the answer does not depend on how the input was split.
+            let mut line = window;
+            while let [b'\r' | b'\n', rest @ ..] = line {
+                line = rest;
+            }
+            let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
+            let field = match kind {
+                StartLine::Response => Some(line),
+                StartLine::Request => line.splitn(3, |&b| b == b' ').nth(2),
+            };
+            if field.is_some_and(|f| f.starts_with(b"HTTP/")) {
                 Error::UnsupportedVersion
             } else {
                 Error::MalformedHead("invalid HTTP version")
@@ -285,7 +302,7 @@ pub fn parse_request_head(
                 Ok(None)
             };
         }
-        Err(e) => return Err(map_httparse(e, window)),
+        Err(e) => return Err(map_httparse(e, window, StartLine::Request)),
     };
     let method_str = req.method.ok_or(Error::MalformedHead("missing method"))?;
     let target = req
@@ -375,7 +392,7 @@ pub fn parse_response_head(
                 Ok(None)
             };
         }
-        Err(e) => return Err(map_httparse(e, window)),
+        Err(e) => return Err(map_httparse(e, window, StartLine::Response)),
     };
     let version = version_of(resp.version)?;
     let status = resp
