@@ -64,15 +64,6 @@ pub fn ring_contents() -> String {
     RING.lock().contents()
 }
 
-struct Writer;
-
-impl fmt::Write for Writer {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        write_str(s);
-        Ok(())
-    }
-}
-
 /// Formats to the console (used by [`kprintln!`](crate::kprintln)).
 pub fn write_fmt(args: fmt::Arguments<'_>) {
     let mut text = String::new();

@@ -35,3 +35,14 @@ pub fn oneshot_us(us: u64) {
         outb(0x40, (ticks >> 8) as u8);
     }
 }
+
+/// Latches and reads channel 0's counter (used as a jitter source).
+pub fn latch_read() -> u16 {
+    // SAFETY: latch command for channel 0 then two reads of its counter; no memory effects.
+    unsafe {
+        outb(0x43, 0x00);
+        let lo = inb(0x40);
+        let hi = inb(0x40);
+        u16::from_le_bytes([lo, hi])
+    }
+}
