@@ -1,0 +1,261 @@
+//! Fault capture (phase *record*): writes a fault row durably before the client is answered, then
+//! attaches, in the background, the debug node's trace (`GET /traces/{trace_id}` on its admin API) and
+//! the stable node's state snapshot as of the request (`GET /state?seq=N`).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+
+use crate::config::Config;
+use crate::faults::NewFault;
+use crate::pool::Node;
+use crate::proxy::{Attempt, RetryOutcome};
+use crate::router::Router;
+use crate::upstream::{BufferedRequest, BufferedResponse, FaultKind, X_TRACE_ID};
+
+/// Everything known about one stable fault.
+pub struct FaultContext<'a> {
+    pub cfg: &'a Config,
+    pub req: &'a BufferedRequest,
+    pub stable: &'a Attempt,
+    pub kind: FaultKind,
+    pub retry: &'a RetryOutcome,
+}
+
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Headers as a JSON object `{name: [values]}` with the configured names redacted.
+pub fn headers_json(headers: &HeaderMap, redact: &[String]) -> String {
+    let mut map = serde_json::Map::new();
+    for name in headers.keys() {
+        let values: Vec<serde_json::Value> = headers
+            .get_all(name)
+            .iter()
+            .map(|v| {
+                if redact.iter().any(|r| r.eq_ignore_ascii_case(name.as_str())) {
+                    serde_json::Value::from("[redacted]")
+                } else {
+                    serde_json::Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned())
+                }
+            })
+            .collect();
+        map.insert(name.as_str().to_owned(), serde_json::Value::Array(values));
+    }
+    serde_json::Value::Object(map).to_string()
+}
+
+pub fn route_label(cfg: &Config, path: &str) -> String {
+    cfg.route_for(path)
+        .map_or_else(|| "default".to_owned(), |r| r.prefix.clone())
+}
+
+fn capped(body: &[u8], cap: usize) -> (Vec<u8>, bool) {
+    if body.len() > cap {
+        (body[..cap].to_vec(), true)
+    } else {
+        (body.to_vec(), false)
+    }
+}
+
+/// Inserts the row synchronously (durable when this returns `Some`), then spawns the enrichment.
+pub async fn record_fault(router: &Arc<Router>, ctx: FaultContext<'_>) -> Option<i64> {
+    let cfg = ctx.cfg;
+    let (body, truncated) = capped(&ctx.req.body, cfg.faults.max_body_bytes);
+    let stable_resp = ctx.stable.result.as_ref().ok();
+    let (seq, seq_source) = match stable_resp.and_then(BufferedResponse::state_seq) {
+        Some(s) => (Some(s), Some("response".to_owned())),
+        None => match ctx.stable.node.last_seq() {
+            Some(s) => (Some(s), Some("last_seen".to_owned())),
+            None => (None, None),
+        },
+    };
+    let mut f = NewFault {
+        time_ms: unix_ms(),
+        kind: "fault".to_owned(),
+        route: route_label(cfg, &ctx.req.path),
+        method: ctx.req.method.to_string(),
+        path: ctx.req.path.clone(),
+        request_headers: headers_json(&ctx.req.headers, &cfg.faults.redact_headers),
+        request_body: body,
+        request_body_truncated: truncated,
+        trace_id: ctx.req.trace_id.to_string(),
+        stable_node: Some(ctx.stable.node.id.to_string()),
+        stable_outcome: Some(ctx.kind.outcome()),
+        stable_status: stable_resp.map(|r| r.status.as_u16()),
+        stable_state_seq: seq,
+        stable_state_seq_source: seq_source,
+        ..NewFault::default()
+    };
+    if let Some(r) = stable_resp {
+        let (b, _) = capped(&r.body, cfg.faults.max_body_bytes);
+        f.stable_response_headers = Some(headers_json(&r.headers, &cfg.faults.redact_headers));
+        f.stable_response_body = Some(b);
+    } else if let Err(e) = &ctx.stable.result {
+        f.detail = Some(e.to_string());
+    }
+    let mut debug_node = None;
+    match ctx.retry {
+        RetryOutcome::Answered(d) => {
+            f.debug_node = Some(d.node.id.to_string());
+            f.debug_outcome = Some(match (&d.verdict, &d.result) {
+                (crate::upstream::Verdict::Good, Ok(r)) => format!("ok_{}", r.status.as_u16()),
+                (crate::upstream::Verdict::Fault(k), _) => k.outcome(),
+                (crate::upstream::Verdict::Good, Err(_)) => "error".to_owned(),
+            });
+            if let Ok(r) = &d.result {
+                f.debug_status = Some(r.status.as_u16());
+                let trace = r
+                    .headers
+                    .get(X_TRACE_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .map_or_else(|| ctx.req.trace_id.to_string(), str::to_owned);
+                f.debug_trace_id = Some(trace);
+                let (b, _) = capped(&r.body, cfg.faults.max_body_bytes);
+                f.debug_response_headers =
+                    Some(headers_json(&r.headers, &cfg.faults.redact_headers));
+                f.debug_response_body = Some(b);
+            }
+            debug_node = Some(d.node.clone());
+        }
+        RetryOutcome::NotReplayed(why) => {
+            let prev = f
+                .detail
+                .take()
+                .map(|d| format!("{d}; "))
+                .unwrap_or_default();
+            f.detail = Some(format!("{prev}not replayed: {why}"));
+        }
+    }
+    let id = insert(router, f.clone()).await?;
+    spawn_enrichment(
+        router.clone(),
+        id,
+        Enrich {
+            stable: Some((ctx.stable.node.clone(), seq, ctx.kind.node_may_be_alive())),
+            debug: debug_node.zip(f.debug_trace_id.clone()),
+        },
+    );
+    Some(id)
+}
+
+/// Inserts one row on the blocking pool; `None` (and a metric) if the store failed.
+pub async fn insert(router: &Arc<Router>, f: NewFault) -> Option<i64> {
+    let store = router.faults.clone();
+    let kind = f.kind.clone();
+    match tokio::task::spawn_blocking(move || store.insert(&f)).await {
+        Ok(Ok(id)) => {
+            router.metrics.fault_recorded(&kind);
+            tracing::info!(fault_id = id, kind, "fault recorded");
+            Some(id)
+        }
+        Ok(Err(e)) => {
+            router.metrics.fault_store_errors.inc();
+            tracing::error!(error = %e, "could not record fault");
+            None
+        }
+        Err(e) => {
+            router.metrics.fault_store_errors.inc();
+            tracing::error!(error = %e, "fault store task failed");
+            None
+        }
+    }
+}
+
+/// What to attach to a fault row after it is written.
+pub struct Enrich {
+    /// Stable node, the seq to ask for, and whether it may still be alive.
+    pub stable: Option<(Arc<Node>, Option<u64>, bool)>,
+    /// Debug node and the trace id it answered under.
+    pub debug: Option<(Arc<Node>, String)>,
+}
+
+pub fn spawn_enrichment(router: Arc<Router>, id: i64, what: Enrich) {
+    tokio::spawn(async move {
+        let cfg = router.config();
+        let token = cfg.upstream.admin_token.clone();
+        let timeout = Duration::from_millis(cfg.health.timeout_ms.max(1000));
+        if cfg.faults.fetch_trace
+            && let Some((node, trace_id)) = &what.debug
+        {
+            let trace = fetch_trace(&router, node, &token, trace_id, timeout).await;
+            let store = router.faults.clone();
+            let _ = tokio::task::spawn_blocking(move || store.attach_trace(id, trace)).await;
+        }
+        if cfg.faults.fetch_state
+            && let Some((node, seq, may_be_alive)) = &what.stable
+        {
+            let state = if !may_be_alive {
+                Err(format!(
+                    "stable node {} was unreachable; last seq {:?} stored, state to come from its console dump",
+                    node.id, seq
+                ))
+            } else {
+                let path = seq.map_or_else(|| "/state".to_owned(), |s| format!("/state?seq={s}"));
+                match router
+                    .upstream
+                    .admin_get(node, &token, &path, timeout)
+                    .await
+                {
+                    Ok(r) if r.status.is_success() => Ok(r.body.to_vec()),
+                    Ok(r) => Err(format!(
+                        "stable node {} admin {path} answered {}",
+                        node.id, r.status
+                    )),
+                    Err(e) => Err(format!(
+                        "{e}; last seq {seq:?} stored, state to come from its console dump"
+                    )),
+                }
+            };
+            let store = router.faults.clone();
+            let _ = tokio::task::spawn_blocking(move || store.attach_state(id, state)).await;
+        }
+    });
+}
+
+/// Fetches a trace; the node may finish writing it just after answering, so 404 is retried briefly.
+async fn fetch_trace(
+    router: &Router,
+    node: &Node,
+    token: &str,
+    trace_id: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    let path = format!("/traces/{trace_id}");
+    let mut last = String::new();
+    for attempt in 0..5u32 {
+        match router.upstream.admin_get(node, token, &path, timeout).await {
+            Ok(r) if r.status.is_success() => {
+                return Ok(String::from_utf8_lossy(&r.body).into_owned());
+            }
+            Ok(r) => last = format!("debug node {} admin {path} answered {}", node.id, r.status),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn redaction_hides_secrets() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer secret"));
+        h.append("cookie", HeaderValue::from_static("sid=1"));
+        h.insert("x-user-id", HeaderValue::from_static("u1"));
+        let json = headers_json(&h, &Config::default().faults.redact_headers);
+        assert!(
+            !json.contains("secret") && !json.contains("sid=1"),
+            "{json}"
+        );
+        assert!(json.contains("\"x-user-id\":[\"u1\"]"), "{json}");
+    }
+}

@@ -1,0 +1,619 @@
+//! Router configuration: TOML file <- environment (`JANUS_ROUTER_*`, `__` separates nesting) <- flags,
+//! merged with figment, then validated. Every error names the key at fault; a config that fails to
+//! load or validate is refused as a whole (on reload the old one stays in force).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AdminAddr, NodeId, Pool, UpstreamAddr};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed, or a key has the wrong type or is unknown.
+    #[error("config refused (internal, not retryable until the file is fixed): {0}")]
+    Load(String),
+    /// A key parsed but its value is not acceptable.
+    #[error("config refused: key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole router configuration. See `lb-router/router.example.toml` for every key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub downstream: DownstreamConfig,
+    pub upstream: UpstreamConfig,
+    pub admin: AdminConfig,
+    pub mix: MixConfig,
+    pub channels: ChannelConfig,
+    pub health: HealthConfig,
+    pub retry: RetryConfig,
+    pub faults: FaultsConfig,
+    pub mirror: MirrorConfig,
+    pub routes: Vec<RouteConfig>,
+    pub nodes: Vec<NodeConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            downstream: DownstreamConfig::default(),
+            upstream: UpstreamConfig::default(),
+            admin: AdminConfig::default(),
+            mix: MixConfig::default(),
+            channels: ChannelConfig::default(),
+            health: HealthConfig::default(),
+            retry: RetryConfig::default(),
+            faults: FaultsConfig::default(),
+            mirror: MirrorConfig::default(),
+            routes: Vec::new(),
+            nodes: Vec::new(),
+        }
+    }
+}
+
+/// Limits applied to clients (the downstream side).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownstreamConfig {
+    pub listen: SocketAddr,
+    pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: usize,
+    pub max_connections: usize,
+}
+
+impl Default for DownstreamConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            header_read_timeout_ms: 5_000,
+            body_read_timeout_ms: 10_000,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body_bytes: 1024 * 1024,
+            max_connections: 4096,
+        }
+    }
+}
+
+/// How the router talks to nodes (the upstream side).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub max_response_body_bytes: usize,
+    pub pool_idle_timeout_ms: u64,
+    pub pool_max_idle_per_node: usize,
+    /// Bearer token for nodes' admin APIs, unless a node sets its own `admin_token`.
+    pub admin_token: String,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 1_000,
+            request_timeout_ms: 10_000,
+            max_response_body_bytes: 8 * 1024 * 1024,
+            pool_idle_timeout_ms: 30_000,
+            pool_max_idle_per_node: 256,
+            admin_token: String::new(),
+        }
+    }
+}
+
+/// The router's own admin API.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: String,
+    pub allow_non_loopback: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
+            token: String::new(),
+            allow_non_loopback: false,
+        }
+    }
+}
+
+/// Weighted mixing of ordinary traffic across the two pools.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MixConfig {
+    pub stable_weight: u32,
+    pub debug_weight: u32,
+}
+
+impl Default for MixConfig {
+    fn default() -> Self {
+        Self {
+            stable_weight: 90,
+            debug_weight: 10,
+        }
+    }
+}
+
+/// How beta users are recognised. Beta users always go to the debug pool.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelConfig {
+    /// Header whose value `beta_value` marks a beta request ("" disables).
+    pub beta_header: String,
+    /// Cookie whose value `beta_value` marks a beta request ("" disables).
+    pub beta_cookie: String,
+    pub beta_value: String,
+    /// Header carrying a user id ("" disables). Users hash consistently onto channel and pool.
+    pub user_id_header: String,
+    /// Share of user ids (by consistent hash) that are beta users, in percent (0..=100).
+    pub beta_user_percent: f64,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        Self {
+            beta_header: "x-janus-channel".to_owned(),
+            beta_cookie: "janus_channel".to_owned(),
+            beta_value: "beta".to_owned(),
+            user_id_header: "x-user-id".to_owned(),
+            beta_user_percent: 0.0,
+        }
+    }
+}
+
+/// Active checks and passive ejection.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub consecutive_failures: u32,
+    pub eject_base_ms: u64,
+    pub eject_max_ms: u64,
+    pub max_ejected_percent: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: 1_000,
+            timeout_ms: 500,
+            consecutive_failures: 3,
+            eject_base_ms: 1_000,
+            eject_max_ms: 30_000,
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// Retry of stable faults onto the debug pool.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub enabled: bool,
+    pub max_body_bytes: usize,
+    /// Retries allowed as a fraction of requests (token bucket deposit per request).
+    pub budget_ratio: f64,
+    /// Retries always allowed per second, whatever the traffic.
+    pub budget_min_per_sec: u32,
+    /// Cap of the bucket, in retries.
+    pub budget_max_tokens: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_body_bytes: 64 * 1024,
+            budget_ratio: 0.2,
+            budget_min_per_sec: 10,
+            budget_max_tokens: 100,
+        }
+    }
+}
+
+/// The durable fault store.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultsConfig {
+    pub path: PathBuf,
+    pub max_body_bytes: usize,
+    pub redact_headers: Vec<String>,
+    pub fetch_trace: bool,
+    pub fetch_state: bool,
+    /// `full` (default: fsync at every commit, survives power loss) or `normal` (survives a process
+    /// crash such as SIGKILL, may lose the last commits on power loss).
+    pub synchronous: String,
+}
+
+impl Default for FaultsConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("janus-faults.db"),
+            max_body_bytes: 64 * 1024,
+            redact_headers: vec![
+                "authorization".to_owned(),
+                "proxy-authorization".to_owned(),
+                "cookie".to_owned(),
+                "set-cookie".to_owned(),
+            ],
+            fetch_trace: true,
+            fetch_state: true,
+            synchronous: "full".to_owned(),
+        }
+    }
+}
+
+/// Shadow mirroring of stable traffic to the debug pool.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MirrorConfig {
+    pub max_in_flight: usize,
+    pub max_body_bytes: usize,
+    pub methods: Vec<String>,
+    pub compare_headers: Vec<String>,
+    pub ignore_json_fields: Vec<String>,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 64,
+            max_body_bytes: 256 * 1024,
+            methods: vec!["GET".to_owned(), "HEAD".to_owned()],
+            compare_headers: vec!["content-type".to_owned()],
+            ignore_json_fields: Vec::new(),
+        }
+    }
+}
+
+/// A route: a path prefix that names traffic in metrics and faults, with its mirror fraction.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    #[serde(default)]
+    pub mirror_fraction: f64,
+}
+
+/// One node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub pool: Pool,
+    pub addr: UpstreamAddr,
+    pub admin_addr: AdminAddr,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub admin_token: Option<String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Overrides given on the command line (highest precedence).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downstream: Option<ListenOverride>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminOverride>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ListenOverride {
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AdminOverride {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// Where a config comes from; kept so that a reload re-reads the same sources.
+#[derive(Clone, Debug)]
+pub struct ConfigSource {
+    pub file: Option<PathBuf>,
+    pub flags: FlagOverrides,
+}
+
+impl ConfigSource {
+    /// Reads file <- env <- flags and validates the result.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = &self.file {
+            if !file.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(file));
+        }
+        fig = fig
+            .merge(Env::prefixed("JANUS_ROUTER_").split("__"))
+            .merge(Serialized::defaults(&self.flags));
+        let config: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Load(describe_figment(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn describe_figment(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() {
+                String::from("<root>")
+            } else {
+                e.path.join(".")
+            };
+            format!("key `{key}`: {}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Config {
+    /// Loads a file only (no env, no flags): convenient for tests and tools.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        ConfigSource {
+            file: Some(path.to_owned()),
+            flags: FlagOverrides::default(),
+        }
+        .load()
+    }
+
+    /// Checks every value; the error names the first key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.downstream;
+        if d.header_read_timeout_ms == 0 {
+            return Err(invalid("downstream.header_read_timeout_ms", "must be > 0"));
+        }
+        if d.body_read_timeout_ms == 0 {
+            return Err(invalid("downstream.body_read_timeout_ms", "must be > 0"));
+        }
+        if d.max_header_bytes < 1024 {
+            return Err(invalid("downstream.max_header_bytes", "must be >= 1024"));
+        }
+        if d.max_headers == 0 {
+            return Err(invalid("downstream.max_headers", "must be > 0"));
+        }
+        if d.max_connections == 0 {
+            return Err(invalid("downstream.max_connections", "must be > 0"));
+        }
+        let u = &self.upstream;
+        if u.connect_timeout_ms == 0 {
+            return Err(invalid("upstream.connect_timeout_ms", "must be > 0"));
+        }
+        if u.request_timeout_ms == 0 {
+            return Err(invalid("upstream.request_timeout_ms", "must be > 0"));
+        }
+        if self.admin.token.is_empty() {
+            return Err(invalid(
+                "admin.token",
+                "must be set (bearer token of the router's admin API)",
+            ));
+        }
+        if !self.admin.allow_non_loopback && !self.admin.listen.ip().is_loopback() {
+            return Err(invalid(
+                "admin.listen",
+                "must be a loopback address unless admin.allow_non_loopback = true",
+            ));
+        }
+        if self.mix.stable_weight == 0 && self.mix.debug_weight == 0 {
+            return Err(invalid(
+                "mix",
+                "stable_weight and debug_weight cannot both be 0",
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.channels.beta_user_percent) {
+            return Err(invalid(
+                "channels.beta_user_percent",
+                "must be within 0..=100",
+            ));
+        }
+        let h = &self.health;
+        if h.interval_ms == 0 || h.timeout_ms == 0 {
+            return Err(invalid(
+                "health.interval_ms",
+                "interval_ms and timeout_ms must be > 0",
+            ));
+        }
+        if h.consecutive_failures == 0 {
+            return Err(invalid("health.consecutive_failures", "must be > 0"));
+        }
+        if h.eject_base_ms == 0 || h.eject_max_ms < h.eject_base_ms {
+            return Err(invalid(
+                "health.eject_max_ms",
+                "need 0 < eject_base_ms <= eject_max_ms",
+            ));
+        }
+        if h.max_ejected_percent > 100 {
+            return Err(invalid(
+                "health.max_ejected_percent",
+                "must be within 0..=100",
+            ));
+        }
+        let r = &self.retry;
+        if !(0.0..=10.0).contains(&r.budget_ratio) {
+            return Err(invalid("retry.budget_ratio", "must be within 0.0..=10.0"));
+        }
+        if self.faults.path.as_os_str().is_empty() {
+            return Err(invalid("faults.path", "must be set"));
+        }
+        if !matches!(self.faults.synchronous.as_str(), "full" | "normal") {
+            return Err(invalid(
+                "faults.synchronous",
+                "must be \"full\" or \"normal\"",
+            ));
+        }
+        for (i, name) in self.faults.redact_headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(invalid(
+                    format!("faults.redact_headers[{i}]"),
+                    "not a header name",
+                ));
+            }
+        }
+        if self.mirror.max_in_flight == 0 {
+            return Err(invalid("mirror.max_in_flight", "must be > 0"));
+        }
+        for (i, m) in self.mirror.methods.iter().enumerate() {
+            if http::Method::from_bytes(m.as_bytes()).is_err() {
+                return Err(invalid(
+                    format!("mirror.methods[{i}]"),
+                    "not an HTTP method",
+                ));
+            }
+        }
+        for (i, name) in self.mirror.compare_headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(invalid(
+                    format!("mirror.compare_headers[{i}]"),
+                    "not a header name",
+                ));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if !r.prefix.starts_with('/') {
+                return Err(invalid(
+                    format!("routes[{i}].prefix"),
+                    "must start with '/'",
+                ));
+            }
+            if !(0.0..=1.0).contains(&r.mirror_fraction) {
+                return Err(invalid(
+                    format!("routes[{i}].mirror_fraction"),
+                    "must be within 0.0..=1.0",
+                ));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.id.as_str().is_empty() || !n.id.as_str().bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid(
+                    format!("nodes[{i}].id"),
+                    "must be non-empty printable ASCII",
+                ));
+            }
+            if !seen.insert(n.id.clone()) {
+                return Err(invalid(
+                    format!("nodes[{i}].id"),
+                    format!("duplicate node id `{}`", n.id),
+                ));
+            }
+            if n.weight > 10_000 {
+                return Err(invalid(format!("nodes[{i}].weight"), "must be <= 10000"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.downstream.header_read_timeout_ms)
+    }
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.downstream.body_read_timeout_ms)
+    }
+    pub fn upstream_request_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream.request_timeout_ms)
+    }
+
+    /// The route label of a path: the longest configured prefix that matches, else `default`.
+    pub fn route_for<'a>(&'a self, path: &str) -> Option<&'a RouteConfig> {
+        self.routes
+            .iter()
+            .filter(|r| path.starts_with(&r.prefix))
+            .max_by_key(|r| r.prefix.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Config {
+        Config {
+            admin: AdminConfig {
+                token: "t".into(),
+                ..AdminConfig::default()
+            },
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = base();
+        c.nodes.push(NodeConfig {
+            id: NodeId::new("a"),
+            pool: Pool::Stable,
+            addr: UpstreamAddr("127.0.0.1:1".parse().expect("addr")),
+            admin_addr: AdminAddr("127.0.0.1:2".parse().expect("addr")),
+            weight: 1,
+            admin_token: None,
+        });
+        c.nodes.push(c.nodes[0].clone());
+        let err = c.validate().expect_err("duplicate id").to_string();
+        assert!(err.contains("nodes[1].id"), "{err}");
+        let mut c = base();
+        c.admin.listen = "0.0.0.0:9".parse().expect("addr");
+        assert!(
+            c.validate()
+                .expect_err("non loopback")
+                .to_string()
+                .contains("admin.listen")
+        );
+        assert!(base().validate().is_ok());
+    }
+
+    #[test]
+    fn routes_pick_longest_prefix() {
+        let mut c = base();
+        c.routes = vec![
+            RouteConfig {
+                prefix: "/kv".into(),
+                mirror_fraction: 0.0,
+            },
+            RouteConfig {
+                prefix: "/kv/admin".into(),
+                mirror_fraction: 0.5,
+            },
+        ];
+        assert_eq!(
+            c.route_for("/kv/admin/x").map(|r| r.prefix.as_str()),
+            Some("/kv/admin")
+        );
+        assert_eq!(c.route_for("/kv/x").map(|r| r.prefix.as_str()), Some("/kv"));
+        assert!(c.route_for("/other").is_none());
+    }
+}

@@ -1,0 +1,143 @@
+//! Newtypes for the things that must never travel as bare strings or integers: node ids, the pool a
+//! node belongs to, its service and admin addresses, trace ids.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// The id of one node, as configured and as the node reports it in `x-janus-node`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(Arc<str>);
+
+impl NodeId {
+    pub fn new(id: &str) -> Self {
+        Self(Arc::from(id))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The two pools. `stable` holds lean (unikernel) nodes, `debug` holds instrumented (Linux process)
+/// nodes. The router cares about a node's flavour only through its pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    Stable,
+    Debug,
+}
+
+impl Pool {
+    pub const ALL: [Pool; 2] = [Pool::Stable, Pool::Debug];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pool::Stable => "stable",
+            Pool::Debug => "debug",
+        }
+    }
+}
+
+impl fmt::Display for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a node serves traffic (its service listener).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UpstreamAddr(pub SocketAddr);
+
+/// Where a node serves its admin API (`/health`, `/state`, `/traces/{id}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AdminAddr(pub SocketAddr);
+
+impl fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for AdminAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A W3C-compatible trace id: 32 lowercase hex digits, never all zero.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TraceId(String);
+
+impl TraceId {
+    /// Accepts exactly 32 hex digits (not all zero) and normalises them to lowercase.
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) && s.bytes().any(|b| b != b'0')
+        {
+            Some(Self(s.to_ascii_lowercase()))
+        } else {
+            None
+        }
+    }
+
+    /// Takes the trace id out of a `traceparent` header: `00-<32hex>-<16hex>-<2hex>`.
+    pub fn from_traceparent(s: &str) -> Option<Self> {
+        let mut parts = s.trim().split('-');
+        let (version, trace, span, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || version.len() != 2 || span.len() != 16 || flags.len() != 2 {
+            return None;
+        }
+        Self::parse(trace)
+    }
+
+    /// A fresh random trace id.
+    pub fn generate() -> Self {
+        let (a, b) = (crate::rand::next_u64(), crate::rand::next_u64());
+        let id = format!("{a:016x}{b:016x}");
+        Self::parse(&id).unwrap_or_else(|| Self("00000000000000000000000000000001".to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_parse_and_reject() {
+        let t = TraceId::parse("0AF7651916CD43DD8448EB211C80319C").expect("valid");
+        assert_eq!(t.as_str(), "0af7651916cd43dd8448eb211c80319c");
+        assert!(TraceId::parse("00000000000000000000000000000000").is_none());
+        assert!(TraceId::parse("xyz").is_none());
+        let tp =
+            TraceId::from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(
+            tp.expect("valid").as_str(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert!(
+            TraceId::from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7")
+                .is_none()
+        );
+        assert_ne!(TraceId::generate(), TraceId::generate());
+    }
+}

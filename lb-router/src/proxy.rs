@@ -1,0 +1,628 @@
+//! The request path, as a short named sequence of phases (drawn in `lb-router/README.md`):
+//!
+//! ```text
+//! read request -> classify channel -> pick pool -> pick node -> forward -> judge outcome
+//!              -> retry-on-debug (stable faults only) -> record (faults, mirror, metrics) -> respond
+//! ```
+//!
+//! Each phase is a function below; [`handle`] only strings them together.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::capture::{self, FaultContext};
+use crate::config::{ChannelConfig, Config, MixConfig};
+use crate::ids::{NodeId, Pool, TraceId};
+use crate::metrics::Flavor;
+use crate::pool::{Node, Topology};
+use crate::rand;
+use crate::router::Router;
+use crate::upstream::{
+    BufferedRequest, BufferedResponse, FaultKind, HOP_BY_HOP, UpstreamError, Verdict, X_FLAVOR,
+    X_NODE, X_TRACE_ID, judge,
+};
+
+pub const X_POOL: HeaderName = HeaderName::from_static("x-janus-pool");
+pub const X_RETRIED_FROM: HeaderName = HeaderName::from_static("x-janus-retried-from");
+pub const X_FAULT_ID: HeaderName = HeaderName::from_static("x-janus-fault-id");
+pub const X_ROUTER_ERROR: HeaderName = HeaderName::from_static("x-janus-router-error");
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// Errors the router answers itself. Each says who failed and whether retrying is safe.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("downstream: request body larger than {limit} bytes (not retryable as is)")]
+    BodyTooLarge { limit: usize },
+    #[error("downstream: request body not received within {timeout_ms} ms (retry is safe)")]
+    BodyTimeout { timeout_ms: u64 },
+    #[error("downstream: malformed request body: {0} (not retryable as is)")]
+    BadBody(String),
+    #[error("internal: no available node in either pool (retry later is safe)")]
+    NoNode,
+    #[error(
+        "upstream: {failure}; not replayed on a debug node: {refusal}; the request may or may not have been applied, retry only if it is safe for your operation"
+    )]
+    UpstreamNotReplayed { failure: String, refusal: String },
+    #[error("upstream: {0} (retry is safe for idempotent requests)")]
+    Upstream(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoNode => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamNotReplayed { failure, .. } | ProxyError::Upstream(failure) => {
+                if failure.contains("no complete response within") {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
+                }
+            }
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BodyTimeout { .. } => "body_timeout",
+            ProxyError::BadBody(_) => "bad_body",
+            ProxyError::NoNode => "no_node",
+            ProxyError::UpstreamNotReplayed { .. } => "upstream_not_replayed",
+            ProxyError::Upstream(_) => "upstream",
+        }
+    }
+}
+
+/// A plain-text answer from the router itself.
+pub fn router_response(
+    router: &Router,
+    err: &ProxyError,
+    trace_id: Option<&TraceId>,
+) -> Response<Full<Bytes>> {
+    let status = err.status();
+    router.metrics.record_router_response(status.as_u16());
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{err}\n"))));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(X_ROUTER_ERROR, HeaderValue::from_static(err.code()));
+    if let Some(t) = trace_id.and_then(|t| HeaderValue::from_str(t.as_str()).ok()) {
+        h.insert(X_TRACE_ID, t);
+    }
+    resp
+}
+
+/// Phase *read request*: the whole body, within the size and time limits.
+pub async fn read_request(
+    cfg: &Config,
+    req: http::Request<Incoming>,
+    client_ip: Option<IpAddr>,
+) -> Result<BufferedRequest, (ProxyError, TraceId)> {
+    let (parts, body) = req.into_parts();
+    let trace_id = trace_id_of(&parts.headers);
+    let limit = cfg.downstream.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err((ProxyError::BodyTooLarge { limit }, trace_id));
+    }
+    let timeout = cfg.body_read_timeout();
+    let body = match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => {
+            return Err((
+                ProxyError::BodyTimeout {
+                    timeout_ms: timeout.as_millis() as u64,
+                },
+                trace_id,
+            ));
+        }
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err((ProxyError::BodyTooLarge { limit }, trace_id));
+        }
+        Ok(Err(e)) => return Err((ProxyError::BadBody(e.to_string()), trace_id)),
+        Ok(Ok(b)) => b.to_bytes(),
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    Ok(BufferedRequest {
+        method: parts.method,
+        path,
+        headers: parts.headers,
+        body,
+        trace_id,
+        client_ip,
+    })
+}
+
+/// The trace id of a request: `x-janus-trace-id`, else the one in `traceparent`, else a new one.
+pub fn trace_id_of(headers: &HeaderMap) -> TraceId {
+    headers
+        .get(X_TRACE_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceId::parse)
+        .or_else(|| {
+            headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(TraceId::from_traceparent)
+        })
+        .unwrap_or_else(TraceId::generate)
+}
+
+/// Which channel a request belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    /// Beta users always go to the debug pool.
+    Beta,
+    /// Ordinary traffic, mixed by weight; `user_hash` keeps a known user on one pool.
+    Ordinary { user_hash: Option<u64> },
+}
+
+/// Phase *classify channel*.
+pub fn classify_channel(cfg: &ChannelConfig, headers: &HeaderMap) -> Channel {
+    if !cfg.beta_header.is_empty()
+        && headers
+            .get_all(cfg.beta_header.as_str())
+            .iter()
+            .any(|v| v.as_bytes() == cfg.beta_value.as_bytes())
+    {
+        return Channel::Beta;
+    }
+    if !cfg.beta_cookie.is_empty() {
+        for cookie_header in headers.get_all(header::COOKIE) {
+            let Ok(s) = cookie_header.to_str() else {
+                continue;
+            };
+            for pair in s.split(';') {
+                if let Some((k, v)) = pair.trim().split_once('=')
+                    && k == cfg.beta_cookie
+                    && v == cfg.beta_value
+                {
+                    return Channel::Beta;
+                }
+            }
+        }
+    }
+    let user_hash = if cfg.user_id_header.is_empty() {
+        None
+    } else {
+        headers
+            .get(cfg.user_id_header.as_str())
+            .map(|v| rand::stable_hash(v.as_bytes()))
+    };
+    if let Some(h) = user_hash {
+        // Low 32 bits decide beta membership, high 32 bits the pool: independent decisions.
+        let bucket = (h & 0xffff_ffff) as f64 / 4_294_967_296.0 * 100.0;
+        if bucket < cfg.beta_user_percent {
+            return Channel::Beta;
+        }
+    }
+    Channel::Ordinary { user_hash }
+}
+
+/// Phase *pick pool*: beta -> debug; ordinary -> weighted (consistent per user). Falls back to the
+/// other pool when the chosen one has no available node.
+pub fn pick_pool(mix: &MixConfig, channel: Channel, topo: &Topology) -> (Pool, bool) {
+    let wanted = match channel {
+        Channel::Beta => Pool::Debug,
+        Channel::Ordinary { user_hash } => {
+            let total = u64::from(mix.stable_weight) + u64::from(mix.debug_weight);
+            let r = match user_hash {
+                Some(h) => ((h >> 32) * total) >> 32,
+                None => rand::below(total),
+            };
+            if r < u64::from(mix.stable_weight) {
+                Pool::Stable
+            } else {
+                Pool::Debug
+            }
+        }
+    };
+    if topo.has_available(wanted) {
+        return (wanted, false);
+    }
+    let other = match wanted {
+        Pool::Stable => Pool::Debug,
+        Pool::Debug => Pool::Stable,
+    };
+    if topo.has_available(other) {
+        (other, true)
+    } else {
+        (wanted, false)
+    }
+}
+
+/// Why a request may not be replayed, if it may not.
+pub fn replay_refusal(cfg: &Config, req: &BufferedRequest) -> Option<String> {
+    if !cfg.retry.enabled {
+        return Some("retry is disabled (retry.enabled = false)".to_owned());
+    }
+    let idempotent = matches!(
+        req.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if !idempotent && !req.headers.contains_key(IDEMPOTENCY_KEY) {
+        return Some(format!(
+            "{} is not idempotent and carries no Idempotency-Key",
+            req.method
+        ));
+    }
+    if req.body.len() > cfg.retry.max_body_bytes {
+        return Some(format!(
+            "request body of {} bytes exceeds retry.max_body_bytes = {}",
+            req.body.len(),
+            cfg.retry.max_body_bytes
+        ));
+    }
+    None
+}
+
+/// One attempt on one node and its judged outcome.
+pub struct Attempt {
+    pub node: Arc<Node>,
+    pub result: Result<BufferedResponse, UpstreamError>,
+    pub verdict: Verdict,
+}
+
+/// Phases *forward* and *judge outcome* on one node, with passive health accounting.
+pub async fn attempt(
+    router: &Router,
+    cfg: &Config,
+    node: Arc<Node>,
+    req: &BufferedRequest,
+) -> Attempt {
+    let result = {
+        let _in_flight = node.start_request();
+        router
+            .upstream
+            .forward(
+                &node,
+                req,
+                &[],
+                cfg.upstream_request_timeout(),
+                cfg.upstream.max_response_body_bytes,
+            )
+            .await
+    };
+    if let Ok(r) = &result
+        && let Some(seq) = r.state_seq()
+    {
+        node.observe_seq(seq);
+    }
+    let verdict = judge(&result);
+    match verdict {
+        Verdict::Good => node.health.record_success(),
+        Verdict::Fault(kind) => {
+            node.failures.inc();
+            let effect = node.health.record_failure(
+                &router.pools.policy(),
+                router.pools.ejections(node.pool),
+                router.now_ms(),
+            );
+            crate::checks::log_effect(&node, effect, &kind.outcome());
+        }
+    }
+    Attempt {
+        node,
+        result,
+        verdict,
+    }
+}
+
+/// The whole request path.
+pub async fn handle(
+    router: Arc<Router>,
+    req: http::Request<Incoming>,
+    client_ip: Option<IpAddr>,
+) -> Response<Full<Bytes>> {
+    let started = tokio::time::Instant::now();
+    let cfg = router.config();
+
+    // Phase: read request.
+    let req = match read_request(&cfg, req, client_ip).await {
+        Ok(r) => r,
+        Err((e, trace)) => return router_response(&router, &e, Some(&trace)),
+    };
+    router.budget.deposit();
+
+    // Phase: classify channel.
+    let channel = classify_channel(&cfg.channels, &req.headers);
+
+    // Phase: pick pool.
+    let topo = router.pools.current();
+    let (pool, fell_back) = pick_pool(&cfg.mix, channel, &topo);
+    if fell_back {
+        router.metrics.channel_fallbacks.inc();
+    }
+
+    // Phase: pick node.
+    let Some(node) = topo.pick_node(pool, None, rand::next_u64()) else {
+        return router_response(&router, &ProxyError::NoNode, Some(&req.trace_id));
+    };
+
+    // Phases: forward + judge outcome.
+    let primary = attempt(&router, &cfg, node, &req).await;
+
+    let Verdict::Fault(kind) = primary.verdict else {
+        // Phase: record (mirror a share of good stable traffic).
+        let resp = match primary.result {
+            Ok(r) => r,
+            Err(e) => {
+                return router_response(
+                    &router,
+                    &ProxyError::Upstream(e.to_string()),
+                    Some(&req.trace_id),
+                );
+            }
+        };
+        if primary.node.pool == Pool::Stable {
+            crate::mirror::maybe_mirror(&router, &cfg, &req, &primary.node, &resp);
+        }
+        return respond(&router, resp, &primary.node, None, None, started);
+    };
+
+    if primary.node.pool == Pool::Debug {
+        // A debug node failed: nothing more instrumented to go to. Pass its answer on honestly.
+        return match primary.result {
+            Ok(resp) => respond(&router, resp, &primary.node, None, None, started),
+            Err(e) => router_response(
+                &router,
+                &ProxyError::Upstream(e.to_string()),
+                Some(&req.trace_id),
+            ),
+        };
+    }
+
+    // Phase: retry-on-debug.
+    let retry = retry_on_debug(&router, &cfg, &req, &primary.node.id).await;
+
+    // Phase: record.
+    let ctx = FaultContext {
+        cfg: &cfg,
+        req: &req,
+        stable: &primary,
+        kind,
+        retry: &retry,
+    };
+    let fault_id = capture::record_fault(&router, ctx).await;
+
+    match retry {
+        RetryOutcome::Answered(debug) => match debug.result {
+            Ok(resp) => respond(
+                &router,
+                resp,
+                &debug.node,
+                Some(&primary.node.id),
+                fault_id,
+                started,
+            ),
+            Err(e) => {
+                let err = ProxyError::Upstream(format!(
+                    "stable node {} failed ({}) and debug node {} failed too: {e}",
+                    primary.node.id,
+                    kind.outcome(),
+                    debug.node.id
+                ));
+                with_fault_id(
+                    router_response(&router, &err, Some(&req.trace_id)),
+                    fault_id,
+                )
+            }
+        },
+        RetryOutcome::NotReplayed(refusal) => {
+            let failure = match &primary.result {
+                Ok(r) => format!(
+                    "stable node {} answered {} ({})",
+                    primary.node.id,
+                    r.status,
+                    kind.outcome()
+                ),
+                Err(e) => e.to_string(),
+            };
+            match primary.result {
+                // The node did answer (a 5xx): pass its answer on, with a note why it was not replayed.
+                Ok(resp) => {
+                    let mut out = respond(&router, resp, &primary.node, None, fault_id, started);
+                    if let Ok(v) = HeaderValue::from_str(&format!("not replayed: {refusal}")) {
+                        out.headers_mut().insert(X_ROUTER_ERROR, v);
+                    }
+                    out
+                }
+                Err(_) => with_fault_id(
+                    router_response(
+                        &router,
+                        &ProxyError::UpstreamNotReplayed { failure, refusal },
+                        Some(&req.trace_id),
+                    ),
+                    fault_id,
+                ),
+            }
+        }
+    }
+}
+
+fn with_fault_id(mut resp: Response<Full<Bytes>>, fault_id: Option<i64>) -> Response<Full<Bytes>> {
+    if let Some(id) = fault_id {
+        resp.headers_mut().insert(X_FAULT_ID, HeaderValue::from(id));
+    }
+    resp
+}
+
+/// What the retry-on-debug phase did.
+pub enum RetryOutcome {
+    Answered(Attempt),
+    NotReplayed(String),
+}
+
+/// Phase *retry-on-debug*: replay the buffered request on a debug node, if safe and within budget.
+pub async fn retry_on_debug(
+    router: &Router,
+    cfg: &Config,
+    req: &BufferedRequest,
+    failed: &NodeId,
+) -> RetryOutcome {
+    if let Some(refusal) = replay_refusal(cfg, req) {
+        router.metrics.retries_not_replayable.inc();
+        return RetryOutcome::NotReplayed(refusal);
+    }
+    let topo = router.pools.current();
+    let Some(debug) = topo.pick_node(Pool::Debug, Some(failed), rand::next_u64()) else {
+        router.metrics.retries_no_debug_node.inc();
+        return RetryOutcome::NotReplayed("no debug node is available".to_owned());
+    };
+    if !router.budget.try_withdraw() {
+        router.metrics.retries_denied_budget.inc();
+        return RetryOutcome::NotReplayed(
+            "the retry budget is exhausted (retry storm protection)".to_owned(),
+        );
+    }
+    router.metrics.retries_sent.inc();
+    RetryOutcome::Answered(attempt(router, cfg, debug, req).await)
+}
+
+/// Phase *respond*: the node's answer, minus hop-by-hop headers, plus who answered.
+pub fn respond(
+    router: &Router,
+    resp: BufferedResponse,
+    node: &Node,
+    retried_from: Option<&NodeId>,
+    fault_id: Option<i64>,
+    started: tokio::time::Instant,
+) -> Response<Full<Bytes>> {
+    let flavor = Flavor::parse(resp.headers.get(X_FLAVOR).and_then(|v| v.to_str().ok()));
+    router.metrics.record_response(
+        node.pool,
+        flavor,
+        resp.status.as_u16(),
+        started.elapsed().as_micros() as u64,
+    );
+    let mut out = Response::new(Full::new(resp.body));
+    *out.status_mut() = resp.status;
+    let h = out.headers_mut();
+    for (name, value) in &resp.headers {
+        if !HOP_BY_HOP.contains(&name.as_str()) && name != header::CONTENT_LENGTH {
+            h.append(name.clone(), value.clone());
+        }
+    }
+    if !h.contains_key(X_NODE)
+        && let Ok(v) = HeaderValue::from_str(node.id.as_str())
+    {
+        h.insert(X_NODE, v);
+    }
+    h.insert(X_POOL, HeaderValue::from_static(node.pool.as_str()));
+    if let Some(from) = retried_from.and_then(|f| HeaderValue::from_str(f.as_str()).ok()) {
+        h.insert(X_RETRIED_FROM, from);
+    }
+    if let Some(id) = fault_id {
+        h.insert(X_FAULT_ID, HeaderValue::from(id));
+    }
+    out
+}
+
+/// Used by the admin replay endpoint: one attempt on a chosen node, judged, no retry.
+pub async fn replay_on(router: &Router, node: Arc<Node>, req: &BufferedRequest) -> Attempt {
+    let cfg = router.config();
+    attempt(router, &cfg, node, req).await
+}
+
+impl FaultKind {
+    /// Faults where the stable node may still be alive to ask for its state.
+    pub fn node_may_be_alive(&self) -> bool {
+        !matches!(self, FaultKind::ConnectError)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn channels_from_header_cookie_and_user_hash() {
+        let mut cfg = ChannelConfig::default();
+        assert_eq!(
+            classify_channel(&cfg, &headers(&[("x-janus-channel", "beta")])),
+            Channel::Beta
+        );
+        assert_eq!(
+            classify_channel(&cfg, &headers(&[("cookie", "a=b; janus_channel=beta")])),
+            Channel::Beta
+        );
+        assert!(matches!(
+            classify_channel(&cfg, &headers(&[("cookie", "janus_channel=stable")])),
+            Channel::Ordinary { user_hash: None }
+        ));
+        cfg.beta_user_percent = 30.0;
+        let mut beta = 0;
+        for i in 0..2000 {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "x-user-id",
+                HeaderValue::from_str(&format!("user-{i}")).expect("value"),
+            );
+            let first = classify_channel(&cfg, &h);
+            // Sticky: the same user always lands on the same channel.
+            assert_eq!(first, classify_channel(&cfg, &h));
+            beta += usize::from(first == Channel::Beta);
+        }
+        assert!(
+            (500..700).contains(&beta),
+            "beta share {beta}/2000 not near 30%"
+        );
+    }
+
+    #[test]
+    fn replay_rules() {
+        let cfg = Config::default();
+        let mut req = BufferedRequest {
+            method: Method::POST,
+            path: "/".into(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            trace_id: TraceId::generate(),
+            client_ip: None,
+        };
+        assert!(
+            replay_refusal(&cfg, &req)
+                .expect("refused")
+                .contains("Idempotency-Key")
+        );
+        req.headers
+            .insert(IDEMPOTENCY_KEY, HeaderValue::from_static("k1"));
+        assert!(replay_refusal(&cfg, &req).is_none());
+        req.method = Method::GET;
+        req.body = Bytes::from(vec![0; cfg.retry.max_body_bytes + 1]);
+        assert!(
+            replay_refusal(&cfg, &req)
+                .expect("refused")
+                .contains("max_body_bytes")
+        );
+    }
+}

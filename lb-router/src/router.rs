@@ -1,0 +1,183 @@
+//! The router's shared state: config in force, pools, metrics, retry budget, upstream clients, fault
+//! store, mirror slots; and config reload (SIGHUP or admin API), which swaps what can change without
+//! dropping connections and refuses the rest.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::budget::RetryBudget;
+use crate::config::{Config, ConfigError, ConfigSource};
+use crate::faults::{Durability, FaultStore, FaultStoreError};
+use crate::metrics::RouterMetrics;
+use crate::pool::Pools;
+use crate::upstream::Upstream;
+
+/// Why the router could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    FaultStore(#[from] FaultStoreError),
+    #[error("internal: cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Everything the request path, the admin API and the background tasks share.
+#[derive(Debug)]
+pub struct Router {
+    config: RwLock<Arc<Config>>,
+    source: ConfigSource,
+    pub pools: Pools,
+    pub metrics: RouterMetrics,
+    pub budget: RetryBudget,
+    pub upstream: Upstream,
+    pub faults: Arc<FaultStore>,
+    pub mirror_slots: Arc<Semaphore>,
+    clock: tokio::time::Instant,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Router {
+    /// Builds the router from a loaded, validated config.
+    pub fn new(config: Config, source: ConfigSource) -> Result<Arc<Self>, StartError> {
+        if let Some(parent) = config.faults.path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let durability = if config.faults.synchronous == "normal" {
+            Durability::Normal
+        } else {
+            Durability::Full
+        };
+        let faults = Arc::new(FaultStore::open_with(&config.faults.path, durability)?);
+        let r = &config.retry;
+        Ok(Arc::new(Self {
+            pools: Pools::new(&config),
+            metrics: RouterMetrics::new(),
+            budget: RetryBudget::new(r.budget_ratio, r.budget_min_per_sec, r.budget_max_tokens),
+            upstream: Upstream::new(&config.upstream),
+            faults,
+            mirror_slots: Arc::new(Semaphore::new(config.mirror.max_in_flight)),
+            clock: tokio::time::Instant::now(),
+            reload_lock: tokio::sync::Mutex::new(()),
+            config: RwLock::new(Arc::new(config)),
+            source,
+        }))
+    }
+
+    /// The config in force (cheap: clones an `Arc`).
+    pub fn config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Milliseconds on the router's monotonic clock (follows paused tokio time in tests).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Re-reads the config sources and applies them. On error nothing changes.
+    pub async fn reload(&self) -> Result<(), ConfigError> {
+        let _guard = self.reload_lock.lock().await;
+        let source = self.source.clone();
+        let result = tokio::task::spawn_blocking(move || source.load())
+            .await
+            .map_err(|e| ConfigError::Load(format!("internal: config loader task failed: {e}")))
+            .and_then(|r| r);
+        let new = match result {
+            Ok(new) => new,
+            Err(e) => {
+                self.metrics.reloads_failed.inc();
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.check_reloadable(&new) {
+            self.metrics.reloads_failed.inc();
+            return Err(e);
+        }
+        self.apply(new);
+        self.metrics.reloads_ok.inc();
+        Ok(())
+    }
+
+    /// Keys bound at start-up (listeners, the store file, upstream connection settings, mirror slots)
+    /// cannot change on reload: such a reload is refused naming the key, and a restart is needed.
+    fn check_reloadable(&self, new: &Config) -> Result<(), ConfigError> {
+        let old = self.config();
+        let fixed: [(&str, bool); 8] = [
+            (
+                "downstream.listen",
+                old.downstream.listen == new.downstream.listen,
+            ),
+            ("admin.listen", old.admin.listen == new.admin.listen),
+            ("faults.path", old.faults.path == new.faults.path),
+            (
+                "faults.synchronous",
+                old.faults.synchronous == new.faults.synchronous,
+            ),
+            (
+                "upstream.connect_timeout_ms",
+                old.upstream.connect_timeout_ms == new.upstream.connect_timeout_ms,
+            ),
+            (
+                "upstream.pool_idle_timeout_ms",
+                old.upstream.pool_idle_timeout_ms == new.upstream.pool_idle_timeout_ms,
+            ),
+            (
+                "upstream.pool_max_idle_per_node",
+                old.upstream.pool_max_idle_per_node == new.upstream.pool_max_idle_per_node,
+            ),
+            (
+                "mirror.max_in_flight",
+                old.mirror.max_in_flight == new.mirror.max_in_flight,
+            ),
+        ];
+        for (key, same) in fixed {
+            if !same {
+                return Err(ConfigError::Invalid {
+                    key: key.to_owned(),
+                    message: "cannot change on reload; restart the router to change it".to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, new: Config) {
+        self.pools.apply_config(&new);
+        let r = &new.retry;
+        self.budget
+            .configure(r.budget_ratio, r.budget_min_per_sec, r.budget_max_tokens);
+        let mut guard = match self.config.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = Arc::new(new);
+    }
+
+    /// Runs the background duties: retry budget refill and active health checks. Never returns.
+    pub async fn run_background(self: Arc<Self>) {
+        let budget = {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    me.budget.refill();
+                }
+            })
+        };
+        crate::checks::run_active_checks(self).await;
+        budget.abort();
+    }
+}

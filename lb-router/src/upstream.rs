@@ -1,0 +1,332 @@
+//! The upstream side: pooled keep-alive HTTP/1.1 connections to nodes, the *forward* phase, the
+//! *judge outcome* phase, and authenticated calls to nodes' admin APIs.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::UpstreamConfig;
+use crate::ids::TraceId;
+use crate::pool::Node;
+
+/// Headers that describe one hop and are never forwarded (RFC 9110 section 7.6.1).
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+pub const X_TRACE_ID: HeaderName = HeaderName::from_static("x-janus-trace-id");
+pub const X_FAULT: HeaderName = HeaderName::from_static("x-janus-fault");
+pub const X_FLAVOR: HeaderName = HeaderName::from_static("x-janus-flavor");
+pub const X_NODE: HeaderName = HeaderName::from_static("x-janus-node");
+pub const X_STATE_SEQ: HeaderName = HeaderName::from_static("x-janus-state-seq");
+pub const X_MIRROR: HeaderName = HeaderName::from_static("x-janus-mirror");
+
+/// A client request, fully read and kept so it can be replayed.
+#[derive(Clone, Debug)]
+pub struct BufferedRequest {
+    pub method: Method,
+    /// Path and query, e.g. `/kv/a?x=1`.
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trace_id: TraceId,
+    pub client_ip: Option<std::net::IpAddr>,
+}
+
+/// A node's answer, fully read.
+#[derive(Clone, Debug)]
+pub struct BufferedResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl BufferedResponse {
+    pub fn state_seq(&self) -> Option<u64> {
+        self.headers
+            .get(X_STATE_SEQ)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse().ok())
+    }
+}
+
+/// Why a node did not answer. Every variant is an *upstream* failure; whether a retry is safe depends
+/// on the request (see `proxy::replay_refusal`), not on the failure.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream node {node}: connect failed: {reason}")]
+    Connect { node: String, reason: String },
+    #[error("upstream node {node}: connection reset or closed before the response head: {reason}")]
+    Reset { node: String, reason: String },
+    #[error("upstream node {node}: response body cut off: {reason}")]
+    BodyCutOff { node: String, reason: String },
+    #[error("upstream node {node}: no complete response within {timeout_ms} ms")]
+    Timeout { node: String, timeout_ms: u64 },
+    #[error("upstream node {node}: response body larger than {limit} bytes")]
+    ResponseTooLarge { node: String, limit: usize },
+    #[error("internal: could not build the upstream request: {0}")]
+    BadRequest(String),
+}
+
+/// The judged result of one attempt on one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Good,
+    Fault(FaultKind),
+}
+
+/// How a node failed a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    ConnectError,
+    Reset,
+    BodyCutOff,
+    Timeout,
+    ResponseTooLarge,
+    /// The node caught a panic and said so (`x-janus-fault: panic`).
+    Panic,
+    /// A 5xx without a fault header.
+    ServerError(u16),
+}
+
+impl FaultKind {
+    /// The outcome string stored in the fault store and shown in logs.
+    pub fn outcome(&self) -> String {
+        match self {
+            FaultKind::ConnectError => "connect_error".into(),
+            FaultKind::Reset => "reset".into(),
+            FaultKind::BodyCutOff => "body_cut_off".into(),
+            FaultKind::Timeout => "timeout".into(),
+            FaultKind::ResponseTooLarge => "response_too_large".into(),
+            FaultKind::Panic => "panic".into(),
+            FaultKind::ServerError(s) => format!("status_{s}"),
+        }
+    }
+
+    /// Did the node fail to produce any answer the client could be given?
+    pub fn no_answer(&self) -> bool {
+        !matches!(self, FaultKind::Panic | FaultKind::ServerError(_))
+    }
+}
+
+/// Phase *judge outcome*: is this attempt a fault?
+pub fn judge(result: &Result<BufferedResponse, UpstreamError>) -> Verdict {
+    match result {
+        Ok(resp) => {
+            if resp.headers.get(X_FAULT).is_some() {
+                Verdict::Fault(FaultKind::Panic)
+            } else if resp.status.is_server_error() {
+                Verdict::Fault(FaultKind::ServerError(resp.status.as_u16()))
+            } else {
+                Verdict::Good
+            }
+        }
+        Err(UpstreamError::Connect { .. }) => Verdict::Fault(FaultKind::ConnectError),
+        Err(UpstreamError::Reset { .. }) => Verdict::Fault(FaultKind::Reset),
+        Err(UpstreamError::BodyCutOff { .. }) => Verdict::Fault(FaultKind::BodyCutOff),
+        Err(UpstreamError::Timeout { .. }) => Verdict::Fault(FaultKind::Timeout),
+        Err(UpstreamError::ResponseTooLarge { .. }) => Verdict::Fault(FaultKind::ResponseTooLarge),
+        Err(UpstreamError::BadRequest(_)) => Verdict::Fault(FaultKind::ConnectError),
+    }
+}
+
+/// Pooled clients to nodes' service and admin listeners.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_millis(cfg.pool_idle_timeout_ms))
+            .pool_max_idle_per_host(cfg.pool_max_idle_per_node)
+            .build(connector);
+        Self { client }
+    }
+
+    /// Phase *forward*: sends the buffered request to `node` and reads the whole answer.
+    pub async fn forward(
+        &self,
+        node: &Node,
+        req: &BufferedRequest,
+        extra: &[(HeaderName, HeaderValue)],
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<BufferedResponse, UpstreamError> {
+        let node_name = node.id.to_string();
+        let uri = format!("http://{}{}", node.addr, req.path);
+        let mut builder = Request::builder().method(req.method.clone()).uri(uri);
+        if let Some(h) = builder.headers_mut() {
+            for (name, value) in &req.headers {
+                if !HOP_BY_HOP.contains(&name.as_str()) && name != header::CONTENT_LENGTH {
+                    h.append(name.clone(), value.clone());
+                }
+            }
+            if let Ok(v) = HeaderValue::from_str(req.trace_id.as_str()) {
+                h.insert(X_TRACE_ID, v);
+            }
+            if let Some(ip) = req.client_ip
+                && let Ok(v) = HeaderValue::from_str(&ip.to_string())
+            {
+                h.append(HeaderName::from_static("x-forwarded-for"), v);
+            }
+            for (k, v) in extra {
+                h.insert(k.clone(), v.clone());
+            }
+        }
+        let request = builder
+            .body(Full::new(req.body.clone()))
+            .map_err(|e| UpstreamError::BadRequest(e.to_string()))?;
+        let exchange = async {
+            let resp = self.client.request(request).await.map_err(|e| {
+                let reason = error_chain(&e);
+                if e.is_connect() {
+                    UpstreamError::Connect {
+                        node: node_name.clone(),
+                        reason,
+                    }
+                } else {
+                    UpstreamError::Reset {
+                        node: node_name.clone(),
+                        reason,
+                    }
+                }
+            })?;
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, max_body).collect().await.map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    UpstreamError::ResponseTooLarge {
+                        node: node_name.clone(),
+                        limit: max_body,
+                    }
+                } else {
+                    UpstreamError::BodyCutOff {
+                        node: node_name.clone(),
+                        reason: e.to_string(),
+                    }
+                }
+            })?;
+            Ok(BufferedResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body: body.to_bytes(),
+            })
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout {
+                node: node.id.to_string(),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// `GET` on a node's admin API with its bearer token.
+    pub async fn admin_get(
+        &self,
+        node: &Node,
+        default_token: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<BufferedResponse, String> {
+        let token = node.admin_token.as_deref().unwrap_or(default_token);
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("http://{}{}", node.admin_addr, path))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("internal: bad admin request: {e}"))?;
+        let fut = async {
+            let resp =
+                self.client.request(req).await.map_err(|e| {
+                    format!("upstream admin of node {}: {}", node.id, error_chain(&e))
+                })?;
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, 64 * 1024 * 1024)
+                .collect()
+                .await
+                .map_err(|e| format!("upstream admin of node {}: body: {e}", node.id))?;
+            Ok(BufferedResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body: body.to_bytes(),
+            })
+        };
+        tokio::time::timeout(timeout, fut).await.map_err(|_| {
+            format!(
+                "upstream admin of node {}: timeout after {} ms",
+                node.id,
+                timeout.as_millis()
+            )
+        })?
+    }
+}
+
+/// The error and its sources, one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, fault: bool) -> Result<BufferedResponse, UpstreamError> {
+        let mut headers = HeaderMap::new();
+        if fault {
+            headers.insert(X_FAULT, HeaderValue::from_static("panic"));
+        }
+        Ok(BufferedResponse {
+            status: StatusCode::from_u16(status).expect("status"),
+            headers,
+            body: Bytes::new(),
+        })
+    }
+
+    #[test]
+    fn judge_classifies() {
+        assert_eq!(judge(&resp(200, false)), Verdict::Good);
+        assert_eq!(judge(&resp(404, false)), Verdict::Good);
+        assert_eq!(
+            judge(&resp(503, false)),
+            Verdict::Fault(FaultKind::ServerError(503))
+        );
+        assert_eq!(judge(&resp(500, true)), Verdict::Fault(FaultKind::Panic));
+        let reset = Err(UpstreamError::Reset {
+            node: "a".into(),
+            reason: "eof".into(),
+        });
+        assert_eq!(judge(&reset), Verdict::Fault(FaultKind::Reset));
+        assert!(FaultKind::Reset.no_answer());
+        assert!(!FaultKind::Panic.no_answer());
+    }
+}
