@@ -189,7 +189,10 @@ pub fn check(expect: &Expect, reply: &Reply, node: &Node, stateful: bool) -> Vec
     if let Some(body) = &expect.body
         && reply.body != body.as_bytes()
     {
-        p.push(format!("body {:?} != expected {body:?}", truncate(&reply.text())));
+        p.push(format!(
+            "body {:?} != expected {body:?}",
+            truncate(&reply.text())
+        ));
     }
     if let Some(part) = &expect.body_contains
         && !reply.text().contains(part.as_str())

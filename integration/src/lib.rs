@@ -3,7 +3,7 @@
 //! either build.
 #![forbid(unsafe_code)]
 
-pub mod client;
+pub use janus::client;
 pub mod conformance;
 pub mod node;
 

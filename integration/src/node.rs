@@ -79,8 +79,14 @@ impl Node {
             .with_context(|| format!("cannot start {}", artifact.path.display()))?;
         let output = Arc::new(Mutex::new(Vec::new()));
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -202,7 +208,12 @@ fn pump(mut s: Box<dyn Read + Send>, out: Arc<Mutex<Vec<u8>>>) {
     }
 }
 
-fn probe(addr: SocketAddr, path: &str, headers: &[(&str, &str)], timeout: Duration) -> Option<Reply> {
+fn probe(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Option<Reply> {
     let mut head = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
     for (n, v) in headers {
         head.push_str(&format!("{n}: {v}\r\n"));

@@ -47,7 +47,9 @@ impl FromStr for Flavor {
         match s {
             "unix" => Ok(Flavor::Unix),
             "uk" => Ok(Flavor::Uk),
-            other => Err(format!("unknown flavor '{other}' (expected 'unix' or 'uk')")),
+            other => Err(format!(
+                "unknown flavor '{other}' (expected 'unix' or 'uk')"
+            )),
         }
     }
 }
@@ -228,7 +230,8 @@ pub fn write_wrapper(
     let lock = dir.join("Cargo.lock");
     let ws_lock = layout.home.join("Cargo.lock");
     if !lock.exists() && ws_lock.exists() {
-        std::fs::copy(&ws_lock, &lock).with_context(|| format!("cannot copy {}", ws_lock.display()))?;
+        std::fs::copy(&ws_lock, &lock)
+            .with_context(|| format!("cannot copy {}", ws_lock.display()))?;
     }
     Ok(())
 }

@@ -87,7 +87,10 @@ pub fn read_response(s: &mut impl Read, buf: &mut Vec<u8>) -> anyhow::Result<Rep
             break i + 4;
         }
         if !fill(s, buf)? {
-            bail!("connection closed before a complete response head ({} bytes)", buf.len());
+            bail!(
+                "connection closed before a complete response head ({} bytes)",
+                buf.len()
+            );
         }
     };
     let head = std::str::from_utf8(&buf[..head_end]).context("response head is not UTF-8")?;

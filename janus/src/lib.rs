@@ -2,6 +2,7 @@
 //!
 //! - [`service`]: reads a service crate (name, library, service type) and refuses one that is not
 //!   `#![no_std]`.
+//! - [`client`]: a small blocking HTTP/1.1 client for health checks, admin calls and tests.
 //! - [`build`]: generates the per-flavour wrapper crate, builds it, writes the artifact and the
 //!   requirements manifest next to it.
 //! - [`flavor`]: what differs between the unix process and the unikernel image.
@@ -9,9 +10,12 @@
 #![forbid(unsafe_code)]
 
 pub mod build;
+pub mod client;
+pub mod cluster;
 pub mod flavor;
 pub mod node;
 pub mod service;
+pub mod supervisor;
 
 pub use build::{Artifact, Flavor, build};
 pub use node::NodeOpts;

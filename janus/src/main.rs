@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use janus::{Flavor, NodeOpts};
 
 #[derive(Parser)]
-#[command(name = "janus", version, about = "One HTTP service, two builds: unix process and unikernel")]
+#[command(
+    name = "janus",
+    version,
+    about = "One HTTP service, two builds: unix process and unikernel"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -52,7 +56,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Build { service, flavor } => {
             let a = janus::build(&service, flavor)?;
-            eprintln!("janus: requirements written to {}", a.requirements.display());
+            eprintln!(
+                "janus: requirements written to {}",
+                a.requirements.display()
+            );
             if let Some(elf) = &a.debug_elf {
                 eprintln!("janus: unstripped ELF for gdb: {}", elf.display());
             }

@@ -77,7 +77,9 @@ fn parse_accel(s: &str) -> Result<AccelArg, String> {
         "auto" => Ok(AccelArg(Accel::Auto)),
         "kvm" => Ok(AccelArg(Accel::Kvm)),
         "tcg" => Ok(AccelArg(Accel::Tcg)),
-        _ => Err(format!("unknown accelerator '{s}' (expected kvm, tcg or auto)")),
+        _ => Err(format!(
+            "unknown accelerator '{s}' (expected kvm, tcg or auto)"
+        )),
     }
 }
 
@@ -201,8 +203,16 @@ mod tests {
             parse_upstream("backend=127.0.0.1:9000"),
             Ok(("backend".into(), "127.0.0.1:9000".parse().expect("addr")))
         );
-        assert!(parse_upstream("backend").unwrap_err().contains("NAME=ADDR:PORT"));
+        assert!(
+            parse_upstream("backend")
+                .unwrap_err()
+                .contains("NAME=ADDR:PORT")
+        );
         assert!(parse_upstream("=1.2.3.4:5").unwrap_err().contains("empty"));
-        assert!(parse_upstream("b=localhost").unwrap_err().contains("not an IP"));
+        assert!(
+            parse_upstream("b=localhost")
+                .unwrap_err()
+                .contains("not an IP")
+        );
     }
 }

@@ -71,8 +71,9 @@ impl ServiceCrate {
     /// pull std back in.
     fn check_no_std(&self) -> anyhow::Result<()> {
         let lib = self.dir.join("src/lib.rs");
-        let text = std::fs::read_to_string(&lib)
-            .with_context(|| format!("{} not found: a service is a library crate", lib.display()))?;
+        let text = std::fs::read_to_string(&lib).with_context(|| {
+            format!("{} not found: a service is a library crate", lib.display())
+        })?;
         let code: String = text
             .lines()
             .map(|l| l.split("//").next().unwrap_or(""))

@@ -1,0 +1,295 @@
+//! The cluster file: one service, how many stable (unikernel) and debug (process) nodes, router settings
+//! and ports. Every key has a default, so `janus up` needs no file at all.
+//!
+//! ```toml
+//! name = "default"            # run directory name: two clusters with different names never collide
+//! service = "samples/faulty"  # the service crate (relative to the cluster file, else the Janus tree)
+//!
+//! [stable]                    # unikernel nodes under QEMU
+//! count = 3
+//! memory_mib = 128
+//! machine = "microvm"         # or q35
+//! accel = "auto"              # kvm when /dev/kvm opens, else tcg
+//!
+//! [debug]                     # instrumented process nodes
+//! count = 1
+//! spare = 1                   # extra debug nodes outside the router's pools, used by `janus faults repro`
+//! log_level = "info"
+//!
+//! [router]
+//! listen = "127.0.0.1:8000"   # 0 as the port picks a free one
+//! admin = "127.0.0.1:8001"
+//! stable_weight = 90
+//! debug_weight = 10
+//! beta_header = "x-janus-channel"   # `x-janus-channel: beta` always goes to the debug pool
+//! request_timeout_ms = 2000
+//! [[router.mirror]]
+//! prefix = "/stats"
+//! fraction = 1.0
+//!
+//! [restart]
+//! backoff_initial_ms = 200
+//! backoff_max_ms = 10000
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// A whole cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterFile {
+    /// Run directory name.
+    pub name: String,
+    /// The service crate directory.
+    pub service: PathBuf,
+    /// Unikernel nodes.
+    pub stable: StableSpec,
+    /// Process nodes.
+    pub debug: DebugSpec,
+    /// The router.
+    pub router: RouterSpec,
+    /// Supervisor restart policy.
+    pub restart: RestartSpec,
+}
+
+/// Unikernel nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StableSpec {
+    /// How many.
+    pub count: u32,
+    /// Guest memory.
+    pub memory_mib: u32,
+    /// `microvm` or `q35`.
+    pub machine: String,
+    /// `auto`, `kvm` or `tcg`.
+    pub accel: String,
+}
+
+/// Process nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugSpec {
+    /// How many in the router's debug pool.
+    pub count: u32,
+    /// Spare nodes outside the pools, for reproductions.
+    pub spare: u32,
+    /// Log filter.
+    pub log_level: String,
+}
+
+/// One mirrored route prefix.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSpec {
+    /// Path prefix.
+    pub prefix: String,
+    /// Share of stable traffic mirrored, 0.0 to 1.0.
+    pub fraction: f64,
+}
+
+/// The router.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterSpec {
+    /// Client listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Weight of the stable pool for ordinary traffic.
+    pub stable_weight: u32,
+    /// Weight of the debug pool for ordinary traffic.
+    pub debug_weight: u32,
+    /// Header whose value `beta` selects the beta channel.
+    pub beta_header: String,
+    /// Upstream request timeout.
+    pub request_timeout_ms: u64,
+    /// Shadow mirroring.
+    pub mirror: Vec<MirrorSpec>,
+}
+
+/// Restart policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartSpec {
+    /// First backoff.
+    pub backoff_initial_ms: u64,
+    /// Backoff cap.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for ClusterFile {
+    fn default() -> Self {
+        ClusterFile {
+            name: "default".into(),
+            service: PathBuf::from("samples/faulty"),
+            stable: StableSpec::default(),
+            debug: DebugSpec::default(),
+            router: RouterSpec::default(),
+            restart: RestartSpec::default(),
+        }
+    }
+}
+
+impl Default for StableSpec {
+    fn default() -> Self {
+        StableSpec {
+            count: 3,
+            memory_mib: 128,
+            machine: "microvm".into(),
+            accel: "auto".into(),
+        }
+    }
+}
+
+impl Default for DebugSpec {
+    fn default() -> Self {
+        DebugSpec {
+            count: 1,
+            spare: 1,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Default for RouterSpec {
+    fn default() -> Self {
+        RouterSpec {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 8001)),
+            stable_weight: 90,
+            debug_weight: 10,
+            beta_header: "x-janus-channel".into(),
+            request_timeout_ms: 2000,
+            mirror: vec![MirrorSpec {
+                prefix: "/stats".into(),
+                fraction: 1.0,
+            }],
+        }
+    }
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        RestartSpec {
+            backoff_initial_ms: 200,
+            backoff_max_ms: 10_000,
+        }
+    }
+}
+
+impl ClusterFile {
+    /// Defaults <- the file (when given) <- `JANUS_CLUSTER_*` env (`__` separates nesting). A relative
+    /// service path is resolved against the file's directory, else the Janus tree.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<ClusterFile> {
+        let mut fig = Figment::from(Serialized::defaults(ClusterFile::default()));
+        if let Some(p) = path {
+            anyhow::ensure!(p.exists(), "cluster file {} not found", p.display());
+            fig = fig.merge(Toml::file(p));
+        }
+        fig = fig.merge(Env::prefixed("JANUS_CLUSTER_").split("__"));
+        let mut c: ClusterFile = fig.extract().map_err(|e| {
+            anyhow::anyhow!(
+                "invalid cluster config{}: {e}",
+                path.map(|p| format!(" in {}", p.display()))
+                    .unwrap_or_default()
+            )
+        })?;
+        c.validate()?;
+        if c.service.is_relative() {
+            let from_file = path
+                .and_then(Path::parent)
+                .map(|d| d.join(&c.service))
+                .filter(|p| p.exists());
+            c.service = from_file.unwrap_or_else(|| crate::janus_home().join(&c.service));
+        }
+        Ok(c)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let name_ok = !self.name.is_empty()
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        anyhow::ensure!(
+            name_ok,
+            "name = {:?}: use letters, digits, - and _",
+            self.name
+        );
+        anyhow::ensure!(
+            self.stable.count + self.debug.count > 0,
+            "stable.count + debug.count must be at least 1"
+        );
+        anyhow::ensure!(
+            matches!(self.stable.machine.as_str(), "microvm" | "q35"),
+            "stable.machine = {:?}: expected microvm or q35",
+            self.stable.machine
+        );
+        anyhow::ensure!(
+            matches!(self.stable.accel.as_str(), "auto" | "kvm" | "tcg"),
+            "stable.accel = {:?}: expected auto, kvm or tcg",
+            self.stable.accel
+        );
+        anyhow::ensure!(
+            self.stable.memory_mib >= 16,
+            "stable.memory_mib = {} is below 16",
+            self.stable.memory_mib
+        );
+        for m in &self.router.mirror {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&m.fraction),
+                "router.mirror fraction {} for {:?} is outside 0.0..=1.0",
+                m.fraction,
+                m.prefix
+            );
+            anyhow::ensure!(
+                m.prefix.starts_with('/'),
+                "router.mirror prefix {:?} must start with /",
+                m.prefix
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The run directory of a cluster: `$JANUS_RUN_DIR/<name>`, else `<Janus tree>/target/janus/run/<name>`.
+pub fn run_dir(name: &str) -> PathBuf {
+    let base = std::env::var_os("JANUS_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::janus_home().join("target/janus/run"));
+    base.join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file_and_bad_keys_are_named() {
+        let c = ClusterFile::load(None).expect("defaults");
+        assert_eq!(c.stable.count, 3);
+        assert!(c.service.ends_with("samples/faulty"));
+        let dir = std::env::temp_dir().join(format!("janus-cluster-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "[stable]\ncuont = 2\n").expect("write");
+        let err = ClusterFile::load(Some(&f)).expect_err("typo refused");
+        assert!(format!("{err:#}").contains("cuont"), "{err:#}");
+        std::fs::write(&f, "[stable]\nmachine = \"pc\"\n").expect("write");
+        let err = ClusterFile::load(Some(&f)).expect_err("bad machine");
+        assert!(format!("{err:#}").contains("stable.machine"), "{err:#}");
+        std::fs::write(&f, "name = \"x\"\n[debug]\ncount = 2\n").expect("write");
+        let c = ClusterFile::load(Some(&f)).expect("valid");
+        assert_eq!(
+            (c.name.as_str(), c.debug.count, c.stable.count),
+            ("x", 2, 3)
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,536 @@
+//! The supervisor: keeps a cluster's processes (unikernel VMs, process nodes, the router) running.
+//!
+//! `janus up` writes a plan (`plan.json`: what to run) into the cluster's run directory and starts
+//! `janus supervise <run-dir>` detached in its own process group. The supervisor runs one thread per
+//! process: start it, pump its console into a ring buffer and a size-capped log file, wait for it to
+//! exit, record why (exit status, the panic report and the `JANUS-STATE` dump a unikernel prints before
+//! it stops), back off exponentially and start it again. It publishes everything in `state.json`, which
+//! `janus ps`, `janus logs`, `janus faults repro` and `janus down` read. SIGTERM stops every process
+//! (SIGTERM, then SIGKILL after a grace period) and then the supervisor itself.
+
+use std::collections::VecDeque;
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+/// Lines of console kept in memory per process.
+pub const RING_LINES: usize = 2000;
+/// A log file is rotated (to `.1`) past this size.
+pub const LOG_MAX_BYTES: u64 = 8 << 20;
+
+/// What a process is in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A unikernel node in the stable pool.
+    Stable,
+    /// A process node in the debug pool.
+    Debug,
+    /// A process node kept outside the pools for reproductions.
+    Spare,
+    /// The lb-router.
+    Router,
+}
+
+/// One process to supervise.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcSpec {
+    /// Node id.
+    pub id: String,
+    /// Role.
+    pub role: Role,
+    /// `unix`, `uk` or `router`.
+    pub kind: String,
+    /// Program.
+    pub program: PathBuf,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Service (or router client) address.
+    pub listen: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// Admin bearer token.
+    pub token: String,
+}
+
+/// The plan `janus up` hands the supervisor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    /// Cluster name.
+    pub cluster: String,
+    /// Service name.
+    pub service: String,
+    /// Processes, in start order.
+    pub procs: Vec<ProcSpec>,
+    /// First restart backoff.
+    pub backoff_initial_ms: u64,
+    /// Backoff cap.
+    pub backoff_max_ms: u64,
+}
+
+/// Why a process stopped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// Unix time in ms.
+    pub at_ms: u64,
+    /// `exit status: 3`, `signal: 9 (SIGKILL)`...
+    pub status: String,
+    /// Exit code when it exited.
+    pub code: Option<i32>,
+    /// One line saying why.
+    pub reason: String,
+    /// The panic report lines, when the console had one.
+    pub panic_report: Vec<String>,
+    /// The state dump's sequence number and file, when the console had one.
+    pub state_seq: Option<u64>,
+    /// Where the dumped snapshot was saved.
+    pub state_file: Option<PathBuf>,
+}
+
+/// The supervisor's view of one process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcState {
+    /// The spec.
+    pub spec: ProcSpec,
+    /// `starting`, `running`, `backoff`, `stopped`.
+    pub state: String,
+    /// Current pid.
+    pub pid: Option<u32>,
+    /// When the current run started (unix ms).
+    pub started_ms: Option<u64>,
+    /// How many times it was restarted.
+    pub restarts: u32,
+    /// Every exit, oldest first (the last 20).
+    pub exits: Vec<ExitRecord>,
+}
+
+/// `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Cluster name.
+    pub cluster: String,
+    /// Service name.
+    pub service: String,
+    /// Supervisor pid.
+    pub supervisor_pid: u32,
+    /// Whether the supervisor is stopping.
+    pub stopping: bool,
+    /// Processes.
+    pub procs: Vec<ProcState>,
+}
+
+impl ClusterState {
+    /// Reads `state.json` of a run directory.
+    pub fn read(run_dir: &Path) -> anyhow::Result<ClusterState> {
+        let p = run_dir.join("state.json");
+        let text = std::fs::read_to_string(&p).with_context(|| {
+            format!(
+                "no cluster is running from {} (no state.json; start one with `janus up`)",
+                run_dir.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid", p.display()))
+    }
+
+    /// The process with this id.
+    pub fn proc(&self, id: &str) -> Option<&ProcState> {
+        self.procs.iter().find(|p| p.spec.id == id)
+    }
+}
+
+/// Unix time in ms.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Shared {
+    run_dir: PathBuf,
+    state: Mutex<ClusterState>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Shared {
+    fn update(&self, id: &str, f: impl FnOnce(&mut ProcState)) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = st.procs.iter_mut().find(|p| p.spec.id == id) {
+            f(p);
+        }
+        st.stopping = self.stopping.load(Ordering::SeqCst);
+        if let Err(e) = write_json_atomic(&self.run_dir.join("state.json"), &*st) {
+            eprintln!("supervisor: cannot write state.json: {e:#}");
+        }
+    }
+}
+
+/// Writes JSON via a temporary file and a rename, so readers never see half a file.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Runs the supervisor for `run_dir` until SIGTERM/SIGINT. Blocks.
+pub fn supervise(run_dir: &Path) -> anyhow::Result<()> {
+    let plan: Plan = serde_json::from_slice(
+        &std::fs::read(run_dir.join("plan.json"))
+            .with_context(|| format!("no plan.json in {}", run_dir.display()))?,
+    )
+    .context("plan.json is not valid")?;
+    std::fs::create_dir_all(run_dir.join("logs"))?;
+    std::fs::create_dir_all(run_dir.join("crashes"))?;
+    let stopping = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stopping))?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stopping))?;
+    let shared = Arc::new(Shared {
+        run_dir: run_dir.to_path_buf(),
+        state: Mutex::new(ClusterState {
+            cluster: plan.cluster.clone(),
+            service: plan.service.clone(),
+            supervisor_pid: std::process::id(),
+            stopping: false,
+            procs: plan
+                .procs
+                .iter()
+                .map(|s| ProcState {
+                    spec: s.clone(),
+                    state: "starting".into(),
+                    pid: None,
+                    started_ms: None,
+                    restarts: 0,
+                    exits: Vec::new(),
+                })
+                .collect(),
+        }),
+        stopping: Arc::clone(&stopping),
+    });
+    shared.update("", |_| {});
+    let threads: Vec<_> = plan
+        .procs
+        .iter()
+        .cloned()
+        .map(|spec| {
+            let shared = Arc::clone(&shared);
+            let backoff = (plan.backoff_initial_ms, plan.backoff_max_ms);
+            std::thread::spawn(move || keep_running(&shared, &spec, backoff))
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    shared.update("", |_| {});
+    Ok(())
+}
+
+fn keep_running(shared: &Shared, spec: &ProcSpec, (initial, max): (u64, u64)) {
+    let mut backoff = Duration::from_millis(initial);
+    let mut crash_no = 0u32;
+    while !shared.stopping.load(Ordering::SeqCst) {
+        let ring = Arc::new(Mutex::new(VecDeque::with_capacity(RING_LINES)));
+        let started = Instant::now();
+        let child = Command::new(&spec.program)
+            .args(&spec.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!("cannot start {}: {e}", spec.program.display());
+                record_exit(
+                    shared,
+                    spec,
+                    exit_record("not started", None, reason, &[], None),
+                );
+                if !wait_backoff(shared, &mut backoff, max) {
+                    break;
+                }
+                continue;
+            }
+        };
+        let pid = child.id();
+        shared.update(&spec.id, |p| {
+            p.state = "running".into();
+            p.pid = Some(pid);
+            p.started_ms = Some(now_ms());
+        });
+        let pumps = pump_output(shared, spec, &mut child, &ring);
+        let status = wait_or_stop(shared, &mut child);
+        for p in pumps {
+            let _ = p.join();
+        }
+        let lines: Vec<String> = ring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        let stopping = shared.stopping.load(Ordering::SeqCst);
+        let (status_text, code) = match status {
+            Some(st) => (st.to_string(), st.code()),
+            None => ("unknown".to_string(), None),
+        };
+        let report = panic_report(&lines);
+        let state = if report.is_empty() {
+            None
+        } else {
+            crash_no += 1;
+            save_state_dump(&shared.run_dir, &spec.id, crash_no, &lines)
+        };
+        let reason = if stopping {
+            "stopped by the supervisor".to_string()
+        } else if let Some(first) = report.first() {
+            first.clone()
+        } else {
+            format!("exited unexpectedly ({status_text})")
+        };
+        record_exit(
+            shared,
+            spec,
+            exit_record(&status_text, code, reason, &report, state),
+        );
+        if stopping {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(initial);
+        }
+        if !wait_backoff(shared, &mut backoff, max) {
+            break;
+        }
+        shared.update(&spec.id, |p| p.restarts += 1);
+    }
+    shared.update(&spec.id, |p| {
+        p.state = "stopped".into();
+        p.pid = None;
+    });
+}
+
+fn exit_record(
+    status: &str,
+    code: Option<i32>,
+    reason: String,
+    report: &[String],
+    state: Option<(u64, PathBuf)>,
+) -> ExitRecord {
+    ExitRecord {
+        at_ms: now_ms(),
+        status: status.to_string(),
+        code,
+        reason,
+        panic_report: report.to_vec(),
+        state_seq: state.as_ref().map(|s| s.0),
+        state_file: state.map(|s| s.1),
+    }
+}
+
+fn record_exit(shared: &Shared, spec: &ProcSpec, rec: ExitRecord) {
+    shared.update(&spec.id, |p| {
+        p.state = "backoff".into();
+        p.pid = None;
+        p.exits.push(rec);
+        if p.exits.len() > 20 {
+            p.exits.remove(0);
+        }
+    });
+}
+
+/// Waits out the backoff (returns false when stopping) and doubles it up to `max`.
+fn wait_backoff(shared: &Shared, backoff: &mut Duration, max: u64) -> bool {
+    let until = Instant::now() + *backoff;
+    while Instant::now() < until {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    *backoff = (*backoff * 2).min(Duration::from_millis(max));
+    true
+}
+
+/// Waits for the child; when the supervisor stops, sends SIGTERM, then SIGKILL after 5 s.
+fn wait_or_stop(shared: &Shared, child: &mut Child) -> Option<std::process::ExitStatus> {
+    let mut term_sent: Option<Instant> = None;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        if shared.stopping.load(Ordering::SeqCst) {
+            match term_sent {
+                None => {
+                    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+                    let _ = kill(pid, Signal::SIGTERM);
+                    term_sent = Some(Instant::now());
+                }
+                Some(t) if t.elapsed() > Duration::from_secs(5) => {
+                    let _ = child.kill();
+                }
+                Some(_) => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn pump_output(
+    shared: &Shared,
+    spec: &ProcSpec,
+    child: &mut Child,
+    ring: &Arc<Mutex<VecDeque<String>>>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let log_path = shared.run_dir.join("logs").join(format!("{}.log", spec.id));
+    let log = Arc::new(Mutex::new(log_path));
+    let mut handles = Vec::new();
+    let streams: Vec<Box<dyn Read + Send>> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for stream in streams {
+        let ring = Arc::clone(ring);
+        let log = Arc::clone(&log);
+        handles.push(std::thread::spawn(move || {
+            let reader = BufReader::new(stream);
+            for line in reader.split(b'\n') {
+                let Ok(line) = line else { break };
+                let text = String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_string();
+                let path = log.lock().unwrap_or_else(|e| e.into_inner());
+                append_log(&path, &text);
+                drop(path);
+                let mut r = ring.lock().unwrap_or_else(|e| e.into_inner());
+                if r.len() == RING_LINES {
+                    r.pop_front();
+                }
+                r.push_back(text);
+            }
+        }));
+    }
+    handles
+}
+
+fn append_log(path: &Path, line: &str) {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > LOG_MAX_BYTES) {
+        let _ = std::fs::rename(path, path.with_extension("log.1"));
+    }
+    if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// The panic report in a console: from the first line mentioning a panic to the end (at most 40
+/// lines), without the state dump line.
+pub fn panic_report(lines: &[String]) -> Vec<String> {
+    let Some(start) = lines
+        .iter()
+        .position(|l| l.to_ascii_lowercase().contains("panic"))
+    else {
+        return Vec::new();
+    };
+    lines[start..]
+        .iter()
+        .filter(|l| !l.starts_with("JANUS-STATE "))
+        .take(40)
+        .cloned()
+        .collect()
+}
+
+/// Saves the `JANUS-STATE seq=N <base64>` dump of a console, if any; returns (seq, file).
+fn save_state_dump(run_dir: &Path, id: &str, n: u32, lines: &[String]) -> Option<(u64, PathBuf)> {
+    let (seq, bytes) = lines.iter().rev().find_map(|l| parse_state_line(l))?;
+    let file = run_dir.join("crashes").join(format!("{id}-{n}.state"));
+    std::fs::write(&file, bytes).ok()?;
+    Some((seq, file))
+}
+
+/// Parses `JANUS-STATE seq=N <base64>`.
+pub fn parse_state_line(line: &str) -> Option<(u64, Vec<u8>)> {
+    let rest = line.trim().strip_prefix("JANUS-STATE ")?;
+    let (seq, b64) = rest.split_once(' ')?;
+    let seq = seq.strip_prefix("seq=")?.parse().ok()?;
+    Some((seq, base64_decode(b64.trim())?))
+}
+
+/// Standard base64 (with or without padding).
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// The last `n` lines of a node's log file.
+pub fn tail_log(run_dir: &Path, id: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    let path = run_dir.join("logs").join(format!("{id}.log"));
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("no log for node '{id}' at {}", path.display()))?;
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    Ok(lines[lines.len().saturating_sub(n)..].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_dump_and_panic_report_are_parsed() {
+        assert_eq!(base64_decode("aGVsbG8="), Some(b"hello".to_vec()));
+        assert_eq!(base64_decode("aGVsbG8"), Some(b"hello".to_vec()));
+        assert_eq!(base64_decode("a*"), None);
+        let lines: Vec<String> = [
+            "booted",
+            "PANIC at src/lib.rs:3:5: index out of bounds",
+            "trace id 0123",
+            "JANUS-STATE seq=7 aGVsbG8=",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(panic_report(&lines).len(), 2);
+        assert_eq!(parse_state_line(&lines[3]), Some((7, b"hello".to_vec())));
+        assert_eq!(parse_state_line("JANUS-STATE seq=x aGVs"), None);
+    }
+}
