@@ -19,6 +19,8 @@ struct Cli {
     command: Cmd,
 }
 
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Build a service; prints the artifact path as the last line.
