@@ -1,0 +1,634 @@
+//! End-to-end tests: real `lb-router` processes, real nodes on real sockets (test-support nodes that
+//! follow the node protocol), a real HTTP client, a real SQLite store.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use support::*;
+
+fn pool_of(r: &Reply) -> String {
+    r.header("x-janus-pool").unwrap_or("none").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_are_honoured_across_pools_and_nodes() {
+    let dir = temp_dir("weights");
+    let s1 = TestNode::start("s1", NodeBehaviour::stable()).await;
+    let s2 = TestNode::start("s2", NodeBehaviour::stable()).await;
+    let d1 = TestNode::start("d1", NodeBehaviour::debug()).await;
+    let cfg = format!(
+        "{}{}{}{}",
+        config_head(&dir, "[mix]\nstable_weight = 80\ndebug_weight = 20\n"),
+        s1.toml("stable", 3),
+        s2.toml("stable", 1),
+        d1.toml("debug", 1)
+    );
+    let router = RouterProcess::start(&dir, &cfg).await;
+    let client = HttpClient::new();
+    let n = 2000;
+    let mut by_node: HashMap<String, u32> = HashMap::new();
+    for _ in 0..n {
+        let r = client.get(&router, "/hello", &[]).await;
+        assert_eq!(r.status, 200);
+        let node = r.header("x-janus-node").expect("x-janus-node").to_owned();
+        assert!(r.header("x-janus-flavor").is_some());
+        *by_node.entry(node).or_default() += 1;
+    }
+    let get = |k: &str| f64::from(*by_node.get(k).unwrap_or(&0));
+    let stable_share = (get("s1") + get("s2")) / f64::from(n);
+    assert!(
+        (0.75..=0.85).contains(&stable_share),
+        "stable share {stable_share} not ~0.80: {by_node:?}"
+    );
+    let s1_share = get("s1") / (get("s1") + get("s2"));
+    assert!(
+        (0.70..=0.80).contains(&s1_share),
+        "s1 share of stable {s1_share} not ~0.75: {by_node:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beta_users_always_reach_debug_and_users_stay_on_their_channel() {
+    let dir = temp_dir("beta");
+    let s1 = TestNode::start("s1", NodeBehaviour::stable()).await;
+    let d1 = TestNode::start("d1", NodeBehaviour::debug()).await;
+    let cfg = format!(
+        "{}{}{}",
+        config_head(
+            &dir,
+            "[mix]\nstable_weight = 50\ndebug_weight = 50\n\n[channels]\nbeta_user_percent = 30.0\n"
+        ),
+        s1.toml("stable", 1),
+        d1.toml("debug", 1)
+    );
+    let router = RouterProcess::start(&dir, &cfg).await;
+    let client = HttpClient::new();
+    for _ in 0..50 {
+        assert_eq!(
+            pool_of(
+                &client
+                    .get(&router, "/hello", &[("x-janus-channel", "beta")])
+                    .await
+            ),
+            "debug"
+        );
+        assert_eq!(
+            pool_of(
+                &client
+                    .get(&router, "/hello", &[("cookie", "a=1; janus_channel=beta")])
+                    .await
+            ),
+            "debug"
+        );
+    }
+    let mut pools_seen = HashMap::new();
+    for u in 0..60 {
+        let user = format!("user-{u}");
+        let first = pool_of(&client.get(&router, "/hello", &[("x-user-id", &user)]).await);
+        for _ in 0..10 {
+            let again = pool_of(&client.get(&router, "/hello", &[("x-user-id", &user)]).await);
+            assert_eq!(again, first, "user {user} moved between pools");
+        }
+        *pools_seen.entry(first).or_insert(0) += 1;
+    }
+    assert!(
+        pools_seen.len() == 2,
+        "users should spread over both pools: {pools_seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_on_stable_is_answered_by_debug_and_recorded_with_trace_and_state() {
+    let dir = temp_dir("panic");
+    let s1 = TestNode::start("s1", NodeBehaviour::stable_unix()).await;
+    let d1 = TestNode::start("d1", NodeBehaviour::debug()).await;
+    let cfg = format!(
+        "{}{}{}",
+        config_head(
+            &dir,
+            "[mix]\nstable_weight = 100\ndebug_weight = 0\n\n[health]\nconsecutive_failures = 100\n"
+        ),
+        s1.toml("stable", 1),
+        d1.toml("debug", 1)
+    );
+    let router = RouterProcess::start(&dir, &cfg).await;
+    let client = HttpClient::new();
+    // Give the stable node some state first.
+    let put = client
+        .send(router.addr, Method::PUT, "/kv/a", &[], "1")
+        .await
+        .expect("put");
+    assert_eq!(put.header("x-janus-node"), Some("s1"));
+    let r = client
+        .get(
+            &router,
+            "/panic",
+            &[
+                ("authorization", "Bearer client-secret"),
+                ("x-user-id", "u-7"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "client must get the debug node's answer: {r:?}"
+    );
+    assert_eq!(r.header("x-janus-node"), Some("d1"));
+    assert_eq!(r.header("x-janus-flavor"), Some("unix"));
+    assert_eq!(r.header("x-janus-retried-from"), Some("s1"));
+    let id = r.header("x-janus-fault-id").expect("fault id").to_owned();
+    let fault = wait_value(Duration::from_secs(10), || async {
+        let fault = client
+            .admin(&router, Method::GET, &format!("/faults/{id}"), "")
+            .await
+            .expect("admin")
+            .json();
+        (!fault["debug_trace"].is_null() && !fault["stable_state"].is_null()).then_some(fault)
+    })
+    .await;
+    assert_eq!(fault["kind"], "fault");
+    assert_eq!(fault["stable_node"], "s1");
+    assert_eq!(fault["stable_outcome"], "panic");
+    assert_eq!(
+        fault["stable_state_seq"], 1,
+        "seq before the request: one PUT so far"
+    );
+    assert_eq!(fault["stable_state"], "state-of-s1@1");
+    assert_eq!(fault["debug_node"], "d1");
+    assert_eq!(fault["debug_outcome"], "ok_200");
+    let trace_id = fault["trace_id"].as_str().expect("trace id");
+    assert_eq!(
+        fault["debug_trace_id"], trace_id,
+        "the debug node answered under the router's trace id"
+    );
+    let trace: serde_json::Value =
+        serde_json::from_str(fault["debug_trace"].as_str().expect("trace")).expect("json");
+    assert_eq!(trace["trace_id"], trace_id);
+    assert_eq!(trace["node"], "d1");
+    let headers = fault["request_headers"].as_str().expect("headers");
+    assert!(
+        !headers.contains("client-secret") && headers.contains("[redacted]"),
+        "{headers}"
+    );
+    assert!(headers.contains("u-7"));
+    // The list endpoint filters by kind.
+    let list = client
+        .admin(&router, Method::GET, "/faults?kind=fault", "")
+        .await
+        .expect("list")
+        .json();
+    assert_eq!(list["faults"].as_array().expect("array").len(), 1);
+    let none = client
+        .admin(&router, Method::GET, "/faults?kind=divergence", "")
+        .await
+        .expect("list")
+        .json();
+    assert!(none["faults"].as_array().expect("array").is_empty());
+    // Replay the captured request on the debug node through the admin API.
+    let replay = client
+        .admin(
+            &router,
+            Method::POST,
+            &format!("/faults/{id}/replay?node=d1"),
+            "",
+        )
+        .await
+        .expect("replay");
+    assert_eq!(replay.status, 200, "{}", replay.body);
+    assert_eq!(replay.json()["status"], 200);
+    let refused = client
+        .admin(
+            &router,
+            Method::POST,
+            &format!("/faults/{id}/replay?node=s1"),
+            "",
+        )
+        .await
+        .expect("replay");
+    assert_eq!(refused.status, 400, "replay only on debug nodes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_stable_node_costs_no_get_is_ejected_and_readmitted() {
+    let dir = temp_dir("kill");
+    let mut s1 = TestNode::start("s1", NodeBehaviour::stable()).await;
+    let s2 = TestNode::start("s2", NodeBehaviour::stable()).await;
+    let d1 = TestNode::start("d1", NodeBehaviour::debug()).await;
+    let cfg = format!(
+        "{}{}{}{}",
+        config_head(
+            &dir,
+            "[mix]\nstable_weight = 100\ndebug_weight = 0\n\n[health]\ninterval_ms = 100\ntimeout_ms = 200\n\
+             consecutive_failures = 2\neject_base_ms = 200\neject_max_ms = 1000\nmax_ejected_percent = 50\n"
+        ),
+        s1.toml("stable", 1),
+        s2.toml("stable", 1),
+        d1.toml("debug", 1)
+    );
+    let router = RouterProcess::start(&dir, &cfg).await;
+    let client = HttpClient::new();
+    for _ in 0..20 {
+        assert_eq!(client.get(&router, "/hello", &[]).await.status, 200);
+    }
+    s1.kill().await;
+    let mut from_debug = 0;
+    for _ in 0..200 {
+        let r = client.get(&router, "/hello", &[]).await;
+        assert_eq!(
+            r.status, 200,
+            "a GET failed after a stable node died: {r:?}"
+        );
+        from_debug += u32::from(r.header("x-janus-node") == Some("d1"));
+    }
+    assert!(
+        from_debug >= 1,
+        "the failure on the killed node must have been answered by the debug node"
+    );
+    let node_state = |pools: serde_json::Value, id: &str| -> String {
+        pools["pools"]
+            .as_array()
+            .expect("pools")
+            .iter()
+            .flat_map(|p| p["nodes"].as_array().expect("nodes").iter())
+            .find(|n| n["id"] == id)
+            .map(|n| n["state"].as_str().expect("state").to_owned())
+            .expect("node listed")
+    };
+    let pools = client
+        .admin(&router, Method::GET, "/pools", "")
+        .await
+        .expect("pools")
+        .json();
+    assert_eq!(node_state(pools, "s1"), "ejected");
+    s1.restart().await;
+    wait_for(Duration::from_secs(10), || async {
+        let pools = client
+            .admin(&router, Method::GET, "/pools", "")
+            .await
+            .expect("pools")
+            .json();
+        node_state(pools, "s1") == "healthy"
+    })
+    .await;
+    wait_for(Duration::from_secs(5), || async {
+        client
+            .get(&router, "/hello", &[])
+            .await
+            .header("x-janus-node")
+            == Some("s1")
+    })
+    .await;
+    let metrics = client
+        .admin(&router, Method::GET, "/metrics", "")
+        .await
+        .expect("metrics")
+        .body;
+    assert!(
+        metrics.contains("janus_router_node_ejected{node=\"s1\",pool=\"stable\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrored_wrong_answer_is_captured_as_divergence() {
+    let dir = temp_dir("mirror");
+    let s1 = TestNode::start("s1", NodeBehaviour::stable()).await;
+    let d1 = TestNode::start(
+        "d1",
+        NodeBehaviour {
+            wrong_answers: true,
+            ..NodeBehaviour::debug()
+        },
+    )
+    .await;
+    let cfg = format!(
+        "{}{}{}",
+        config_head(
+            &dir,
+            "[mix]\nstable_weight = 100\ndebug_weight = 0\n\n[mirror]\nignore_json_fields = [\"node\"]\n\n\
+             [[routes]]\nprefix = \"/compute\"\nmirror_fraction = 1.0\n\n[[routes]]\nprefix = \"/hello\"\nmirror_fraction = 1.0\n"
+        ),
+        s1.toml("stable", 1),
+        d1.toml("debug", 1)
+    );
+    let router = RouterProcess::start(&dir, &cfg).await;
+    let client = HttpClient::new();
+    // A route whose answers agree except for ignored parts: no divergence.
+    let r = client.get(&router, "/hello", &[]).await;
+    assert_eq!(r.status, 200);
+    let r = client.get(&router, "/compute?x=21", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-janus-node"),
+        Some("s1"),
+        "the primary answer comes from the stable node"
+    );
+    assert!(
+        r.body.contains("\"result\":42"),
+        "primary answer must not be altered: {}",
+        r.body
+    );
+    // /hello bodies differ ("hello from s1" vs "hello from d1"): a divergence too, so filter by route.
+    let faults = wait_value(Duration::from_secs(10), || async {
+        let faults = client
+            .admin(&router, Method::GET, "/faults?kind=divergence", "")
+            .await
+            .expect("list")
+            .json();
+        let any = faults["faults"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|f| f["route"] == "/compute");
+        any.then_some(faults)
+    })
+    .await;
+    let list = faults["faults"].as_array().expect("array");
+    let compute: Vec<_> = list.iter().filter(|f| f["route"] == "/compute").collect();
+    assert_eq!(compute.len(), 1, "{list:?}");
+    let id = compute[0]["id"].as_i64().expect("id");
+    let f = client
+        .admin(&router, Method::GET, &format!("/faults/{id}"), "")
+        .await
+        .expect("get")
+        .json();
+    assert!(
+        f["detail"].as_str().expect("detail").contains("$.result"),
+        "{f}"
+    );
+    assert!(
+        !f["detail"].as_str().expect("detail").contains("$.node"),
+        "ignored field reported: {f}"
+    );
+    assert_eq!(f["stable_response_body"], "{\"result\":42,\"node\":\"s1\"}");
+    assert_eq!(f["debug_response_body"], "{\"result\":43,\"node\":\"d1\"}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_without_idempotency_key_is_not_replayed_and_the_error_is_honest() {
+    let dir = temp_dir("post");
+    let s1 = TestNode::start("s1", NodeBehaviour::stable()).await;
+    let d1 = TestNode::start("d1", NodeBehaviour::debug()).await;
+    let cfg = format!(
+        "{}{}{}",
+        config_head(
+            &dir,
+            "[mix]\nstable_weight = 100\ndebug_weight = 0\n\n[health]\nconsecutive_failures = 100\n"
+        ),
+        s1.toml("stable", 1),
+        d1.toml("debug", 1)
+    );
+    let router = RouterProcess::start(&dir, &cfg).await;
+    let client = HttpClient::new();
+    let before = d1.served();
+    let r = client
+        .send(router.addr, Method::POST, "/panic", &[], "payload")
+        .await
+        .expect("post");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(
+        r.body.contains("not replayed") && r.body.contains("Idempotency-Key"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        r.header("x-janus-router-error"),
+        Some("upstream_not_replayed")
+    );
+    assert_eq!(
+        d1.served(),
+        before,
+        "the debug node must not have seen the POST"
+    );
+    let id = r
+        .header("x-janus-fault-id")
+        .expect("the fault is still recorded");
+    let f = client
+        .admin(&router, Method::GET, &format!("/faults/{id}"), "")
+        .await
+        .expect("get")
+        .json();
+    assert!(f["debug_node"].is_null());
+    assert_eq!(f["request_body"], "payload");
+    // With an Idempotency-Key the same POST is replayed on the debug node.
+    let r = client
+        .send(
+            router.addr,
+            Method::POST,
+            "/panic",
+            &[("idempotency-key", "k-1")],
+            "payload",
+        )
+        .await
+        .expect("post");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-janus-node"), Some("d1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_with_a_bad_file_keeps_the_old_config() {
+    let dir = temp_dir("reload");
+    let s1 = TestNode::start("s1", NodeBehaviour::stable()).await;
+    let d1 = TestNode::start("d1", NodeBehaviour::debug()).await;
+    let nodes = format!("{}{}", s1.toml("stable", 1), d1.toml("debug", 1));
+    let good = format!(
+        "{}{nodes}",
+        config_head(&dir, "[mix]\nstable_weight = 100\ndebug_weight = 0\n")
+    );
+    let router = RouterProcess::start(&dir, &good).await;
+    let client = HttpClient::new();
+    assert_eq!(pool_of(&client.get(&router, "/hello", &[]).await), "stable");
+    // Bad value: the admin reload is refused naming the key, the old config stays.
+    let bad = format!(
+        "{}{nodes}",
+        config_head(
+            &dir,
+            "[mix]\nstable_weight = 0\ndebug_weight = 100\n\n[health]\nmax_ejected_percent = 300\n"
+        )
+    );
+    std::fs::write(&router.config_path, &bad).expect("write");
+    let r = client
+        .admin(&router, Method::POST, "/reload", "")
+        .await
+        .expect("reload");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("health.max_ejected_percent"), "{}", r.body);
+    // Unparsable file through SIGHUP: refused too.
+    std::fs::write(&router.config_path, "[mix\nstable_weight = ").expect("write");
+    let kill = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(router.pid().to_string())
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let metrics_has = |needle: &'static str| {
+        let client = client.clone();
+        let router = &router;
+        async move {
+            client
+                .admin(router, Method::GET, "/metrics", "")
+                .await
+                .expect("metrics")
+                .body
+                .contains(needle)
+        }
+    };
+    wait_for(Duration::from_secs(5), || {
+        metrics_has("janus_router_reloads_failed_total 2")
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(
+            pool_of(&client.get(&router, "/hello", &[]).await),
+            "stable",
+            "old config must stay in force"
+        );
+    }
+    // A good file through SIGHUP takes effect, without restarting (same process, same keep-alive client).
+    let flipped = format!(
+        "{}{nodes}",
+        config_head(&dir, "[mix]\nstable_weight = 0\ndebug_weight = 100\n")
+    );
+    std::fs::write(&router.config_path, &flipped).expect("write");
+    let kill = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(router.pid().to_string())
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    wait_for(Duration::from_secs(5), || async {
+        pool_of(&client.get(&router, "/hello", &[]).await) == "debug"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_load_loses_no_acknowledged_fault() {
+    let dir = temp_dir("sigkill");
+    let s1 = TestNode::start("s1", NodeBehaviour::stable_unix()).await;
+    let d1 = TestNode::start("d1", NodeBehaviour::debug()).await;
+    let cfg = format!(
+        "{}{}{}",
+        config_head(
+            &dir,
+            "[mix]\nstable_weight = 100\ndebug_weight = 0\n\n[health]\nconsecutive_failures = 1000000\n\n\
+             [retry]\nbudget_min_per_sec = 100000\nbudget_max_tokens = 100000\n"
+        ),
+        s1.toml("stable", 1),
+        d1.toml("debug", 1)
+    );
+    let mut router = RouterProcess::start(&dir, &cfg).await;
+    let client = HttpClient::new();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (client, acked, addr) = (client.clone(), acked.clone(), router.addr);
+        workers.push(tokio::spawn(async move {
+            loop {
+                match client
+                    .send(addr, Method::GET, "/panic", &[], Bytes::new())
+                    .await
+                {
+                    Ok(r) => {
+                        if let Some(id) = r.header("x-janus-fault-id").and_then(|v| v.parse().ok())
+                        {
+                            acked.lock().expect("lock").push(id);
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    wait_for(Duration::from_secs(20), || async {
+        acked.lock().expect("lock").len() >= 50
+    })
+    .await;
+    router.child.kill().expect("SIGKILL the router");
+    let _ = router.child.wait();
+    for w in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+    }
+    let acked = acked.lock().expect("lock").clone();
+    let store =
+        lb_router::FaultStore::open(dir.join("faults.db")).expect("open the store after the crash");
+    for id in &acked {
+        assert!(
+            store.get(*id).expect("read").is_some(),
+            "acknowledged fault {id} lost after SIGKILL"
+        );
+    }
+    assert!(store.count().expect("count") >= acked.len() as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_limits_answer_400_408_413_431() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = temp_dir("limits");
+    let s1 = TestNode::start("s1", NodeBehaviour::stable()).await;
+    let cfg = format!(
+        "{}{}",
+        config_head(
+            &dir,
+            "[downstream]\nheader_read_timeout_ms = 300\nbody_read_timeout_ms = 300\nmax_header_bytes = 2048\nmax_body_bytes = 1000\n"
+        )
+        .replacen("[downstream]\nlisten = \"127.0.0.1:0\"\n", "", 1)
+        .replacen("[downstream]\n", "[downstream]\nlisten = \"127.0.0.1:0\"\n", 1),
+        s1.toml("stable", 1)
+    );
+    let router = RouterProcess::start(&dir, &cfg).await;
+    let client = HttpClient::new();
+    // 413: body over the limit.
+    let r = client
+        .send(router.addr, Method::POST, "/echo", &[], vec![b'x'; 5000])
+        .await
+        .expect("post");
+    assert_eq!(r.status, 413);
+    let r = client
+        .send(router.addr, Method::POST, "/echo", &[], vec![b'x'; 500])
+        .await
+        .expect("post");
+    assert_eq!(r.status, 200);
+    // 431: header over the limit.
+    let big = "y".repeat(4000);
+    let r = client
+        .send(
+            router.addr,
+            Method::GET,
+            "/hello",
+            &[("x-big", &big)],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.map(|r| r.status).unwrap_or(431), 431);
+    let raw = |req: Vec<u8>, pause_after: Option<usize>| {
+        let addr = router.addr;
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            match pause_after {
+                Some(n) => s.write_all(&req[..n]).await.expect("write"),
+                None => s.write_all(&req).await.expect("write"),
+            }
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    // 400: malformed request line.
+    let out = raw(b"GARBAGE\r\n\r\n".to_vec(), None).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // 408: the head never completes.
+    let out = raw(b"GET /hello HTTP/1.1\r\nhost: x\r\n".to_vec(), None).await;
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    // 408: the body never completes.
+    let out = raw(
+        b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc".to_vec(),
+        None,
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+}
