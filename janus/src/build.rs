@@ -256,8 +256,37 @@ pub fn cargo() -> Command {
     cmd
 }
 
+static OUTPUT_LOG: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Sends the output of every later cargo run to this file (appended) instead of the terminal, so
+/// progress bars stay readable; `None` restores the terminal.
+pub fn set_output_log(path: Option<PathBuf>) {
+    *OUTPUT_LOG.lock().unwrap_or_else(|e| e.into_inner()) = path;
+}
+
+/// Where cargo's output goes: the log set by [`set_output_log`], else the terminal.
+pub fn output_stdio() -> anyhow::Result<(std::process::Stdio, std::process::Stdio)> {
+    let guard = OUTPUT_LOG.lock().unwrap_or_else(|e| e.into_inner());
+    match guard.as_ref() {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            Ok((f.try_clone()?.into(), f.into()))
+        }
+        None => Ok((
+            std::process::Stdio::inherit(),
+            std::process::Stdio::inherit(),
+        )),
+    }
+}
+
 /// Runs cargo; on failure the error names what was being built.
 pub fn run_cargo(mut cmd: Command, what: &str) -> anyhow::Result<()> {
+    let (out, err) = output_stdio()?;
+    cmd.stdout(out).stderr(err);
     let status = cmd
         .status()
         .with_context(|| format!("cannot start cargo to build the {what}"))?;

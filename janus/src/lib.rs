@@ -16,6 +16,7 @@ pub mod flavor;
 pub mod node;
 pub mod service;
 pub mod supervisor;
+pub mod up;
 
 pub use build::{Artifact, Flavor, build};
 pub use node::NodeOpts;

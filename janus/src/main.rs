@@ -41,6 +41,47 @@ enum Cmd {
         #[command(flatten)]
         node: NodeOpts,
     },
+    /// Start a local mixed cluster (unikernel + process nodes behind the router) from a cluster file
+    /// (optional: the defaults run the faulty sample on 3 stable + 1 debug nodes).
+    Up {
+        /// The cluster file.
+        cluster: Option<PathBuf>,
+    },
+    /// The cluster's processes: state, uptime, restarts, last exit reason, requests served.
+    Ps {
+        /// Cluster name.
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A node's console and log.
+    Logs {
+        /// Node id (see `janus ps`).
+        node: String,
+        /// Cluster name.
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        /// Keep printing new lines.
+        #[arg(long, short)]
+        follow: bool,
+        /// How many lines of history.
+        #[arg(long, short = 'n', default_value_t = 200)]
+        lines: usize,
+    },
+    /// Stop the cluster: every VM and process, and the supervisor.
+    Down {
+        /// Cluster name.
+        #[arg(long, default_value = "default")]
+        cluster: String,
+    },
+    /// (internal) Run the supervisor of a run directory in the foreground.
+    #[command(hide = true)]
+    Supervise {
+        /// The run directory.
+        run_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -78,6 +119,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Replace this process: signals and the exit status are the node's own.
             let err = cmd.exec();
             anyhow::bail!("cannot start {}: {err}", a.path.display())
+        }
+        Cmd::Up { cluster } => {
+            let up = janus::up::up(cluster.as_deref())?;
+            print!("{}", janus::up::describe(&up));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ps { cluster, json } => {
+            print!("{}", janus::up::ps(&cluster, json)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Logs {
+            node,
+            cluster,
+            follow,
+            lines,
+        } => {
+            janus::up::logs(&cluster, &node, lines, follow)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Down { cluster } => {
+            println!("{}", janus::up::down(&cluster)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Supervise { run_dir } => {
+            janus::supervisor::supervise(&run_dir)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

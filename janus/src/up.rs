@@ -1,0 +1,601 @@
+//! `janus up | ps | logs | down`: a local mixed cluster (unikernel nodes under QEMU, process nodes,
+//! the router) run by the supervisor from a run directory of its own.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::build::{Flavor, Layout, cargo, run_cargo};
+use crate::client;
+use crate::cluster::{ClusterFile, run_dir};
+use crate::flavor::uk::{Accel, Machine};
+use crate::node::{NodeOpts, random_token};
+use crate::supervisor::{ClusterState, Plan, ProcSpec, Role, now_ms, write_json_atomic};
+
+/// A free loopback address.
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn spinner(mp: &MultiProgress, msg: String) -> ProgressBar {
+    let pb = mp.add(ProgressBar::new_spinner());
+    pb.set_style(
+        ProgressStyle::with_template("{spinner:.cyan} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb.set_message(msg);
+    pb
+}
+
+/// Makes sure `qemu-system-x86_64` is there: installs it with apt-get when running as root on Debian,
+/// else says exactly what to run.
+pub fn ensure_qemu() -> anyhow::Result<()> {
+    if which("qemu-system-x86_64") {
+        return Ok(());
+    }
+    let root = nix::unistd::geteuid().is_root();
+    if root && which("apt-get") {
+        eprintln!("janus: qemu-system-x86_64 is missing; installing qemu-system-x86 with apt-get");
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg("DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok && which("qemu-system-x86_64") {
+            return Ok(());
+        }
+    }
+    bail!(
+        "qemu-system-x86_64 is required to boot the unikernel nodes: install it with `sudo apt-get install -y qemu-system-x86` (or set stable.count = 0)"
+    )
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+/// Builds the lb-router binary (release, sharing the unix builds' target dir); returns its path.
+pub fn build_router(layout: &Layout) -> anyhow::Result<PathBuf> {
+    let target = layout.target_dir("unix");
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--release",
+        "-p",
+        "lb-router",
+        "--bin",
+        "lb-router",
+    ])
+    .arg("--manifest-path")
+    .arg(layout.home.join("Cargo.toml"))
+    .arg("--target-dir")
+    .arg(&target);
+    run_cargo(cmd, "lb-router")?;
+    Ok(target.join("release/lb-router"))
+}
+
+/// What `janus up` started.
+#[derive(Debug, Clone)]
+pub struct UpResult {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// The plan.
+    pub plan: Plan,
+}
+
+/// `janus up`: builds, starts the supervisor, waits until everything is healthy.
+pub fn up(cluster_file: Option<&Path>) -> anyhow::Result<UpResult> {
+    let cluster = ClusterFile::load(cluster_file)?;
+    let dir = run_dir(&cluster.name);
+    if let Ok(state) = ClusterState::read(&dir)
+        && pid_alive(state.supervisor_pid)
+    {
+        bail!(
+            "cluster '{}' is already up (supervisor pid {}); run `janus down{}` first",
+            cluster.name,
+            state.supervisor_pid,
+            cluster_flag(&cluster.name)
+        );
+    }
+    if cluster.stable.count > 0 {
+        ensure_qemu()?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let _ = std::fs::remove_file(dir.join("state.json"));
+    let layout = Layout::new();
+    let build_log = dir.join("build.log");
+    crate::build::set_output_log(Some(build_log.clone()));
+    let mp = MultiProgress::new();
+    let svc_name = cluster
+        .service
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let built = (|| -> anyhow::Result<_> {
+        let pb = spinner(&mp, format!("building {svc_name} (unix, instrumented)"));
+        let unix = crate::build(&cluster.service, Flavor::Unix)?;
+        pb.finish_with_message(format!("built {}", unix.path.display()));
+        let uk = if cluster.stable.count > 0 {
+            let pb = spinner(&mp, format!("building {svc_name} (uk, unikernel image)"));
+            let uk = crate::build(&cluster.service, Flavor::Uk)?;
+            pb.finish_with_message(format!("built {}", uk.path.display()));
+            Some(uk)
+        } else {
+            None
+        };
+        let pb = spinner(&mp, "building lb-router".to_string());
+        let router = build_router(&layout)?;
+        pb.finish_with_message(format!("built {}", router.display()));
+        Ok((unix, uk, router))
+    })();
+    crate::build::set_output_log(None);
+    let (unix, uk, router_bin) = built.map_err(|e| {
+        e.context(format!(
+            "build failed; cargo's output is in {}",
+            build_log.display()
+        ))
+    })?;
+    let machine = if cluster.stable.machine == "q35" {
+        Machine::Q35
+    } else {
+        Machine::Microvm
+    };
+    let accel = match cluster.stable.accel.as_str() {
+        "kvm" => Accel::Kvm,
+        "tcg" => Accel::Tcg,
+        _ => Accel::Auto,
+    };
+    let mut procs = Vec::new();
+    let node_spec = |id: String, role: Role, flavor: Flavor| -> anyhow::Result<ProcSpec> {
+        let listen = free_addr()?;
+        let admin = free_addr()?;
+        let token = random_token();
+        let opts = NodeOpts {
+            listen: Some(listen),
+            admin: Some(admin),
+            admin_token: Some(token.clone()),
+            node_id: Some(id.clone()),
+            log_level: (flavor == Flavor::Unix).then(|| cluster.debug.log_level.clone()),
+            memory_mib: cluster.stable.memory_mib,
+            machine: crate::node::MachineArg(machine),
+            accel: crate::node::AccelArg(accel),
+            ..NodeOpts::default()
+        };
+        let artifact = match flavor {
+            Flavor::Unix => &unix,
+            Flavor::Uk => uk.as_ref().context("no uk artifact")?,
+        };
+        let cmd = crate::node::command(artifact, &opts)?;
+        Ok(ProcSpec {
+            id,
+            role,
+            kind: flavor.as_str().to_string(),
+            program: PathBuf::from(cmd.get_program()),
+            args: cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            listen,
+            admin,
+            token,
+        })
+    };
+    for i in 0..cluster.stable.count {
+        procs.push(node_spec(format!("stable-{i}"), Role::Stable, Flavor::Uk)?);
+    }
+    for i in 0..cluster.debug.count {
+        procs.push(node_spec(format!("debug-{i}"), Role::Debug, Flavor::Unix)?);
+    }
+    for i in 0..cluster.debug.spare {
+        procs.push(node_spec(format!("spare-{i}"), Role::Spare, Flavor::Unix)?);
+    }
+    let router_token = random_token();
+    let router_toml = router_config(&cluster, &procs, &router_token, &dir)?;
+    let router_cfg_path = dir.join("router.toml");
+    std::fs::write(&router_cfg_path, router_toml)?;
+    procs.push(ProcSpec {
+        id: "router".into(),
+        role: Role::Router,
+        kind: "router".into(),
+        program: router_bin,
+        args: vec![
+            "--config".into(),
+            router_cfg_path.to_string_lossy().into_owned(),
+        ],
+        listen: cluster.router.listen,
+        admin: cluster.router.admin,
+        token: router_token,
+    });
+    let plan = Plan {
+        cluster: cluster.name.clone(),
+        service: svc_name,
+        procs,
+        backoff_initial_ms: cluster.restart.backoff_initial_ms,
+        backoff_max_ms: cluster.restart.backoff_max_ms,
+    };
+    write_json_atomic(&dir.join("plan.json"), &plan)?;
+    start_supervisor(&dir)?;
+    wait_healthy(&mp, &dir, &plan, Duration::from_secs(120))?;
+    Ok(UpResult { run_dir: dir, plan })
+}
+
+fn cluster_flag(name: &str) -> String {
+    if name == "default" {
+        String::new()
+    } else {
+        format!(" --cluster {name}")
+    }
+}
+
+/// The router config for a plan.
+fn router_config(
+    cluster: &ClusterFile,
+    procs: &[ProcSpec],
+    token: &str,
+    dir: &Path,
+) -> anyhow::Result<String> {
+    let nodes: Vec<serde_json::Value> = procs
+        .iter()
+        .filter(|p| matches!(p.role, Role::Stable | Role::Debug))
+        .map(|p| {
+            serde_json::json!({
+                "id": p.id,
+                "pool": if p.role == Role::Stable { "stable" } else { "debug" },
+                "addr": p.listen.to_string(),
+                "admin_addr": p.admin.to_string(),
+                "weight": 1,
+                "admin_token": p.token,
+            })
+        })
+        .collect();
+    let routes: Vec<serde_json::Value> = cluster
+        .router
+        .mirror
+        .iter()
+        .map(|m| serde_json::json!({ "prefix": m.prefix, "mirror_fraction": m.fraction }))
+        .collect();
+    let doc = serde_json::json!({
+        "downstream": { "listen": cluster.router.listen.to_string() },
+        "upstream": { "request_timeout_ms": cluster.router.request_timeout_ms },
+        "admin": { "listen": cluster.router.admin.to_string(), "token": token },
+        "mix": {
+            "stable_weight": cluster.router.stable_weight,
+            "debug_weight": cluster.router.debug_weight,
+        },
+        "channels": { "beta_header": cluster.router.beta_header },
+        "faults": { "path": dir.join("faults.db").to_string_lossy() },
+        "routes": routes,
+        "nodes": nodes,
+    });
+    let value: toml::Value = serde_json::from_value(doc)?;
+    Ok(format!(
+        "# Generated by `janus up` for cluster '{}'. See lb-router/router.example.toml for every key.\n{}",
+        cluster.name,
+        toml::to_string_pretty(&value)?
+    ))
+}
+
+fn start_supervisor(dir: &Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the janus executable")?;
+    let log = std::fs::File::create(dir.join("supervisor.log"))?;
+    Command::new(exe)
+        .arg("supervise")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C in the terminal that ran `janus up` does not reach it.
+        .process_group(0)
+        .spawn()
+        .context("cannot start the supervisor")?;
+    Ok(())
+}
+
+/// Polls every process's admin `/health` until all answer 200.
+fn wait_healthy(
+    mp: &MultiProgress,
+    dir: &Path,
+    plan: &Plan,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let bars: Vec<(ProgressBar, &ProcSpec)> = plan
+        .procs
+        .iter()
+        .map(|p| (spinner(mp, format!("starting {} ({})", p.id, p.kind)), p))
+        .collect();
+    let started = Instant::now();
+    let mut pending: Vec<usize> = (0..bars.len()).collect();
+    while !pending.is_empty() {
+        pending.retain(|&i| {
+            let (pb, p) = &bars[i];
+            if healthy(p) {
+                pb.finish_with_message(format!(
+                    "{} ({}) healthy after {:.2}s",
+                    p.id,
+                    p.kind,
+                    started.elapsed().as_secs_f64()
+                ));
+                false
+            } else {
+                true
+            }
+        });
+        if pending.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let names: Vec<&str> = pending.iter().map(|&i| bars[i].1.id.as_str()).collect();
+            bail!(
+                "not healthy after {timeout:?}: {} (logs in {}/logs; `janus down` cleans up)",
+                names.join(", "),
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Whether a process's admin `/health` answers 200.
+pub fn healthy(p: &ProcSpec) -> bool {
+    admin_get(p, "/health").is_ok_and(|r| r.status == 200)
+}
+
+/// An admin GET with the process's bearer token.
+pub fn admin_get(p: &ProcSpec, path: &str) -> anyhow::Result<client::Reply> {
+    let auth = format!("Bearer {}", p.token);
+    let raw = format!(
+        "GET {path} HTTP/1.1\r\nhost: {}\r\nauthorization: {auth}\r\nconnection: close\r\n\r\n",
+        p.admin
+    );
+    client::send_raw(p.admin, raw.as_bytes(), Duration::from_millis(1500))
+}
+
+/// Prints where everything is.
+pub fn describe(up: &UpResult) -> String {
+    let mut s = String::new();
+    let router = up.plan.procs.iter().find(|p| p.role == Role::Router);
+    let _ = writeln!(
+        s,
+        "cluster '{}' ({}) is up; run directory {}",
+        up.plan.cluster,
+        up.plan.service,
+        up.run_dir.display()
+    );
+    if let Some(r) = router {
+        let _ = writeln!(
+            s,
+            "  router   http://{}/   (admin http://{}, token in {}/router.toml)",
+            r.listen,
+            r.admin,
+            up.run_dir.display()
+        );
+    }
+    for p in up.plan.procs.iter().filter(|p| p.role != Role::Router) {
+        let _ = writeln!(
+            s,
+            "  {:<9} {:<6} {:<5} http://{}  admin http://{}",
+            p.id,
+            format!("{:?}", p.role).to_lowercase(),
+            p.kind,
+            p.listen,
+            p.admin
+        );
+    }
+    let _ = writeln!(
+        s,
+        "next: `janus ps`, `janus logs NODE --follow`, `janus faults list`, `janus down`"
+    );
+    s
+}
+
+/// Whether a pid is alive.
+pub fn pid_alive(pid: u32) -> bool {
+    i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), None).is_ok())
+}
+
+fn fmt_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Requests served, from the process's `/metrics` (sum of `janus_requests_total` series, or the
+/// router's `janus_router_requests_total`).
+fn requests(p: &ProcSpec) -> Option<u64> {
+    let r = admin_get(p, "/metrics").ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    let prefix = if p.role == Role::Router {
+        "janus_router_requests_total"
+    } else {
+        "janus_requests_total"
+    };
+    let total: f64 = r
+        .text()
+        .lines()
+        .filter(|l| l.starts_with(prefix) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    Some(total as u64)
+}
+
+/// `janus ps`.
+pub fn ps(cluster: &str, json: bool) -> anyhow::Result<String> {
+    let dir = run_dir(cluster);
+    let state = ClusterState::read(&dir)?;
+    let alive = pid_alive(state.supervisor_pid);
+    let rows: Vec<serde_json::Value> = state
+        .procs
+        .iter()
+        .map(|p| {
+            let uptime = match (p.state.as_str(), p.started_ms) {
+                ("running", Some(t)) => Some(now_ms().saturating_sub(t)),
+                _ => None,
+            };
+            let last = p.exits.last();
+            serde_json::json!({
+                "node": p.spec.id,
+                "role": p.spec.role,
+                "flavor": p.spec.kind,
+                "state": if alive { p.state.clone() } else { "stopped (no supervisor)".into() },
+                "pid": p.pid,
+                "uptime_ms": uptime,
+                "restarts": p.restarts,
+                "last_exit": last.map(|e| format!("{}: {}", e.status, e.reason)),
+                "requests": if p.state == "running" { requests(&p.spec) } else { None },
+                "listen": p.spec.listen,
+            })
+        })
+        .collect();
+    if json {
+        return Ok(serde_json::to_string_pretty(&rows)?);
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<9} {:<7} {:<7} {:<9} {:>8} {:>8} {:>9}  LAST EXIT",
+        "NODE", "ROLE", "FLAVOR", "STATE", "UPTIME", "RESTARTS", "REQUESTS"
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{:<9} {:<7} {:<7} {:<9} {:>8} {:>8} {:>9}  {}",
+            r["node"].as_str().unwrap_or(""),
+            r["role"].as_str().unwrap_or(""),
+            r["flavor"].as_str().unwrap_or(""),
+            r["state"].as_str().unwrap_or(""),
+            r["uptime_ms"]
+                .as_u64()
+                .map(fmt_duration)
+                .unwrap_or_else(|| "-".into()),
+            r["restarts"],
+            r["requests"]
+                .as_u64()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r["last_exit"].as_str().unwrap_or("-"),
+        );
+    }
+    Ok(s)
+}
+
+/// `janus logs NODE [--follow]`.
+pub fn logs(cluster: &str, node: &str, lines: usize, follow: bool) -> anyhow::Result<()> {
+    let dir = run_dir(cluster);
+    let state = ClusterState::read(&dir)?;
+    if state.proc(node).is_none() {
+        let ids: Vec<&str> = state.procs.iter().map(|p| p.spec.id.as_str()).collect();
+        bail!(
+            "no node '{node}' in cluster '{cluster}' (nodes: {})",
+            ids.join(", ")
+        );
+    }
+    for l in crate::supervisor::tail_log(&dir, node, lines)? {
+        println!("{l}");
+    }
+    if !follow {
+        return Ok(());
+    }
+    let path = dir.join("logs").join(format!("{node}.log"));
+    let mut pos = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    loop {
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len < pos {
+            pos = 0; // rotated
+        }
+        if len > pos {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = std::fs::File::open(&path)?;
+            f.seek(SeekFrom::Start(pos))?;
+            let mut buf = String::new();
+            f.read_to_string(&mut buf)?;
+            print!("{buf}");
+            pos = len;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `janus down`: stops the supervisor (which stops every process) and checks nothing is left.
+pub fn down(cluster: &str) -> anyhow::Result<String> {
+    let dir = run_dir(cluster);
+    let state = ClusterState::read(&dir)?;
+    let sup = state.supervisor_pid;
+    if pid_alive(sup) {
+        let _ = kill(
+            Pid::from_raw(i32::try_from(sup).unwrap_or(i32::MAX)),
+            Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pid_alive(sup) && !is_zombie(sup) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Anything still alive after the supervisor is gone is killed, so nothing leaks.
+    let mut leftovers = Vec::new();
+    for p in &state.procs {
+        if let Some(pid) = p.pid
+            && pid_alive(pid)
+            && !is_zombie(pid)
+            && cmdline_matches(pid, &p.spec.program)
+        {
+            let _ = kill(
+                Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)),
+                Signal::SIGKILL,
+            );
+            leftovers.push(p.spec.id.clone());
+        }
+    }
+    if pid_alive(sup) && !is_zombie(sup) {
+        let _ = kill(
+            Pid::from_raw(i32::try_from(sup).unwrap_or(i32::MAX)),
+            Signal::SIGKILL,
+        );
+    }
+    std::fs::remove_file(dir.join("state.json")).ok();
+    let mut s = format!("cluster '{cluster}' is down");
+    if !leftovers.is_empty() {
+        let _ = write!(s, " (killed leftovers: {})", leftovers.join(", "));
+    }
+    let _ = write!(s, "; logs and the fault store stay in {}", dir.display());
+    Ok(s)
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn cmdline_matches(pid: u32, program: &Path) -> bool {
+    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let first = cmd.split(|b| *b == 0).next().unwrap_or(&[]);
+    let name = program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    name.is_some_and(|n| String::from_utf8_lossy(first).ends_with(&n))
+}
