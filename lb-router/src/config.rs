@@ -32,7 +32,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 }
 
 /// The whole router configuration. See `lb-router/router.example.toml` for every key.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub downstream: DownstreamConfig,
@@ -46,24 +46,6 @@ pub struct Config {
     pub mirror: MirrorConfig,
     pub routes: Vec<RouteConfig>,
     pub nodes: Vec<NodeConfig>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            downstream: DownstreamConfig::default(),
-            upstream: UpstreamConfig::default(),
-            admin: AdminConfig::default(),
-            mix: MixConfig::default(),
-            channels: ChannelConfig::default(),
-            health: HealthConfig::default(),
-            retry: RetryConfig::default(),
-            faults: FaultsConfig::default(),
-            mirror: MirrorConfig::default(),
-            routes: Vec::new(),
-            nodes: Vec::new(),
-        }
-    }
 }
 
 /// Limits applied to clients (the downstream side).

@@ -228,8 +228,10 @@ mod tests {
 
     #[test]
     fn json_compared_field_by_field_with_ignores() {
-        let mut cfg = MirrorConfig::default();
-        cfg.ignore_json_fields = vec!["node".into()];
+        let cfg = MirrorConfig {
+            ignore_json_fields: vec!["node".into()],
+            ..MirrorConfig::default()
+        };
         let a = resp(r#"{"v":1,"node":"uk-1","t":[1,2]}"#, "Mon");
         let b = resp(r#"{"t":[1,2], "node":"dbg-1","v":1}"#, "Tue");
         assert_eq!(

@@ -292,12 +292,14 @@ mod tests {
 
     #[test]
     fn weighted_pick_follows_weights_and_skips_unavailable() {
-        let mut c = Config::default();
-        c.nodes = vec![
-            node("a", Pool::Stable, 1),
-            node("b", Pool::Stable, 3),
-            node("d", Pool::Debug, 1),
-        ];
+        let c = Config {
+            nodes: vec![
+                node("a", Pool::Stable, 1),
+                node("b", Pool::Stable, 3),
+                node("d", Pool::Debug, 1),
+            ],
+            ..Config::default()
+        };
         let pools = Pools::new(&c);
         let t = pools.current();
         let mut counts = [0u32; 2];
@@ -321,8 +323,10 @@ mod tests {
 
     #[test]
     fn reload_keeps_state_of_unchanged_nodes() {
-        let mut c = Config::default();
-        c.nodes = vec![node("a", Pool::Stable, 1), node("b", Pool::Stable, 1)];
+        let mut c = Config {
+            nodes: vec![node("a", Pool::Stable, 1), node("b", Pool::Stable, 1)],
+            ..Config::default()
+        };
         let pools = Pools::new(&c);
         pools.current().get("a").expect("a").requests.inc();
         c.nodes[0].weight = 7;
