@@ -340,7 +340,7 @@ impl ConfigSource {
             fig = fig.merge(Toml::file(file));
         }
         fig = fig
-            .merge(Env::prefixed("JANUS_ROUTER_").split("__"))
+            .merge(Env::prefixed("JANUS_ROUTER_").ignore(&["config"]).split("__"))
             .merge(Serialized::defaults(&self.flags));
         let config: Config = fig
             .extract()
@@ -597,5 +597,35 @@ mod tests {
         );
         assert_eq!(c.route_for("/kv/x").map(|r| r.prefix.as_str()), Some("/kv"));
         assert!(c.route_for("/other").is_none());
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    fn keys(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        if let serde_json::Value::Object(m) = v {
+            for (k, v) in m {
+                out.push(k.clone());
+                keys(&format!("{prefix}{k}."), v, out);
+            }
+        }
+    }
+
+    /// The shipped example loads, and documents every key the config has.
+    #[test]
+    fn example_config_is_valid_and_complete() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("router.example.toml");
+        let cfg = Config::from_file(&path).expect("example config loads");
+        assert_eq!(cfg.nodes.len(), 2);
+        let text = std::fs::read_to_string(&path).expect("read");
+        let mut all = Vec::new();
+        keys("", &serde_json::to_value(Config::default()).expect("json"), &mut all);
+        keys("", &serde_json::to_value(&cfg.nodes[0]).expect("json"), &mut all);
+        all.push("admin_token".into());
+        for k in all {
+            assert!(text.contains(&format!("{k} =")) || text.contains(&format!("[{k}]")) || text.contains(&format!("[[{k}]]")) || text.contains(&format!("# {k} =")), "key `{k}` undocumented");
+        }
     }
 }
