@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the janus-http1 fuzz targets for a while.
 #   usage: http1/fuzz/run.sh [seconds-per-target=30] [target...]   (targets: server client)
+#   env:   JANUS_FUZZ_TOOLCHAIN=stable  force stable + RUSTC_BOOTSTRAP=1 even if nightly exists
 # Uses `cargo +nightly fuzz` when a nightly toolchain exists, else stable with
 # RUSTC_BOOTSTRAP=1. Exits 0 with a SKIP message when cargo-fuzz or a usable toolchain is
 # missing (install: cargo install cargo-fuzz). New interesting inputs go to a scratch corpus
@@ -18,8 +19,9 @@ skip() { echo "SKIP: http1 fuzz: $*"; exit 0; }
 command -v cargo >/dev/null 2>&1 || skip "cargo not found"
 cargo fuzz --version >/dev/null 2>&1 || skip "cargo-fuzz not installed (cargo install cargo-fuzz)"
 
+# JANUS_FUZZ_TOOLCHAIN=stable forces the RUSTC_BOOTSTRAP path (to test it where nightly exists).
 toolchain=()
-if cargo +nightly --version >/dev/null 2>&1; then
+if [ "${JANUS_FUZZ_TOOLCHAIN:-}" != stable ] && cargo +nightly --version >/dev/null 2>&1; then
     toolchain=(+nightly)
     echo "http1 fuzz: using the nightly toolchain"
 elif RUSTC_BOOTSTRAP=1 rustc -Z help >/dev/null 2>&1; then

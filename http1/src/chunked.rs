@@ -90,3 +90,48 @@ pub fn parse_trailers(buf: &[u8], limits: &Limits) -> Result<Option<(Headers, us
         Err(_) => Err(Error::InvalidChunk("invalid trailer section")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_lines() {
+        assert_eq!(parse_chunk_line(b"a\r\n", 64), Ok(Some((10, 3))));
+        assert_eq!(
+            parse_chunk_line(b"FF;x=\"y z\"\r\nrest", 64),
+            Ok(Some((255, 12)))
+        );
+        assert_eq!(
+            parse_chunk_line(b"0000000000000000000001\r\n", 64),
+            Ok(Some((1, 24)))
+        );
+        assert_eq!(
+            parse_chunk_line(b"ffffffffffffffff\r\n", 64),
+            Ok(Some((u64::MAX, 18)))
+        );
+        assert!(parse_chunk_line(b"10000000000000000\r\n", 64).is_err());
+        assert_eq!(parse_chunk_line(b"a", 64), Ok(None));
+        assert_eq!(parse_chunk_line(b"a\r", 64), Ok(None));
+        assert_eq!(parse_chunk_line(b"", 64), Ok(None));
+        assert!(parse_chunk_line(b"a\n", 64).is_err());
+        assert!(parse_chunk_line(b"a;\x7f\r\n", 64).is_err());
+        // Length limit includes CRLF: 4 bytes allowed, 5 refused.
+        assert_eq!(parse_chunk_line(b"ab\r\n", 4), Ok(Some((0xab, 4))));
+        assert!(parse_chunk_line(b"abc\r\n", 4).is_err());
+        assert_eq!(parse_chunk_line(b"abc", 4), Ok(None));
+        assert!(parse_chunk_line(b"abcd", 4).is_err());
+        assert!(parse_chunk_line(b"a\r\n", 0).is_err());
+    }
+
+    #[test]
+    fn trailers() {
+        let l = Limits::DEFAULT;
+        let (h, n) = parse_trailers(b"\r\nnext", &l).unwrap().unwrap();
+        assert!(h.is_empty());
+        assert_eq!(n, 2);
+        let (h, n) = parse_trailers(b"A: 1\r\nB:2\r\n\r\n", &l).unwrap().unwrap();
+        assert_eq!((h.len(), n), (2, 13));
+        assert_eq!(parse_trailers(b"A: 1\r\n", &l), Ok(None));
+    }
+}

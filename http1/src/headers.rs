@@ -136,3 +136,29 @@ pub(crate) fn is_token(s: &[u8]) -> bool {
 pub(crate) fn is_valid_value(v: &[u8]) -> bool {
     v.iter().all(|&b| b == b'\t' || b >= 0x20) && !v.contains(&0x7f)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_and_tokens() {
+        let mut h = Headers::new();
+        h.push("Connection", "Keep-Alive, Upgrade");
+        h.push("connection", " close ");
+        h.push("X-A", "1");
+        assert!(h.has_token("CONNECTION", "keep-alive"));
+        assert!(h.has_token("connection", "close"));
+        assert!(!h.has_token("connection", "clos"));
+        assert_eq!(h.get_all("connection").count(), 2);
+        h.set("x-a", "2");
+        assert_eq!(h.get("X-A"), Some(&b"2"[..]));
+        assert_eq!(h.remove("CONNECTION"), 2);
+        assert_eq!(h.len(), 1);
+        assert_eq!(trim_ows(b" \t a b\t "), b"a b");
+        assert_eq!(trim_ows(b"   "), b"");
+        assert!(is_token(b"X-Custom_1"));
+        assert!(!is_token(b"a b") && !is_token(b""));
+        assert!(is_valid_value(b"a\tb \x80") && !is_valid_value(b"a\r") && !is_valid_value(b"\0"));
+    }
+}

@@ -174,3 +174,49 @@ pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     }
     out.extend(digits.iter().take(len).rev());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_encoding() {
+        for n in [0u64, 7, 10, 99, 100, 12345, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, alloc::format!("{n}").into_bytes());
+        }
+    }
+
+    #[test]
+    fn every_error_encodes_with_its_status() {
+        let all = [
+            Error::MalformedHead("x"),
+            Error::UnsupportedVersion,
+            Error::InvalidTarget,
+            Error::InvalidHost,
+            Error::InvalidContentLength,
+            Error::ConflictingFraming,
+            Error::InvalidTransferEncoding,
+            Error::UnsupportedTransferEncoding,
+            Error::InvalidChunk("x"),
+            Error::HeadTooLarge,
+            Error::TooManyHeaders,
+            Error::BodyTooLarge,
+            Error::HeadTimeout,
+            Error::BodyTimeout,
+            Error::ExpectationFailed,
+            Error::UnexpectedEof,
+            Error::InvalidStatus,
+        ];
+        for e in all {
+            let mut out = Vec::new();
+            encode_error(&e, &mut out);
+            let text = alloc::string::String::from_utf8(out).unwrap();
+            let line = alloc::format!("HTTP/1.1 {} {}\r\n", e.status(), reason_phrase(e.status()));
+            assert!(text.starts_with(&line), "{text}");
+            assert!(text.ends_with(&alloc::format!("{e}\n")), "{text}");
+            assert_ne!(reason_phrase(e.status()), "Unknown");
+        }
+    }
+}

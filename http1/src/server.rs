@@ -67,6 +67,8 @@ pub struct ServerConn {
     /// Requests delivered so far.
     served: u64,
     eof: bool,
+    /// Input length at the last incomplete head parse (0 = parse at the next chance).
+    partial_len: usize,
 }
 
 impl ServerConn {
@@ -82,6 +84,7 @@ impl ServerConn {
             pending_continue: false,
             served: 0,
             eof: false,
+            partial_len: 0,
         }
     }
 
@@ -134,6 +137,10 @@ impl ServerConn {
             match &mut self.state {
                 State::Closing => return None,
                 State::Head { since } => {
+                    if self.input.is_empty() && self.eof {
+                        self.state = State::Closing;
+                        return None;
+                    }
                     if self.owed.len() >= self.limits.max_pipelined.max(1) {
                         return None;
                     }
@@ -143,7 +150,16 @@ impl ServerConn {
                         return None;
                     }
                     let started = *since.get_or_insert(now_ms);
-                    match parse_request_head(&self.input, &self.limits) {
+                    // Re-parse only when bytes arrived since the last incomplete attempt.
+                    let parsed = if self.input.len() == self.partial_len {
+                        Ok(None)
+                    } else {
+                        parse_request_head(&self.input, &self.limits)
+                    };
+                    if let Ok(None) = parsed {
+                        self.partial_len = self.input.len();
+                    }
+                    match parsed {
                         Err(e) => return Some(self.fail(e)),
                         Ok(None) => {
                             if self.eof {
@@ -161,6 +177,7 @@ impl ServerConn {
                         }
                         Ok(Some((head, used))) => {
                             consume_front(&mut self.input, used);
+                            self.partial_len = 0;
                             let framing = match request_framing(&head) {
                                 Ok(f) => f,
                                 Err(e) => return Some(self.fail(e)),

@@ -524,3 +524,44 @@ pub fn response_framing(head: &ResponseHead, request_was_head: bool) -> Result<B
         None => Ok(BodyFraming::UntilClose),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal() {
+        assert_eq!(parse_decimal(b"0"), Some(0));
+        assert_eq!(parse_decimal(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_decimal(b"18446744073709551616"), None);
+        assert_eq!(parse_decimal(b""), None);
+        assert_eq!(parse_decimal(b"1a"), None);
+        assert_eq!(parse_decimal(b"-1"), None);
+    }
+
+    #[test]
+    fn targets() {
+        let get = Method::Get;
+        let ok = |t: &str| split_target(&get, t).unwrap();
+        assert_eq!(ok("/"), ("/".into(), None));
+        assert_eq!(ok("/a/b?c=d?e"), ("/a/b".into(), Some("c=d?e".into())));
+        assert_eq!(ok("http://h"), ("/".into(), None));
+        assert_eq!(ok("https://h:1?q"), ("/".into(), Some("q".into())));
+        assert_eq!(ok("HTTP://h/x"), ("/x".into(), None));
+        for bad in ["", "*", "x", "http://", "http:///x", "/a#frag", "ftp://h/"] {
+            assert_eq!(split_target(&get, bad), Err(Error::InvalidTarget), "{bad}");
+        }
+        assert_eq!(split_target(&Method::Options, "*"), Ok(("*".into(), None)));
+    }
+
+    #[test]
+    fn methods_round_trip() {
+        for m in [
+            "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT",
+            "PURGE", "get",
+        ] {
+            assert_eq!(Method::from_token(m).as_str(), m);
+        }
+        assert_eq!(Method::from_token("get"), Method::Other("get".into()));
+    }
+}
