@@ -340,7 +340,11 @@ impl ConfigSource {
             fig = fig.merge(Toml::file(file));
         }
         fig = fig
-            .merge(Env::prefixed("JANUS_ROUTER_").ignore(&["config"]).split("__"))
+            .merge(
+                Env::prefixed("JANUS_ROUTER_")
+                    .ignore(&["config"])
+                    .split("__"),
+            )
             .merge(Serialized::defaults(&self.flags));
         let config: Config = fig
             .extract()
@@ -621,11 +625,25 @@ mod example_tests {
         assert_eq!(cfg.nodes.len(), 2);
         let text = std::fs::read_to_string(&path).expect("read");
         let mut all = Vec::new();
-        keys("", &serde_json::to_value(Config::default()).expect("json"), &mut all);
-        keys("", &serde_json::to_value(&cfg.nodes[0]).expect("json"), &mut all);
+        keys(
+            "",
+            &serde_json::to_value(Config::default()).expect("json"),
+            &mut all,
+        );
+        keys(
+            "",
+            &serde_json::to_value(&cfg.nodes[0]).expect("json"),
+            &mut all,
+        );
         all.push("admin_token".into());
         for k in all {
-            assert!(text.contains(&format!("{k} =")) || text.contains(&format!("[{k}]")) || text.contains(&format!("[[{k}]]")) || text.contains(&format!("# {k} =")), "key `{k}` undocumented");
+            assert!(
+                text.contains(&format!("{k} ="))
+                    || text.contains(&format!("[{k}]"))
+                    || text.contains(&format!("[[{k}]]"))
+                    || text.contains(&format!("# {k} =")),
+                "key `{k}` undocumented"
+            );
         }
     }
 }

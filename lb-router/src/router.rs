@@ -181,3 +181,71 @@ impl Router {
         budget.abort();
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::config::{AdminConfig, FaultsConfig, FlagOverrides, RetryConfig};
+
+    fn router(name: &str) -> Arc<Router> {
+        let dir =
+            std::env::temp_dir().join(format!("lb-router-unit-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = Config {
+            admin: AdminConfig {
+                token: "t".into(),
+                ..AdminConfig::default()
+            },
+            faults: FaultsConfig {
+                path: dir.join("f.db"),
+                ..FaultsConfig::default()
+            },
+            retry: RetryConfig {
+                budget_ratio: 0.0,
+                budget_min_per_sec: 2,
+                budget_max_tokens: 7,
+                ..RetryConfig::default()
+            },
+            ..Config::default()
+        };
+        Router::new(
+            config,
+            ConfigSource {
+                file: None,
+                flags: FlagOverrides::default(),
+            },
+        )
+        .expect("router")
+    }
+
+    /// The retry budget refills by the floor each second, up to its cap (paused time: no real waiting).
+    #[tokio::test(start_paused = true)]
+    async fn budget_refills_per_second_up_to_the_cap() {
+        let r = router("budget");
+        assert!(r.budget.try_withdraw() && r.budget.try_withdraw());
+        assert!(!r.budget.try_withdraw(), "the initial floor is spent");
+        let bg = tokio::spawn(r.clone().run_background());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // The interval ticks at once and after 1 s: two refills of 2 tokens.
+        assert_eq!(r.budget.tokens(), 4.0);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(r.budget.tokens(), 7.0, "capped at budget_max_tokens");
+        bg.abort();
+    }
+
+    /// A reload from a source without a file falls back to defaults, which lack `admin.token`: refused,
+    /// naming the key, and the old config stays.
+    #[tokio::test]
+    async fn refused_reload_keeps_config() {
+        let r = router("reload");
+        let before = r.config();
+        let err = r
+            .reload()
+            .await
+            .expect_err("no token in defaults")
+            .to_string();
+        assert!(err.contains("admin.token"), "{err}");
+        assert_eq!(*r.config(), *before);
+        assert_eq!(r.metrics.reloads_failed.get(), 1);
+    }
+}

@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# bench/router.sh: wrk through lb-router, nginx and HAProxy (plain reverse proxies to the same backend)
+# and directly against the backend; prints req/s, p50, p99 for each and the ratios
+# lb-router/nginx and lb-router/HAProxy. Everything on 127.0.0.1, in one go.
+#
+#   bench/router.sh                      # defaults: 10 s per target, 64 connections, 2 wrk threads
+#   DURATION=20 CONNECTIONS=128 bench/router.sh
+#   BACKEND=hello bench/router.sh        # backend = a real Janus unix node of samples/hello (janus build)
+#
+# The backend is by default a static nginx server (answers 200 "hello"); every proxy gets 2 worker
+# threads (this machine has 2 cores, shared with wrk and the backend: compare ratios, not absolutes).
+set -euo pipefail
+
+DURATION="${DURATION:-10}"
+CONNECTIONS="${CONNECTIONS:-64}"
+THREADS="${THREADS:-2}"
+WORKERS="${WORKERS:-2}"
+BACKEND="${BACKEND:-nginx}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-router}"
+
+for tool in wrk nginx haproxy curl python3; do
+  command -v "$tool" >/dev/null || { echo "bench: missing $tool (apt-get install wrk nginx-light haproxy curl)" >&2; exit 2; }
+done
+
+WORK="$(mktemp -d /tmp/janus-router-bench.XXXXXX)"
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_http() { # url [header]
+  for _ in $(seq 1 300); do
+    if curl -fsS -o /dev/null -m 1 ${2:+-H "$2"} "$1" 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "bench: $1 did not become ready" >&2; exit 1
+}
+
+BACK_PORT=$(free_port); BACK_ADMIN=$(free_port); ROUTER_PORT=$(free_port); ROUTER_ADMIN=$(free_port)
+NGINX_PORT=$(free_port); HAPROXY_PORT=$(free_port)
+TOKEN=bench-token
+
+echo "building lb-router (release)..." >&2
+(cd "$ROOT" && cargo build --release -q -p lb-router)
+ROUTER_BIN="$CARGO_TARGET_DIR/release/lb-router"
+
+# --- backend ---------------------------------------------------------------------------------------
+mkdir -p "$WORK/backend" "$WORK/nginx"
+if [ "$BACKEND" = "hello" ]; then
+  NODE_BIN="$(cd "$ROOT" && cargo run -q -p janus -- build samples/hello --flavor unix | tail -n1)"
+  "$NODE_BIN" --listen "127.0.0.1:$BACK_PORT" --admin "127.0.0.1:$BACK_ADMIN" --admin-token "$TOKEN" \
+    --node-id bench-1 >"$WORK/backend/log" 2>&1 &
+  PIDS+=($!)
+  BACK_PATH=/
+else
+  cat >"$WORK/backend/nginx.conf" <<CONF
+daemon off; master_process on; worker_processes 1; user root;
+pid $WORK/backend/nginx.pid; error_log $WORK/backend/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off; client_body_temp_path $WORK/backend/tmp; proxy_temp_path $WORK/backend/tmp;
+  fastcgi_temp_path $WORK/backend/tmp; uwsgi_temp_path $WORK/backend/tmp; scgi_temp_path $WORK/backend/tmp;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$BACK_PORT;
+    location / { add_header x-janus-flavor unix; add_header x-janus-node bench-1; return 200 "hello\n"; } }
+  server { listen 127.0.0.1:$BACK_ADMIN;
+    location /health { default_type application/json;
+      return 200 '{"status":"ok","node":"bench-1","flavor":"unix","service":"static","seq":null}'; } }
+}
+CONF
+  mkdir -p "$WORK/backend/tmp"
+  nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" &
+  PIDS+=($!)
+  BACK_PATH=/
+fi
+wait_http "http://127.0.0.1:$BACK_PORT$BACK_PATH"
+wait_http "http://127.0.0.1:$BACK_ADMIN/health" "authorization: Bearer $TOKEN"
+
+# --- lb-router -------------------------------------------------------------------------------------
+cat >"$WORK/router.toml" <<CONF
+[downstream]
+listen = "127.0.0.1:$ROUTER_PORT"
+[admin]
+listen = "127.0.0.1:$ROUTER_ADMIN"
+token = "$TOKEN"
+[upstream]
+admin_token = "$TOKEN"
+[mix]
+stable_weight = 100
+debug_weight = 0
+[faults]
+path = "$WORK/faults.db"
+[[nodes]]
+id = "bench-1"
+pool = "stable"
+addr = "127.0.0.1:$BACK_PORT"
+admin_addr = "127.0.0.1:$BACK_ADMIN"
+CONF
+TOKIO_WORKER_THREADS=$WORKERS RUST_LOG=warn "$ROUTER_BIN" --config "$WORK/router.toml" >"$WORK/router.out" 2>"$WORK/router.err" &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$ROUTER_PORT$BACK_PATH"
+
+# --- nginx as a reverse proxy -----------------------------------------------------------------------
+cat >"$WORK/nginx/nginx.conf" <<CONF
+daemon off; master_process on; worker_processes $WORKERS; user root;
+pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off; client_body_temp_path $WORK/nginx/tmp; proxy_temp_path $WORK/nginx/tmp;
+  fastcgi_temp_path $WORK/nginx/tmp; uwsgi_temp_path $WORK/nginx/tmp; scgi_temp_path $WORK/nginx/tmp;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$BACK_PORT; keepalive 256; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:$NGINX_PORT;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+CONF
+mkdir -p "$WORK/nginx/tmp"
+nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$NGINX_PORT$BACK_PATH"
+
+# --- HAProxy ---------------------------------------------------------------------------------------
+cat >"$WORK/haproxy.cfg" <<CONF
+global
+  nbthread $WORKERS
+  maxconn 10000
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend be
+backend be
+  server b1 127.0.0.1:$BACK_PORT
+CONF
+haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$HAPROXY_PORT$BACK_PATH"
+
+# --- runs --------------------------------------------------------------------------------------------
+to_ms() { # "1.23ms" | "456.00us" | "1.02s" -> milliseconds
+  python3 -c 'import sys,re
+v=sys.argv[1]; m=re.match(r"([0-9.]+)(us|ms|s|m)$", v)
+n=float(m.group(1)); u=m.group(2)
+print("%.3f" % (n/1000 if u=="us" else n if u=="ms" else n*1000 if u=="s" else n*60000))' "$1"
+}
+declare -A RPS P50 P99
+run() { # name url
+  local out
+  # Warm-up (fills connection pools), then the measured run.
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$2" >/dev/null 2>&1 || true
+  out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$2")"
+  echo "$out" >"$WORK/wrk-$1.txt"
+  if echo "$out" | grep -q "Non-2xx"; then echo "bench: $1 answered non-2xx:" >&2; echo "$out" >&2; exit 1; fi
+  RPS[$1]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  P50[$1]=$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")
+  P99[$1]=$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")
+}
+echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, backend=$BACKEND, proxy workers=$WORKERS" >&2
+run direct   "http://127.0.0.1:$BACK_PORT$BACK_PATH"
+run lbrouter "http://127.0.0.1:$ROUTER_PORT$BACK_PATH"
+run nginx    "http://127.0.0.1:$NGINX_PORT$BACK_PATH"
+run haproxy  "http://127.0.0.1:$HAPROXY_PORT$BACK_PATH"
+
+printf '\n%-10s %12s %10s %10s\n' target "req/s" "p50 ms" "p99 ms"
+for t in direct lbrouter nginx haproxy; do
+  printf '%-10s %12.0f %10.3f %10.3f\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}"
+done
+python3 - "${RPS[lbrouter]}" "${RPS[nginx]}" "${RPS[haproxy]}" "${P99[lbrouter]}" "${P99[nginx]}" "${P99[haproxy]}" <<'PY'
+import sys
+r, n, h, pr, pn, ph = map(float, sys.argv[1:])
+print()
+print("throughput lb-router/nginx   = %.2fx   (p99 %.3f ms vs %.3f ms)" % (r / n, pr, pn))
+print("throughput lb-router/HAProxy = %.2fx   (p99 %.3f ms vs %.3f ms)" % (r / h, pr, ph))
+ok = r / n >= 1.2 and pr <= pn * 1.05
+print("target lb-router >= 1.2x nginx at equal p99: %s" % ("met" if ok else "NOT met"))
+PY
