@@ -6,7 +6,7 @@ use crate::chunked::{parse_chunk_line, parse_trailers};
 use crate::error::Error;
 use crate::headers::Headers;
 use crate::limits::Limits;
-use crate::wire::BodyFraming;
+use crate::wire::{BodyFraming, HeadScan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -25,6 +25,9 @@ pub(crate) struct BodyDecoder {
     state: State,
     body: Vec<u8>,
     trailers: Headers,
+    /// Where the trailer parser got to (the trailer section starts at the front of the buffer
+    /// once reached, so offsets stay valid until it completes).
+    trailer_scan: HeadScan,
 }
 
 /// Drains `n` bytes from the front of `buf` (clamped, so it cannot panic).
@@ -56,6 +59,7 @@ impl BodyDecoder {
             state,
             body: Vec::new(),
             trailers: Headers::new(),
+            trailer_scan: HeadScan::default(),
         })
     }
 
@@ -132,7 +136,11 @@ impl BodyDecoder {
                     _ => return Err(Error::InvalidChunk("missing CRLF after chunk data")),
                 },
                 State::Trailers => {
+                    if !self.trailer_scan.worth_parsing(rest, limits) {
+                        return Ok(());
+                    }
                     let Some((trailers, used)) = parse_trailers(rest, limits)? else {
+                        self.trailer_scan.parsed_partial();
                         return Ok(());
                     };
                     *pos = pos.saturating_add(used);

@@ -70,6 +70,12 @@ pub fn parse_chunk_line(buf: &[u8], max_line: usize) -> Result<Option<(u64, usiz
 /// by `limits.max_head_bytes` and `limits.max_headers` (431 when over).
 pub fn parse_trailers(buf: &[u8], limits: &Limits) -> Result<Option<(Headers, usize)>, Error> {
     let window = buf.get(..limits.max_head_bytes).unwrap_or(buf);
+    // Only complete lines are examined (see `wire::parse_request_head`).
+    let lines_end = window
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i.saturating_add(1));
+    let window = window.get(..lines_end).unwrap_or_default();
     let mut raw = vec![httparse::EMPTY_HEADER; limits.max_headers];
     match httparse::parse_headers(window, &mut raw) {
         Ok(httparse::Status::Complete((n, fields))) => {

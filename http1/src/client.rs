@@ -9,7 +9,7 @@ use crate::headers::{Headers, is_token, is_valid_value};
 use crate::limits::Limits;
 use crate::response::{push_decimal, push_field};
 use crate::wire::{
-    BodyFraming, Method, ResponseHead, Version, parse_response_head, response_framing,
+    BodyFraming, HeadScan, Method, ResponseHead, Version, parse_response_head, response_framing,
 };
 
 /// A request to send upstream.
@@ -146,6 +146,7 @@ pub struct ResponseParser {
     input: Vec<u8>,
     state: State,
     eof: bool,
+    scan: HeadScan,
 }
 
 impl ResponseParser {
@@ -157,6 +158,7 @@ impl ResponseParser {
             input: Vec::new(),
             state: State::Head { since: None },
             eof: false,
+            scan: HeadScan::default(),
         }
     }
 
@@ -209,7 +211,15 @@ impl ResponseParser {
                 State::Done => return None,
                 State::Head { since } => {
                     let started = *since.get_or_insert(now_ms);
-                    match parse_response_head(&self.input, &self.limits) {
+                    let parsed = if self.scan.worth_parsing(&self.input, &self.limits) {
+                        parse_response_head(&self.input, &self.limits)
+                    } else {
+                        Ok(None)
+                    };
+                    if let Ok(None) = parsed {
+                        self.scan.parsed_partial();
+                    }
+                    match parsed {
                         Err(e) => return Some(Err(e)),
                         Ok(None) => {
                             if self.eof {
@@ -222,6 +232,7 @@ impl ResponseParser {
                         }
                         Ok(Some((head, used))) => {
                             consume_front(&mut self.input, used);
+                            self.scan = HeadScan::default();
                             if head.status == 101 {
                                 return Some(Err(Error::InvalidStatus));
                             }

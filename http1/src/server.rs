@@ -1,5 +1,6 @@
 //! Server side: one [`ServerConn`] per TCP connection; bytes in, events out, bytes out.
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
@@ -7,7 +8,9 @@ use crate::body::{BodyDecoder, consume_front};
 use crate::error::{Error, RespondError};
 use crate::limits::Limits;
 use crate::response::{Response, ResponseContext, encode_error};
-use crate::wire::{Request, RequestHead, parse_request_head, request_framing};
+use crate::wire::{
+    HeadScan, Request, RequestHead, parse_request_head, request_framing, strip_leading_empty_lines,
+};
 
 /// The interim response sent for `Expect: 100-continue`.
 pub const CONTINUE_RESPONSE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -35,7 +38,7 @@ enum State {
     Head { since: Option<u64> },
     /// Head received; reading the body.
     Body {
-        head: RequestHead,
+        head: Box<RequestHead>,
         decoder: BodyDecoder,
         since: u64,
     },
@@ -67,8 +70,8 @@ pub struct ServerConn {
     /// Requests delivered so far.
     served: u64,
     eof: bool,
-    /// Input length at the last incomplete head parse (0 = parse at the next chance).
-    partial_len: usize,
+    /// Where the head parser got to (avoids re-parsing per byte).
+    scan: HeadScan,
 }
 
 impl ServerConn {
@@ -84,7 +87,7 @@ impl ServerConn {
             pending_continue: false,
             served: 0,
             eof: false,
-            partial_len: 0,
+            scan: HeadScan::default(),
         }
     }
 
@@ -150,14 +153,16 @@ impl ServerConn {
                         return None;
                     }
                     let started = *since.get_or_insert(now_ms);
-                    // Re-parse only when bytes arrived since the last incomplete attempt.
-                    let parsed = if self.input.len() == self.partial_len {
-                        Ok(None)
-                    } else {
+                    if strip_leading_empty_lines(&mut self.input) {
+                        self.scan = HeadScan::default();
+                    }
+                    let parsed = if self.scan.worth_parsing(&self.input, &self.limits) {
                         parse_request_head(&self.input, &self.limits)
+                    } else {
+                        Ok(None)
                     };
                     if let Ok(None) = parsed {
-                        self.partial_len = self.input.len();
+                        self.scan.parsed_partial();
                     }
                     match parsed {
                         Err(e) => return Some(self.fail(e)),
@@ -177,7 +182,7 @@ impl ServerConn {
                         }
                         Ok(Some((head, used))) => {
                             consume_front(&mut self.input, used);
-                            self.partial_len = 0;
+                            self.scan = HeadScan::default();
                             let framing = match request_framing(&head) {
                                 Ok(f) => f,
                                 Err(e) => return Some(self.fail(e)),
@@ -193,7 +198,7 @@ impl ServerConn {
                             self.pending_continue =
                                 expects && !decoder.is_done() && self.input.is_empty();
                             self.state = State::Body {
-                                head,
+                                head: Box::new(head),
                                 decoder,
                                 since: now_ms,
                             };
@@ -225,7 +230,7 @@ impl ServerConn {
                         return None;
                     };
                     let (body, trailers) = decoder.finish();
-                    let request = Request::from_head(head, body, trailers);
+                    let request = Request::from_head(*head, body, trailers);
                     if !request.keep_alive {
                         self.state = State::Closing;
                         self.input.clear();

@@ -275,10 +275,65 @@ fn collect_headers(raw: &[httparse::Header<'_>]) -> Headers {
     headers
 }
 
-/// The part of `buf` a head may occupy, and the httparse header array for it.
+/// The part of `buf` a head is parsed from: its first `max_head_bytes` bytes, cut after the
+/// last LF (only complete lines are examined, so the result for a prefix of the input never
+/// contradicts the result for the whole input, however the input was split), and the httparse
+/// header array for it.
 fn head_window<'a>(buf: &'a [u8], limits: &Limits) -> (&'a [u8], Vec<httparse::Header<'a>>) {
     let window = buf.get(..limits.max_head_bytes).unwrap_or(buf);
-    (window, vec![httparse::EMPTY_HEADER; limits.max_headers])
+    let lines_end = window
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i.saturating_add(1));
+    let lines = window.get(..lines_end).unwrap_or_default();
+    (lines, vec![httparse::EMPTY_HEADER; limits.max_headers])
+}
+
+/// Incremental bookkeeping for a head arriving in pieces: it tells when parsing again could
+/// change the answer (a new line completed, or the buffer passed `max_head_bytes`), so a head
+/// sent one byte at a time costs one parse per line instead of one per byte.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct HeadScan {
+    /// Bytes of the window already searched for LF.
+    scanned: usize,
+    /// End of the last complete line found.
+    lines_end: usize,
+    /// `lines_end` at the last parse that needed more bytes.
+    parsed: Option<usize>,
+}
+
+impl HeadScan {
+    /// Whether parsing `buf` now could give an answer different from the last `Ok(None)`.
+    pub(crate) fn worth_parsing(&mut self, buf: &[u8], limits: &Limits) -> bool {
+        let window_end = buf.len().min(limits.max_head_bytes);
+        if let Some(new) = buf.get(self.scanned..window_end) {
+            if let Some(i) = new.iter().rposition(|&b| b == b'\n') {
+                self.lines_end = self.scanned.saturating_add(i).saturating_add(1);
+            }
+            self.scanned = window_end;
+        }
+        buf.len() > limits.max_head_bytes || self.parsed != Some(self.lines_end)
+    }
+
+    /// Records that parsing needed more bytes.
+    pub(crate) fn parsed_partial(&mut self) {
+        self.parsed = Some(self.lines_end);
+    }
+}
+
+/// Removes empty lines (CRLF or LF) before a head (RFC 9112 §2.2); a lone CR stays until the
+/// next byte shows what it is. Returns whether anything was removed.
+pub(crate) fn strip_leading_empty_lines(buf: &mut Vec<u8>) -> bool {
+    let mut n: usize = 0;
+    loop {
+        match buf.get(n..) {
+            Some([b'\r', b'\n', ..]) => n = n.saturating_add(2),
+            Some([b'\n', ..]) => n = n.saturating_add(1),
+            _ => break,
+        }
+    }
+    crate::body::consume_front(buf, n);
+    n > 0
 }
 
 /// Parses a request head at the start of `buf`.
