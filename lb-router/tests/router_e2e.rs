@@ -617,10 +617,7 @@ async fn client_limits_answer_400_408_413_431() {
     let out = raw(b"GET /hello HTTP/1.1\r\nhost: x\r\n".to_vec()).await;
     assert!(out.starts_with("HTTP/1.1 408"), "{out}");
     // 408: the body never completes.
-    let out = raw(
-        b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc".to_vec(),
-        None,
-    )
-    .await;
+    let out =
+        raw(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc".to_vec()).await;
     assert!(out.starts_with("HTTP/1.1 408"), "{out}");
 }
