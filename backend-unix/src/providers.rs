@@ -1,0 +1,309 @@
+//! Capability providers of the unix backend: upstream calls over a pooled hyper client, tokio time,
+//! entropy from `/dev/urandom`, and the store (a mutex around [`MemStore`], counting operations).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::hash::{BuildHasher, Hasher};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use runtime_abi::{
+    BoxFuture, ClockSource, EntropySource, Headers, MemStore, Request, Response, StatusCode,
+    StoreBackend, StoreError, StoreLimits, TraceId, Update, UpstreamError, UpstreamTransport,
+};
+
+use crate::metrics::{Metrics, StoreOp};
+
+/// Largest upstream response body accepted.
+pub const MAX_UPSTREAM_RESPONSE_BYTES: usize = 16 << 20;
+
+/// Upstream calls over a pooled hyper client, only to the addresses the operator mapped.
+pub struct HyperTransport {
+    client: Client<HttpConnector, Full<Bytes>>,
+    map: BTreeMap<String, SocketAddr>,
+    timeout: Duration,
+}
+
+impl HyperTransport {
+    /// A transport for this mapping, each call bounded by `timeout`.
+    pub fn new(map: BTreeMap<String, SocketAddr>, timeout: Duration) -> HyperTransport {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        HyperTransport {
+            client,
+            map,
+            timeout,
+        }
+    }
+
+    async fn send(&self, addr: SocketAddr, req: Request) -> Result<Response, UpstreamError> {
+        let method = http::Method::from_bytes(req.method.as_str().as_bytes())
+            .map_err(|e| UpstreamError::Protocol(format!("method: {e}")))?;
+        let uri = format!("http://{addr}{}", req.target());
+        let mut builder = http::Request::builder().method(method).uri(uri);
+        for (name, value) in req.headers.iter() {
+            if is_hop_by_hop(name) || name == "host" || name == "content-length" {
+                continue;
+            }
+            builder = builder.header(name, value);
+        }
+        if req.trace_id != TraceId::ZERO && !req.headers.contains("x-janus-trace-id") {
+            builder = builder.header("x-janus-trace-id", req.trace_id.to_hex());
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(req.body)))
+            .map_err(|e| UpstreamError::Protocol(format!("request: {e}")))?;
+        let response = self.client.request(request).await.map_err(|e| {
+            if e.is_connect() {
+                UpstreamError::Connect(format!("{addr}: {e}"))
+            } else {
+                UpstreamError::Protocol(e.to_string())
+            }
+        })?;
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, MAX_UPSTREAM_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| UpstreamError::Protocol(format!("body: {e}")))?
+            .to_bytes();
+        let status = StatusCode::new(parts.status.as_u16())
+            .ok_or_else(|| UpstreamError::Protocol(format!("status {}", parts.status)))?;
+        let mut headers = Headers::new();
+        for (name, value) in &parts.headers {
+            headers.append(name.as_str(), &String::from_utf8_lossy(value.as_bytes()));
+        }
+        Ok(Response {
+            status,
+            headers,
+            body: body.to_vec(),
+        })
+    }
+}
+
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+impl UpstreamTransport for HyperTransport {
+    fn call(&self, name: &str, req: Request) -> BoxFuture<'_, Result<Response, UpstreamError>> {
+        let addr = self.map.get(name).copied();
+        let name = name.to_string();
+        Box::pin(async move {
+            let addr = addr.ok_or(UpstreamError::Unmapped(name))?;
+            tokio::time::timeout(self.timeout, self.send(addr, req))
+                .await
+                .map_err(|_| UpstreamError::Timeout)?
+        })
+    }
+}
+
+/// Time from tokio and the system clock.
+pub struct TokioClock {
+    start: Instant,
+}
+
+impl TokioClock {
+    /// A clock whose monotonic zero is now.
+    pub fn new() -> TokioClock {
+        TokioClock {
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        TokioClock::new()
+    }
+}
+
+impl ClockSource for TokioClock {
+    fn monotonic(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn wall(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+    }
+
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep(d))
+    }
+}
+
+/// Entropy from `/dev/urandom` (the kernel CSPRNG).
+pub struct Urandom {
+    file: Mutex<File>,
+    fallback: AtomicU64,
+}
+
+impl Urandom {
+    /// Opens `/dev/urandom`.
+    pub fn open() -> std::io::Result<Urandom> {
+        let file = File::open("/dev/urandom")?;
+        Ok(Urandom {
+            file: Mutex::new(file),
+            fallback: AtomicU64::new(0),
+        })
+    }
+}
+
+impl EntropySource for Urandom {
+    fn fill(&self, buf: &mut [u8]) {
+        let ok = self
+            .file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .read_exact(buf)
+            .is_ok();
+        if !ok {
+            // The device was opened at start, so a read failure is not expected; fall back to
+            // SipHash keyed by the OS-seeded `RandomState` rather than leave the buffer predictable.
+            for chunk in buf.chunks_mut(8) {
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u64(self.fallback.fetch_add(1, Ordering::Relaxed));
+                let bytes = h.finish().to_le_bytes();
+                chunk.copy_from_slice(&bytes[..chunk.len()]);
+            }
+        }
+    }
+}
+
+/// The store provider: one [`MemStore`] behind a std mutex, counting operations for the metrics.
+///
+/// Poisoning: a panic can happen under the lock only inside a service's `update` closure, which
+/// `MemStore::update` runs before it changes anything, so a poisoned lock still guards a consistent
+/// store and is recovered rather than propagated.
+pub struct NodeStore {
+    inner: Mutex<MemStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl NodeStore {
+    /// An empty store with these limits.
+    pub fn new(limits: StoreLimits, metrics: Arc<Metrics>) -> NodeStore {
+        NodeStore {
+            inner: Mutex::new(MemStore::new(limits)),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MemStore> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current state, encoded, with its sequence number.
+    pub fn snapshot(&self) -> (u64, Vec<u8>) {
+        self.metrics.store_op(StoreOp::Snapshot);
+        let store = self.lock();
+        (store.seq(), store.snapshot())
+    }
+
+    /// The state as of `seq`, encoded.
+    pub fn snapshot_at(&self, seq: u64) -> Result<Vec<u8>, StoreError> {
+        self.metrics.store_op(StoreOp::Snapshot);
+        self.lock().snapshot_at(seq)
+    }
+
+    /// Replaces the state; unchanged on error.
+    pub fn restore(&self, bytes: &[u8]) -> Result<u64, StoreError> {
+        self.metrics.store_op(StoreOp::Restore);
+        self.lock().restore(bytes)
+    }
+
+    /// The store's size limits.
+    pub fn limits(&self) -> StoreLimits {
+        self.lock().limits()
+    }
+}
+
+impl StoreBackend for NodeStore {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.metrics.store_op(StoreOp::Get);
+        Ok(self.lock().get(key).map(<[u8]>::to_vec))
+    }
+
+    fn put(&self, key: &str, value: &[u8]) -> Result<u64, StoreError> {
+        self.metrics.store_op(StoreOp::Put);
+        self.lock().put(key, value.to_vec())
+    }
+
+    fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.metrics.store_op(StoreOp::Delete);
+        self.lock().delete(key)
+    }
+
+    fn update(
+        &self,
+        key: &str,
+        f: &mut dyn FnMut(Option<&[u8]>) -> Update,
+    ) -> Result<(Option<Vec<u8>>, Option<u64>), StoreError> {
+        self.metrics.store_op(StoreOp::Update);
+        self.lock().update(key, f)
+    }
+
+    fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.metrics.store_op(StoreOp::List);
+        Ok(self.lock().list(prefix, limit))
+    }
+
+    fn seq(&self) -> u64 {
+        self.lock().seq()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_survives_a_panicking_update_closure() {
+        let store = Arc::new(NodeStore::new(
+            StoreLimits::default(),
+            Arc::new(Metrics::default()),
+        ));
+        store.put("a", b"1").expect("put");
+        let s = Arc::clone(&store);
+        let joined = std::thread::spawn(move || {
+            let _ = s.update("a", &mut |_| panic!("closure panics"));
+        })
+        .join();
+        assert!(joined.is_err(), "the closure panicked");
+        assert_eq!(store.get("a").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(store.put("b", b"2").expect("put after poison"), 2);
+    }
+
+    #[test]
+    fn entropy_fills_the_whole_buffer() {
+        let e = Urandom::open().expect("urandom");
+        let mut a = [0u8; 64];
+        let mut b = [0u8; 64];
+        e.fill(&mut a);
+        e.fill(&mut b);
+        assert_ne!(a, b);
+        assert_ne!(a, [0u8; 64]);
+    }
+}

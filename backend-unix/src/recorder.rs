@@ -1,0 +1,446 @@
+//! The flight recorder: a tracing-subscriber [`Layer`] that keeps, per trace, every span (name, fields,
+//! parent, start/end) and event (level, message, fields, span), for the last N completed traces and all
+//! in-flight ones (so a hung request is visible while it hangs).
+//!
+//! A trace starts at a span named `request` that carries a `trace_id` field; every span opened under it
+//! (the capability spans `store.*` and `upstream.call` included) and every event inside those spans is
+//! recorded into that trace. The trace completes when its `request` span closes.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Name of the span that starts a trace.
+pub const ROOT_SPAN: &str = "request";
+/// Most spans kept per trace (a hung request that polls forever must not grow without bound).
+pub const MAX_SPANS_PER_TRACE: usize = 2000;
+/// Most events kept per trace.
+pub const MAX_EVENTS_PER_TRACE: usize = 2000;
+
+/// One recorded span.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpanRecord {
+    /// Index within the trace (0 is the `request` span).
+    pub id: usize,
+    /// Index of the parent span, `None` for the root.
+    pub parent: Option<usize>,
+    /// Span name.
+    pub name: &'static str,
+    /// Target (module path).
+    pub target: &'static str,
+    /// Level.
+    pub level: String,
+    /// Fields, as recorded so far.
+    pub fields: Map<String, Value>,
+    /// Microseconds from the trace start to the span's creation.
+    pub start_us: u64,
+    /// Microseconds from the trace start to the span's close; `None` while open.
+    pub end_us: Option<u64>,
+}
+
+/// One recorded event.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRecord {
+    /// Index of the span it happened in.
+    pub span: usize,
+    /// Level.
+    pub level: String,
+    /// Target (module path).
+    pub target: &'static str,
+    /// The `message` field.
+    pub message: Option<String>,
+    /// The other fields.
+    pub fields: Map<String, Value>,
+    /// Microseconds from the trace start.
+    pub at_us: u64,
+}
+
+/// Everything recorded for one request.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceRecord {
+    /// The trace id (32 hex digits).
+    pub trace_id: String,
+    /// Whether the request is still being handled.
+    pub in_flight: bool,
+    /// Wall-clock start, milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// Microseconds the request took; `None` while in flight.
+    pub duration_us: Option<u64>,
+    /// Spans, in creation order.
+    pub spans: Vec<SpanRecord>,
+    /// Events, in order.
+    pub events: Vec<EventRecord>,
+    /// Spans and events not kept because the trace hit its size bound.
+    pub dropped: u64,
+    #[serde(skip)]
+    started: Option<Instant>,
+}
+
+impl TraceRecord {
+    fn elapsed_us(&self) -> u64 {
+        self.started
+            .map(|s| u64::try_from(s.elapsed().as_micros()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    capacity: usize,
+    in_flight: HashMap<u64, TraceRecord>,
+    completed: VecDeque<TraceRecord>,
+}
+
+/// The recorder's store, shared by the layer and the admin endpoints.
+#[derive(Debug, Clone)]
+pub struct FlightRecorder {
+    inner: Arc<Mutex<Inner>>,
+    next_key: Arc<AtomicU64>,
+}
+
+/// Where a span's records go: which in-flight trace, and its index there.
+#[derive(Debug, Clone, Copy)]
+struct SpanLink {
+    trace: u64,
+    index: usize,
+}
+
+impl FlightRecorder {
+    /// A recorder keeping the last `capacity` completed traces.
+    pub fn new(capacity: usize) -> FlightRecorder {
+        FlightRecorder {
+            inner: Arc::new(Mutex::new(Inner {
+                capacity: capacity.max(1),
+                in_flight: HashMap::new(),
+                completed: VecDeque::new(),
+            })),
+            next_key: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing under this lock calls foreign code, so a poisoned lock holds consistent data.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The newest trace with this id (in-flight ones first: they are the newest).
+    pub fn get(&self, trace_id: &str) -> Option<TraceRecord> {
+        let inner = self.lock();
+        inner
+            .in_flight
+            .values()
+            .filter(|t| t.trace_id == trace_id)
+            .max_by_key(|t| t.started)
+            .cloned()
+            .map(|mut t| {
+                t.duration_us = None;
+                t
+            })
+            .or_else(|| {
+                inner
+                    .completed
+                    .iter()
+                    .rev()
+                    .find(|t| t.trace_id == trace_id)
+                    .cloned()
+            })
+    }
+
+    /// Every in-flight trace, then the last `n` completed ones, newest first.
+    pub fn last(&self, n: usize) -> Vec<TraceRecord> {
+        let inner = self.lock();
+        let mut live: Vec<TraceRecord> = inner.in_flight.values().cloned().collect();
+        live.sort_by_key(|t| std::cmp::Reverse(t.started));
+        live.extend(inner.completed.iter().rev().take(n).cloned());
+        live
+    }
+
+    /// Number of completed traces held.
+    pub fn completed_len(&self) -> usize {
+        self.lock().completed.len()
+    }
+}
+
+#[derive(Default)]
+struct JsonVisitor {
+    fields: Map<String, Value>,
+    message: Option<String>,
+}
+
+impl Visit for JsonVisitor {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, Value::from(value));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, Value::from(value));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field, Value::from(format!("{value:?}")));
+    }
+}
+
+impl JsonVisitor {
+    fn put(&mut self, field: &Field, value: Value) {
+        if field.name() == "message" {
+            self.message = Some(match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            });
+        } else {
+            self.fields.insert(field.name().to_string(), value);
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl<S> Layer<S> for FlightRecorder
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let parent_link = span
+            .parent()
+            .and_then(|p| p.extensions().get::<SpanLink>().copied());
+        let mut visitor = JsonVisitor::default();
+        attrs.record(&mut visitor);
+        let meta = attrs.metadata();
+        let mut inner = self.lock();
+        let link = match parent_link {
+            Some(parent) => {
+                let Some(trace) = inner.in_flight.get_mut(&parent.trace) else {
+                    return;
+                };
+                if trace.spans.len() >= MAX_SPANS_PER_TRACE {
+                    trace.dropped += 1;
+                    return;
+                }
+                let index = trace.spans.len();
+                let start_us = trace.elapsed_us();
+                trace.spans.push(SpanRecord {
+                    id: index,
+                    parent: Some(parent.index),
+                    name: meta.name(),
+                    target: meta.target(),
+                    level: meta.level().to_string(),
+                    fields: visitor.fields,
+                    start_us,
+                    end_us: None,
+                });
+                SpanLink {
+                    trace: parent.trace,
+                    index,
+                }
+            }
+            None => {
+                if meta.name() != ROOT_SPAN {
+                    return;
+                }
+                let Some(Value::String(trace_id)) = visitor.fields.get("trace_id").cloned() else {
+                    return;
+                };
+                let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+                inner.in_flight.insert(
+                    key,
+                    TraceRecord {
+                        trace_id,
+                        in_flight: true,
+                        started_unix_ms: unix_ms(),
+                        duration_us: None,
+                        spans: vec![SpanRecord {
+                            id: 0,
+                            parent: None,
+                            name: meta.name(),
+                            target: meta.target(),
+                            level: meta.level().to_string(),
+                            fields: visitor.fields,
+                            start_us: 0,
+                            end_us: None,
+                        }],
+                        events: Vec::new(),
+                        dropped: 0,
+                        started: Some(Instant::now()),
+                    },
+                );
+                SpanLink {
+                    trace: key,
+                    index: 0,
+                }
+            }
+        };
+        drop(inner);
+        span.extensions_mut().insert(link);
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(link) = ctx
+            .span(id)
+            .and_then(|s| s.extensions().get::<SpanLink>().copied())
+        else {
+            return;
+        };
+        let mut visitor = JsonVisitor::default();
+        values.record(&mut visitor);
+        let mut inner = self.lock();
+        if let Some(span) = inner
+            .in_flight
+            .get_mut(&link.trace)
+            .and_then(|t| t.spans.get_mut(link.index))
+        {
+            span.fields.extend(visitor.fields);
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let Some(link) = ctx
+            .event_span(event)
+            .and_then(|s| s.extensions().get::<SpanLink>().copied())
+        else {
+            return;
+        };
+        let mut visitor = JsonVisitor::default();
+        event.record(&mut visitor);
+        let meta = event.metadata();
+        let mut inner = self.lock();
+        let Some(trace) = inner.in_flight.get_mut(&link.trace) else {
+            return;
+        };
+        if trace.events.len() >= MAX_EVENTS_PER_TRACE {
+            trace.dropped += 1;
+            return;
+        }
+        let at_us = trace.elapsed_us();
+        trace.events.push(EventRecord {
+            span: link.index,
+            level: meta.level().to_string(),
+            target: meta.target(),
+            message: visitor.message,
+            fields: visitor.fields,
+            at_us,
+        });
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let Some(link) = ctx
+            .span(&id)
+            .and_then(|s| s.extensions().get::<SpanLink>().copied())
+        else {
+            return;
+        };
+        let mut inner = self.lock();
+        let Some(trace) = inner.in_flight.get_mut(&link.trace) else {
+            return;
+        };
+        let now = trace.elapsed_us();
+        if let Some(span) = trace.spans.get_mut(link.index) {
+            span.end_us = Some(now);
+        }
+        if link.index == 0
+            && let Some(mut done) = inner.in_flight.remove(&link.trace)
+        {
+            done.in_flight = false;
+            done.duration_us = Some(now);
+            inner.completed.push_back(done);
+            while inner.completed.len() > inner.capacity {
+                inner.completed.pop_front();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::instrument::WithSubscriber;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[test]
+    fn records_nested_spans_and_events_and_keeps_the_last_n() {
+        let recorder = FlightRecorder::new(2);
+        let subscriber = tracing_subscriber::registry().with(recorder.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            for id in ["a1", "a2", "a3"] {
+                let root =
+                    tracing::info_span!("request", trace_id = id, status = tracing::field::Empty);
+                let _e = root.enter();
+                {
+                    let child = tracing::debug_span!("store.get", key = "k", seq = 3u64);
+                    let _c = child.enter();
+                    tracing::info!(answer = 42, "inside");
+                }
+                root.record("status", 200u64);
+            }
+            // A span outside any trace is ignored.
+            tracing::info_span!("other").in_scope(|| tracing::info!("ignored"));
+        });
+        assert_eq!(recorder.completed_len(), 2);
+        assert!(recorder.get("a1").is_none(), "evicted");
+        let t = recorder.get("a3").expect("kept");
+        assert!(!t.in_flight);
+        assert_eq!(t.spans.len(), 2);
+        assert_eq!(t.spans[0].fields["status"], 200);
+        assert_eq!(t.spans[1].name, "store.get");
+        assert_eq!(t.spans[1].parent, Some(0));
+        assert_eq!(t.spans[1].fields["key"], "k");
+        assert!(t.spans[1].end_us.is_some());
+        assert_eq!(t.events.len(), 1);
+        assert_eq!(t.events[0].span, 1);
+        assert_eq!(t.events[0].message.as_deref(), Some("inside"));
+        assert_eq!(t.events[0].fields["answer"], 42);
+        assert_eq!(recorder.last(10).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn in_flight_traces_are_visible() {
+        let recorder = FlightRecorder::new(4);
+        let subscriber = tracing_subscriber::registry().with(recorder.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(
+            async move {
+                let span = tracing::info_span!("request", trace_id = "live");
+                let _ = tracing::Instrument::instrument(rx, span).await;
+            }
+            .with_subscriber(subscriber),
+        );
+        let mut seen = None;
+        for _ in 0..1000 {
+            if let Some(t) = recorder.get("live") {
+                seen = Some(t);
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let t = seen.expect("in-flight trace visible");
+        assert!(t.in_flight);
+        assert_eq!(t.spans[0].end_us, None);
+        let _ = tx.send(());
+        task.await.expect("task");
+        assert!(!recorder.get("live").expect("completed").in_flight);
+    }
+}

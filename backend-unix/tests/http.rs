@@ -1,0 +1,262 @@
+//! The public listener over real TCP: node headers, trace ids, keep-alive, every limit, upstream calls.
+
+mod common;
+
+use common::{Conn, config, get, request, start};
+use janus_samples_hello::Hello;
+use janus_samples_kv::Kv;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_carry_node_headers_and_keep_alive_works() {
+    let node = start::<Hello>(config("hello-h1")).await;
+    let mut conn = Conn::connect(node.public_addr()).await;
+    let first = conn.request("GET", "/", &[], b"").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.text(), "Hello from Janus!\n");
+    first.assert_node_headers("hello-h1");
+    assert_eq!(
+        first.header("x-janus-state-seq"),
+        None,
+        "hello has no store"
+    );
+    // Same connection: a 404 and a HEAD still carry the headers.
+    let missing = conn.request("GET", "/nope", &[], b"").await;
+    assert_eq!(missing.status, 404);
+    missing.assert_node_headers("hello-h1");
+    let head = conn.request("HEAD", "/", &[], b"").await;
+    assert_eq!(head.status, 200);
+    head.assert_node_headers("hello-h1");
+    assert_ne!(
+        first.header("x-janus-trace-id"),
+        missing.header("x-janus-trace-id"),
+        "each request gets its own generated trace id"
+    );
+    let json = conn
+        .request("POST", "/json", &[], br#"{"name":"n","values":[3,-1,10]}"#)
+        .await;
+    assert_eq!(json.status, 200);
+    assert_eq!(json.json()["sum"], 12);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateful_answers_carry_the_seq_at_request_start() {
+    let node = start::<Kv>(config("kv-h1")).await;
+    let put = request(node.public_addr(), "PUT", "/kv/a", &[], b"1").await;
+    assert_eq!(put.status, 200);
+    assert_eq!(put.header("x-janus-state-seq"), Some("0"));
+    assert_eq!(put.json()["seq"], 1);
+    let got = get(node.public_addr(), "/kv/a").await;
+    assert_eq!(got.header("x-janus-state-seq"), Some("1"));
+    assert_eq!(got.text(), "1");
+    got.assert_node_headers("kv-h1");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_id_comes_from_traceparent_then_x_janus_trace_id() {
+    let node = start::<Hello>(config("hello-trace")).await;
+    let addr = node.public_addr();
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = request(addr, "GET", "/", &[("traceparent", tp)], b"").await;
+    assert_eq!(
+        r.header("x-janus-trace-id"),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    let own = "0123456789ABCDEF0123456789abcdef";
+    let r = request(addr, "GET", "/", &[("x-janus-trace-id", own)], b"").await;
+    assert_eq!(
+        r.header("x-janus-trace-id"),
+        Some("0123456789abcdef0123456789abcdef")
+    );
+    let r = request(
+        addr,
+        "GET",
+        "/",
+        &[("traceparent", tp), ("x-janus-trace-id", own)],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        r.header("x-janus-trace-id"),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "traceparent wins"
+    );
+    let r = request(addr, "GET", "/", &[("x-janus-trace-id", "zz")], b"").await;
+    let generated = r.header("x-janus-trace-id").expect("generated");
+    assert_eq!(generated.len(), 32);
+    assert_ne!(generated, "zz");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_head_is_400_with_node_headers() {
+    let node = start::<Hello>(config("hello-400")).await;
+    let mut conn = Conn::connect(node.public_addr()).await;
+    conn.send(b"NOT HTTP AT ALL\r\n\r\n").await;
+    let r = conn.read_response(false).await.expect("an answer");
+    assert_eq!(r.status, 400);
+    r.assert_node_headers("hello-400");
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .expect("error")
+            .contains("malformed")
+    );
+    assert!(
+        conn.closed().await,
+        "connection closed after a malformed head"
+    );
+
+    // A bad header line after a good request on the same connection.
+    let mut conn = Conn::connect(node.public_addr()).await;
+    assert_eq!(conn.request("GET", "/", &[], b"").await.status, 200);
+    conn.send(b"GET / HTTP/1.1\r\nbad header line\r\n\r\n")
+        .await;
+    let r = conn.read_response(false).await.expect("an answer");
+    assert_eq!(r.status, 400);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_head_is_431() {
+    let mut cfg = config("hello-431");
+    cfg.max_header_bytes = 1024;
+    let node = start::<Hello>(cfg).await;
+    let fill = "x".repeat(2000);
+    let mut conn = Conn::connect(node.public_addr()).await;
+    conn.send(format!("GET / HTTP/1.1\r\nx-fill: {fill}\r\n\r\n").as_bytes())
+        .await;
+    let r = conn.read_response(false).await.expect("an answer");
+    assert_eq!(r.status, 431);
+    r.assert_node_headers("hello-431");
+    // Just under the limit is fine.
+    let fill = "y".repeat(900);
+    let ok = request(node.public_addr(), "GET", "/", &[("x-fill", &fill)], b"").await;
+    assert_eq!(ok.status, 200);
+    // Too many fields.
+    let mut many = String::from("GET / HTTP/1.1\r\n");
+    for i in 0..200 {
+        many.push_str(&format!("h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let mut cfg = config("hello-431b");
+    cfg.max_header_bytes = 64 * 1024;
+    let node2 = start::<Hello>(cfg).await;
+    let mut conn = Conn::connect(node2.public_addr()).await;
+    conn.send(many.as_bytes()).await;
+    assert_eq!(conn.read_response(false).await.expect("answer").status, 431);
+    node.stop().await;
+    node2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_body_is_413_declared_or_streamed() {
+    let mut cfg = config("hello-413");
+    cfg.max_body_bytes = 100;
+    let node = start::<Hello>(cfg).await;
+    // Declared length over the limit: refused before the body is read.
+    let mut conn = Conn::connect(node.public_addr()).await;
+    conn.send(b"POST /json HTTP/1.1\r\nhost: t\r\ncontent-length: 5000\r\n\r\n")
+        .await;
+    let r = conn.read_response(false).await.expect("answer");
+    assert_eq!(r.status, 413);
+    r.assert_node_headers("hello-413");
+    assert_eq!(r.header("connection"), Some("close"));
+    // Chunked body that grows past the limit.
+    let mut conn = Conn::connect(node.public_addr()).await;
+    let chunk = "z".repeat(80);
+    conn.send(
+        format!(
+            "POST /json HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n50\r\n{chunk}\r\n50\r\n{chunk}\r\n0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let r = conn.read_response(false).await.expect("answer");
+    assert_eq!(r.status, 413);
+    // A chunked body within the limit reaches the service de-chunked.
+    let body = r#"{"name":"c","values":[1,2]}"#;
+    let mut conn = Conn::connect(node.public_addr()).await;
+    conn.send(
+        format!(
+            "POST /json HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let r = conn.read_response(false).await.expect("answer");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["sum"], 3);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_head_gets_408_and_idle_connection_is_closed_silently() {
+    let mut cfg = config("hello-408");
+    cfg.header_timeout_ms = 200;
+    cfg.idle_timeout_ms = 300;
+    let node = start::<Hello>(cfg).await;
+    let mut conn = Conn::connect(node.public_addr()).await;
+    conn.send(b"GET / HTTP/1.1\r\nhost: t\r\n").await;
+    let r = conn.read_response(false).await.expect("a 408 answer");
+    assert_eq!(r.status, 408);
+    r.assert_node_headers("hello-408");
+    assert!(conn.closed().await);
+
+    // On a kept-alive connection, the second head gets its own timeout.
+    let mut conn = Conn::connect(node.public_addr()).await;
+    assert_eq!(conn.request("GET", "/", &[], b"").await.status, 200);
+    conn.send(b"GET /echo?msg=x HTTP/1.1\r\n").await;
+    assert_eq!(conn.read_response(false).await.expect("answer").status, 408);
+
+    // An idle connection that never sends a byte is closed without an answer.
+    let mut idle = Conn::connect(node.public_addr()).await;
+    assert!(idle.read_response(false).await.is_none());
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn via_backend_reaches_a_real_second_node_and_forwards_the_trace_id() {
+    let backend = start::<Hello>(config("hello-backend")).await;
+    let mut cfg = config("hello-front");
+    cfg.upstreams
+        .insert("backend".to_string(), backend.public_addr());
+    let front = start::<Hello>(cfg).await;
+    let trace = "11111111111111111111111111111111";
+    let r = request(
+        front.public_addr(),
+        "GET",
+        "/via/backend",
+        &[("x-janus-trace-id", trace)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["upstream"], "backend");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["body"], "Hello from Janus!\n");
+    // The backend saw the same trace id.
+    let t = common::poll("backend trace", || async {
+        backend.recorder().get(trace).filter(|t| !t.in_flight)
+    })
+    .await;
+    assert_eq!(t.spans[0].fields["path"], "/");
+    // The front's trace has the upstream.call span under the request span.
+    let f = front.recorder().get(trace).expect("front trace");
+    let call = f
+        .spans
+        .iter()
+        .find(|s| s.name == "upstream.call")
+        .expect("upstream.call span");
+    assert_eq!(call.parent, Some(0));
+    assert_eq!(call.fields["upstream"], "backend");
+    assert_eq!(call.fields["status"], 200);
+    // A mapped upstream that is down is a 502, not a hang or a panic.
+    backend.stop().await;
+    let r = get(front.public_addr(), "/via/backend").await;
+    assert_eq!(r.status, 502);
+    front.stop().await;
+}
