@@ -18,105 +18,14 @@
 //! Unless `janus_headers = false`, every answer must carry `x-janus-flavor` (the node's flavour),
 //! `x-janus-node` (its id), a 32-hex `x-janus-trace-id`, and `x-janus-state-seq` for a stateful service.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
+pub use janus::conformance::{Case, Expect, Req, Table};
 
 use crate::client::{self, Reply};
 use crate::node::Node;
-
-/// A conformance table.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct Table {
-    /// Service name.
-    pub service: String,
-    /// Snapshot file (relative to the table) restored before the cases.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
-    /// The cases, run in order on one node.
-    #[serde(rename = "case")]
-    pub cases: Vec<Case>,
-}
-
-/// One case.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct Case {
-    /// What it checks.
-    pub name: String,
-    /// The request.
-    pub request: Req,
-    /// What must come back.
-    pub expect: Expect,
-}
-
-/// A request of a case.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-pub struct Req {
-    /// Method.
-    pub method: String,
-    /// Path and query.
-    pub path: String,
-    /// Extra headers.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
-    /// Body text.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub body: String,
-    /// Body of N bytes of `x` (for size limits).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_fill: Option<usize>,
-    /// An `x-fill` header of N bytes (for head limits).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header_fill: Option<usize>,
-    /// Exact bytes to send instead.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub raw: Option<String>,
-}
-
-/// The expected answer of a case.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-pub struct Expect {
-    /// Status code.
-    pub status: u16,
-    /// Exact body.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
-    /// Body substring.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_contains: Option<String>,
-    /// Exact JSON body.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub json: Option<serde_json::Value>,
-    /// JSON body containing these fields (recursively).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub json_contains: Option<serde_json::Value>,
-    /// Header values that must match exactly.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
-    /// Whether the `x-janus-*` headers are required (false for answers of the HTTP layer itself).
-    #[serde(default = "yes", skip_serializing_if = "is_true")]
-    pub janus_headers: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn is_true(b: &bool) -> bool {
-    *b
-}
-
-impl Table {
-    /// Reads a table file.
-    pub fn load(path: &Path) -> anyhow::Result<Table> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("{} is not a valid table", path.display()))
-    }
-}
 
 /// Runs the table at `path` against `node`; returns one line per failed check (empty = conformant).
 pub fn run_file(path: &Path, node: &Node, stateful: bool) -> anyhow::Result<Vec<String>> {
@@ -178,13 +87,27 @@ fn send(node: &Node, req: &Req) -> anyhow::Result<Reply> {
 /// The problems of one answer against its expectation.
 pub fn check(expect: &Expect, reply: &Reply, node: &Node, stateful: bool) -> Vec<String> {
     let mut p = Vec::new();
-    if reply.status != expect.status {
+    if let Some(status) = expect.status
+        && reply.status != status
+    {
         p.push(format!(
-            "status {} != expected {} (body: {})",
+            "status {} != expected {status} (body: {})",
             reply.status,
-            expect.status,
             truncate(&reply.text())
         ));
+    }
+    if expect.no_fault && (reply.status >= 500 || reply.header("x-janus-fault").is_some()) {
+        p.push(format!(
+            "answer is a fault: status {} x-janus-fault {:?} (body: {})",
+            reply.status,
+            reply.header("x-janus-fault"),
+            truncate(&reply.text())
+        ));
+    }
+    if let Some(wrong) = &expect.not_body
+        && reply.body == wrong.as_bytes()
+    {
+        p.push(format!("body is still the captured wrong answer {wrong:?}"));
     }
     if let Some(body) = &expect.body
         && reply.body != body.as_bytes()

@@ -12,6 +12,8 @@
 pub mod build;
 pub mod client;
 pub mod cluster;
+pub mod conformance;
+pub mod faults;
 pub mod flavor;
 pub mod node;
 pub mod service;

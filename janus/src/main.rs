@@ -76,11 +76,69 @@ enum Cmd {
         #[arg(long, default_value = "default")]
         cluster: String,
     },
+    /// The router's captured faults: list, show, reproduce on a debug node, export as a test.
+    Faults {
+        #[command(subcommand)]
+        cmd: FaultsCmd,
+        /// Cluster name.
+        #[arg(long, global = true, default_value = "default")]
+        cluster: String,
+    },
     /// (internal) Run the supervisor of a run directory in the foreground.
     #[command(hide = true)]
     Supervise {
         /// The run directory.
         run_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum FaultsCmd {
+    /// Table of faults, newest first.
+    List {
+        /// Only this kind (fault, divergence).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this route prefix.
+        #[arg(long)]
+        route: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One fault: the request, both outcomes, the debug trace.
+    Show {
+        /// Fault id.
+        id: i64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mirror the stable node's state (as of the seq before the request) into a debug node, replay the
+    /// request there and judge. Exit status 0: reproduced; 3: not reproduced.
+    Repro {
+        /// Fault id.
+        id: i64,
+        /// Replay on a fresh, empty state instead of the mirrored one.
+        #[arg(long)]
+        without_state: bool,
+        /// Seconds before the replay counts as a hang.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the request, the mirrored state and the expected outcome as a conformance case.
+    Export {
+        /// Fault id.
+        id: i64,
+        /// Output directory.
+        #[arg(long = "as-test", value_name = "DIR")]
+        as_test: PathBuf,
     },
 }
 
@@ -142,9 +200,56 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", janus::up::down(&cluster)?);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Faults { cmd, cluster } => faults(cmd, &cluster),
         Cmd::Supervise { run_dir } => {
             janus::supervisor::supervise(&run_dir)?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn faults(cmd: FaultsCmd, cluster: &str) -> anyhow::Result<ExitCode> {
+    match cmd {
+        FaultsCmd::List {
+            kind,
+            route,
+            limit,
+            json,
+        } => {
+            let filter = lb_router::FaultFilter {
+                kind,
+                route,
+                limit: Some(limit),
+                ..lb_router::FaultFilter::default()
+            };
+            print!("{}", janus::faults::list(cluster, &filter, json)?);
+        }
+        FaultsCmd::Show { id, json } => print!("{}", janus::faults::show(cluster, id, json)?),
+        FaultsCmd::Repro {
+            id,
+            without_state,
+            timeout,
+            json,
+        } => {
+            let opts = janus::faults::ReproOpts {
+                cluster: cluster.to_string(),
+                without_state,
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            let report = janus::faults::repro(id, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", janus::faults::render_report(&report));
+            }
+            if !report.reproduced {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        FaultsCmd::Export { id, as_test } => {
+            let path = janus::faults::export(cluster, id, &as_test)?;
+            println!("{}", path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
