@@ -13,6 +13,7 @@ pub mod build;
 pub mod client;
 pub mod cluster;
 pub mod conformance;
+pub mod demo;
 pub mod faults;
 pub mod flavor;
 pub mod node;

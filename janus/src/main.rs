@@ -76,6 +76,13 @@ enum Cmd {
         #[arg(long, default_value = "default")]
         cluster: String,
     },
+    /// The main job: bring up the faulty sample on unikernel + process nodes behind the router, trigger
+    /// its bugs on stable nodes, capture and reproduce every fault, print a summary, tear down.
+    Demo {
+        /// Also print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The router's captured faults: list, show, reproduce on a debug node, export as a test.
     Faults {
         #[command(subcommand)]
@@ -201,6 +208,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Faults { cmd, cluster } => faults(cmd, &cluster),
+        Cmd::Demo { json } => {
+            let summary = janus::demo::demo(&mut |s: &str| {
+                use std::io::Write;
+                print!("{s}");
+                let _ = std::io::stdout().flush();
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            }
+            Ok(if summary.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Cmd::Supervise { run_dir } => {
             janus::supervisor::supervise(&run_dir)?;
             Ok(ExitCode::SUCCESS)

@@ -96,7 +96,11 @@ pub struct UpResult {
 
 /// `janus up`: builds, starts the supervisor, waits until everything is healthy.
 pub fn up(cluster_file: Option<&Path>) -> anyhow::Result<UpResult> {
-    let cluster = ClusterFile::load(cluster_file)?;
+    up_cluster(&ClusterFile::load(cluster_file)?)
+}
+
+/// `janus up` of an already loaded cluster.
+pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
     let dir = run_dir(&cluster.name);
     if let Ok(state) = ClusterState::read(&dir)
         && pid_alive(state.supervisor_pid)
@@ -201,7 +205,7 @@ pub fn up(cluster_file: Option<&Path>) -> anyhow::Result<UpResult> {
         procs.push(node_spec(format!("spare-{i}"), Role::Spare, Flavor::Unix)?);
     }
     let router_token = random_token();
-    let router_toml = router_config(&cluster, &procs, &router_token, &dir)?;
+    let router_toml = router_config(cluster, &procs, &router_token, &dir)?;
     let router_cfg_path = dir.join("router.toml");
     std::fs::write(&router_cfg_path, router_toml)?;
     procs.push(ProcSpec {
