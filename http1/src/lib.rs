@@ -43,6 +43,25 @@
 //! }
 //! ```
 //!
+//! Timers: the head timer ([`Limits::head_timeout_ms`]) runs from the first `poll` while the
+//! connection waits for a request head and owes no answer (so a slow handler never causes a
+//! 408); the body timer ([`Limits::body_timeout_ms`]) runs from the end of the head. A connection
+//! that received nothing after at least one exchange gets [`Event::IdleTimeout`] (closed
+//! silently) instead of a 408.
+//!
+//! # Client usage (calls to upstream services)
+//!
+//! ```text
+//! let mut out = Vec::new();
+//! ClientRequest::new(Method::Get, "upstream:8080", "/kv/a").encode(&mut out)?;  // write `out`
+//! let mut parser = ResponseParser::new(Limits::default(), &Method::Get);
+//! loop {
+//!     let n = read(&mut buf)?;
+//!     if n == 0 { parser.feed_eof(); } else { parser.feed(&buf[..n]); }
+//!     if let Some(result) = parser.poll(now_ms) { break result; }  // Ok(ClientResponse) or Err(Error)
+//! }
+//! ```
+//!
 //! # No-panic guarantee
 //!
 //! No function in this crate panics on any input bytes, any split of them across `feed` calls,
