@@ -6,17 +6,19 @@
 //! size and parses it with `httparse`. On a fault it keeps the bytes from hyper, fails the read, and
 //! [`serve`] answers 408, 431 or 400 itself with the full set of node headers, then closes.
 //!
-//! The guard knows a head is due at connection start and after each response (the request handler
-//! sets [`ConnShared::expect_head`] when it has consumed the body and produced its answer). Heads that
-//! arrive pipelined in the same read as the previous request are checked by hyper's own limits only.
+//! The guard follows the request framing itself (head, then `content-length` bytes of body, then the
+//! next head), so pipelined requests are checked too. After a chunked body it waits for the handler's
+//! answer before expecting the next head; if hyper ever dispatches a request whose head the guard did
+//! not see, the guard switches off for that connection and hyper's own limits apply. The idle timer
+//! runs only while no request is between its head and its answer.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::Service as HyperService;
@@ -80,14 +82,42 @@ impl HeadFault {
 /// State shared by the guard and the request handler of one connection.
 #[derive(Debug, Default)]
 pub struct ConnShared {
-    expect_head: AtomicBool,
+    /// Heads the guard has seen complete.
+    heads: AtomicU64,
+    /// Requests hyper handed to the handler.
+    started: AtomicU64,
+    /// Requests the handler has answered.
+    finished: AtomicU64,
+    /// The guard lost track of the framing: hyper's own limits apply from here on.
+    off: AtomicBool,
+    /// An answer was sent before the request body was read: linger on close.
+    unread_body: AtomicBool,
     fault: Mutex<Option<HeadFault>>,
 }
 
 impl ConnShared {
-    /// The handler produced its answer: the next bytes read start a new head.
-    pub fn expect_head(&self) {
-        self.expect_head.store(true, Ordering::Release);
+    /// The handler got a request. If the guard never saw its head (it arrived pipelined behind a
+    /// chunked body), the guard switches itself off for the rest of the connection.
+    pub fn request_started(&self) {
+        let started = self.started.fetch_add(1, Ordering::AcqRel) + 1;
+        if started > self.heads.load(Ordering::Acquire) {
+            self.off.store(true, Ordering::Release);
+        }
+    }
+
+    /// The handler produced its answer.
+    pub fn request_finished(&self) {
+        self.finished.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The handler answered without reading the whole body (the connection will close).
+    pub fn body_left_unread(&self) {
+        self.unread_body.store(true, Ordering::Release);
+    }
+
+    /// No request is between its head and its answer.
+    fn idle(&self) -> bool {
+        self.heads.load(Ordering::Acquire) == self.finished.load(Ordering::Acquire)
     }
 
     fn set_fault(&self, fault: HeadFault) {
@@ -103,12 +133,56 @@ impl ConnShared {
     }
 }
 
+/// Where the guard is in the byte stream.
 enum Phase {
+    /// Reading a head; `deadline` is the idle timer while `buf` is empty, the header timer after.
     Head {
         buf: Vec<u8>,
-        deadline: Pin<Box<Sleep>>,
+        deadline: Option<Pin<Box<Sleep>>>,
     },
-    Body,
+    /// Inside a body of known length.
+    Body { remaining: u64 },
+    /// Inside a chunked body: the next head starts once the handler has answered.
+    Chunked,
+    /// Framing unknown: pass everything through.
+    Off,
+}
+
+impl Phase {
+    fn head() -> Phase {
+        Phase::Head {
+            buf: Vec::new(),
+            deadline: None,
+        }
+    }
+}
+
+/// How the body of a parsed head is framed.
+enum Framing {
+    Length(u64),
+    Chunked,
+    Unknown,
+}
+
+fn framing(headers: &[httparse::Header<'_>]) -> Framing {
+    let mut length = None;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Framing::Chunked;
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let parsed = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (parsed, length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                // Invalid or conflicting: hyper refuses it with its own 400.
+                _ => return Framing::Unknown,
+            }
+        }
+    }
+    Framing::Length(length.unwrap_or(0))
 }
 
 /// The socket as hyper sees it, with the head guard described in the module docs.
@@ -126,54 +200,75 @@ impl GuardedIo {
             stream,
             shared,
             limits,
-            phase: Phase::Head {
-                buf: Vec::new(),
-                deadline: Box::pin(tokio::time::sleep(limits.idle_timeout)),
-            },
+            phase: Phase::head(),
         }
     }
 
     fn fail(&mut self, fault: HeadFault) -> Poll<io::Result<()>> {
         self.shared.set_fault(fault);
-        self.phase = Phase::Body;
+        self.phase = Phase::Off;
         Poll::Ready(Err(io::Error::other("request head refused")))
     }
 
-    /// Checks newly read head bytes; `Some(fault)` when the head must be refused.
+    /// Follows the framing through newly read bytes; `Some(fault)` when a head must be refused.
     fn inspect(&mut self, new: &[u8]) -> Option<HeadFault> {
-        let Phase::Head { buf, deadline } = &mut self.phase else {
-            return None;
-        };
-        if new.is_empty() {
-            return None;
-        }
-        if buf.is_empty() {
-            // First byte of the head: the header timeout starts now.
-            deadline
-                .as_mut()
-                .reset((Instant::now() + self.limits.header_timeout).into());
-        }
-        let room = (self.limits.max_header_bytes + 1).saturating_sub(buf.len());
-        buf.extend_from_slice(&new[..new.len().min(room)]);
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(buf) {
-            Ok(httparse::Status::Complete(n)) if n > self.limits.max_header_bytes => {
-                Some(self.too_large())
+        let max = self.limits.max_header_bytes;
+        let mut rest = new;
+        while !rest.is_empty() {
+            match &mut self.phase {
+                Phase::Off | Phase::Chunked => return None,
+                Phase::Body { remaining } => {
+                    let take = (*remaining).min(rest.len() as u64);
+                    *remaining -= take;
+                    rest = &rest[usize::try_from(take).unwrap_or(rest.len())..];
+                    if *remaining == 0 {
+                        self.phase = Phase::head();
+                    }
+                }
+                Phase::Head { buf, deadline } => {
+                    if buf.is_empty() {
+                        // First byte of a head: the header timeout starts now.
+                        *deadline = Some(Box::pin(tokio::time::sleep(self.limits.header_timeout)));
+                    }
+                    let before = buf.len();
+                    let take = (max + 1).saturating_sub(before).min(rest.len());
+                    buf.extend_from_slice(&rest[..take]);
+                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let mut req = httparse::Request::new(&mut headers);
+                    match req.parse(buf) {
+                        Ok(httparse::Status::Complete(n)) if n > max => {
+                            return Some(self.too_large());
+                        }
+                        Ok(httparse::Status::Complete(n)) => {
+                            let next = match framing(req.headers) {
+                                Framing::Length(0) => Phase::head(),
+                                Framing::Length(len) => Phase::Body { remaining: len },
+                                Framing::Chunked => Phase::Chunked,
+                                Framing::Unknown => Phase::Off,
+                            };
+                            self.shared.heads.fetch_add(1, Ordering::AcqRel);
+                            rest = &rest[n.saturating_sub(before)..];
+                            self.phase = next;
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() > max => {
+                            return Some(self.too_large());
+                        }
+                        Ok(httparse::Status::Partial) => rest = &[],
+                        Err(httparse::Error::TooManyHeaders) => {
+                            return Some(HeadFault::TooLarge(format!(
+                                "request head has more than {MAX_HEADERS} header fields"
+                            )));
+                        }
+                        Err(e) => {
+                            return Some(HeadFault::Malformed(format!(
+                                "malformed request head: {e}"
+                            )));
+                        }
+                    }
+                }
             }
-            Ok(httparse::Status::Complete(_)) => {
-                self.phase = Phase::Body;
-                None
-            }
-            Ok(httparse::Status::Partial) if buf.len() > self.limits.max_header_bytes => {
-                Some(self.too_large())
-            }
-            Ok(httparse::Status::Partial) => None,
-            Err(httparse::Error::TooManyHeaders) => Some(HeadFault::TooLarge(format!(
-                "request head has more than {MAX_HEADERS} header fields"
-            ))),
-            Err(e) => Some(HeadFault::Malformed(format!("malformed request head: {e}"))),
         }
+        None
     }
 
     fn too_large(&self) -> HeadFault {
@@ -191,23 +286,26 @@ impl AsyncRead for GuardedIo {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if matches!(this.phase, Phase::Body)
-            && this.shared.expect_head.swap(false, Ordering::AcqRel)
-        {
-            this.phase = Phase::Head {
-                buf: Vec::new(),
-                deadline: Box::pin(tokio::time::sleep(this.limits.idle_timeout)),
-            };
+        if this.shared.off.load(Ordering::Acquire) {
+            this.phase = Phase::Off;
         }
-        if let Phase::Head { buf, deadline } = &mut this.phase
-            && deadline.as_mut().poll(cx).is_ready()
-        {
-            let fault = if buf.is_empty() {
-                HeadFault::Idle
-            } else {
-                HeadFault::Timeout
-            };
-            return this.fail(fault);
+        if matches!(this.phase, Phase::Chunked) && this.shared.idle() {
+            this.phase = Phase::head();
+        }
+        if let Phase::Head { buf, deadline } = &mut this.phase {
+            if buf.is_empty() && deadline.is_none() && this.shared.idle() {
+                *deadline = Some(Box::pin(tokio::time::sleep(this.limits.idle_timeout)));
+            }
+            if let Some(d) = deadline
+                && d.as_mut().poll(cx).is_ready()
+            {
+                let fault = if buf.is_empty() {
+                    HeadFault::Idle
+                } else {
+                    HeadFault::Timeout
+                };
+                return this.fail(fault);
+            }
         }
         loop {
             ready!(this.stream.poll_read_ready(cx))?;
@@ -305,10 +403,15 @@ pub async fn serve<Svc>(
     let Ok(mut stream) = Arc::try_unwrap(stream) else {
         return;
     };
+    let linger = fault.is_some() || shared.unread_body.load(Ordering::Acquire);
     if let Some(bytes) = fault.as_ref().and_then(answer_fault) {
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&bytes)).await;
     }
-    linger_close(&mut stream).await;
+    if linger {
+        linger_close(&mut stream).await;
+    } else {
+        let _ = stream.shutdown().await;
+    }
 }
 
 /// Half-closes and reads what the client still sends for a moment, so an unread request body does

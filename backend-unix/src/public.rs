@@ -136,6 +136,7 @@ pub async fn handle<S: Service>(
     req: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
+    conn.request_started();
     let _in_flight = InFlight::new(&ctx.metrics);
     let seq = ctx.seq();
     let (parts, body) = req.into_parts();
@@ -196,9 +197,12 @@ pub async fn handle<S: Service>(
         )
     });
     ctx.metrics.record_request(status, latency);
+    if close {
+        conn.body_left_unread();
+    }
     let out = to_hyper(response, &ctx.node_id, trace_id, seq, close);
     drop(span);
-    conn.expect_head();
+    conn.request_finished();
     Ok(out)
 }
 

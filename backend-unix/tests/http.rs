@@ -190,6 +190,23 @@ async fn oversized_body_is_413_declared_or_streamed() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["sum"], 3);
     node.stop().await;
+
+    // With the default 1 MiB limit, a client that sends its whole 1.1 MB body still reads the 413
+    // (the node drains what it did not read instead of resetting the connection).
+    let node = start::<Hello>(config("hello-413-default")).await;
+    let mut conn = Conn::connect(node.public_addr()).await;
+    let mut req = b"POST /json HTTP/1.1\r\nhost: t\r\ncontent-length: 1100000\r\n\r\n".to_vec();
+    req.extend(std::iter::repeat_n(b'x', 1_100_000));
+    conn.send(&req).await;
+    let r = conn.read_response(false).await.expect("answer");
+    assert_eq!(r.status, 413);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .expect("error")
+            .contains("1048576")
+    );
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,4 +276,45 @@ async fn via_backend_reaches_a_real_second_node_and_forwards_the_trace_id() {
     let r = get(front.public_addr(), "/via/backend").await;
     assert_eq!(r.status, 502);
     front.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_with_bodies_and_split_heads_are_all_answered() {
+    let node = start::<Hello>(config("hello-pipe")).await;
+    let mut conn = Conn::connect(node.public_addr()).await;
+    let body = r#"{"name":"p","values":[4,5]}"#;
+    // A GET, a POST with a body and the start of a third head, all in one write.
+    conn.send(
+        format!(
+            "GET /echo?msg=one HTTP/1.1\r\nhost: t\r\n\r\nPOST /json HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{body}GET /echo?msg=th",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let one = conn.read_response(false).await.expect("first");
+    assert_eq!(one.text(), "one");
+    let two = conn.read_response(false).await.expect("second");
+    assert_eq!(two.status, 200, "{}", two.text());
+    assert_eq!(two.json()["sum"], 9);
+    // The rest of the third head arrives later: it is a continuation, not a malformed head.
+    conn.send(b"ree HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    let three = conn.read_response(false).await.expect("third");
+    assert_eq!(three.status, 200);
+    assert_eq!(three.text(), "three");
+    // A body sent in pieces after its head is not mistaken for a head.
+    conn.send(
+        format!(
+            "POST /json HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    conn.send(&body.as_bytes()[..5]).await;
+    conn.send(&body.as_bytes()[5..]).await;
+    let four = conn.read_response(false).await.expect("fourth");
+    assert_eq!(four.status, 200, "{}", four.text());
+    four.assert_node_headers("hello-pipe");
+    node.stop().await;
 }
