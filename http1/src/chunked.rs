@@ -5,8 +5,6 @@
 //! rejected), the size is one or more hex digits with no sign or prefix, and extensions may only
 //! contain visible characters, spaces and tabs.
 
-use alloc::vec;
-
 use crate::error::Error;
 use crate::headers::{Headers, trim_ows};
 use crate::limits::Limits;
@@ -76,7 +74,7 @@ pub fn parse_trailers(buf: &[u8], limits: &Limits) -> Result<Option<(Headers, us
         .rposition(|&b| b == b'\n')
         .map_or(0, |i| i.saturating_add(1));
     let window = window.get(..lines_end).unwrap_or_default();
-    let mut raw = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut raw = crate::wire::header_slots(window, limits);
     match httparse::parse_headers(window, &mut raw) {
         Ok(httparse::Status::Complete((n, fields))) => {
             let mut headers = Headers::new();

@@ -286,7 +286,15 @@ fn head_window<'a>(buf: &'a [u8], limits: &Limits) -> (&'a [u8], Vec<httparse::H
         .rposition(|&b| b == b'\n')
         .map_or(0, |i| i.saturating_add(1));
     let lines = window.get(..lines_end).unwrap_or_default();
-    (lines, vec![httparse::EMPTY_HEADER; limits.max_headers])
+    (lines, header_slots(lines, limits))
+}
+
+/// The httparse header array for parsing `lines`: `max_headers` entries, but never more than
+/// `lines` could hold (a field line takes at least 3 bytes), so a huge configured limit does not
+/// turn into a huge allocation.
+pub(crate) fn header_slots<'a>(lines: &[u8], limits: &Limits) -> Vec<httparse::Header<'a>> {
+    let fit = (lines.len() / 2).saturating_add(1);
+    vec![httparse::EMPTY_HEADER; limits.max_headers.min(fit)]
 }
 
 /// Incremental bookkeeping for a head arriving in pieces: it tells when parsing again could

@@ -820,3 +820,44 @@ fn error_response_body_names_the_problem() {
     let body_len = "400 Bad Request: invalid Content-Length\n".len();
     assert!(text.contains(&format!("Content-Length: {body_len}\r\n")));
 }
+
+#[test]
+fn extreme_limits_do_not_panic_or_allocate_hugely() {
+    let limits = Limits {
+        max_head_bytes: usize::MAX,
+        max_headers: usize::MAX,
+        max_body_bytes: usize::MAX,
+        max_chunk_line_bytes: usize::MAX,
+        head_timeout_ms: u64::MAX,
+        body_timeout_ms: u64::MAX,
+        max_buffer_bytes: usize::MAX,
+        max_pipelined: usize::MAX,
+        require_host: true,
+    };
+    let out = run_bytewise(
+        limits,
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nT: 1\r\n\r\n",
+        false,
+    );
+    assert_eq!(requests(&out.events)[0].body, b"abc");
+    let mut conn = ServerConn::new(limits);
+    conn.feed(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 18446744073709551615\r\n\r\nab");
+    assert_eq!(conn.poll(u64::MAX), None);
+    assert_eq!(conn.next_deadline(), Some(u64::MAX));
+
+    let zero = Limits {
+        max_head_bytes: 0,
+        max_headers: 0,
+        max_body_bytes: 0,
+        max_chunk_line_bytes: 0,
+        head_timeout_ms: 0,
+        body_timeout_ms: 0,
+        max_buffer_bytes: 0,
+        max_pipelined: 0,
+        require_host: false,
+    };
+    let mut conn = ServerConn::new(zero);
+    assert_eq!(conn.poll(0), Some(Event::Error(Error::HeadTimeout)));
+    let out = run_whole(zero, b"GET / HTTP/1.1\r\n\r\n", false);
+    assert_eq!(errors(&out.events), [Error::HeadTooLarge]);
+}
