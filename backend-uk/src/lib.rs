@@ -26,5 +26,13 @@ pub mod console;
 pub mod drivers;
 pub mod entropy;
 pub mod executor;
+#[cfg(not(test))]
+pub mod log;
+pub mod metrics;
 pub mod mm;
+#[cfg(not(test))]
+pub mod net;
+pub mod node;
 pub mod rt;
+#[cfg(not(test))]
+pub mod upstream;

@@ -71,3 +71,127 @@ macro_rules! entry {
         }
     };
 }
+
+/// What [`bring_up`] hands to the node runtime.
+#[cfg(not(test))]
+#[derive(Debug)]
+pub struct KernelEnv {
+    /// The parsed command line.
+    pub config: crate::cmdline::BootConfig,
+    /// The NIC's PIC line, if interrupts are available.
+    pub nic_irq: Option<u8>,
+}
+
+static TIMERS: spinning_top::Spinlock<Option<alloc::sync::Arc<crate::executor::Timers>>> = spinning_top::Spinlock::new(None);
+
+/// The running executor's timers.
+pub fn timers() -> alloc::sync::Arc<crate::executor::Timers> {
+    TIMERS.lock().clone().unwrap_or_default()
+}
+
+/// Microseconds since the PVH entry point.
+#[cfg(not(test))]
+pub fn since_entry_us() -> u64 {
+    crate::clock::monotonic_ns() / 1000
+}
+
+/// Brings the machine up: command line, PIC, clocks, entropy, logging, NIC and network.
+#[cfg(not(test))]
+pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
+    use crate::drivers::{pic, pit, rtc};
+    use crate::{clock, cmdline, entropy, kprintln, net};
+
+    let config = match cmdline::parse(&boot.cmdline) {
+        Ok(c) => c,
+        Err(e) => fatal(ExitCode::BootFailure, &alloc::format!("{e}")),
+    };
+    pic::init();
+    crate::drivers::lapic::route_pic();
+    let mut tsc_hz = pit::calibrate_tsc(10);
+    if tsc_hz < 10_000_000 {
+        // No usable PIT: CPUID leaf 0x16 (base MHz) when present, else assume 2 GHz.
+        let leaf16 = if crate::arch::cpu::cpuid(0, 0).eax >= 0x16 { u64::from(crate::arch::cpu::cpuid(0x16, 0).eax) } else { 0 };
+        tsc_hz = if leaf16 > 0 { leaf16 * 1_000_000 } else { 2_000_000_000 };
+        kprintln!("janus-uk: warning: PIT calibration failed; assuming a {} MHz TSC", tsc_hz / 1_000_000);
+    }
+    let wall = rtc::unix_seconds();
+    let entry_tsc = crate::arch::start::entry_tsc();
+    let elapsed_ns = (u128::from(crate::arch::cpu::rdtsc().saturating_sub(entry_tsc)) * 1_000_000_000 / u128::from(tsc_hz.max(1))) as u64;
+    let wall_at_entry = wall.map_or(0, |s| (s * 1_000_000_000).saturating_sub(elapsed_ns));
+    clock::CLOCK.calibrate(tsc_hz, entry_tsc, wall_at_entry);
+    let (material, source) = entropy::gather_seed(&config.seed, clock::wall_ns());
+    entropy::init(&material);
+    crate::log::init(&config.log_level);
+    kprintln!(
+        "janus-uk: heap {} MiB, tsc {} MHz, wall clock {}, entropy {source}",
+        crate::mm::heap::size() >> 20,
+        tsc_hz / 1_000_000,
+        if wall.is_some() { "rtc" } else { "unavailable" }
+    );
+    let Some(nic) = crate::drivers::virtio::find_nic(&config.mmio_devices) else {
+        fatal(ExitCode::BootFailure, "no virtio-net device found (virtio-mmio or PCI)")
+    };
+    let location = nic.location.clone();
+    let irq = nic.irq;
+    let device = match crate::drivers::virtio::NetDevice::new(nic.transport) {
+        Ok(d) => d,
+        Err(e) => fatal(ExitCode::BootFailure, &alloc::format!("virtio-net init at {location}: {e}")),
+    };
+    kprintln!("janus-uk: virtio-net at {location}, irq {irq:?}");
+    net::init(device, config.ip, entropy::u64(), clock::monotonic_ns() / 1_000_000);
+    if let Some(irq) = irq {
+        net::enable_interrupts();
+        pic::unmask(irq);
+    }
+    pic::unmask(0);
+    KernelEnv { config, nic_irq: irq }
+}
+
+/// The kernel loop: move packets, fire timers, run ready tasks; when nothing is left to do,
+/// arm the PIT for the next deadline and halt until an interrupt.
+#[cfg(not(test))]
+pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) -> ! {
+    use crate::drivers::{pic, pit};
+    use crate::net;
+
+    *TIMERS.lock() = Some(executor.timers());
+    let now_ms = || crate::clock::monotonic_ns() / 1_000_000;
+    let mut dbg_next = 0u64;
+    let mut irq_seen = 0u64;
+    loop {
+        let irqs = crate::arch::cpu::take_pending_irqs();
+        irq_seen |= irqs;
+        if now_ms() > dbg_next {
+            dbg_next = now_ms() + 1000;
+            crate::kprintln!("dbg: frames {:?} irqs {irq_seen:#x} sockets {}", net::frame_counters(), net::socket_count());
+        }
+        if let Some(irq) = nic_irq
+            && irqs & (1 << irq) != 0
+        {
+            net::ack_interrupt();
+            pic::unmask(irq);
+        }
+        let now = now_ms();
+        net::poll(now);
+        executor.fire_timers(now);
+        if executor.run_ready() > 0 {
+            continue;
+        }
+        let now = now_ms();
+        let mut wait_ms: u64 = 50;
+        if let Some(d) = net::poll_delay_ms(now) {
+            wait_ms = wait_ms.min(d);
+        }
+        if let Some(t) = executor.next_deadline() {
+            wait_ms = wait_ms.min(t.saturating_sub(now));
+        }
+        if nic_irq.is_none() {
+            wait_ms = wait_ms.min(1);
+        }
+        if wait_ms == 0 || executor.has_ready() || net::rx_pending() {
+            continue;
+        }
+        pit::oneshot_us(wait_ms * 1000);
+        crate::arch::cpu::halt_until_interrupt();
+    }
+}

@@ -2,7 +2,11 @@
 #![allow(unsafe_code)]
 
 pub mod exit;
+#[cfg(not(test))]
+pub mod lapic;
 pub mod pic;
 pub mod pit;
 pub mod rtc;
 pub mod serial;
+#[cfg(not(test))]
+pub mod virtio;

@@ -5,24 +5,32 @@ use crate::arch::port::{inb, outb};
 /// PIT input clock in Hz.
 pub const PIT_HZ: u64 = 1_193_182;
 
-/// Measures the TSC frequency against PIT channel 2 over `ms` milliseconds (max 50).
+/// Measures the TSC frequency against PIT channel 0 (read back with latch commands) over
+/// `ms` milliseconds. Channel 2's gate (port 0x61) does not exist on microvm, channel 0 does.
 pub fn calibrate_tsc(ms: u64) -> u64 {
-    let count = (PIT_HZ * ms.min(50) / 1000) as u16;
-    // SAFETY: port 0x61 gates channel 2 (speaker off); 0x42/0x43 program channel 2. No memory
-    // effects.
-    let (t0, t1) = unsafe {
-        outb(0x61, (inb(0x61) & !0x02) | 0x01);
-        outb(0x43, 0xb0);
-        outb(0x42, count as u8);
-        outb(0x42, (count >> 8) as u8);
-        let t0 = crate::arch::cpu::rdtsc();
-        let mut spins = 0u64;
-        while inb(0x61) & 0x20 == 0 && spins < 50_000_000 {
-            spins += 1;
+    let target = PIT_HZ * ms / 1000;
+    // SAFETY: channel 0, lobyte/hibyte, mode 2 (rate generator), count 65536. No memory effects.
+    unsafe {
+        outb(0x43, 0x34);
+        outb(0x40, 0);
+        outb(0x40, 0);
+    }
+    let mut last = latch_read();
+    let t0 = crate::arch::cpu::rdtsc();
+    let mut elapsed: u64 = 0;
+    let mut reads = 0u32;
+    while elapsed < target {
+        let now = latch_read();
+        // The counter counts down and wraps at 0 -> 65535.
+        elapsed += u64::from(last.wrapping_sub(now));
+        last = now;
+        reads += 1;
+        if reads > 5_000_000 {
+            return 0;
         }
-        (t0, crate::arch::cpu::rdtsc())
-    };
-    crate::clock::tsc_hz_from_pit(t1.wrapping_sub(t0), u64::from(count))
+    }
+    let t1 = crate::arch::cpu::rdtsc();
+    crate::clock::tsc_hz_from_pit(t1.wrapping_sub(t0), elapsed)
 }
 
 /// Arms channel 0 to raise IRQ0 once after `us` microseconds (clamped to 1 us..54 ms).

@@ -23,6 +23,9 @@
 janus_pvh_start32:
     cli
     cld
+    rdtsc                       /* boot-time figure: TSC at the PVH entry */
+    mov %eax, %ebp
+    mov %edx, %esp
     mov %ebx, %esi
     /* zero .bss (QEMU zeroes it too; firecracker-style loaders may not) */
     mov $__bss_start, %edi
@@ -31,6 +34,8 @@ janus_pvh_start32:
     xor %eax, %eax
     rep stosb
     mov %esi, janus_start_info_paddr
+    mov %ebp, janus_entry_tsc
+    mov %esp, janus_entry_tsc + 4
     mov $janus_boot_stack_top, %esp
 
     /* PML4[0] -> PDPT, PDPT[0..4] -> 4 PDs, PDs map 0..4 GiB with 2 MiB pages (P|RW|US|PS) */
@@ -147,12 +152,6 @@ janus_long_mode:
     shl $48, %rbx
     or %rbx, %rdx
     movabs $0x00008E0000000000, %rbx    /* present, DPL0, interrupt gate */
-    cmp $0x80, %ecx
-    jb 4f
-    cmp $0x81, %ecx
-    ja 4f
-    movabs $0x0000EE0000000000, %rbx    /* DPL3 gates callable from CPL3 */
-4:
     cmp $2, %ecx
     je 5f
     cmp $8, %ecx
@@ -229,15 +228,42 @@ janus_exc_common:
 janus_isr_spurious:
     iretq
 
-janus_halt_gate:
+/* #GP from CPL3 doubles as the privileged-instruction gate: a `hlt` (F4) at CPL3 is performed
+ * here as `sti; hlt; cli` (wake on the next interrupt), a `wrmsr` (0F 30) is performed with the
+ * caller's ecx/edx:eax; then the instruction is skipped. Anything else is a real fault.
+ * Stack on entry: err, rip, cs, rflags, rsp, ss. */
+janus_exc_13:
+    push %rax
+    push %rbx
+    testb $3, 32(%rsp)
+    jz 9f
+    mov 24(%rsp), %rax
+    movzbl (%rax), %ebx
+    cmp $0xf4, %ebx
+    jne 8f
+    incq 24(%rsp)
     sti
     hlt
     cli
+    pop %rbx
+    pop %rax
+    add $8, %rsp
     iretq
-
-janus_wrmsr_gate:
+8:
+    movzwl (%rax), %ebx
+    cmp $0x300f, %ebx
+    jne 9f
+    addq $2, 24(%rsp)
+    pop %rbx
+    pop %rax
     wrmsr
+    add $8, %rsp
     iretq
+9:
+    pop %rbx
+    pop %rax
+    pushq $13
+    jmp janus_exc_common
 
 janus_exc_0:
     pushq $0
@@ -286,9 +312,6 @@ janus_exc_11:
     jmp janus_exc_common
 janus_exc_12:
     pushq $12
-    jmp janus_exc_common
-janus_exc_13:
-    pushq $13
     jmp janus_exc_common
 janus_exc_14:
     pushq $14
@@ -651,8 +674,8 @@ janus_idt_handlers:
     .quad janus_isr_spurious
     .quad janus_isr_spurious
     .quad janus_isr_spurious
-    .quad janus_halt_gate
-    .quad janus_wrmsr_gate
+    .quad janus_isr_spurious
+    .quad janus_isr_spurious
     .quad janus_isr_spurious
     .quad janus_isr_spurious
     .quad janus_isr_spurious
@@ -813,6 +836,8 @@ janus_trap_info: .skip 64
 janus_irq_pending: .skip 8
     .global janus_start_info_paddr
 janus_start_info_paddr: .skip 8
+    .global janus_entry_tsc
+janus_entry_tsc: .skip 8
     .p2align 4
 janus_boot_stack: .skip 8192
 janus_boot_stack_top:
@@ -820,9 +845,11 @@ janus_irq_stack: .skip 16384
 janus_irq_stack_top:
 janus_ist1_stack: .skip 8192
 janus_ist1_stack_top:
+    .p2align 4
     .global janus_trap_stack_top
 janus_trap_stack: .skip 65536
 janus_trap_stack_top:
+    .p2align 4
     .global janus_user_stack_bottom
 janus_user_stack_bottom:
 janus_user_stack: .skip 1048576

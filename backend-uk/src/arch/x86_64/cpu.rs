@@ -58,14 +58,14 @@ pub fn take_pending_irqs() -> u64 {
     NONE.swap(0, Ordering::AcqRel)
 }
 
-/// Enables interrupts and halts at CPL0 until the next interrupt, then returns with interrupts
-/// disabled again. Race-free: an interrupt that became pending before the call wakes it at once.
+/// Enables interrupts and halts at CPL0 (through the #GP gate) until the next interrupt, then
+/// returns with interrupts disabled again. Race-free: an interrupt that became pending before the call wakes it at once.
 #[cfg(not(test))]
 #[inline]
 pub fn halt_until_interrupt() {
-    // SAFETY: vector 0x80 is a DPL3 interrupt gate whose stub runs `sti; hlt; cli; iretq` on the
-    // TSS.RSP0 stack; it touches no memory of ours and preserves all registers.
-    unsafe { core::arch::asm!("int 0x80", options(nostack, preserves_flags)) }
+    // SAFETY: `hlt` at CPL3 raises #GP; the CPL0 #GP stub recognises it, runs `sti; hlt; cli`
+    // on the TSS.RSP0 stack and resumes after it. No register or memory of ours changes.
+    unsafe { core::arch::asm!("hlt", options(nostack, preserves_flags)) }
 }
 
 /// Host builds: nothing to halt.
@@ -79,8 +79,9 @@ pub fn halt_until_interrupt() {}
 /// and is not otherwise used).
 #[cfg(not(test))]
 pub unsafe fn wrmsr(msr: u32, value: u64) {
-    // SAFETY: vector 0x81 is a DPL3 gate running `wrmsr; iretq`; the caller vouches for the MSR.
+    // SAFETY: `wrmsr` at CPL3 raises #GP; the CPL0 #GP stub performs it with our ecx/edx:eax
+    // and resumes after it. The caller vouches for the MSR write.
     unsafe {
-        core::arch::asm!("int 0x81", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack, preserves_flags))
+        core::arch::asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack, preserves_flags))
     }
 }

@@ -3,6 +3,7 @@
 use crate::boot::{BootInfo, MemoryRegion};
 
 unsafe extern "C" {
+    static janus_entry_tsc: u64;
     static janus_trap_info: [u64; 7];
     static __kernel_end: u8;
     static janus_user_stack_bottom: u8;
@@ -100,4 +101,10 @@ extern "C" fn janus_trap_upcall() -> ! {
         info[0], info[1], info[2], info[5], info[4], info[6]
     );
     crate::rt::fatal(crate::drivers::exit::ExitCode::CpuException, &msg)
+}
+
+/// TSC value at the PVH entry point (first instruction).
+pub fn entry_tsc() -> u64 {
+    // SAFETY: written once by boot.s before any Rust code runs; read-only afterwards.
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!(janus_entry_tsc)) }
 }

@@ -1,0 +1,265 @@
+//! virtio glue: the DMA [`Hal`] (identity-mapped heap pages), device discovery on virtio-mmio
+//! (microvm) and PCI (q35, legacy port-I/O configuration access), and virtio-net as a smoltcp
+//! `phy::Device`.
+
+use alloc::alloc::{Layout, alloc_zeroed, dealloc};
+use alloc::string::String;
+use core::cell::RefCell;
+use core::ptr::NonNull;
+
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use virtio_drivers::device::net::{RxBuffer, VirtIONet};
+use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
+use virtio_drivers::transport::pci::bus::{Command, ConfigurationAccess, DeviceFunction, PciRoot};
+use virtio_drivers::transport::pci::{PciTransport, virtio_device_type};
+use virtio_drivers::transport::{DeviceType, SomeTransport};
+use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE, PhysAddr};
+
+use crate::arch::port::{inl, outl};
+use crate::cmdline::MmioDevice;
+
+/// The DMA HAL: memory is identity-mapped, so physical = virtual.
+#[derive(Debug)]
+pub struct KernelHal;
+
+// SAFETY: dma_alloc returns zeroed, page-aligned, exclusively owned heap memory whose physical
+// address equals its virtual address (identity paging below 4 GiB); share/unshare hand out the
+// buffer's own address, which the device may access while the driver holds the buffer.
+unsafe impl Hal for KernelHal {
+    fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
+        let layout = Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE).expect("page-sized layout is valid");
+        // SAFETY: the layout has non-zero size (virtio-drivers never asks for 0 pages).
+        let ptr = unsafe { alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(ptr) else {
+            crate::rt::fatal(crate::drivers::exit::ExitCode::OutOfMemory, "out of memory allocating DMA pages")
+        };
+        (ptr.as_ptr() as u64, ptr)
+    }
+
+    unsafe fn dma_dealloc(_paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
+        let layout = Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE).expect("page-sized layout is valid");
+        // SAFETY: `vaddr` came from `dma_alloc` with the same page count, hence the same layout.
+        unsafe { dealloc(vaddr.as_ptr(), layout) };
+        0
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {
+        NonNull::new(paddr as usize as *mut u8).expect("MMIO regions are never at address 0")
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
+        buffer.as_ptr().cast::<u8>() as u64
+    }
+
+    unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
+}
+
+/// microvm's virtio-mmio window.
+const MMIO_BASE: u64 = 0xfeb0_0000;
+const MMIO_SLOT_SIZE: u64 = 0x200;
+const MMIO_SLOTS: u64 = 24;
+const VIRTIO_MAGIC: u32 = 0x7472_6976;
+const VIRTIO_ID_NET: u32 = 1;
+
+/// PCI configuration access through ports 0xcf8/0xcfc (works on q35 and i440fx).
+#[derive(Debug)]
+pub struct PortCam;
+
+impl PortCam {
+    fn address(df: DeviceFunction, offset: u8) -> u32 {
+        0x8000_0000 | (u32::from(df.bus) << 16) | (u32::from(df.device) << 11) | (u32::from(df.function) << 8) | u32::from(offset & 0xfc)
+    }
+}
+
+impl ConfigurationAccess for PortCam {
+    fn read_word(&self, df: DeviceFunction, offset: u8) -> u32 {
+        // SAFETY: the PCI configuration mechanism #1 ports; reads have no memory effects.
+        unsafe {
+            outl(0xcf8, Self::address(df, offset));
+            inl(0xcfc)
+        }
+    }
+
+    fn write_word(&mut self, df: DeviceFunction, offset: u8, data: u32) {
+        // SAFETY: configuration writes are limited by virtio-drivers to the command register and
+        // BARs of the device being set up.
+        unsafe {
+            outl(0xcf8, Self::address(df, offset));
+            outl(0xcfc, data);
+        }
+    }
+
+    unsafe fn unsafe_clone(&self) -> Self {
+        PortCam
+    }
+}
+
+/// A discovered virtio-net device.
+pub struct FoundNic {
+    /// Its transport.
+    pub transport: SomeTransport<'static>,
+    /// Its legacy PIC interrupt line, when known.
+    pub irq: Option<u8>,
+    /// Where it was found (for the boot log).
+    pub location: String,
+}
+
+fn read_mmio_u32(addr: u64) -> u32 {
+    // SAFETY: the microvm virtio-mmio window is identity-mapped; reading the magic and id
+    // registers has no side effects (absent slots read as zero or all-ones).
+    unsafe { core::ptr::read_volatile(addr as usize as *const u32) }
+}
+
+fn probe_mmio(announced: &[MmioDevice]) -> Option<FoundNic> {
+    let mut candidates: alloc::vec::Vec<(u64, Option<u32>)> = announced.iter().map(|d| (d.addr, Some(d.irq))).collect();
+    if candidates.is_empty() {
+        candidates = (0..MMIO_SLOTS).map(|i| (MMIO_BASE + i * MMIO_SLOT_SIZE, None)).collect();
+    }
+    for (addr, irq) in candidates {
+        if read_mmio_u32(addr) != VIRTIO_MAGIC || read_mmio_u32(addr + 8) != VIRTIO_ID_NET {
+            continue;
+        }
+        let header = NonNull::new(addr as usize as *mut VirtIOHeader)?;
+        // SAFETY: `addr` is a virtio-mmio register block (magic checked) that nothing else uses;
+        // it stays mapped for the kernel's lifetime.
+        let transport = match unsafe { MmioTransport::new(header, MMIO_SLOT_SIZE as usize) } {
+            Ok(t) => t,
+            Err(e) => {
+                crate::kprintln!("virtio-mmio at {addr:#x}: {e}");
+                continue;
+            }
+        };
+        let irq = irq.and_then(|i| u8::try_from(i).ok()).filter(|i| *i < 16);
+        return Some(FoundNic { transport: transport.into(), irq, location: alloc::format!("virtio-mmio@{addr:#x}") });
+    }
+    None
+}
+
+fn probe_pci() -> Option<FoundNic> {
+    // Nothing answers on 0xcfc without a PCI host bridge (microvm): the vendor reads as 0xffff.
+    let mut root = PciRoot::new(PortCam);
+    for bus in 0..=1u8 {
+        let devices: alloc::vec::Vec<_> = root.enumerate_bus(bus).collect();
+        for (df, info) in devices {
+            if virtio_device_type(&info) != Some(DeviceType::Network) {
+                continue;
+            }
+            root.set_command(df, Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER);
+            let irq = (PortCam.read_word(df, 0x3c) & 0xff) as u8;
+            match PciTransport::new::<KernelHal, _>(&mut root, df) {
+                Ok(t) => {
+                    return Some(FoundNic {
+                        transport: t.into(),
+                        irq: (irq < 16).then_some(irq),
+                        location: alloc::format!("pci {df}"),
+                    });
+                }
+                Err(e) => crate::kprintln!("virtio-pci {df}: {e}"),
+            }
+        }
+    }
+    None
+}
+
+/// Finds the first virtio-net device: virtio-mmio first, then PCI.
+pub fn find_nic(announced: &[MmioDevice]) -> Option<FoundNic> {
+    probe_mmio(announced).or_else(probe_pci)
+}
+
+/// Receive ring size.
+const QUEUE: usize = 64;
+/// Buffer size per receive descriptor (an Ethernet frame plus the virtio header).
+const BUF_LEN: usize = 2048;
+
+/// virtio-net as a smoltcp device.
+pub struct NetDevice {
+    net: RefCell<VirtIONet<KernelHal, SomeTransport<'static>, QUEUE>>,
+    /// Frames received / sent (for the boot log and metrics).
+    pub counters: RefCell<(u64, u64)>,
+}
+
+impl NetDevice {
+    /// Initialises the device.
+    pub fn new(transport: SomeTransport<'static>) -> Result<Self, virtio_drivers::Error> {
+        let net = VirtIONet::new(transport, BUF_LEN)?;
+        Ok(Self { net: RefCell::new(net), counters: RefCell::new((0, 0)) })
+    }
+
+    /// MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.net.borrow().mac_address()
+    }
+
+    /// Enables used-buffer interrupts.
+    pub fn enable_interrupts(&self) {
+        self.net.borrow_mut().enable_interrupts();
+    }
+
+    /// Acknowledges a device interrupt.
+    pub fn ack_interrupt(&self) {
+        let _ = self.net.borrow_mut().ack_interrupt();
+    }
+
+    /// Whether a received frame is waiting.
+    pub fn can_recv(&self) -> bool {
+        self.net.borrow().can_recv()
+    }
+}
+
+/// A received frame.
+pub struct NetRxToken<'a> {
+    dev: &'a NetDevice,
+    buf: RxBuffer,
+}
+
+/// Permission to send one frame.
+pub struct NetTxToken<'a> {
+    dev: &'a NetDevice,
+}
+
+impl phy::RxToken for NetRxToken<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        let result = f(self.buf.packet());
+        if let Err(e) = self.dev.net.borrow_mut().recycle_rx_buffer(self.buf) {
+            crate::kprintln!("virtio-net: recycling a receive buffer failed: {e}");
+        }
+        result
+    }
+}
+
+impl phy::TxToken for NetTxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut net = self.dev.net.borrow_mut();
+        let mut tx = net.new_tx_buffer(len);
+        let result = f(tx.packet_mut());
+        match net.send(tx) {
+            Ok(()) => self.dev.counters.borrow_mut().1 += 1,
+            Err(e) => crate::kprintln!("virtio-net: send failed: {e}"),
+        }
+        result
+    }
+}
+
+impl phy::Device for NetDevice {
+    type RxToken<'a> = NetRxToken<'a>;
+    type TxToken<'a> = NetTxToken<'a>;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let buf = self.net.get_mut().receive().ok()?;
+        self.counters.get_mut().0 += 1;
+        Some((NetRxToken { dev: self, buf }, NetTxToken { dev: self }))
+    }
+
+    fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        Some(NetTxToken { dev: self })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = 1514;
+        caps.max_burst_size = Some(QUEUE / 2);
+        caps
+    }
+}

@@ -1,0 +1,91 @@
+//! A `tracing` subscriber that prints events as console lines (`LEVEL target: message k=v`).
+
+use alloc::string::String;
+use core::fmt::Write as _;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use runtime_abi::tracing::field::{Field, Visit};
+use runtime_abi::tracing::span::{Attributes, Id, Record};
+use runtime_abi::tracing::{Event, Level, Metadata, Subscriber};
+
+/// Prints enabled events to the console.
+#[derive(Debug)]
+pub struct ConsoleSubscriber {
+    max: Level,
+    next_id: AtomicU64,
+}
+
+impl ConsoleSubscriber {
+    /// A subscriber for events at `max` and more severe.
+    pub fn new(max: Level) -> Self {
+        Self { max, next_id: AtomicU64::new(1) }
+    }
+}
+
+/// Parses a level name (`error`..`trace`).
+pub fn parse_level(name: &str) -> Level {
+    match name {
+        "error" => Level::ERROR,
+        "warn" => Level::WARN,
+        "debug" => Level::DEBUG,
+        "trace" => Level::TRACE,
+        _ => Level::INFO,
+    }
+}
+
+struct LineVisitor(String);
+
+impl Visit for LineVisitor {
+    fn record_debug(&mut self, field: &Field, value: &dyn core::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.0, " {value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            let _ = write!(self.0, " {value}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+}
+
+/// Formats an event as one console line.
+pub fn format_event(event: &Event<'_>) -> String {
+    let meta = event.metadata();
+    let mut visitor = LineVisitor(alloc::format!("{} {}:", meta.level(), meta.target()));
+    event.record(&mut visitor);
+    visitor.0
+}
+
+impl Subscriber for ConsoleSubscriber {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= &self.max
+    }
+
+    fn new_span(&self, _span: &Attributes<'_>) -> Id {
+        Id::from_u64(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn record(&self, _span: &Id, _values: &Record<'_>) {}
+
+    fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        crate::console::write_str(&format_event(event));
+        crate::console::write_str("\n");
+    }
+
+    fn enter(&self, _span: &Id) {}
+
+    fn exit(&self, _span: &Id) {}
+}
+
+/// Installs the console subscriber as the global default.
+pub fn init(level: &str) {
+    let dispatch = runtime_abi::tracing::Dispatch::new(ConsoleSubscriber::new(parse_level(level)));
+    let _ = runtime_abi::tracing::dispatcher::set_global_default(dispatch);
+}

@@ -1,0 +1,665 @@
+//! The Janus node protocol around a `runtime_abi::Service` (host-testable core), and
+//! [`run`], which boots a service on the kernel.
+//!
+//! Service listener: every response carries `x-janus-flavor: uk`, `x-janus-node`,
+//! `x-janus-trace-id` (from `traceparent` or `x-janus-trace-id`, else generated) and, when the
+//! service has a store, `x-janus-state-seq` (the store's sequence number when the request
+//! started). Admin listener (bearer token): `GET /health`, `GET /metrics`, `GET /state[?seq=N]`,
+//! `PUT /state`, `GET /console`.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::future::poll_fn;
+use core::time::Duration;
+
+use runtime_abi::{
+    BoxFuture, ClockSource, EntropySource, Manifest, MemStore, Service, StoreBackend, StoreError, TraceId, Update,
+};
+use spinning_top::Spinlock;
+
+use crate::executor::Timers;
+use crate::metrics::{Metrics, StoreOp};
+
+/// The store: runtime-abi's `MemStore` behind a spin lock (same engine and snapshot bytes as the
+/// unix build), counting operations.
+pub struct UkStore {
+    inner: Spinlock<MemStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl core::fmt::Debug for UkStore {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("UkStore").field("seq", &self.seq()).finish()
+    }
+}
+
+impl UkStore {
+    /// Wraps a store.
+    pub fn new(store: MemStore, metrics: Arc<Metrics>) -> Self {
+        Self { inner: Spinlock::new(store), metrics }
+    }
+
+    /// Snapshot of the current state (and its sequence number).
+    pub fn snapshot(&self) -> (u64, Vec<u8>) {
+        self.metrics.store_op(StoreOp::Snapshot);
+        let store = self.inner.lock();
+        (store.seq(), store.snapshot())
+    }
+
+    /// Snapshot as of `seq`.
+    pub fn snapshot_at(&self, seq: u64) -> Result<Vec<u8>, StoreError> {
+        self.metrics.store_op(StoreOp::Snapshot);
+        self.inner.lock().snapshot_at(seq)
+    }
+
+    /// Replaces the state with a snapshot; the state is unchanged on error.
+    pub fn restore(&self, bytes: &[u8]) -> Result<u64, StoreError> {
+        self.metrics.store_op(StoreOp::Restore);
+        self.inner.lock().restore(bytes)
+    }
+
+    /// Non-blocking snapshot as of `seq` for the panic path (None if the lock is held).
+    pub fn try_snapshot_at(&self, seq: u64) -> Option<Result<Vec<u8>, StoreError>> {
+        self.inner.try_lock().map(|s| s.snapshot_at(seq))
+    }
+}
+
+impl StoreBackend for UkStore {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.metrics.store_op(StoreOp::Get);
+        Ok(self.inner.lock().get(key).map(<[u8]>::to_vec))
+    }
+
+    fn put(&self, key: &str, value: &[u8]) -> Result<u64, StoreError> {
+        self.metrics.store_op(StoreOp::Put);
+        self.inner.lock().put(key, value.to_vec())
+    }
+
+    fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.metrics.store_op(StoreOp::Delete);
+        self.inner.lock().delete(key)
+    }
+
+    fn update(&self, key: &str, f: &mut dyn FnMut(Option<&[u8]>) -> Update) -> Result<(Option<Vec<u8>>, Option<u64>), StoreError> {
+        self.metrics.store_op(StoreOp::Update);
+        self.inner.lock().update(key, f)
+    }
+
+    fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.metrics.store_op(StoreOp::List);
+        Ok(self.inner.lock().list(prefix, limit))
+    }
+
+    fn seq(&self) -> u64 {
+        self.inner.lock().seq()
+    }
+}
+
+/// The clock provider: TSC monotonic time, RTC-based wall time, executor timers for `sleep`.
+pub struct UkClock {
+    /// The executor's timers.
+    pub timers: Arc<Timers>,
+    /// Monotonic nanoseconds.
+    pub monotonic_ns: fn() -> u64,
+    /// Wall nanoseconds since the epoch.
+    pub wall_ns: fn() -> u64,
+}
+
+impl ClockSource for UkClock {
+    fn monotonic(&self) -> Duration {
+        Duration::from_nanos((self.monotonic_ns)())
+    }
+
+    fn wall(&self) -> Duration {
+        Duration::from_nanos((self.wall_ns)())
+    }
+
+    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
+        // Round up so the sleep never ends early (the MUST rule).
+        let now_ms = (self.monotonic_ns)() / 1_000_000;
+        let ms = d.as_nanos().div_ceil(1_000_000) as u64;
+        let sleep = self.timers.sleep_until(now_ms.saturating_add(ms).saturating_add(1));
+        Box::pin(sleep)
+    }
+}
+
+/// The entropy provider.
+pub struct UkEntropy;
+
+impl EntropySource for UkEntropy {
+    fn fill(&self, buf: &mut [u8]) {
+        crate::entropy::fill(buf);
+    }
+}
+
+/// Standard base64 (with padding), for the `JANUS-STATE` panic line.
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Largest state printed on the console when the service panics.
+pub const PANIC_STATE_LIMIT: usize = 64 * 1024;
+
+/// What the panic path reports about the request being handled.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    /// Its trace id (hex).
+    pub trace_id: String,
+    /// The store's sequence number when it started.
+    pub seq: Option<u64>,
+}
+
+static CURRENT: Spinlock<Option<InFlight>> = Spinlock::new(None);
+static PANIC_STORE: Spinlock<Option<Arc<UkStore>>> = Spinlock::new(None);
+
+/// The request whose future is being polled right now (for the panic report).
+pub fn current_request() -> Option<InFlight> {
+    CURRENT.try_lock().and_then(|c| c.clone())
+}
+
+/// The `JANUS-STATE seq=<N> <base64>` line for the in-flight request, when the service has a
+/// store and the snapshot is at most [`PANIC_STATE_LIMIT`] bytes.
+pub fn panic_state_line() -> Option<String> {
+    let seq = current_request()?.seq?;
+    let store = PANIC_STORE.try_lock()?.clone()?;
+    let snapshot = store.try_snapshot_at(seq)?.ok()?;
+    (snapshot.len() <= PANIC_STATE_LIMIT).then(|| format!("JANUS-STATE seq={seq} {}", base64(&snapshot)))
+}
+
+/// The node: a service plus the protocol state around it.
+pub struct Node<S: Service> {
+    /// The service.
+    pub service: S,
+    /// Node id.
+    pub node_id: String,
+    /// Admin bearer token.
+    pub admin_token: Option<String>,
+    /// The store, when the manifest declares one.
+    pub store: Option<Arc<UkStore>>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Monotonic microseconds (for latency).
+    pub now_us: fn() -> u64,
+    /// Random bytes (for trace ids).
+    pub random: fn(&mut [u8]),
+}
+
+fn http_headers(req: &janus_http1::Request) -> runtime_abi::Headers {
+    let mut headers = runtime_abi::Headers::new();
+    for field in req.headers.iter() {
+        headers.append(&field.name, &String::from_utf8_lossy(&field.value));
+    }
+    headers
+}
+
+fn text(status: u16, body: &str) -> janus_http1::Response {
+    janus_http1::Response::text(status, body)
+}
+
+impl<S: Service> Node<S> {
+    /// The manifest.
+    pub fn manifest(&self) -> &'static Manifest {
+        &S::MANIFEST
+    }
+
+    fn protocol_headers(&self, resp: janus_http1::Response, trace: &str, seq: Option<u64>) -> janus_http1::Response {
+        let mut resp = resp.with_header("x-janus-flavor", "uk").with_header("x-janus-node", self.node_id.as_bytes()).with_header("x-janus-trace-id", trace.as_bytes());
+        if let Some(seq) = seq {
+            resp = resp.with_header("x-janus-state-seq", seq.to_string().as_bytes());
+        }
+        resp
+    }
+
+    /// Answers one request on the service listener.
+    pub async fn handle_service(&self, req: janus_http1::Request) -> janus_http1::Response {
+        let start = (self.now_us)();
+        let headers = http_headers(&req);
+        let trace_id = TraceId::from_request_headers(&headers).unwrap_or_else(|| {
+            let mut bytes = [0u8; 16];
+            (self.random)(&mut bytes);
+            TraceId::from_random(bytes)
+        });
+        let trace_hex = trace_id.to_hex();
+        let seq = self.store.as_ref().map(|s| s.seq());
+        let abi_req = runtime_abi::Request {
+            method: runtime_abi::Method::parse(req.method.as_str()),
+            path: req.path,
+            query: req.query,
+            headers,
+            body: req.body,
+            trace_id,
+        };
+        self.metrics.request_started();
+        let in_flight = InFlight { trace_id: trace_hex.clone(), seq };
+        let mut future = core::pin::pin!(self.service.handle(abi_req));
+        let resp = poll_fn(|cx| {
+            *CURRENT.lock() = Some(in_flight.clone());
+            let r = future.as_mut().poll(cx);
+            *CURRENT.lock() = None;
+            r
+        })
+        .await;
+        self.metrics.request_finished();
+        let status = resp.status.as_u16();
+        let mut out = janus_http1::Response::new(status);
+        for (name, value) in resp.headers.iter() {
+            out = out.with_header(name, value.as_bytes());
+        }
+        out = out.with_body(resp.body);
+        let out = self.protocol_headers(out, &trace_hex, seq);
+        self.metrics.record_request(status, (self.now_us)().saturating_sub(start));
+        out
+    }
+
+    /// Answers one request on the admin listener.
+    pub fn handle_admin(&self, req: &janus_http1::Request) -> janus_http1::Response {
+        let authorized = match (&self.admin_token, req.headers.get_str("authorization")) {
+            (Some(token), Some(value)) => value.strip_prefix("Bearer ").is_some_and(|t| t.trim() == token),
+            _ => false,
+        };
+        if !authorized {
+            return text(401, "missing or wrong bearer token\n").with_header("WWW-Authenticate", "Bearer");
+        }
+        let method = req.method.as_str();
+        let seq_now = self.store.as_ref().map(|s| s.seq());
+        match (method, req.path.as_str()) {
+            ("GET" | "HEAD", "/health") => {
+                let body = runtime_abi::serde_json::json!({
+                    "status": "ok",
+                    "node": self.node_id,
+                    "flavor": "uk",
+                    "service": S::MANIFEST.name,
+                    "seq": seq_now,
+                });
+                janus_http1::Response::new(200).with_header("Content-Type", "application/json").with_body(body.to_string().into_bytes())
+            }
+            ("GET" | "HEAD", "/metrics") => janus_http1::Response::new(200)
+                .with_header("Content-Type", "text/plain; version=0.0.4")
+                .with_body(self.metrics.render().into_bytes()),
+            ("GET" | "HEAD", "/console") => janus_http1::Response::new(200)
+                .with_header("Content-Type", "text/plain; charset=utf-8")
+                .with_body(crate::console::ring_contents().into_bytes()),
+            ("GET" | "HEAD", "/state") => self.get_state(req),
+            ("PUT", "/state") => self.put_state(req),
+            (_, "/health" | "/metrics" | "/console" | "/state") => text(405, "method not allowed\n"),
+            _ => text(404, "not found\n"),
+        }
+    }
+
+    fn get_state(&self, req: &janus_http1::Request) -> janus_http1::Response {
+        let Some(store) = &self.store else { return text(404, "this service has no store\n") };
+        let wanted = req.query.as_deref().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("seq=")));
+        let (seq, result) = match wanted {
+            None => {
+                let (seq, bytes) = store.snapshot();
+                (seq, Ok(bytes))
+            }
+            Some(text_seq) => match text_seq.parse::<u64>() {
+                Ok(seq) => (seq, store.snapshot_at(seq)),
+                Err(_) => return text(400, "seq must be an unsigned integer\n"),
+            },
+        };
+        match result {
+            Ok(bytes) => janus_http1::Response::new(200)
+                .with_header("Content-Type", "application/octet-stream")
+                .with_header("x-janus-state-seq", seq.to_string().as_bytes())
+                .with_body(bytes),
+            Err(e @ StoreError::NotRetained { .. }) => text(410, &format!("{e}\n")),
+            Err(e @ StoreError::FutureSeq { .. }) => text(400, &format!("{e}\n")),
+            Err(e) => text(500, &format!("{e}\n")),
+        }
+    }
+
+    fn put_state(&self, req: &janus_http1::Request) -> janus_http1::Response {
+        let Some(store) = &self.store else { return text(404, "this service has no store\n") };
+        match store.restore(&req.body) {
+            Ok(seq) => janus_http1::Response::new(204).with_header("x-janus-state-seq", seq.to_string().as_bytes()),
+            Err(e) => text(400, &format!("{e}\n")),
+        }
+    }
+}
+
+/// Makes `store` the one the panic path dumps.
+pub fn set_panic_store(store: Option<Arc<UkStore>>) {
+    *PANIC_STORE.lock() = store;
+}
+
+#[cfg(not(test))]
+pub use self::kernel::run;
+
+#[cfg(not(test))]
+mod kernel {
+    use alloc::boxed::Box;
+    use alloc::sync::Arc;
+    use alloc::vec;
+
+    use janus_http1::{Event, Limits, ServerConn};
+    use runtime_abi::{Capabilities, Config, MemStore, Providers, Service, StoreBackend, StoreLimits};
+
+    use super::{Node, UkClock, UkEntropy, UkStore};
+    use crate::boot::BootInfo;
+    use crate::drivers::exit::ExitCode;
+    use crate::executor::Executor;
+    use crate::metrics::Metrics;
+    use crate::net::{self, TcpStream};
+    use crate::{clock, kprintln, rt};
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Kind {
+        Service,
+        Admin,
+    }
+
+    fn now_us() -> u64 {
+        clock::monotonic_ns() / 1000
+    }
+
+    fn now_ms() -> u64 {
+        clock::monotonic_ns() / 1_000_000
+    }
+
+    /// Boots service `S`: brings the kernel up, builds the service from its capabilities and
+    /// serves it until the VM stops.
+    pub fn run<S: Service>(boot: BootInfo) -> ! {
+        let env = rt::bring_up(&boot);
+        let cfg = env.config;
+        let manifest = S::MANIFEST;
+        if let Err(e) = manifest.check_upstreams(cfg.upstreams.iter().map(|(n, _)| n.as_str())) {
+            rt::fatal(ExitCode::BootFailure, &alloc::format!("{e}"));
+        }
+        let config = match Config::resolve(&manifest, cfg.config.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+            Ok(c) => c,
+            Err(e) => rt::fatal(ExitCode::BootFailure, &alloc::format!("config: {e}")),
+        };
+        let metrics = Arc::new(Metrics::default());
+        let store = manifest.store.map(|spec| Arc::new(UkStore::new(MemStore::new(StoreLimits::from_spec(&spec)), Arc::clone(&metrics))));
+        super::set_panic_store(store.clone());
+        let executor = Executor::new();
+        let timers = executor.timers();
+        let providers = Providers {
+            transport: Arc::new(crate::upstream::UkUpstreams::new(cfg.upstreams.clone(), Arc::clone(&timers))),
+            store: store.clone().map(|s| s as Arc<dyn StoreBackend>),
+            clock: Arc::new(UkClock { timers: Arc::clone(&timers), monotonic_ns: clock::monotonic_ns, wall_ns: clock::wall_ns }),
+            entropy: Arc::new(UkEntropy),
+            config,
+        };
+        let service = match S::new(Capabilities::new(manifest, providers)) {
+            Ok(s) => s,
+            Err(e) => rt::fatal(ExitCode::BootFailure, &alloc::format!("service {} failed to start: {e}", manifest.name)),
+        };
+        let node: &'static Node<S> = Box::leak(Box::new(Node {
+            service,
+            node_id: cfg.node_id.clone(),
+            admin_token: cfg.admin_token.clone(),
+            store,
+            metrics,
+            now_us,
+            random: crate::entropy::fill,
+        }));
+        let port = cfg.port.unwrap_or(manifest.listener.port);
+        let spawner = executor.spawner();
+        match net::listen(port, 16) {
+            Ok(listener) => {
+                let sp = spawner.clone();
+                spawner.spawn(async move {
+                    loop {
+                        let stream = listener.accept().await;
+                        sp.spawn(serve_conn(node, stream, Kind::Service));
+                    }
+                });
+            }
+            Err(e) => rt::fatal(ExitCode::BootFailure, &alloc::format!("listen on port {port}: {e}")),
+        }
+        let admin = if cfg.admin_token.is_some() {
+            match net::listen(cfg.admin_port, 4) {
+                Ok(listener) => {
+                    let sp = spawner.clone();
+                    spawner.spawn(async move {
+                        loop {
+                            let stream = listener.accept().await;
+                            sp.spawn(serve_conn(node, stream, Kind::Admin));
+                        }
+                    });
+                    alloc::format!("{}", cfg.admin_port)
+                }
+                Err(e) => rt::fatal(ExitCode::BootFailure, &alloc::format!("listen on admin port {}: {e}", cfg.admin_port)),
+            }
+        } else {
+            alloc::string::String::from("off (no janus.token)")
+        };
+        let boot_us = rt::since_entry_us();
+        kprintln!(
+            "janus-uk: service {} {} node {} listening on :{port} admin :{admin}; boot to listen {}.{:03} ms",
+            manifest.name,
+            manifest.version,
+            cfg.node_id,
+            boot_us / 1000,
+            boot_us % 1000
+        );
+        rt::run_loop(executor, env.nic_irq)
+    }
+
+    async fn serve_conn<S: Service>(node: &'static Node<S>, mut stream: TcpStream, kind: Kind) {
+        let mut conn = ServerConn::new(Limits::DEFAULT);
+        let mut buf = vec![0u8; 8192];
+        let mut pending: alloc::vec::Vec<u8> = alloc::vec::Vec::new();
+        let timers = rt::timers();
+        loop {
+            // Offer buffered input (the codec may take less when its buffer is full).
+            if !pending.is_empty() {
+                let taken = conn.feed(&pending);
+                pending.drain(..taken);
+            }
+            while let Some(event) = conn.poll(now_ms()) {
+                match event {
+                    Event::Request(req) => {
+                        let resp = match kind {
+                            Kind::Service => node.handle_service(req).await,
+                            Kind::Admin => node.handle_admin(&req),
+                        };
+                        if let Err(e) = conn.respond(&resp) {
+                            kprintln!("http: cannot encode response: {e:?}");
+                            let _ = conn.respond(&janus_http1::Response::text(500, "response could not be encoded\n"));
+                        }
+                    }
+                    Event::Error(e) => {
+                        if kind == Kind::Service {
+                            node.metrics.record_request(e.status(), 0);
+                        }
+                    }
+                    Event::IdleTimeout => {}
+                }
+                if !pending.is_empty() {
+                    let taken = conn.feed(&pending);
+                    pending.drain(..taken);
+                }
+            }
+            if !conn.output().is_empty() {
+                let out = conn.take_output();
+                if stream.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+            if conn.should_close() {
+                return;
+            }
+            if !pending.is_empty() {
+                // The codec is full and has nothing to say: the peer pipelines beyond the limit.
+                continue;
+            }
+            let read = match conn.next_deadline() {
+                Some(deadline) => match crate::executor::timeout(&timers, deadline, stream.read(&mut buf)).await {
+                    Some(r) => r,
+                    None => continue,
+                },
+                None => stream.read(&mut buf).await,
+            };
+            match read {
+                Ok(0) => conn.feed_eof(),
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runtime_abi::{Capabilities, Config, Listener, Providers, Request, Response, StatusCode, StoreLimits, StoreSpec};
+
+    struct Counter {
+        store: runtime_abi::Store,
+    }
+
+    impl Service for Counter {
+        const MANIFEST: Manifest = Manifest {
+            name: "counter",
+            version: "0.0.1",
+            listener: Listener::HTTP,
+            upstreams: &[],
+            store: Some(StoreSpec { retain_ops: 2, max_bytes: 1 << 20 }),
+            config: &[],
+        };
+
+        fn new(caps: Capabilities) -> Result<Self, runtime_abi::InitError> {
+            Ok(Counter { store: caps.store()? })
+        }
+
+        async fn handle(&self, req: Request) -> Response {
+            match self.store.put("k", req.path.as_bytes()) {
+                Ok(seq) => Response::text(StatusCode::OK, format!("{seq}")).with_header("x-app", "1"),
+                Err(e) => Response::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
+        }
+    }
+
+    struct NoUpstreams;
+    impl runtime_abi::UpstreamTransport for NoUpstreams {
+        fn call(&self, name: &str, _req: Request) -> BoxFuture<'_, Result<Response, runtime_abi::UpstreamError>> {
+            let name = name.to_string();
+            Box::pin(async move { Err(runtime_abi::UpstreamError::Unmapped(name)) })
+        }
+    }
+
+    fn node() -> Node<Counter> {
+        let metrics = Arc::new(Metrics::default());
+        let spec = Counter::MANIFEST.store.expect("store");
+        let store = Arc::new(UkStore::new(MemStore::new(StoreLimits::from_spec(&spec)), Arc::clone(&metrics)));
+        let timers = Arc::new(Timers::default());
+        let providers = Providers {
+            transport: Arc::new(NoUpstreams),
+            store: Some(Arc::clone(&store) as Arc<dyn StoreBackend>),
+            clock: Arc::new(UkClock { timers, monotonic_ns: || 5, wall_ns: || 7 }),
+            entropy: Arc::new(UkEntropy),
+            config: Config::resolve(&Counter::MANIFEST, []).expect("config"),
+        };
+        let service = Counter::new(Capabilities::new(Counter::MANIFEST, providers)).expect("service");
+        Node { service, node_id: "n1".into(), admin_token: Some("tok".into()), store: Some(store), metrics, now_us: || 0, random: |b| b.fill(0xab) }
+    }
+
+    fn request(raw: &[u8]) -> janus_http1::Request {
+        let mut conn = janus_http1::ServerConn::new(janus_http1::Limits::DEFAULT);
+        assert_eq!(conn.feed(raw), raw.len());
+        match conn.poll(0) {
+            Some(janus_http1::Event::Request(r)) => r,
+            other => panic!("no request: {other:?}"),
+        }
+    }
+
+    fn block_on<F: core::future::Future>(f: F) -> F::Output {
+        let mut f = core::pin::pin!(f);
+        let waker = core::task::Waker::noop();
+        let mut cx = core::task::Context::from_waker(waker);
+        loop {
+            if let core::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+
+    #[test]
+    fn service_responses_carry_protocol_headers() {
+        let node = node();
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let resp = block_on(node.handle_service(request(format!("GET /a HTTP/1.1\r\nHost: x\r\ntraceparent: {tp}\r\n\r\n").as_bytes())));
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body, b"1");
+        assert_eq!(resp.headers.get_str("x-janus-flavor"), Some("uk"));
+        assert_eq!(resp.headers.get_str("x-janus-node"), Some("n1"));
+        assert_eq!(resp.headers.get_str("x-janus-trace-id"), Some("0af7651916cd43dd8448eb211c80319c"));
+        assert_eq!(resp.headers.get_str("x-janus-state-seq"), Some("0"));
+        assert_eq!(resp.headers.get_str("x-app"), Some("1"));
+        let resp = block_on(node.handle_service(request(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")));
+        assert_eq!(resp.headers.get_str("x-janus-state-seq"), Some("1"));
+        assert_eq!(resp.headers.get_str("x-janus-trace-id"), Some("abababababababababababababababab"));
+        assert_eq!(node.metrics.requests_with_status(200), 2);
+    }
+
+    #[test]
+    fn admin_requires_token_and_serves_state() {
+        let node = node();
+        assert_eq!(node.handle_admin(&request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")).status, 401);
+        assert_eq!(node.handle_admin(&request(b"GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n")).status, 401);
+        let auth = "Host: x\r\nAuthorization: Bearer tok\r\n";
+        let health = node.handle_admin(&request(format!("GET /health HTTP/1.1\r\n{auth}\r\n").as_bytes()));
+        assert_eq!(health.status, 200);
+        let json: runtime_abi::serde_json::Value = runtime_abi::serde_json::from_slice(&health.body).expect("json");
+        assert_eq!(json["flavor"], "uk");
+        assert_eq!(json["service"], "counter");
+        assert_eq!(json["seq"], 0);
+        for p in ["/x", "/y", "/z"] {
+            block_on(node.handle_service(request(format!("GET {p} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())));
+        }
+        let state = node.handle_admin(&request(format!("GET /state HTTP/1.1\r\n{auth}\r\n").as_bytes()));
+        assert_eq!(state.status, 200);
+        assert_eq!(state.headers.get_str("x-janus-state-seq"), Some("3"));
+        let at2 = node.handle_admin(&request(format!("GET /state?seq=2 HTTP/1.1\r\n{auth}\r\n").as_bytes()));
+        assert_eq!(at2.status, 200);
+        assert_ne!(at2.body, state.body);
+        assert_eq!(node.handle_admin(&request(format!("GET /state?seq=0 HTTP/1.1\r\n{auth}\r\n").as_bytes())).status, 410);
+        assert_eq!(node.handle_admin(&request(format!("GET /state?seq=99 HTTP/1.1\r\n{auth}\r\n").as_bytes())).status, 400);
+        assert_eq!(node.handle_admin(&request(format!("GET /state?seq=x HTTP/1.1\r\n{auth}\r\n").as_bytes())).status, 400);
+        // corrupt snapshot: 400 and unchanged
+        let mut bad = state.body.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let put = |body: &[u8]| {
+            let mut raw = format!("PUT /state HTTP/1.1\r\n{auth}Content-Length: {}\r\n\r\n", body.len()).into_bytes();
+            raw.extend_from_slice(body);
+            node.handle_admin(&request(&raw))
+        };
+        assert_eq!(put(&bad).status, 400);
+        assert_eq!(put(&bad[..10]).status, 400);
+        assert_eq!(node.store.as_ref().expect("store").seq(), 3);
+        // restoring an older snapshot works
+        assert_eq!(put(&at2.body).status, 204);
+        assert_eq!(node.store.as_ref().expect("store").seq(), 2);
+        assert!(String::from_utf8_lossy(&node.handle_admin(&request(format!("GET /metrics HTTP/1.1\r\n{auth}\r\n").as_bytes())).body).contains("janus_store_ops_total{op=\"put\"} 3"));
+    }
+
+    #[test]
+    fn base64_vectors() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+}
