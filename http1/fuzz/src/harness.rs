@@ -114,6 +114,63 @@ fn run_server(limits: Limits, input: &[u8], cuts: &[usize], eof: bool) -> Server
     }
 }
 
+/// A third run with a clock that jumps around (forwards, backwards, past every timeout) and
+/// answers delayed by one poll: only the invariants are checked, since timeouts legitimately
+/// depend on when bytes arrive.
+fn run_server_timed(limits: Limits, input: &[u8], cuts: &[usize], seed: u64) {
+    let mut conn = ServerConn::new(limits);
+    let mut now = seed % 100_000;
+    let mut owed = 0usize;
+    let mut errors = 0usize;
+    let mut after_error = 0usize;
+    let mut rest = input;
+    let mut cuts = cuts.iter();
+    let mut step = seed;
+    for iteration in 0.. {
+        assert!(iteration < 1_000_000, "the connection never finished");
+        step = step.rotate_left(7) ^ 0x9e37_79b9;
+        now = match step % 5 {
+            0 => now.wrapping_sub(step % 1000),
+            1 => now.saturating_add(step % 40_000),
+            _ => now.saturating_add(step % 50),
+        };
+        if owed > 0 {
+            conn.respond(&Response::new(204))
+                .expect("answer owed request");
+            owed -= 1;
+        }
+        while let Some(ev) = conn.poll(now) {
+            if errors > 0 {
+                after_error += 1;
+            }
+            match ev {
+                Event::Request(_) => owed += 1,
+                Event::Error(_) => errors += 1,
+                Event::IdleTimeout => {}
+            }
+        }
+        let _ = conn.next_deadline();
+        let n = conn.output().len();
+        conn.consume_output(n / 2 + 1);
+        if rest.is_empty() {
+            conn.feed_eof();
+            if owed == 0 && conn.poll(now).is_none() {
+                break;
+            }
+        } else {
+            let n = cuts
+                .next()
+                .copied()
+                .unwrap_or(rest.len())
+                .clamp(1, rest.len());
+            let took = conn.feed(&rest[..n]);
+            rest = &rest[took..];
+        }
+    }
+    assert!(errors <= 1, "more than one error");
+    assert_eq!(after_error, 0, "events after an error");
+}
+
 fn strip_continue(output: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(output.len());
     let mut i = 0;
@@ -131,6 +188,7 @@ fn strip_continue(output: &[u8]) -> Vec<u8> {
 /// Checks one server-side input (see the module docs). Panics on any violation.
 pub fn check_server(data: &[u8]) {
     let cfg = config(data);
+    run_server_timed(cfg.limits, data, &cfg.cuts, fnv1a(data));
     let whole = run_server(cfg.limits, data, &[], cfg.eof);
     let split = run_server(cfg.limits, data, &cfg.cuts, cfg.eof);
     assert_eq!(whole.events, split.events, "events depend on split points");
