@@ -3,8 +3,9 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-/// Highest physical address the boot page tables map (identity, 2 MiB pages).
-pub const MAPPED_LIMIT: u64 = 4 << 30;
+/// Highest RAM address the boot page tables map (identity, 2 MiB pages; 3..4 GiB is mapped too,
+/// for MMIO).
+pub const MAPPED_LIMIT: u64 = 1 << 30;
 
 /// E820-style type of usable RAM.
 pub const RAM: u32 = 1;
@@ -93,7 +94,7 @@ mod tests {
 
     #[test]
     fn heap_respects_mapping_limit_and_absence() {
-        let regions = [MemoryRegion { addr: 0x100000, size: 8 << 30, kind: RAM }];
+        let regions = [MemoryRegion { addr: 0x100000, size: 2 << 30, kind: RAM }];
         let (_, size) = pick_heap(&regions, 0x200000, MAPPED_LIMIT).expect("heap");
         assert_eq!(size, MAPPED_LIMIT - 0x200000);
         assert_eq!(pick_heap(&[MemoryRegion { addr: 0, size: 0x1000, kind: RAM }], 0x200000, MAPPED_LIMIT), None);

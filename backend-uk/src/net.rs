@@ -115,7 +115,6 @@ pub fn init(device: NetDevice, ip: IpConfig, seed: u64, now_ms: u64) {
             address = Some(addr);
         }
     }
-    crate::kprintln!("net: mac {mac} ip {ip:?}");
     *NET.lock() = Some(NetStack {
         iface,
         device,

@@ -378,7 +378,7 @@ mod kernel {
     /// serves it until the VM stops.
     pub fn run<S: Service>(boot: BootInfo) -> ! {
         let env = rt::bring_up(&boot);
-        let cfg = env.config;
+        let cfg = env.config.clone();
         let manifest = S::MANIFEST;
         if let Err(e) = manifest.check_upstreams(cfg.upstreams.iter().map(|(n, _)| n.as_str())) {
             rt::fatal(ExitCode::BootFailure, &alloc::format!("{e}"));
@@ -444,6 +444,7 @@ mod kernel {
             alloc::string::String::from("off (no janus.token)")
         };
         let boot_us = rt::since_entry_us();
+        kprintln!("janus-uk: {}", env.summary);
         kprintln!(
             "janus-uk: service {} {} node {} listening on :{port} admin :{admin}; boot to listen {}.{:03} ms",
             manifest.name,

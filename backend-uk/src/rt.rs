@@ -80,6 +80,8 @@ pub struct KernelEnv {
     pub config: crate::cmdline::BootConfig,
     /// The NIC's PIC line, if interrupts are available.
     pub nic_irq: Option<u8>,
+    /// One line describing the machine (printed with the listening line).
+    pub summary: alloc::string::String,
 }
 
 static TIMERS: spinning_top::Spinlock<Option<alloc::sync::Arc<crate::executor::Timers>>> = spinning_top::Spinlock::new(None);
@@ -99,7 +101,7 @@ pub fn since_entry_us() -> u64 {
 #[cfg(not(test))]
 pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
     use crate::drivers::{pic, pit, rtc};
-    use crate::{clock, cmdline, entropy, kprintln, net};
+    use crate::{clock, cmdline, entropy, net};
 
     let config = match cmdline::parse(&boot.cmdline) {
         Ok(c) => c,
@@ -107,27 +109,24 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
     };
     pic::init();
     crate::drivers::lapic::route_pic();
-    let mut tsc_hz = pit::calibrate_tsc(10);
+    let (mut tsc_hz, mut tsc_source) = match crate::drivers::kvmclock::tsc_hz() {
+        Some(hz) => (hz, "kvmclock"),
+        None => (pit::calibrate_tsc(10), "pit"),
+    };
     if tsc_hz < 10_000_000 {
         // No usable PIT: CPUID leaf 0x16 (base MHz) when present, else assume 2 GHz.
         let leaf16 = if crate::arch::cpu::cpuid(0, 0).eax >= 0x16 { u64::from(crate::arch::cpu::cpuid(0x16, 0).eax) } else { 0 };
         tsc_hz = if leaf16 > 0 { leaf16 * 1_000_000 } else { 2_000_000_000 };
-        kprintln!("janus-uk: warning: PIT calibration failed; assuming a {} MHz TSC", tsc_hz / 1_000_000);
+        tsc_source = "assumed";
     }
     let wall = rtc::unix_seconds();
     let entry_tsc = crate::arch::start::entry_tsc();
     let elapsed_ns = (u128::from(crate::arch::cpu::rdtsc().saturating_sub(entry_tsc)) * 1_000_000_000 / u128::from(tsc_hz.max(1))) as u64;
     let wall_at_entry = wall.map_or(0, |s| (s * 1_000_000_000).saturating_sub(elapsed_ns));
     clock::CLOCK.calibrate(tsc_hz, entry_tsc, wall_at_entry);
-    let (material, source) = entropy::gather_seed(&config.seed, clock::wall_ns());
+    let (material, entropy_source) = entropy::gather_seed(&config.seed, clock::wall_ns());
     entropy::init(&material);
     crate::log::init(&config.log_level);
-    kprintln!(
-        "janus-uk: heap {} MiB, tsc {} MHz, wall clock {}, entropy {source}",
-        crate::mm::heap::size() >> 20,
-        tsc_hz / 1_000_000,
-        if wall.is_some() { "rtc" } else { "unavailable" }
-    );
     let Some(nic) = crate::drivers::virtio::find_nic(&config.mmio_devices) else {
         fatal(ExitCode::BootFailure, "no virtio-net device found (virtio-mmio or PCI)")
     };
@@ -137,14 +136,24 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
         Ok(d) => d,
         Err(e) => fatal(ExitCode::BootFailure, &alloc::format!("virtio-net init at {location}: {e}")),
     };
-    kprintln!("janus-uk: virtio-net at {location}, irq {irq:?}");
     net::init(device, config.ip, entropy::u64(), clock::monotonic_ns() / 1_000_000);
     if let Some(irq) = irq {
         net::enable_interrupts();
         pic::unmask(irq);
     }
     pic::unmask(0);
-    KernelEnv { config, nic_irq: irq }
+    let summary = alloc::format!(
+        "heap {} MiB, tsc {} MHz ({tsc_source}), wall clock {}, entropy {entropy_source}, virtio-net {location} irq {}, ip {}",
+        crate::mm::heap::size() >> 20,
+        tsc_hz / 1_000_000,
+        if wall.is_some() { "rtc" } else { "unavailable" },
+        irq.map_or(alloc::string::String::from("none (polling)"), |i| alloc::format!("{i}")),
+        match config.ip {
+            cmdline::IpConfig::Dhcp => alloc::string::String::from("dhcp"),
+            cmdline::IpConfig::Static { addr, prefix, .. } => alloc::format!("{addr}/{prefix}"),
+        }
+    );
+    KernelEnv { config, nic_irq: irq, summary }
 }
 
 /// The kernel loop: move packets, fire timers, run ready tasks; when nothing is left to do,
@@ -156,15 +165,8 @@ pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) ->
 
     *TIMERS.lock() = Some(executor.timers());
     let now_ms = || crate::clock::monotonic_ns() / 1_000_000;
-    let mut dbg_next = 0u64;
-    let mut irq_seen = 0u64;
     loop {
         let irqs = crate::arch::cpu::take_pending_irqs();
-        irq_seen |= irqs;
-        if now_ms() > dbg_next {
-            dbg_next = now_ms() + 1000;
-            crate::kprintln!("dbg: frames {:?} irqs {irq_seen:#x} sockets {}", net::frame_counters(), net::socket_count());
-        }
         if let Some(irq) = nic_irq
             && irqs & (1 << irq) != 0
         {

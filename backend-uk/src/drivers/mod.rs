@@ -3,6 +3,8 @@
 
 pub mod exit;
 #[cfg(not(test))]
+pub mod kvmclock;
+#[cfg(not(test))]
 pub mod lapic;
 pub mod pic;
 pub mod pit;

@@ -168,7 +168,7 @@ pub fn find_nic(announced: &[MmioDevice]) -> Option<FoundNic> {
 }
 
 /// Receive ring size.
-const QUEUE: usize = 64;
+const QUEUE: usize = 32;
 /// Buffer size per receive descriptor (an Ethernet frame plus the virtio header).
 const BUF_LEN: usize = 2048;
 

@@ -27,41 +27,14 @@ janus_pvh_start32:
     mov %eax, %ebp
     mov %edx, %esp
     mov %ebx, %esi
-    /* zero .bss (QEMU zeroes it too; firecracker-style loaders may not) */
-    mov $__bss_start, %edi
-    mov $__bss_end, %ecx
-    sub %edi, %ecx
-    xor %eax, %eax
-    rep stosb
+    /* .bss is not zeroed here: CPL0 code is emulated slowly on this host, and PVH loaders
+     * (QEMU, Firecracker, cloud-hypervisor) place the image in fresh, zeroed guest RAM. */
     mov %esi, janus_start_info_paddr
     mov %ebp, janus_entry_tsc
     mov %esp, janus_entry_tsc + 4
     mov $janus_boot_stack_top, %esp
 
-    /* PML4[0] -> PDPT, PDPT[0..4] -> 4 PDs, PDs map 0..4 GiB with 2 MiB pages (P|RW|US|PS) */
-    mov $janus_pdpt, %eax
-    or $7, %eax
-    mov %eax, janus_pml4
-    mov $janus_pd, %eax
-    or $7, %eax
-    mov %eax, janus_pdpt
-    add $4096, %eax
-    mov %eax, janus_pdpt + 8
-    add $4096, %eax
-    mov %eax, janus_pdpt + 16
-    add $4096, %eax
-    mov %eax, janus_pdpt + 24
-    mov $janus_pd, %edi
-    mov $0x87, %eax
-    mov $2048, %ecx
-1:
-    mov %eax, (%edi)
-    movl $0, 4(%edi)
-    add $0x200000, %eax
-    add $8, %edi
-    dec %ecx
-    jnz 1b
-
+    /* Page tables are static data (janus_pml4 below): no loop runs at CPL0. */
     mov %cr4, %eax
     or $0x20, %eax              /* PAE */
     mov %eax, %cr4
@@ -137,36 +110,8 @@ janus_long_mode:
     mov $0x28, %ax
     ltr %ax
 
-    /* IDT from janus_idt_handlers */
-    movabs $janus_idt_handlers, %rsi
-    movabs $janus_idt, %rdi
-    xor %ecx, %ecx
-3:
-    mov (%rsi,%rcx,8), %rax
-    mov %rax, %rdx
-    and $0xFFFF, %rdx
-    or $0x80000, %rdx           /* selector 0x08 */
-    mov %rax, %rbx
-    shr $16, %rbx
-    and $0xFFFF, %rbx
-    shl $48, %rbx
-    or %rbx, %rdx
-    movabs $0x00008E0000000000, %rbx    /* present, DPL0, interrupt gate */
-    cmp $2, %ecx
-    je 5f
-    cmp $8, %ecx
-    jne 6f
-5:
-    bts $32, %rbx               /* IST1 */
-6:
-    or %rbx, %rdx
-    mov %rdx, (%rdi)
-    shr $32, %rax
-    mov %rax, 8(%rdi)
-    add $16, %rdi
-    inc %ecx
-    cmp $256, %ecx
-    jne 3b
+    /* The IDT is filled from CPL3 by arch::x86_64::idt::init before interrupts are enabled
+     * (its page is user-mapped); the first Rust code runs with an all-absent IDT. */
     lidt janus_idt_ptr
 
     /* drop to CPL3, IOPL=3, IF=0. IOPL is also set with popfq first: this host's nested KVM
@@ -545,6 +490,7 @@ janus_irq_15:
 
     .section .rodata
     .p2align 3
+    .global janus_idt_handlers
 janus_idt_handlers:
     .quad janus_exc_0
     .quad janus_exc_1
@@ -822,11 +768,35 @@ janus_idt_ptr:
     .word 4095
     .quad janus_idt
 
+    /* Identity map, 2 MiB pages, user bit set: 0..1 GiB (RAM) and 3..4 GiB (MMIO: PCI BARs,
+     * virtio-mmio, IOAPIC, LAPIC). */
+    .section .data.pagetables, "aw"
+    .p2align 12
+janus_pml4:
+    .quad janus_pdpt + 7
+    .fill 511, 8, 0
+janus_pdpt:
+    .quad janus_pd_low + 7
+    .quad 0
+    .quad 0
+    .quad janus_pd_high + 7
+    .fill 508, 8, 0
+janus_pd_low:
+    .set janus_pg, 0x87
+    .rept 512
+    .quad janus_pg
+    .set janus_pg, janus_pg + 0x200000
+    .endr
+janus_pd_high:
+    .set janus_pg, 0xC0000087
+    .rept 512
+    .quad janus_pg
+    .set janus_pg, janus_pg + 0x200000
+    .endr
+
     .section .bss
     .p2align 12
-janus_pml4: .skip 4096
-janus_pdpt: .skip 4096
-janus_pd: .skip 4096 * 4
+    .global janus_idt
 janus_idt: .skip 4096
     .p2align 4
 janus_tss: .skip 104 + 8192 + 16

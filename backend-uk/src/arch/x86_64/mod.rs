@@ -10,6 +10,8 @@
 //! change privilege, while exceptions are delivered to CPL0 as on real hardware.)
 
 pub mod cpu;
+#[cfg(not(test))]
+pub mod idt;
 pub mod port;
 #[cfg(not(test))]
 pub mod start;

@@ -32,6 +32,7 @@ unsafe fn read_phys<T: Copy>(paddr: u64) -> T {
 #[unsafe(no_mangle)]
 extern "C" fn janus_rust_start(start_info: u64) -> ! {
     let boot_tsc = crate::arch::cpu::rdtsc();
+    crate::arch::idt::init();
     crate::drivers::serial::init();
     // SAFETY: the boot code passes EBX unchanged; PVH guarantees it points at hvm_start_info,
     // which lies below 4 GiB (identity-mapped). Fields are read with their documented offsets.
