@@ -14,31 +14,48 @@
 //! listeners [`server`] and [`admin`]; [`router`] ties the state together and [`start`] runs it all.
 #![forbid(unsafe_code)]
 
+#[cfg(not(loom))]
 pub mod admin;
 pub mod budget;
+#[cfg(not(loom))]
 pub mod capture;
+#[cfg(not(loom))]
 pub mod checks;
+#[cfg(not(loom))]
 pub mod config;
+#[cfg(not(loom))]
 pub mod faults;
 pub mod health;
 pub mod ids;
 pub mod metrics;
+#[cfg(not(loom))]
 pub mod mirror;
+#[cfg(not(loom))]
 pub mod pool;
+#[cfg(not(loom))]
 pub mod proxy;
 pub mod rand;
+#[cfg(not(loom))]
 pub mod router;
+#[cfg(not(loom))]
 pub mod server;
 pub(crate) mod sync;
+#[cfg(not(loom))]
 pub mod upstream;
 
+#[cfg(not(loom))]
 use std::net::SocketAddr;
+#[cfg(not(loom))]
 use std::sync::Arc;
 
+#[cfg(not(loom))]
 pub use config::{Config, ConfigError, ConfigSource, FlagOverrides};
+#[cfg(not(loom))]
 pub use faults::{FaultFilter, FaultRecord, FaultStore, FaultStoreError, FaultSummary};
+#[cfg(not(loom))]
 pub use router::{Router, StartError};
 
+#[cfg(not(loom))]
 /// A started router: its state and the addresses it actually listens on.
 #[derive(Debug)]
 pub struct Running {
@@ -48,6 +65,7 @@ pub struct Running {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+#[cfg(not(loom))]
 impl Running {
     /// Stops accepting and ends the background tasks.
     pub fn shutdown(self) {
@@ -57,6 +75,7 @@ impl Running {
     }
 }
 
+#[cfg(not(loom))]
 /// Loads the config, opens the fault store, binds both listeners and spawns the router's tasks.
 pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
     let config = source.load()?;
