@@ -72,7 +72,7 @@ pub fn send_raw(addr: SocketAddr, raw: &[u8], timeout: Duration) -> anyhow::Resu
     s.set_write_timeout(Some(timeout))?;
     let write_result = s.write_all(raw);
     let mut buf = Vec::new();
-    let read_result = read_response(&mut s, &mut buf);
+    let read_result = read_response(&mut s, &mut buf, raw.starts_with(b"HEAD "));
     match (read_result, write_result) {
         (Ok(r), _) => Ok(r),
         (Err(e), Err(w)) => Err(e.context(format!("and the request write failed: {w}"))),
@@ -80,8 +80,13 @@ pub fn send_raw(addr: SocketAddr, raw: &[u8], timeout: Duration) -> anyhow::Resu
     }
 }
 
-/// Reads one response from a stream (Content-Length, chunked, or to EOF).
-pub fn read_response(s: &mut impl Read, buf: &mut Vec<u8>) -> anyhow::Result<Reply> {
+/// Reads one response from a stream (Content-Length, chunked, or to EOF); the answer to a HEAD
+/// request has no body whatever its headers say.
+pub fn read_response(
+    s: &mut impl Read,
+    buf: &mut Vec<u8>,
+    head_request: bool,
+) -> anyhow::Result<Reply> {
     let head_end = loop {
         if let Some(i) = find(buf, b"\r\n\r\n") {
             break i + 4;
@@ -108,7 +113,7 @@ pub fn read_response(s: &mut impl Read, buf: &mut Vec<u8>) -> anyhow::Result<Rep
         .collect();
     let mut rest = buf.split_off(head_end);
     let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-    let body = if status == 204 || status == 304 || (100..200).contains(&status) {
+    let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
         Vec::new()
     } else if let Some(len) = get("content-length") {
         let len: usize = len.parse().context("bad content-length")?;
