@@ -7,6 +7,7 @@
 //!
 //! [stable]                    # unikernel nodes under QEMU
 //! count = 3
+//! flavor = "uk"               # "unix" puts process nodes in the stable pool (no QEMU needed)
 //! memory_mib = 128
 //! machine = "microvm"         # or q35
 //! accel = "auto"              # kvm when /dev/kvm opens, else tcg
@@ -63,6 +64,8 @@ pub struct ClusterFile {
 pub struct StableSpec {
     /// How many.
     pub count: u32,
+    /// `uk` (the point of Janus) or `unix` (process nodes in the stable pool, for machines without QEMU).
+    pub flavor: crate::Flavor,
     /// Guest memory.
     pub memory_mib: u32,
     /// `microvm` or `q35`.
@@ -140,6 +143,7 @@ impl Default for StableSpec {
     fn default() -> Self {
         StableSpec {
             count: 3,
+            flavor: crate::Flavor::Uk,
             memory_mib: 128,
             machine: "microvm".into(),
             accel: "auto".into(),

@@ -112,7 +112,8 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
             cluster_flag(&cluster.name)
         );
     }
-    if cluster.stable.count > 0 {
+    let uk_nodes = cluster.stable.count > 0 && cluster.stable.flavor == Flavor::Uk;
+    if uk_nodes {
         ensure_qemu()?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -130,7 +131,7 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
         let pb = spinner(&mp, format!("building {svc_name} (unix, instrumented)"));
         let unix = crate::build(&cluster.service, Flavor::Unix)?;
         pb.finish_with_message(format!("built {}", unix.path.display()));
-        let uk = if cluster.stable.count > 0 {
+        let uk = if uk_nodes {
             let pb = spinner(&mp, format!("building {svc_name} (uk, unikernel image)"));
             let uk = crate::build(&cluster.service, Flavor::Uk)?;
             pb.finish_with_message(format!("built {}", uk.path.display()));
@@ -196,7 +197,11 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
         })
     };
     for i in 0..cluster.stable.count {
-        procs.push(node_spec(format!("stable-{i}"), Role::Stable, Flavor::Uk)?);
+        procs.push(node_spec(
+            format!("stable-{i}"),
+            Role::Stable,
+            cluster.stable.flavor,
+        )?);
     }
     for i in 0..cluster.debug.count {
         procs.push(node_spec(format!("debug-{i}"), Role::Debug, Flavor::Unix)?);

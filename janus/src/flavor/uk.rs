@@ -281,13 +281,8 @@ pub fn build(
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let debug_elf = out_dir.join(format!("{package}.elf"));
     let image = out_dir.join(format!("{package}.img"));
-    std::fs::copy(&built, &debug_elf).with_context(|| {
-        format!(
-            "cannot copy {} to {}",
-            built.display(),
-            debug_elf.display()
-        )
-    })?;
+    std::fs::copy(&built, &debug_elf)
+        .with_context(|| format!("cannot copy {} to {}", built.display(), debug_elf.display()))?;
     strip(&debug_elf, &image)?;
     check_pvh_note(&image)?;
     Ok(UkArtifact { image, debug_elf })
@@ -325,7 +320,9 @@ fn check_pvh_note(image: &Path) -> anyhow::Result<()> {
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .with_context(|| format!("cannot read {}", image.display()))?;
     let has_note = bytes.windows(12).any(|w| {
-        w[0..4] == 4u32.to_le_bytes() && w[4..8] == 8u32.to_le_bytes() && w[8..12] == 18u32.to_le_bytes()
+        w[0..4] == 4u32.to_le_bytes()
+            && w[4..8] == 8u32.to_le_bytes()
+            && w[8..12] == 18u32.to_le_bytes()
     });
     if !bytes.starts_with(b"\x7fELF") || !has_note {
         bail!(
@@ -373,9 +370,9 @@ fn check_word(what: &str, value: &str) -> anyhow::Result<()> {
 fn host_v4(what: &str, addr: SocketAddr) -> anyhow::Result<(Ipv4Addr, u16)> {
     match addr.ip() {
         IpAddr::V4(ip) => Ok((ip, addr.port())),
-        IpAddr::V6(_) => bail!(
-            "{what} {addr}: QEMU user networking forwards IPv4 only; use an IPv4 address"
-        ),
+        IpAddr::V6(_) => {
+            bail!("{what} {addr}: QEMU user networking forwards IPv4 only; use an IPv4 address")
+        }
     }
 }
 
@@ -436,7 +433,10 @@ pub fn kernel_cmdline(opts: &UkRunOpts) -> anyhow::Result<String> {
 /// The QEMU command line for an image.
 pub fn qemu_command(image: &Path, opts: &UkRunOpts) -> anyhow::Result<Command> {
     if !image.is_file() {
-        bail!("image {} not found (run janus build --flavor uk)", image.display());
+        bail!(
+            "image {} not found (run janus build --flavor uk)",
+            image.display()
+        );
     }
     if opts.memory_mib < 8 {
         bail!("--memory {} MiB is too small (at least 8)", opts.memory_mib);
