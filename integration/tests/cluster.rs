@@ -1,0 +1,293 @@
+//! `janus up` / `faults repro` / `faults export` / `down` end to end, as a user runs them: the real
+//! `janus` binary, a real supervisor, unikernel stable nodes under QEMU (set
+//! `JANUS_TEST_STABLE_FLAVOR=unix` to use process nodes instead), process debug nodes, the real router.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use janus::client;
+use janus::supervisor::ClusterState;
+use janus_integration::conformance;
+use janus_integration::node::{Node, artifact, free_addr};
+
+fn janus_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("janus"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds the janus binary)",
+        bin.display()
+    );
+    bin
+}
+
+fn janus(args: &[&str]) -> Output {
+    Command::new(janus_bin())
+        .args(args)
+        .output()
+        .expect("janus runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn stable_flavor() -> String {
+    std::env::var("JANUS_TEST_STABLE_FLAVOR").unwrap_or_else(|_| "uk".into())
+}
+
+struct Cluster {
+    name: String,
+    router: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    fn up(stable: u32) -> Cluster {
+        let name = format!("it-{}", std::process::id());
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let router = free_addr();
+        let file = dir.join("cluster.toml");
+        std::fs::write(
+            &file,
+            format!(
+                r#"name = "{name}"
+service = "{svc}"
+[stable]
+count = {stable}
+flavor = "{flavor}"
+memory_mib = 64
+[debug]
+count = 1
+spare = 1
+[router]
+listen = "{router}"
+admin = "{admin}"
+request_timeout_ms = 1500
+[[router.mirror]]
+prefix = "/stats"
+fraction = 1.0
+"#,
+                svc = janus_integration::sample_dir("faulty").display(),
+                flavor = stable_flavor(),
+                admin = free_addr(),
+            ),
+        )
+        .expect("write cluster file");
+        let o = janus(&["up", file.to_str().expect("utf8")]);
+        assert!(o.status.success(), "janus up failed:\n{}", text(&o));
+        Cluster {
+            name,
+            router,
+            dir: janus::cluster::run_dir(&format!("it-{}", std::process::id())),
+        }
+    }
+
+    fn state(&self) -> ClusterState {
+        ClusterState::read(&self.dir).expect("state.json")
+    }
+
+    fn send(&self, method: &str, path: &str, key: &str) -> anyhow::Result<client::Reply> {
+        client::request(self.router, method, path, &[("idempotency-key", key)], b"v")
+    }
+
+    fn faults_json(&self) -> Vec<serde_json::Value> {
+        let o = janus(&["faults", "list", "--json", "--cluster", &self.name]);
+        assert!(o.status.success(), "faults list: {}", text(&o));
+        serde_json::from_slice(&o.stdout).expect("faults list --json")
+    }
+
+    /// Polls until a fault matching `pred` is listed.
+    fn wait_fault(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<i64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(f) = self.faults_json().into_iter().find(|f| pred(f)) {
+                return f["id"].as_i64();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = janus(&["down", "--cluster", &self.name]);
+    }
+}
+
+fn stable_panic(f: &serde_json::Value, path: &str) -> bool {
+    f["path"].as_str().is_some_and(|p| p.starts_with(path))
+        && f["stable_node"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("stable-"))
+        && matches!(
+            f["stable_outcome"].as_str(),
+            Some("panic" | "reset" | "body_cut_off")
+        )
+}
+
+#[test]
+fn faults_of_stable_nodes_are_captured_and_reproduced() {
+    let c = Cluster::up(2);
+    let st = c.state();
+    assert_eq!(st.procs.len(), 5, "2 stable + 1 debug + 1 spare + router");
+    assert!(st.procs.iter().all(|p| p.state == "running"), "{st:?}");
+
+    // State-triggered bug: a stable node's 8th increment panics; the client sees the debug node's 200.
+    let mut client_errors = 0;
+    let mut fault = None;
+    for i in 0..60 {
+        let r = c.send("POST", "/counter/hits/incr", &format!("incr-{i}"));
+        if r.as_ref().map_or(true, |r| r.status >= 500) {
+            client_errors += 1;
+        }
+        fault = c.wait_fault(Duration::ZERO, |f| stable_panic(f, "/counter/"));
+        if fault.is_some() {
+            break;
+        }
+    }
+    let fault = fault.expect("a state-triggered fault on a stable node is captured");
+    assert_eq!(client_errors, 0, "the client never saw the state bug");
+    let id = fault.to_string();
+    let o = janus(&["faults", "repro", &id, "--cluster", &c.name]);
+    let out = text(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "repro with mirrored state:\n{out}"
+    );
+    assert!(
+        out.contains("REPRODUCED") && out.contains("index out of bounds"),
+        "{out}"
+    );
+    let o = janus(&[
+        "faults",
+        "repro",
+        &id,
+        "--cluster",
+        &c.name,
+        "--without-state",
+    ]);
+    let out = text(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "without the state it must not reproduce:\n{out}"
+    );
+    assert!(out.contains("NOT REPRODUCED"), "{out}");
+
+    // The exported regression case fails on both builds until the bug is fixed.
+    let case_dir = std::env::temp_dir().join(format!("janus-export-{}", std::process::id()));
+    let o = janus(&[
+        "faults",
+        "export",
+        &id,
+        "--as-test",
+        case_dir.to_str().expect("utf8"),
+        "--cluster",
+        &c.name,
+    ]);
+    assert!(o.status.success(), "export: {}", text(&o));
+    let case = case_dir.join("case.toml");
+    for flavor in [janus::Flavor::Unix, janus::Flavor::Uk] {
+        if flavor == janus::Flavor::Uk && stable_flavor() != "uk" {
+            continue;
+        }
+        let node = Node::start(&artifact("faulty", flavor), janus::NodeOpts::default())
+            .expect("fresh node");
+        let failures = conformance::run_file(&case, &node, true).expect("case runs");
+        assert!(
+            !failures.is_empty(),
+            "the exported case passed on {flavor}, but the bug is not fixed"
+        );
+    }
+
+    // Input-triggered bug.
+    let mut fault = None;
+    for i in 0..20 {
+        let _ = c.send("GET", "/div?a=1&b=0", &format!("div-{i}"));
+        fault = c.wait_fault(Duration::from_millis(500), |f| stable_panic(f, "/div"));
+        if fault.is_some() {
+            break;
+        }
+    }
+    let id = fault
+        .expect("an input-triggered fault on a stable node")
+        .to_string();
+    let o = janus(&["faults", "repro", &id, "--cluster", &c.name]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("divide by zero"), "{out}");
+
+    // Wrong answer caught by mirroring, reproduced with the mirrored state.
+    for i in 0..80 {
+        let _ = c.send("PUT", &format!("/kv/k{i:03}"), &format!("put-{i}"));
+    }
+    for i in 0..5 {
+        let _ = c.send("GET", "/stats", &format!("stats-{i}"));
+    }
+    let id = c
+        .wait_fault(Duration::from_secs(10), |f| f["kind"] == "divergence")
+        .expect("a divergence on /stats")
+        .to_string();
+    let o = janus(&["faults", "repro", &id, "--cluster", &c.name]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // A killed stable node is restarted by the supervisor and served again.
+    let victim = c
+        .state()
+        .procs
+        .iter()
+        .find(|p| p.spec.id == "stable-0")
+        .and_then(|p| p.pid)
+        .expect("stable-0 pid");
+    let restarts_before = c.state().proc("stable-0").map_or(0, |p| p.restarts);
+    Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .expect("kill");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = c.state();
+        let p = st.proc("stable-0").expect("stable-0");
+        if p.restarts > restarts_before && p.state == "running" && janus::up::healthy(&p.spec) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stable-0 not restarted: {p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Down leaves nothing running.
+    let pids: Vec<u32> = c.state().procs.iter().filter_map(|p| p.pid).collect();
+    let sup = c.state().supervisor_pid;
+    let o = janus(&["down", "--cluster", &c.name]);
+    assert!(o.status.success(), "{}", text(&o));
+    for pid in pids.into_iter().chain([sup]) {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        });
+        assert!(!alive, "pid {pid} still running after janus down");
+    }
+}
