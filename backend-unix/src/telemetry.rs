@@ -9,7 +9,7 @@ use std::backtrace::Backtrace;
 use std::sync::{Mutex, Once, PoisonError};
 
 use tracing::Dispatch;
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, reload};
 
@@ -105,8 +105,11 @@ impl Telemetry {
             ),
         };
         let recorder = FlightRecorder::new(trace_capacity);
+        // The panic event carries a whole backtrace for the recorder; the log already gets the
+        // previous hook's stderr report and the handler's one-line error, so it skips the event.
+        let not_panic = filter_fn(|meta| meta.target() != PANIC_TARGET);
         let subscriber = Registry::default()
-            .with(fmt_layer.with_filter(filter))
+            .with(fmt_layer.with_filter(filter).with_filter(not_panic))
             .with(recorder.clone().with_filter(LevelFilter::DEBUG));
         install_panic_hook();
         Ok(Telemetry {
