@@ -9,7 +9,7 @@ use crate::build::{Artifact, Flavor};
 use crate::flavor::uk::{Accel, Machine, UkRunOpts};
 
 /// Options of one node; `janus run`, `janus up` and the tests share them.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct NodeOpts {
     /// Address the service listens on (unix) or that QEMU forwards to the guest (uk).
     #[arg(long)]
@@ -36,7 +36,7 @@ pub struct NodeOpts {
     #[arg(long)]
     pub log_level: Option<String>,
     /// Guest memory in MiB (uk).
-    #[arg(long = "memory", default_value_t = 128)]
+    #[arg(long = "memory", default_value_t = DEFAULT_MEMORY_MIB)]
     pub memory_mib: u32,
     /// QEMU machine (uk): microvm or q35.
     #[arg(long, default_value = "microvm", value_parser = parse_machine)]
@@ -44,6 +44,27 @@ pub struct NodeOpts {
     /// Accelerator (uk): kvm, tcg or auto (kvm when /dev/kvm opens).
     #[arg(long, default_value = "auto", value_parser = parse_accel)]
     pub accel: AccelArg,
+}
+
+/// Guest memory when nothing says otherwise.
+pub const DEFAULT_MEMORY_MIB: u32 = 128;
+
+impl Default for NodeOpts {
+    fn default() -> Self {
+        NodeOpts {
+            listen: None,
+            admin: None,
+            admin_token: None,
+            node_id: None,
+            upstreams: Vec::new(),
+            config: Vec::new(),
+            log_format: None,
+            log_level: None,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            machine: MachineArg::default(),
+            accel: AccelArg::default(),
+        }
+    }
 }
 
 /// Clap-parsable wrapper of [`Machine`].
