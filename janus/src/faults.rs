@@ -412,8 +412,27 @@ pub fn resolve_state(dir: &Path, f: &FaultRecord) -> anyhow::Result<Option<Mirro
             "the router's snapshot of the stable node at fault time",
         )));
     }
-    let state = ClusterState::read(dir).ok();
     let stable = f.summary.stable_node.as_deref().unwrap_or("");
+    let crashed =
+        stable_class(f.summary.stable_outcome.as_deref().unwrap_or("")) == OutcomeClass::Panic;
+    // A crashed unikernel's exit is recorded by the supervisor a moment after the router saw the
+    // connection drop: give it a few seconds to appear.
+    let deadline = Instant::now() + Duration::from_secs(if crashed { 5 } else { 0 });
+    let state = loop {
+        let state = ClusterState::read(dir).ok();
+        let recorded = state
+            .as_ref()
+            .and_then(|s| s.proc(stable))
+            .is_some_and(|p| {
+                p.exits
+                    .iter()
+                    .any(|e| i64::try_from(e.at_ms).unwrap_or(i64::MAX) >= f.summary.time_ms - 1000)
+            });
+        if recorded || Instant::now() >= deadline {
+            break state;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     if let Some(proc_state) = state.as_ref().and_then(|s| s.proc(stable)) {
         let trace = &f.summary.trace_id;
         let by_trace =
