@@ -83,9 +83,21 @@ mod tests {
     #[test]
     fn heap_is_largest_ram_above_kernel() {
         let regions = [
-            MemoryRegion { addr: 0, size: 0x9fc00, kind: RAM },
-            MemoryRegion { addr: 0xf0000, size: 0x10000, kind: 2 },
-            MemoryRegion { addr: 0x100000, size: 0x7f00000, kind: RAM },
+            MemoryRegion {
+                addr: 0,
+                size: 0x9fc00,
+                kind: RAM,
+            },
+            MemoryRegion {
+                addr: 0xf0000,
+                size: 0x10000,
+                kind: 2,
+            },
+            MemoryRegion {
+                addr: 0x100000,
+                size: 0x7f00000,
+                kind: RAM,
+            },
         ];
         let (base, size) = pick_heap(&regions, 0x123456, MAPPED_LIMIT).expect("heap");
         assert_eq!(base, 0x124000);
@@ -94,9 +106,24 @@ mod tests {
 
     #[test]
     fn heap_respects_mapping_limit_and_absence() {
-        let regions = [MemoryRegion { addr: 0x100000, size: 2 << 30, kind: RAM }];
+        let regions = [MemoryRegion {
+            addr: 0x100000,
+            size: 2 << 30,
+            kind: RAM,
+        }];
         let (_, size) = pick_heap(&regions, 0x200000, MAPPED_LIMIT).expect("heap");
         assert_eq!(size, MAPPED_LIMIT - 0x200000);
-        assert_eq!(pick_heap(&[MemoryRegion { addr: 0, size: 0x1000, kind: RAM }], 0x200000, MAPPED_LIMIT), None);
+        assert_eq!(
+            pick_heap(
+                &[MemoryRegion {
+                    addr: 0,
+                    size: 0x1000,
+                    kind: RAM
+                }],
+                0x200000,
+                MAPPED_LIMIT
+            ),
+            None
+        );
     }
 }

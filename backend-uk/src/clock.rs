@@ -45,7 +45,11 @@ pub fn rtc_to_unix(raw: [u8; 7], status_b: u8) -> Option<u64> {
     let month = conv(raw[4]);
     let year = conv(raw[5]);
     let century = conv(raw[6]);
-    let century = if (19..=21).contains(&century) { century } else { 20 };
+    let century = if (19..=21).contains(&century) {
+        century
+    } else {
+        20
+    };
     if sec > 59 || min > 59 || hour > 23 || !(1..=31).contains(&day) || !(1..=12).contains(&month) {
         return None;
     }
@@ -66,14 +70,19 @@ pub struct Clock {
 impl Clock {
     /// An uncalibrated clock (1 GHz assumed until [`Clock::calibrate`]).
     pub const fn new() -> Self {
-        Self { tsc_hz: AtomicU64::new(1_000_000_000), boot_tsc: AtomicU64::new(0), wall_at_boot_ns: AtomicU64::new(0) }
+        Self {
+            tsc_hz: AtomicU64::new(1_000_000_000),
+            boot_tsc: AtomicU64::new(0),
+            wall_at_boot_ns: AtomicU64::new(0),
+        }
     }
 
     /// Sets the calibration.
     pub fn calibrate(&self, tsc_hz: u64, boot_tsc: u64, wall_at_boot_ns: u64) {
         self.tsc_hz.store(tsc_hz.max(1), Ordering::Relaxed);
         self.boot_tsc.store(boot_tsc, Ordering::Relaxed);
-        self.wall_at_boot_ns.store(wall_at_boot_ns, Ordering::Relaxed);
+        self.wall_at_boot_ns
+            .store(wall_at_boot_ns, Ordering::Relaxed);
     }
 
     /// TSC frequency in Hz.
@@ -89,7 +98,9 @@ impl Clock {
 
     /// Wall-clock nanoseconds since the Unix epoch at the TSC reading `tsc`.
     pub fn wall_ns_at(&self, tsc: u64) -> u64 {
-        self.wall_at_boot_ns.load(Ordering::Relaxed).saturating_add(self.ns_at(tsc))
+        self.wall_at_boot_ns
+            .load(Ordering::Relaxed)
+            .saturating_add(self.ns_at(tsc))
     }
 }
 

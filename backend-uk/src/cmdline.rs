@@ -84,12 +84,19 @@ pub struct CmdlineError {
 
 impl fmt::Display for CmdlineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "bad kernel command line word '{}': {}", self.word, self.reason)
+        write!(
+            f,
+            "bad kernel command line word '{}': {}",
+            self.word, self.reason
+        )
     }
 }
 
 fn err(word: &str, reason: &'static str) -> CmdlineError {
-    CmdlineError { word: word.to_string(), reason }
+    CmdlineError {
+        word: word.to_string(),
+        reason,
+    }
 }
 
 /// Decodes `%XX` escapes (so config values can hold spaces).
@@ -139,10 +146,13 @@ fn parse_u64(s: &str) -> Option<u64> {
 }
 
 fn parse_hex_bytes(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Parses the command line.
@@ -161,10 +171,16 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
     };
     let mut gateway = None;
     for word in cmdline.split_ascii_whitespace() {
-        let Some((key, value)) = word.split_once('=') else { continue };
+        let Some((key, value)) = word.split_once('=') else {
+            continue;
+        };
         match key {
             "janus.node" => {
-                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                if value.is_empty()
+                    || !value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
                     return Err(err(word, "node id must be [A-Za-z0-9._-]+"));
                 }
                 cfg.node_id = value.to_string();
@@ -176,9 +192,21 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
                 }
                 cfg.admin_token = Some(token);
             }
-            "janus.port" => cfg.port = Some(value.parse().map_err(|_| err(word, "port must be 1..65535"))?),
-            "janus.admin_port" => cfg.admin_port = value.parse().map_err(|_| err(word, "port must be 1..65535"))?,
-            "janus.seed" => cfg.seed = parse_hex_bytes(value).ok_or_else(|| err(word, "seed must be hex"))?,
+            "janus.port" => {
+                cfg.port = Some(
+                    value
+                        .parse()
+                        .map_err(|_| err(word, "port must be 1..65535"))?,
+                )
+            }
+            "janus.admin_port" => {
+                cfg.admin_port = value
+                    .parse()
+                    .map_err(|_| err(word, "port must be 1..65535"))?
+            }
+            "janus.seed" => {
+                cfg.seed = parse_hex_bytes(value).ok_or_else(|| err(word, "seed must be hex"))?
+            }
             "janus.log" => {
                 if !["error", "warn", "info", "debug", "trace"].contains(&value) {
                     return Err(err(word, "log level must be error|warn|info|debug|trace"));
@@ -190,15 +218,35 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
                     IpConfig::Dhcp
                 } else {
                     let (addr, prefix) = value.split_once('/').unwrap_or((value, "24"));
-                    let addr: Ipv4Addr = addr.parse().map_err(|_| err(word, "expected dhcp or A.B.C.D/N"))?;
-                    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(|| err(word, "prefix must be 0..32"))?;
-                    IpConfig::Static { addr, prefix, gateway: None }
+                    let addr: Ipv4Addr = addr
+                        .parse()
+                        .map_err(|_| err(word, "expected dhcp or A.B.C.D/N"))?;
+                    let prefix: u8 = prefix
+                        .parse()
+                        .ok()
+                        .filter(|p| *p <= 32)
+                        .ok_or_else(|| err(word, "prefix must be 0..32"))?;
+                    IpConfig::Static {
+                        addr,
+                        prefix,
+                        gateway: None,
+                    }
                 }
             }
-            "gw" => gateway = Some(value.parse::<Ipv4Addr>().map_err(|_| err(word, "expected A.B.C.D"))?),
+            "gw" => {
+                gateway = Some(
+                    value
+                        .parse::<Ipv4Addr>()
+                        .map_err(|_| err(word, "expected A.B.C.D"))?,
+                )
+            }
             "virtio_mmio.device" => {
-                let (size, rest) = value.split_once('@').ok_or_else(|| err(word, "expected SIZE@ADDR:IRQ"))?;
-                let (addr, irq) = rest.split_once(':').ok_or_else(|| err(word, "expected SIZE@ADDR:IRQ"))?;
+                let (size, rest) = value
+                    .split_once('@')
+                    .ok_or_else(|| err(word, "expected SIZE@ADDR:IRQ"))?;
+                let (addr, irq) = rest
+                    .split_once(':')
+                    .ok_or_else(|| err(word, "expected SIZE@ADDR:IRQ"))?;
                 cfg.mmio_devices.push(MmioDevice {
                     size: parse_u64(size).ok_or_else(|| err(word, "bad size"))?,
                     addr: parse_u64(addr).ok_or_else(|| err(word, "bad address"))?,
@@ -210,7 +258,9 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
                     if name.is_empty() {
                         return Err(err(word, "empty upstream name"));
                     }
-                    let addr: SocketAddrV4 = value.parse().map_err(|_| err(word, "expected A.B.C.D:PORT"))?;
+                    let addr: SocketAddrV4 = value
+                        .parse()
+                        .map_err(|_| err(word, "expected A.B.C.D:PORT"))?;
                     cfg.upstreams.retain(|(n, _)| n != name);
                     cfg.upstreams.push((name.to_string(), addr));
                 } else if let Some(name) = key.strip_prefix("janus.config.") {
@@ -246,14 +296,34 @@ mod tests {
         .expect("parses");
         assert_eq!(cfg.node_id, "uk-1");
         assert_eq!(cfg.admin_token.as_deref(), Some("s3cr t"));
-        assert_eq!(cfg.upstreams, [("backend".to_string(), "10.0.2.2:8080".parse().expect("addr"))]);
-        assert_eq!(cfg.config, [("greeting".to_string(), "Hi there".to_string())]);
+        assert_eq!(
+            cfg.upstreams,
+            [(
+                "backend".to_string(),
+                "10.0.2.2:8080".parse().expect("addr")
+            )]
+        );
+        assert_eq!(
+            cfg.config,
+            [("greeting".to_string(), "Hi there".to_string())]
+        );
         assert_eq!(
             cfg.ip,
-            IpConfig::Static { addr: Ipv4Addr::new(10, 0, 2, 15), prefix: 24, gateway: Some(Ipv4Addr::new(10, 0, 2, 2)) }
+            IpConfig::Static {
+                addr: Ipv4Addr::new(10, 0, 2, 15),
+                prefix: 24,
+                gateway: Some(Ipv4Addr::new(10, 0, 2, 2))
+            }
         );
         assert_eq!(cfg.seed, [0x00, 0xff, 0x10]);
-        assert_eq!(cfg.mmio_devices, [MmioDevice { addr: 0xfeb00e00, size: 512, irq: 12 }]);
+        assert_eq!(
+            cfg.mmio_devices,
+            [MmioDevice {
+                addr: 0xfeb00e00,
+                size: 512,
+                irq: 12
+            }]
+        );
         assert_eq!(cfg.admin_port, 8081);
     }
 

@@ -17,7 +17,13 @@ pub struct LineRing {
 impl LineRing {
     /// An empty ring.
     pub const fn new(max_lines: usize, max_bytes: usize) -> Self {
-        Self { lines: VecDeque::new(), partial: String::new(), bytes: 0, max_lines, max_bytes }
+        Self {
+            lines: VecDeque::new(),
+            partial: String::new(),
+            bytes: 0,
+            max_lines,
+            max_bytes,
+        }
     }
 
     /// Appends text (may contain several lines or a partial one).
@@ -50,7 +56,8 @@ impl LineRing {
     }
 }
 
-static RING: spinning_top::Spinlock<LineRing> = spinning_top::Spinlock::new(LineRing::new(512, 64 * 1024));
+static RING: spinning_top::Spinlock<LineRing> =
+    spinning_top::Spinlock::new(LineRing::new(512, 64 * 1024));
 
 /// Writes text to the serial console and the ring.
 pub fn write_str(text: &str) {

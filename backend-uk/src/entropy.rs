@@ -64,7 +64,12 @@ impl Rng {
             }
             let out = chacha20_block(&key, chunk.len() as u32, &[0x6a61_6e75, 0x732d_756b, 0]);
             for i in 0..8 {
-                key[i] = u32::from_le_bytes([out[i * 4], out[i * 4 + 1], out[i * 4 + 2], out[i * 4 + 3]]);
+                key[i] = u32::from_le_bytes([
+                    out[i * 4],
+                    out[i * 4 + 1],
+                    out[i * 4 + 2],
+                    out[i * 4 + 3],
+                ]);
             }
         }
         Self { key, counter: 0 }
@@ -82,7 +87,12 @@ impl Rng {
         self.counter = self.counter.wrapping_add(1);
         let block = chacha20_block(&self.key, self.counter, &[1, 0, 0]);
         for i in 0..8 {
-            self.key[i] = u32::from_le_bytes([block[i * 4], block[i * 4 + 1], block[i * 4 + 2], block[i * 4 + 3]]);
+            self.key[i] = u32::from_le_bytes([
+                block[i * 4],
+                block[i * 4 + 1],
+                block[i * 4 + 2],
+                block[i * 4 + 3],
+            ]);
         }
     }
 }
@@ -112,7 +122,8 @@ pub fn gather_seed(host_seed: &[u8], wall_ns: u64) -> (Vec<u8>, &'static str) {
     for _ in 0..rounds {
         let t = crate::arch::cpu::rdtsc();
         crate::drivers::pit::latch_read();
-        material.extend_from_slice(&(crate::arch::cpu::rdtsc().wrapping_sub(t) as u16).to_le_bytes());
+        material
+            .extend_from_slice(&(crate::arch::cpu::rdtsc().wrapping_sub(t) as u16).to_le_bytes());
     }
     (material, source)
 }
@@ -127,7 +138,8 @@ pub fn init(material: &[u8]) {
 /// Fills `buf` from the kernel generator (seeded with the TSC if [`init`] was not called).
 pub fn fill(buf: &mut [u8]) {
     let mut rng = RNG.lock();
-    let rng = rng.get_or_insert_with(|| Rng::from_seed_material(&crate::arch::cpu::rdtsc().to_le_bytes()));
+    let rng = rng
+        .get_or_insert_with(|| Rng::from_seed_material(&crate::arch::cpu::rdtsc().to_le_bytes()));
     rng.fill(buf);
 }
 
@@ -152,7 +164,10 @@ mod tests {
         }
         let out = chacha20_block(&key, 1, &[0x0900_0000, 0x4a00_0000, 0]);
         assert_eq!(&out[..8], &[0x10, 0xf1, 0xe7, 0xe4, 0xd1, 0x3b, 0x59, 0x15]);
-        assert_eq!(&out[56..], &[0xcb, 0xd0, 0x83, 0xe8, 0xa2, 0x50, 0x3c, 0x4e]);
+        assert_eq!(
+            &out[56..],
+            &[0xcb, 0xd0, 0x83, 0xe8, 0xa2, 0x50, 0x3c, 0x4e]
+        );
     }
 
     #[test]

@@ -77,7 +77,9 @@ pub struct Timers {
 
 impl core::fmt::Debug for Timers {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Timers").field("now_ms", &self.now_ms.load(Ordering::Relaxed)).finish()
+        f.debug_struct("Timers")
+            .field("now_ms", &self.now_ms.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
@@ -100,7 +102,9 @@ pub struct Executor {
 
 impl core::fmt::Debug for Executor {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Executor").field("live", &self.live).finish()
+        f.debug_struct("Executor")
+            .field("live", &self.live)
+            .finish()
     }
 }
 
@@ -138,7 +142,10 @@ impl Executor {
 
     /// A spawner for this executor.
     pub fn spawner(&self) -> Spawner {
-        Spawner { spawned: SpawnQueue::clone(&self.spawned), timers: Arc::clone(&self.timers) }
+        Spawner {
+            spawned: SpawnQueue::clone(&self.spawned),
+            timers: Arc::clone(&self.timers),
+        }
     }
 
     /// The executor's timers.
@@ -159,7 +166,11 @@ impl Executor {
                 None => {
                     self.slots.push(Slot {
                         future: None,
-                        waker: Arc::new(TaskWaker { id: self.slots.len(), queued: AtomicBool::new(false), ready: Arc::clone(&self.ready) }),
+                        waker: Arc::new(TaskWaker {
+                            id: self.slots.len(),
+                            queued: AtomicBool::new(false),
+                            ready: Arc::clone(&self.ready),
+                        }),
                     });
                     self.slots.len() - 1
                 }
@@ -177,9 +188,13 @@ impl Executor {
         let batch: Vec<usize> = self.ready.lock().drain(..).collect();
         let mut polled = 0;
         for id in batch {
-            let Some(slot) = self.slots.get_mut(id) else { continue };
+            let Some(slot) = self.slots.get_mut(id) else {
+                continue;
+            };
             slot.waker.queued.store(false, Ordering::Release);
-            let Some(future) = slot.future.as_mut() else { continue };
+            let Some(future) = slot.future.as_mut() else {
+                continue;
+            };
             let waker = Waker::from(Arc::clone(&slot.waker));
             let mut cx = Context::from_waker(&waker);
             polled += 1;
@@ -240,7 +255,10 @@ impl Timers {
 
     /// A future completing at `deadline_ms`.
     pub fn sleep_until(self: &Arc<Self>, deadline_ms: u64) -> Sleep {
-        Sleep { timers: Arc::clone(self), deadline: deadline_ms }
+        Sleep {
+            timers: Arc::clone(self),
+            deadline: deadline_ms,
+        }
     }
 
     /// A future completing after `ms` milliseconds.
@@ -284,7 +302,9 @@ pub struct Sleep {
 
 impl core::fmt::Debug for Sleep {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Sleep").field("deadline", &self.deadline).finish()
+        f.debug_struct("Sleep")
+            .field("deadline", &self.deadline)
+            .finish()
     }
 }
 
@@ -296,13 +316,21 @@ impl Future for Sleep {
         }
         // Re-arm on every pending poll: a stale waker entry only causes a spurious wake-up.
         let seq = self.timers.seq.fetch_add(1, Ordering::Relaxed);
-        self.timers.heap.lock().push(Reverse(TimerEntry { deadline: self.deadline, seq, waker: cx.waker().clone() }));
+        self.timers.heap.lock().push(Reverse(TimerEntry {
+            deadline: self.deadline,
+            seq,
+            waker: cx.waker().clone(),
+        }));
         Poll::Pending
     }
 }
 
 /// Runs `future` with a deadline: `None` if `deadline_ms` passes first.
-pub async fn timeout<F: Future>(timers: &Arc<Timers>, deadline_ms: u64, future: F) -> Option<F::Output> {
+pub async fn timeout<F: Future>(
+    timers: &Arc<Timers>,
+    deadline_ms: u64,
+    future: F,
+) -> Option<F::Output> {
     let mut future = core::pin::pin!(future);
     let mut sleep = timers.sleep_until(deadline_ms);
     core::future::poll_fn(move |cx| {
@@ -332,7 +360,9 @@ impl core::fmt::Debug for Notify {
 impl Notify {
     /// A new signal.
     pub const fn new() -> Self {
-        Self { inner: Spinlock::new((false, None)) }
+        Self {
+            inner: Spinlock::new((false, None)),
+        }
     }
 
     /// Sets the signal and wakes the waiter.

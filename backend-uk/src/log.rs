@@ -18,7 +18,10 @@ pub struct ConsoleSubscriber {
 impl ConsoleSubscriber {
     /// A subscriber for events at `max` and more severe.
     pub fn new(max: Level) -> Self {
-        Self { max, next_id: AtomicU64::new(1) }
+        Self {
+            max,
+            next_id: AtomicU64::new(1),
+        }
     }
 }
 

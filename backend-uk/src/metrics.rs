@@ -9,7 +9,9 @@ use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use spinning_top::Spinlock;
 
 /// Upper bounds (seconds) of the request latency histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Store operations counted per kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +33,15 @@ pub enum StoreOp {
 }
 
 impl StoreOp {
-    const ALL: [StoreOp; 7] = [StoreOp::Get, StoreOp::Put, StoreOp::Delete, StoreOp::Update, StoreOp::List, StoreOp::Snapshot, StoreOp::Restore];
+    const ALL: [StoreOp; 7] = [
+        StoreOp::Get,
+        StoreOp::Put,
+        StoreOp::Delete,
+        StoreOp::Update,
+        StoreOp::List,
+        StoreOp::Snapshot,
+        StoreOp::Restore,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -68,7 +78,8 @@ impl Metrics {
                 bucket.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.latency_sum_micros.fetch_add(latency_micros, Ordering::Relaxed);
+        self.latency_sum_micros
+            .fetch_add(latency_micros, Ordering::Relaxed);
         self.latency_count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -110,10 +121,17 @@ impl Metrics {
         out.push_str("# HELP janus_request_duration_seconds Request latency.\n");
         out.push_str("# TYPE janus_request_duration_seconds histogram\n");
         for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS) {
-            let _ = writeln!(out, "janus_request_duration_seconds_bucket{{le=\"{bound}\"}} {}", bucket.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "janus_request_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
         }
         let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "janus_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "janus_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "janus_request_duration_seconds_sum {sum}");
         let _ = writeln!(out, "janus_request_duration_seconds_count {count}");
@@ -123,11 +141,20 @@ impl Metrics {
         out.push_str("# HELP janus_store_ops_total Store operations, by kind.\n");
         out.push_str("# TYPE janus_store_ops_total counter\n");
         for (op, n) in StoreOp::ALL.iter().zip(&self.store_ops) {
-            let _ = writeln!(out, "janus_store_ops_total{{op=\"{}\"}} {}", op.name(), n.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "janus_store_ops_total{{op=\"{}\"}} {}",
+                op.name(),
+                n.load(Ordering::Relaxed)
+            );
         }
         out.push_str("# HELP janus_panics_total Panics caught in the service.\n");
         out.push_str("# TYPE janus_panics_total counter\n");
-        let _ = writeln!(out, "janus_panics_total {}", self.panics.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "janus_panics_total {}",
+            self.panics.load(Ordering::Relaxed)
+        );
         out
     }
 }
@@ -144,7 +171,10 @@ mod tests {
         m.record_request(404, 2_000_000);
         m.store_op(StoreOp::Get);
         let text = m.render();
-        assert!(text.contains("janus_requests_total{status=\"200\"} 2"), "{text}");
+        assert!(
+            text.contains("janus_requests_total{status=\"200\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("janus_requests_total{status=\"404\"} 1"));
         assert!(text.contains("janus_request_duration_seconds_bucket{le=\"0.001\"} 1"));
         assert!(text.contains("janus_request_duration_seconds_bucket{le=\"0.025\"} 2"));

@@ -82,7 +82,10 @@ struct NetStack {
 static NET: Spinlock<Option<NetStack>> = Spinlock::new(None);
 
 fn new_tcp_socket() -> tcp::Socket<'static> {
-    let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; RX_BUF]), tcp::SocketBuffer::new(vec![0; TX_BUF]));
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; RX_BUF]),
+        tcp::SocketBuffer::new(vec![0; TX_BUF]),
+    );
     s.set_nagle_enabled(false);
     s.set_ack_delay(None);
     s.set_timeout(Some(Duration::from_secs(60)));
@@ -105,7 +108,11 @@ pub fn init(device: NetDevice, ip: IpConfig, seed: u64, now_ms: u64) {
     let mut address = None;
     match ip {
         IpConfig::Dhcp => dhcp = Some(sockets.add(dhcpv4::Socket::new())),
-        IpConfig::Static { addr, prefix, gateway } => {
+        IpConfig::Static {
+            addr,
+            prefix,
+            gateway,
+        } => {
             iface.update_ip_addrs(|addrs| {
                 let _ = addrs.push(IpCidr::Ipv4(Ipv4Cidr::new(to_smol(addr), prefix)));
             });
@@ -155,7 +162,10 @@ pub fn rx_pending() -> bool {
 
 /// Frames received and sent so far.
 pub fn frame_counters() -> (u64, u64) {
-    NET.lock().as_ref().map(|n| *n.device.counters.borrow()).unwrap_or((0, 0))
+    NET.lock()
+        .as_ref()
+        .map(|n| *n.device.counters.borrow())
+        .unwrap_or((0, 0))
 }
 
 impl NetStack {
@@ -264,10 +274,18 @@ impl NetStack {
 /// Moves packets in and out and updates sockets. Returns whether anything changed.
 pub fn poll(now_ms: u64) -> bool {
     let mut guard = NET.lock();
-    let Some(net) = guard.as_mut() else { return false };
+    let Some(net) = guard.as_mut() else {
+        return false;
+    };
     net.now_ms = now_ms;
-    let NetStack { iface, device, sockets, .. } = net;
-    let changed = iface.poll(Instant::from_millis(now_ms as i64), device, sockets) != smoltcp::iface::PollResult::None;
+    let NetStack {
+        iface,
+        device,
+        sockets,
+        ..
+    } = net;
+    let changed = iface.poll(Instant::from_millis(now_ms as i64), device, sockets)
+        != smoltcp::iface::PollResult::None;
     net.poll_dhcp();
     net.maintain_pools();
     net.reap();
@@ -278,7 +296,9 @@ pub fn poll(now_ms: u64) -> bool {
 pub fn poll_delay_ms(now_ms: u64) -> Option<u64> {
     let mut guard = NET.lock();
     let net = guard.as_mut()?;
-    net.iface.poll_delay(Instant::from_millis(now_ms as i64), &net.sockets).map(|d| d.total_millis())
+    net.iface
+        .poll_delay(Instant::from_millis(now_ms as i64), &net.sockets)
+        .map(|d| d.total_millis())
 }
 
 /// A pool of listening sockets on one port.
@@ -292,9 +312,18 @@ pub struct Listener {
 pub fn listen(port: u16, backlog: usize) -> Result<Listener, NetError> {
     let mut guard = NET.lock();
     let net = guard.as_mut().ok_or(NetError::Down)?;
-    net.pools.push(ListenPool { port, backlog: backlog.max(1), waiting: Vec::new(), accepted: VecDeque::new(), waker: None });
+    net.pools.push(ListenPool {
+        port,
+        backlog: backlog.max(1),
+        waiting: Vec::new(),
+        accepted: VecDeque::new(),
+        waker: None,
+    });
     net.maintain_pools();
-    Ok(Listener { index: net.pools.len() - 1, port })
+    Ok(Listener {
+        index: net.pools.len() - 1,
+        port,
+    })
 }
 
 impl Listener {
@@ -307,7 +336,9 @@ impl Listener {
     pub async fn accept(&self) -> TcpStream {
         poll_fn(|cx| {
             let mut guard = NET.lock();
-            let Some(net) = guard.as_mut() else { return Poll::Pending };
+            let Some(net) = guard.as_mut() else {
+                return Poll::Pending;
+            };
             let pool = &mut net.pools[self.index];
             match pool.accepted.pop_front() {
                 Some(handle) => Poll::Ready(TcpStream { handle }),
@@ -333,7 +364,9 @@ impl TcpStream {
         let handle = self.handle;
         poll_fn(|cx| {
             let mut guard = NET.lock();
-            let Some(net) = guard.as_mut() else { return Poll::Ready(Err(NetError::Down)) };
+            let Some(net) = guard.as_mut() else {
+                return Poll::Ready(Err(NetError::Down));
+            };
             let s = net.sockets.get_mut::<tcp::Socket>(handle);
             if s.can_recv() {
                 return Poll::Ready(s.recv_slice(buf).map_err(|_| NetError::Closed));
@@ -355,7 +388,9 @@ impl TcpStream {
         while !data.is_empty() {
             let n = poll_fn(|cx| {
                 let mut guard = NET.lock();
-                let Some(net) = guard.as_mut() else { return Poll::Ready(Err(NetError::Down)) };
+                let Some(net) = guard.as_mut() else {
+                    return Poll::Ready(Err(NetError::Down));
+                };
                 let s = net.sockets.get_mut::<tcp::Socket>(handle);
                 if s.can_send() {
                     return Poll::Ready(s.send_slice(data).map_err(|_| NetError::Closed));
@@ -379,7 +414,9 @@ impl TcpStream {
         let handle = self.handle;
         poll_fn(|cx| {
             let mut guard = NET.lock();
-            let Some(net) = guard.as_mut() else { return Poll::Ready(Err(NetError::Down)) };
+            let Some(net) = guard.as_mut() else {
+                return Poll::Ready(Err(NetError::Down));
+            };
             let s = net.sockets.get_mut::<tcp::Socket>(handle);
             match s.state() {
                 tcp::State::SynSent | tcp::State::SynReceived => {
@@ -387,7 +424,9 @@ impl TcpStream {
                     Poll::Pending
                 }
                 tcp::State::Established => Poll::Ready(Ok(())),
-                _ => Poll::Ready(Err(NetError::Connect(String::from("connection refused or reset")))),
+                _ => Poll::Ready(Err(NetError::Connect(String::from(
+                    "connection refused or reset",
+                )))),
             }
         })
         .await
@@ -397,7 +436,10 @@ impl TcpStream {
     pub fn peer(&self) -> Option<String> {
         let guard = NET.lock();
         let net = guard.as_ref()?;
-        net.sockets.get::<tcp::Socket>(self.handle).remote_endpoint().map(|e| alloc::format!("{e}"))
+        net.sockets
+            .get::<tcp::Socket>(self.handle)
+            .remote_endpoint()
+            .map(|e| alloc::format!("{e}"))
     }
 }
 
@@ -419,10 +461,16 @@ pub fn connect(addr: SocketAddrV4) -> Result<TcpStream, NetError> {
     let net = guard.as_mut().ok_or(NetError::Down)?;
     let handle = net.add_tcp().ok_or(NetError::NoSockets)?;
     let port = net.next_port;
-    net.next_port = if net.next_port >= 65000 { 49152 } else { net.next_port + 1 };
+    net.next_port = if net.next_port >= 65000 {
+        49152
+    } else {
+        net.next_port + 1
+    };
     let remote = (to_smol(*addr.ip()), addr.port());
     let NetStack { iface, sockets, .. } = net;
-    let result = sockets.get_mut::<tcp::Socket>(handle).connect(iface.context(), remote, port);
+    let result = sockets
+        .get_mut::<tcp::Socket>(handle)
+        .connect(iface.context(), remote, port);
     if let Err(e) = result {
         net.remove_tcp(handle);
         return Err(NetError::Connect(alloc::format!("{e}")));

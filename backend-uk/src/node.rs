@@ -16,7 +16,8 @@ use core::future::poll_fn;
 use core::time::Duration;
 
 use runtime_abi::{
-    BoxFuture, ClockSource, EntropySource, Manifest, MemStore, Service, StoreBackend, StoreError, TraceId, Update,
+    BoxFuture, ClockSource, EntropySource, Manifest, MemStore, Service, StoreBackend, StoreError,
+    TraceId, Update,
 };
 use spinning_top::Spinlock;
 
@@ -39,7 +40,10 @@ impl core::fmt::Debug for UkStore {
 impl UkStore {
     /// Wraps a store.
     pub fn new(store: MemStore, metrics: Arc<Metrics>) -> Self {
-        Self { inner: Spinlock::new(store), metrics }
+        Self {
+            inner: Spinlock::new(store),
+            metrics,
+        }
     }
 
     /// Snapshot of the current state (and its sequence number).
@@ -83,7 +87,11 @@ impl StoreBackend for UkStore {
         self.inner.lock().delete(key)
     }
 
-    fn update(&self, key: &str, f: &mut dyn FnMut(Option<&[u8]>) -> Update) -> Result<(Option<Vec<u8>>, Option<u64>), StoreError> {
+    fn update(
+        &self,
+        key: &str,
+        f: &mut dyn FnMut(Option<&[u8]>) -> Update,
+    ) -> Result<(Option<Vec<u8>>, Option<u64>), StoreError> {
         self.metrics.store_op(StoreOp::Update);
         self.inner.lock().update(key, f)
     }
@@ -121,7 +129,9 @@ impl ClockSource for UkClock {
         // Round up so the sleep never ends early (the MUST rule).
         let now_ms = (self.monotonic_ns)() / 1_000_000;
         let ms = d.as_nanos().div_ceil(1_000_000) as u64;
-        let sleep = self.timers.sleep_until(now_ms.saturating_add(ms).saturating_add(1));
+        let sleep = self
+            .timers
+            .sleep_until(now_ms.saturating_add(ms).saturating_add(1));
         Box::pin(sleep)
     }
 }
@@ -140,7 +150,11 @@ pub fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -179,7 +193,8 @@ pub fn panic_state_line() -> Option<String> {
     let seq = current_request()?.seq?;
     let store = PANIC_STORE.try_lock()?.clone()?;
     let snapshot = store.try_snapshot_at(seq)?.ok()?;
-    (snapshot.len() <= PANIC_STATE_LIMIT).then(|| format!("JANUS-STATE seq={seq} {}", base64(&snapshot)))
+    (snapshot.len() <= PANIC_STATE_LIMIT)
+        .then(|| format!("JANUS-STATE seq={seq} {}", base64(&snapshot)))
 }
 
 /// The node: a service plus the protocol state around it.
@@ -218,8 +233,16 @@ impl<S: Service> Node<S> {
         &S::MANIFEST
     }
 
-    fn protocol_headers(&self, resp: janus_http1::Response, trace: &str, seq: Option<u64>) -> janus_http1::Response {
-        let mut resp = resp.with_header("x-janus-flavor", "uk").with_header("x-janus-node", self.node_id.as_bytes()).with_header("x-janus-trace-id", trace.as_bytes());
+    fn protocol_headers(
+        &self,
+        resp: janus_http1::Response,
+        trace: &str,
+        seq: Option<u64>,
+    ) -> janus_http1::Response {
+        let mut resp = resp
+            .with_header("x-janus-flavor", "uk")
+            .with_header("x-janus-node", self.node_id.as_bytes())
+            .with_header("x-janus-trace-id", trace.as_bytes());
         if let Some(seq) = seq {
             resp = resp.with_header("x-janus-state-seq", seq.to_string().as_bytes());
         }
@@ -246,7 +269,10 @@ impl<S: Service> Node<S> {
             trace_id,
         };
         self.metrics.request_started();
-        let in_flight = InFlight { trace_id: trace_hex.clone(), seq };
+        let in_flight = InFlight {
+            trace_id: trace_hex.clone(),
+            seq,
+        };
         let mut future = core::pin::pin!(self.service.handle(abi_req));
         let resp = poll_fn(|cx| {
             *CURRENT.lock() = Some(in_flight.clone());
@@ -263,18 +289,22 @@ impl<S: Service> Node<S> {
         }
         out = out.with_body(resp.body);
         let out = self.protocol_headers(out, &trace_hex, seq);
-        self.metrics.record_request(status, (self.now_us)().saturating_sub(start));
+        self.metrics
+            .record_request(status, (self.now_us)().saturating_sub(start));
         out
     }
 
     /// Answers one request on the admin listener.
     pub fn handle_admin(&self, req: &janus_http1::Request) -> janus_http1::Response {
         let authorized = match (&self.admin_token, req.headers.get_str("authorization")) {
-            (Some(token), Some(value)) => value.strip_prefix("Bearer ").is_some_and(|t| t.trim() == token),
+            (Some(token), Some(value)) => value
+                .strip_prefix("Bearer ")
+                .is_some_and(|t| t.trim() == token),
             _ => false,
         };
         if !authorized {
-            return text(401, "missing or wrong bearer token\n").with_header("WWW-Authenticate", "Bearer");
+            return text(401, "missing or wrong bearer token\n")
+                .with_header("WWW-Authenticate", "Bearer");
         }
         let method = req.method.as_str();
         let seq_now = self.store.as_ref().map(|s| s.seq());
@@ -287,7 +317,9 @@ impl<S: Service> Node<S> {
                     "service": S::MANIFEST.name,
                     "seq": seq_now,
                 });
-                janus_http1::Response::new(200).with_header("Content-Type", "application/json").with_body(body.to_string().into_bytes())
+                janus_http1::Response::new(200)
+                    .with_header("Content-Type", "application/json")
+                    .with_body(body.to_string().into_bytes())
             }
             ("GET" | "HEAD", "/metrics") => janus_http1::Response::new(200)
                 .with_header("Content-Type", "text/plain; version=0.0.4")
@@ -297,14 +329,21 @@ impl<S: Service> Node<S> {
                 .with_body(crate::console::ring_contents().into_bytes()),
             ("GET" | "HEAD", "/state") => self.get_state(req),
             ("PUT", "/state") => self.put_state(req),
-            (_, "/health" | "/metrics" | "/console" | "/state") => text(405, "method not allowed\n"),
+            (_, "/health" | "/metrics" | "/console" | "/state") => {
+                text(405, "method not allowed\n")
+            }
             _ => text(404, "not found\n"),
         }
     }
 
     fn get_state(&self, req: &janus_http1::Request) -> janus_http1::Response {
-        let Some(store) = &self.store else { return text(404, "this service has no store\n") };
-        let wanted = req.query.as_deref().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("seq=")));
+        let Some(store) = &self.store else {
+            return text(404, "this service has no store\n");
+        };
+        let wanted = req
+            .query
+            .as_deref()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("seq=")));
         let (seq, result) = match wanted {
             None => {
                 let (seq, bytes) = store.snapshot();
@@ -327,9 +366,12 @@ impl<S: Service> Node<S> {
     }
 
     fn put_state(&self, req: &janus_http1::Request) -> janus_http1::Response {
-        let Some(store) = &self.store else { return text(404, "this service has no store\n") };
+        let Some(store) = &self.store else {
+            return text(404, "this service has no store\n");
+        };
         match store.restore(&req.body) {
-            Ok(seq) => janus_http1::Response::new(204).with_header("x-janus-state-seq", seq.to_string().as_bytes()),
+            Ok(seq) => janus_http1::Response::new(204)
+                .with_header("x-janus-state-seq", seq.to_string().as_bytes()),
             Err(e) => text(400, &format!("{e}\n")),
         }
     }
@@ -350,7 +392,9 @@ mod kernel {
     use alloc::vec;
 
     use janus_http1::{Event, Limits, ServerConn};
-    use runtime_abi::{Capabilities, Config, MemStore, Providers, Service, StoreBackend, StoreLimits};
+    use runtime_abi::{
+        Capabilities, Config, MemStore, Providers, Service, StoreBackend, StoreLimits,
+    };
 
     use super::{Node, UkClock, UkEntropy, UkStore};
     use crate::boot::BootInfo;
@@ -383,25 +427,47 @@ mod kernel {
         if let Err(e) = manifest.check_upstreams(cfg.upstreams.iter().map(|(n, _)| n.as_str())) {
             rt::fatal(ExitCode::BootFailure, &alloc::format!("{e}"));
         }
-        let config = match Config::resolve(&manifest, cfg.config.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        let config = match Config::resolve(
+            &manifest,
+            cfg.config.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        ) {
             Ok(c) => c,
             Err(e) => rt::fatal(ExitCode::BootFailure, &alloc::format!("config: {e}")),
         };
         let metrics = Arc::new(Metrics::default());
-        let store = manifest.store.map(|spec| Arc::new(UkStore::new(MemStore::new(StoreLimits::from_spec(&spec)), Arc::clone(&metrics))));
+        let store = manifest.store.map(|spec| {
+            Arc::new(UkStore::new(
+                MemStore::new(StoreLimits::from_spec(&spec)),
+                Arc::clone(&metrics),
+            ))
+        });
         super::set_panic_store(store.clone());
+        rt::set_fatal_hooks(rt::FatalHooks {
+            trace_id: || super::current_request().map(|c| c.trace_id),
+            extra: super::panic_state_line,
+        });
         let executor = Executor::new();
         let timers = executor.timers();
         let providers = Providers {
-            transport: Arc::new(crate::upstream::UkUpstreams::new(cfg.upstreams.clone(), Arc::clone(&timers))),
+            transport: Arc::new(crate::upstream::UkUpstreams::new(
+                cfg.upstreams.clone(),
+                Arc::clone(&timers),
+            )),
             store: store.clone().map(|s| s as Arc<dyn StoreBackend>),
-            clock: Arc::new(UkClock { timers: Arc::clone(&timers), monotonic_ns: clock::monotonic_ns, wall_ns: clock::wall_ns }),
+            clock: Arc::new(UkClock {
+                timers: Arc::clone(&timers),
+                monotonic_ns: clock::monotonic_ns,
+                wall_ns: clock::wall_ns,
+            }),
             entropy: Arc::new(UkEntropy),
             config,
         };
         let service = match S::new(Capabilities::new(manifest, providers)) {
             Ok(s) => s,
-            Err(e) => rt::fatal(ExitCode::BootFailure, &alloc::format!("service {} failed to start: {e}", manifest.name)),
+            Err(e) => rt::fatal(
+                ExitCode::BootFailure,
+                &alloc::format!("service {} failed to start: {e}", manifest.name),
+            ),
         };
         let node: &'static Node<S> = Box::leak(Box::new(Node {
             service,
@@ -424,7 +490,10 @@ mod kernel {
                     }
                 });
             }
-            Err(e) => rt::fatal(ExitCode::BootFailure, &alloc::format!("listen on port {port}: {e}")),
+            Err(e) => rt::fatal(
+                ExitCode::BootFailure,
+                &alloc::format!("listen on port {port}: {e}"),
+            ),
         }
         let admin = if cfg.admin_token.is_some() {
             match net::listen(cfg.admin_port, 4) {
@@ -436,9 +505,12 @@ mod kernel {
                             sp.spawn(serve_conn(node, stream, Kind::Admin));
                         }
                     });
-                    alloc::format!("{}", cfg.admin_port)
+                    alloc::format!(":{}", cfg.admin_port)
                 }
-                Err(e) => rt::fatal(ExitCode::BootFailure, &alloc::format!("listen on admin port {}: {e}", cfg.admin_port)),
+                Err(e) => rt::fatal(
+                    ExitCode::BootFailure,
+                    &alloc::format!("listen on admin port {}: {e}", cfg.admin_port),
+                ),
             }
         } else {
             alloc::string::String::from("off (no janus.token)")
@@ -446,7 +518,7 @@ mod kernel {
         let boot_us = rt::since_entry_us();
         kprintln!("janus-uk: {}", env.summary);
         kprintln!(
-            "janus-uk: service {} {} node {} listening on :{port} admin :{admin}; boot to listen {}.{:03} ms",
+            "janus-uk: service {} {} node {} listening on :{port}, admin {admin}; boot to listen {}.{:03} ms",
             manifest.name,
             manifest.version,
             cfg.node_id,
@@ -476,7 +548,10 @@ mod kernel {
                         };
                         if let Err(e) = conn.respond(&resp) {
                             kprintln!("http: cannot encode response: {e:?}");
-                            let _ = conn.respond(&janus_http1::Response::text(500, "response could not be encoded\n"));
+                            let _ = conn.respond(&janus_http1::Response::text(
+                                500,
+                                "response could not be encoded\n",
+                            ));
                         }
                     }
                     Event::Error(e) => {
@@ -505,10 +580,12 @@ mod kernel {
                 continue;
             }
             let read = match conn.next_deadline() {
-                Some(deadline) => match crate::executor::timeout(&timers, deadline, stream.read(&mut buf)).await {
-                    Some(r) => r,
-                    None => continue,
-                },
+                Some(deadline) => {
+                    match crate::executor::timeout(&timers, deadline, stream.read(&mut buf)).await {
+                        Some(r) => r,
+                        None => continue,
+                    }
+                }
                 None => stream.read(&mut buf).await,
             };
             match read {
@@ -523,7 +600,10 @@ mod kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runtime_abi::{Capabilities, Config, Listener, Providers, Request, Response, StatusCode, StoreLimits, StoreSpec};
+    use runtime_abi::{
+        Capabilities, Config, Listener, Providers, Request, Response, StatusCode, StoreLimits,
+        StoreSpec,
+    };
 
     struct Counter {
         store: runtime_abi::Store,
@@ -535,17 +615,24 @@ mod tests {
             version: "0.0.1",
             listener: Listener::HTTP,
             upstreams: &[],
-            store: Some(StoreSpec { retain_ops: 2, max_bytes: 1 << 20 }),
+            store: Some(StoreSpec {
+                retain_ops: 2,
+                max_bytes: 1 << 20,
+            }),
             config: &[],
         };
 
         fn new(caps: Capabilities) -> Result<Self, runtime_abi::InitError> {
-            Ok(Counter { store: caps.store()? })
+            Ok(Counter {
+                store: caps.store()?,
+            })
         }
 
         async fn handle(&self, req: Request) -> Response {
             match self.store.put("k", req.path.as_bytes()) {
-                Ok(seq) => Response::text(StatusCode::OK, format!("{seq}")).with_header("x-app", "1"),
+                Ok(seq) => {
+                    Response::text(StatusCode::OK, format!("{seq}")).with_header("x-app", "1")
+                }
                 Err(e) => Response::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             }
         }
@@ -553,7 +640,11 @@ mod tests {
 
     struct NoUpstreams;
     impl runtime_abi::UpstreamTransport for NoUpstreams {
-        fn call(&self, name: &str, _req: Request) -> BoxFuture<'_, Result<Response, runtime_abi::UpstreamError>> {
+        fn call(
+            &self,
+            name: &str,
+            _req: Request,
+        ) -> BoxFuture<'_, Result<Response, runtime_abi::UpstreamError>> {
             let name = name.to_string();
             Box::pin(async move { Err(runtime_abi::UpstreamError::Unmapped(name)) })
         }
@@ -562,17 +653,33 @@ mod tests {
     fn node() -> Node<Counter> {
         let metrics = Arc::new(Metrics::default());
         let spec = Counter::MANIFEST.store.expect("store");
-        let store = Arc::new(UkStore::new(MemStore::new(StoreLimits::from_spec(&spec)), Arc::clone(&metrics)));
+        let store = Arc::new(UkStore::new(
+            MemStore::new(StoreLimits::from_spec(&spec)),
+            Arc::clone(&metrics),
+        ));
         let timers = Arc::new(Timers::default());
         let providers = Providers {
             transport: Arc::new(NoUpstreams),
             store: Some(Arc::clone(&store) as Arc<dyn StoreBackend>),
-            clock: Arc::new(UkClock { timers, monotonic_ns: || 5, wall_ns: || 7 }),
+            clock: Arc::new(UkClock {
+                timers,
+                monotonic_ns: || 5,
+                wall_ns: || 7,
+            }),
             entropy: Arc::new(UkEntropy),
             config: Config::resolve(&Counter::MANIFEST, []).expect("config"),
         };
-        let service = Counter::new(Capabilities::new(Counter::MANIFEST, providers)).expect("service");
-        Node { service, node_id: "n1".into(), admin_token: Some("tok".into()), store: Some(store), metrics, now_us: || 0, random: |b| b.fill(0xab) }
+        let service =
+            Counter::new(Capabilities::new(Counter::MANIFEST, providers)).expect("service");
+        Node {
+            service,
+            node_id: "n1".into(),
+            admin_token: Some("tok".into()),
+            store: Some(store),
+            metrics,
+            now_us: || 0,
+            random: |b| b.fill(0xab),
+        }
     }
 
     fn request(raw: &[u8]) -> janus_http1::Request {
@@ -599,50 +706,99 @@ mod tests {
     fn service_responses_carry_protocol_headers() {
         let node = node();
         let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let resp = block_on(node.handle_service(request(format!("GET /a HTTP/1.1\r\nHost: x\r\ntraceparent: {tp}\r\n\r\n").as_bytes())));
+        let resp = block_on(node.handle_service(request(
+            format!("GET /a HTTP/1.1\r\nHost: x\r\ntraceparent: {tp}\r\n\r\n").as_bytes(),
+        )));
         assert_eq!(resp.status, 200);
         assert_eq!(resp.body, b"1");
         assert_eq!(resp.headers.get_str("x-janus-flavor"), Some("uk"));
         assert_eq!(resp.headers.get_str("x-janus-node"), Some("n1"));
-        assert_eq!(resp.headers.get_str("x-janus-trace-id"), Some("0af7651916cd43dd8448eb211c80319c"));
+        assert_eq!(
+            resp.headers.get_str("x-janus-trace-id"),
+            Some("0af7651916cd43dd8448eb211c80319c")
+        );
         assert_eq!(resp.headers.get_str("x-janus-state-seq"), Some("0"));
         assert_eq!(resp.headers.get_str("x-app"), Some("1"));
         let resp = block_on(node.handle_service(request(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")));
         assert_eq!(resp.headers.get_str("x-janus-state-seq"), Some("1"));
-        assert_eq!(resp.headers.get_str("x-janus-trace-id"), Some("abababababababababababababababab"));
+        assert_eq!(
+            resp.headers.get_str("x-janus-trace-id"),
+            Some("abababababababababababababababab")
+        );
         assert_eq!(node.metrics.requests_with_status(200), 2);
     }
 
     #[test]
     fn admin_requires_token_and_serves_state() {
         let node = node();
-        assert_eq!(node.handle_admin(&request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")).status, 401);
-        assert_eq!(node.handle_admin(&request(b"GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n")).status, 401);
+        assert_eq!(
+            node.handle_admin(&request(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"))
+                .status,
+            401
+        );
+        assert_eq!(
+            node.handle_admin(&request(
+                b"GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n"
+            ))
+            .status,
+            401
+        );
         let auth = "Host: x\r\nAuthorization: Bearer tok\r\n";
-        let health = node.handle_admin(&request(format!("GET /health HTTP/1.1\r\n{auth}\r\n").as_bytes()));
+        let health = node.handle_admin(&request(
+            format!("GET /health HTTP/1.1\r\n{auth}\r\n").as_bytes(),
+        ));
         assert_eq!(health.status, 200);
-        let json: runtime_abi::serde_json::Value = runtime_abi::serde_json::from_slice(&health.body).expect("json");
+        let json: runtime_abi::serde_json::Value =
+            runtime_abi::serde_json::from_slice(&health.body).expect("json");
         assert_eq!(json["flavor"], "uk");
         assert_eq!(json["service"], "counter");
         assert_eq!(json["seq"], 0);
         for p in ["/x", "/y", "/z"] {
-            block_on(node.handle_service(request(format!("GET {p} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())));
+            block_on(node.handle_service(request(
+                format!("GET {p} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            )));
         }
-        let state = node.handle_admin(&request(format!("GET /state HTTP/1.1\r\n{auth}\r\n").as_bytes()));
+        let state = node.handle_admin(&request(
+            format!("GET /state HTTP/1.1\r\n{auth}\r\n").as_bytes(),
+        ));
         assert_eq!(state.status, 200);
         assert_eq!(state.headers.get_str("x-janus-state-seq"), Some("3"));
-        let at2 = node.handle_admin(&request(format!("GET /state?seq=2 HTTP/1.1\r\n{auth}\r\n").as_bytes()));
+        let at2 = node.handle_admin(&request(
+            format!("GET /state?seq=2 HTTP/1.1\r\n{auth}\r\n").as_bytes(),
+        ));
         assert_eq!(at2.status, 200);
         assert_ne!(at2.body, state.body);
-        assert_eq!(node.handle_admin(&request(format!("GET /state?seq=0 HTTP/1.1\r\n{auth}\r\n").as_bytes())).status, 410);
-        assert_eq!(node.handle_admin(&request(format!("GET /state?seq=99 HTTP/1.1\r\n{auth}\r\n").as_bytes())).status, 400);
-        assert_eq!(node.handle_admin(&request(format!("GET /state?seq=x HTTP/1.1\r\n{auth}\r\n").as_bytes())).status, 400);
+        assert_eq!(
+            node.handle_admin(&request(
+                format!("GET /state?seq=0 HTTP/1.1\r\n{auth}\r\n").as_bytes()
+            ))
+            .status,
+            410
+        );
+        assert_eq!(
+            node.handle_admin(&request(
+                format!("GET /state?seq=99 HTTP/1.1\r\n{auth}\r\n").as_bytes()
+            ))
+            .status,
+            400
+        );
+        assert_eq!(
+            node.handle_admin(&request(
+                format!("GET /state?seq=x HTTP/1.1\r\n{auth}\r\n").as_bytes()
+            ))
+            .status,
+            400
+        );
         // corrupt snapshot: 400 and unchanged
         let mut bad = state.body.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
         let put = |body: &[u8]| {
-            let mut raw = format!("PUT /state HTTP/1.1\r\n{auth}Content-Length: {}\r\n\r\n", body.len()).into_bytes();
+            let mut raw = format!(
+                "PUT /state HTTP/1.1\r\n{auth}Content-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
             raw.extend_from_slice(body);
             node.handle_admin(&request(&raw))
         };
@@ -652,7 +808,16 @@ mod tests {
         // restoring an older snapshot works
         assert_eq!(put(&at2.body).status, 204);
         assert_eq!(node.store.as_ref().expect("store").seq(), 2);
-        assert!(String::from_utf8_lossy(&node.handle_admin(&request(format!("GET /metrics HTTP/1.1\r\n{auth}\r\n").as_bytes())).body).contains("janus_store_ops_total{op=\"put\"} 3"));
+        assert!(
+            String::from_utf8_lossy(
+                &node
+                    .handle_admin(&request(
+                        format!("GET /metrics HTTP/1.1\r\n{auth}\r\n").as_bytes()
+                    ))
+                    .body
+            )
+            .contains("janus_store_ops_total{op=\"put\"} 3")
+        );
     }
 
     #[test]

@@ -19,40 +19,91 @@ pub fn set_fatal_hooks(hooks: FatalHooks) {
     *HOOKS.lock() = Some(hooks);
 }
 
+/// Writes formatted text straight to the serial port (no allocation, no lock).
+struct SerialWriter;
+
+impl core::fmt::Write for SerialWriter {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        crate::drivers::serial::write_bytes(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// A fixed buffer that keeps the first bytes written to it (to classify panic messages).
+struct Prefix {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl core::fmt::Write for Prefix {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
 /// Prints a fatal report (message, in-flight trace id, extra lines) and exits the VM with `code`.
 pub fn fatal(code: ExitCode, msg: &str) -> ! {
+    fatal_fmt(code, format_args!("{msg}"))
+}
+
+/// [`fatal`] with a formatted message. The message is written without allocating; the hooks
+/// (trace id, state dump) run only when the heap is not the problem.
+pub fn fatal_fmt(code: ExitCode, msg: core::fmt::Arguments<'_>) -> ! {
+    use core::fmt::Write as _;
     // Never block on the console ring: the panic may have happened while it was locked.
-    crate::drivers::serial::write_bytes(b"\nJANUS-PANIC ");
-    crate::drivers::serial::write_bytes(msg.as_bytes());
-    crate::drivers::serial::write_bytes(b"\n");
-    let hooks = HOOKS.try_lock().and_then(|h| h.as_ref().map(|h| (h.trace_id, h.extra)));
-    if let Some((trace_id, extra)) = hooks {
-        if let Some(id) = trace_id() {
-            crate::drivers::serial::write_bytes(b"JANUS-PANIC trace_id=");
-            crate::drivers::serial::write_bytes(id.as_bytes());
-            crate::drivers::serial::write_bytes(b"\n");
-        }
-        if let Some(text) = extra() {
-            crate::drivers::serial::write_bytes(text.as_bytes());
-            crate::drivers::serial::write_bytes(b"\n");
+    let _ = write!(SerialWriter, "\nJANUS-PANIC {msg}\n");
+    if code != ExitCode::OutOfMemory {
+        let hooks = HOOKS
+            .try_lock()
+            .and_then(|h| h.as_ref().map(|h| (h.trace_id, h.extra)));
+        if let Some((trace_id, extra)) = hooks {
+            if let Some(id) = trace_id() {
+                let _ = writeln!(SerialWriter, "JANUS-PANIC trace_id={id}");
+            }
+            if let Some(text) = extra() {
+                let _ = writeln!(SerialWriter, "{text}");
+            }
         }
     }
-    let status = alloc::format!("JANUS-EXIT status={}\n", code.qemu_status());
-    crate::drivers::serial::write_bytes(status.as_bytes());
+    let _ = writeln!(SerialWriter, "JANUS-EXIT status={}", code.qemu_status());
     exit::exit(code)
 }
 
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    use core::fmt::Write as _;
     static PANICKING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
     if PANICKING.swap(true, core::sync::atomic::Ordering::SeqCst) {
         crate::drivers::serial::write_bytes(b"\nJANUS-PANIC panic while panicking\n");
         exit::exit(ExitCode::Panic);
     }
-    let location = info.location().map(|l| alloc::format!("{}:{}:{}", l.file(), l.line(), l.column())).unwrap_or_default();
-    let msg = alloc::format!("panicked at {location}: {}", info.message());
-    fatal(ExitCode::Panic, &msg)
+    let mut prefix = Prefix {
+        buf: [0; 64],
+        len: 0,
+    };
+    let _ = write!(prefix, "{}", info.message());
+    let code = if prefix.buf[..prefix.len].starts_with(b"memory allocation of") {
+        ExitCode::OutOfMemory
+    } else {
+        ExitCode::Panic
+    };
+    match info.location() {
+        Some(l) => fatal_fmt(
+            code,
+            format_args!(
+                "panicked at {}:{}:{}: {}",
+                l.file(),
+                l.line(),
+                l.column(),
+                info.message()
+            ),
+        ),
+        None => fatal_fmt(code, format_args!("panicked: {}", info.message())),
+    }
 }
 
 /// Defines the image entry point for service type `$service` (used by the generated wrapper crate):
@@ -84,7 +135,8 @@ pub struct KernelEnv {
     pub summary: alloc::string::String,
 }
 
-static TIMERS: spinning_top::Spinlock<Option<alloc::sync::Arc<crate::executor::Timers>>> = spinning_top::Spinlock::new(None);
+static TIMERS: spinning_top::Spinlock<Option<alloc::sync::Arc<crate::executor::Timers>>> =
+    spinning_top::Spinlock::new(None);
 
 /// The running executor's timers.
 pub fn timers() -> alloc::sync::Arc<crate::executor::Timers> {
@@ -115,28 +167,49 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
     };
     if tsc_hz < 10_000_000 {
         // No usable PIT: CPUID leaf 0x16 (base MHz) when present, else assume 2 GHz.
-        let leaf16 = if crate::arch::cpu::cpuid(0, 0).eax >= 0x16 { u64::from(crate::arch::cpu::cpuid(0x16, 0).eax) } else { 0 };
-        tsc_hz = if leaf16 > 0 { leaf16 * 1_000_000 } else { 2_000_000_000 };
+        let leaf16 = if crate::arch::cpu::cpuid(0, 0).eax >= 0x16 {
+            u64::from(crate::arch::cpu::cpuid(0x16, 0).eax)
+        } else {
+            0
+        };
+        tsc_hz = if leaf16 > 0 {
+            leaf16 * 1_000_000
+        } else {
+            2_000_000_000
+        };
         tsc_source = "assumed";
     }
     let wall = rtc::unix_seconds();
     let entry_tsc = crate::arch::start::entry_tsc();
-    let elapsed_ns = (u128::from(crate::arch::cpu::rdtsc().saturating_sub(entry_tsc)) * 1_000_000_000 / u128::from(tsc_hz.max(1))) as u64;
+    let elapsed_ns = (u128::from(crate::arch::cpu::rdtsc().saturating_sub(entry_tsc))
+        * 1_000_000_000
+        / u128::from(tsc_hz.max(1))) as u64;
     let wall_at_entry = wall.map_or(0, |s| (s * 1_000_000_000).saturating_sub(elapsed_ns));
     clock::CLOCK.calibrate(tsc_hz, entry_tsc, wall_at_entry);
     let (material, entropy_source) = entropy::gather_seed(&config.seed, clock::wall_ns());
     entropy::init(&material);
     crate::log::init(&config.log_level);
     let Some(nic) = crate::drivers::virtio::find_nic(&config.mmio_devices) else {
-        fatal(ExitCode::BootFailure, "no virtio-net device found (virtio-mmio or PCI)")
+        fatal(
+            ExitCode::BootFailure,
+            "no virtio-net device found (virtio-mmio or PCI)",
+        )
     };
     let location = nic.location.clone();
     let irq = nic.irq;
     let device = match crate::drivers::virtio::NetDevice::new(nic.transport) {
         Ok(d) => d,
-        Err(e) => fatal(ExitCode::BootFailure, &alloc::format!("virtio-net init at {location}: {e}")),
+        Err(e) => fatal(
+            ExitCode::BootFailure,
+            &alloc::format!("virtio-net init at {location}: {e}"),
+        ),
     };
-    net::init(device, config.ip, entropy::u64(), clock::monotonic_ns() / 1_000_000);
+    net::init(
+        device,
+        config.ip,
+        entropy::u64(),
+        clock::monotonic_ns() / 1_000_000,
+    );
     if let Some(irq) = irq {
         net::enable_interrupts();
         pic::unmask(irq);
@@ -147,13 +220,20 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
         crate::mm::heap::size() >> 20,
         tsc_hz / 1_000_000,
         if wall.is_some() { "rtc" } else { "unavailable" },
-        irq.map_or(alloc::string::String::from("none (polling)"), |i| alloc::format!("{i}")),
+        irq.map_or(
+            alloc::string::String::from("none (polling)"),
+            |i| alloc::format!("{i}")
+        ),
         match config.ip {
             cmdline::IpConfig::Dhcp => alloc::string::String::from("dhcp"),
             cmdline::IpConfig::Static { addr, prefix, .. } => alloc::format!("{addr}/{prefix}"),
         }
     );
-    KernelEnv { config, nic_irq: irq, summary }
+    KernelEnv {
+        config,
+        nic_irq: irq,
+        summary,
+    }
 }
 
 /// The kernel loop: move packets, fire timers, run ready tasks; when nothing is left to do,

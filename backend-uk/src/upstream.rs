@@ -10,7 +10,9 @@ use alloc::vec::Vec;
 use core::net::SocketAddrV4;
 
 use janus_http1::{ClientRequest, Limits, ResponseParser};
-use runtime_abi::{BoxFuture, Request, Response, StatusCode, TraceId, UpstreamError, UpstreamTransport};
+use runtime_abi::{
+    BoxFuture, Request, Response, StatusCode, TraceId, UpstreamError, UpstreamTransport,
+};
 
 use crate::executor::{Timers, timeout};
 use crate::net;
@@ -37,7 +39,10 @@ fn now_ms() -> u64 {
 
 async fn call(addr: SocketAddrV4, name: String, req: Request) -> Result<Response, UpstreamError> {
     let mut stream = net::connect(addr).map_err(|e| UpstreamError::Connect(e.to_string()))?;
-    stream.established().await.map_err(|e| UpstreamError::Connect(alloc::format!("{name} at {addr}: {e}")))?;
+    stream
+        .established()
+        .await
+        .map_err(|e| UpstreamError::Connect(alloc::format!("{name} at {addr}: {e}")))?;
     let method = janus_http1::Method::from_token(req.method.as_str());
     let mut creq = ClientRequest::new(method.clone(), &addr.to_string(), &req.target());
     for (n, v) in req.headers.iter() {
@@ -50,22 +55,31 @@ async fn call(addr: SocketAddrV4, name: String, req: Request) -> Result<Response
     }
     creq = creq.with_header("Connection", "close").with_body(req.body);
     let mut out = Vec::new();
-    creq.encode(&mut out).map_err(|e| UpstreamError::Protocol(alloc::format!("cannot encode request: {e:?}")))?;
-    stream.write_all(&out).await.map_err(|e| UpstreamError::Connect(e.to_string()))?;
+    creq.encode(&mut out)
+        .map_err(|e| UpstreamError::Protocol(alloc::format!("cannot encode request: {e:?}")))?;
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
     let mut parser = ResponseParser::new(Limits::DEFAULT, &method);
     let mut buf = vec![0u8; 8192];
     loop {
         if let Some(result) = parser.poll(now_ms()) {
             let resp = result.map_err(|e| UpstreamError::Protocol(alloc::format!("{e:?}")))?;
-            let status = StatusCode::new(resp.status).ok_or_else(|| UpstreamError::Protocol(alloc::format!("status {}", resp.status)))?;
+            let status = StatusCode::new(resp.status)
+                .ok_or_else(|| UpstreamError::Protocol(alloc::format!("status {}", resp.status)))?;
             let mut out = Response::new(status);
             for field in resp.headers.iter() {
-                out.headers.append(&field.name, &String::from_utf8_lossy(&field.value));
+                out.headers
+                    .append(&field.name, &String::from_utf8_lossy(&field.value));
             }
             out.body = resp.body;
             return Ok(out);
         }
-        let n = stream.read(&mut buf).await.map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
         if n == 0 {
             parser.feed_eof();
         } else {
@@ -73,7 +87,9 @@ async fn call(addr: SocketAddrV4, name: String, req: Request) -> Result<Response
             while !offered.is_empty() {
                 let taken = parser.feed(offered);
                 if taken == 0 {
-                    return Err(UpstreamError::Protocol(String::from("response exceeds the buffer limit")));
+                    return Err(UpstreamError::Protocol(String::from(
+                        "response exceeds the buffer limit",
+                    )));
                 }
                 offered = &offered[taken..];
             }
@@ -91,7 +107,9 @@ impl UpstreamTransport for UkUpstreams {
         let timers = Arc::clone(&self.timers);
         Box::pin(async move {
             let deadline = now_ms().saturating_add(CALL_TIMEOUT_MS);
-            timeout(&timers, deadline, call(addr, name, req)).await.unwrap_or(Err(UpstreamError::Timeout))
+            timeout(&timers, deadline, call(addr, name, req))
+                .await
+                .unwrap_or(Err(UpstreamError::Timeout))
         })
     }
 }

@@ -18,7 +18,16 @@ struct PvClock {
     pad: [u8; 2],
 }
 
-static mut PVCLOCK: PvClock = PvClock { version: 0, pad0: 0, tsc_timestamp: 0, system_time: 0, tsc_to_system_mul: 0, tsc_shift: 0, flags: 0, pad: [0; 2] };
+static mut PVCLOCK: PvClock = PvClock {
+    version: 0,
+    pad0: 0,
+    tsc_timestamp: 0,
+    system_time: 0,
+    tsc_to_system_mul: 0,
+    tsc_shift: 0,
+    flags: 0,
+    pad: [0; 2],
+};
 
 /// Whether this is KVM with kvmclock.
 pub fn available() -> bool {

@@ -27,7 +27,11 @@ pub fn init() {
 
 /// Unmasks PIC line `irq` (0..16).
 pub fn unmask(irq: u8) {
-    let (port, bit) = if irq < 8 { (MASTER_DATA, irq) } else { (SLAVE_DATA, irq - 8) };
+    let (port, bit) = if irq < 8 {
+        (MASTER_DATA, irq)
+    } else {
+        (SLAVE_DATA, irq - 8)
+    };
     if irq >= 16 {
         return;
     }

@@ -23,7 +23,15 @@ pub fn unix_seconds() -> Option<u64> {
             return None;
         }
     }
-    let raw = [read(0x00), read(0x02), read(0x04), read(0x07), read(0x08), read(0x09), read(0x32)];
+    let raw = [
+        read(0x00),
+        read(0x02),
+        read(0x04),
+        read(0x07),
+        read(0x08),
+        read(0x09),
+        read(0x32),
+    ];
     let status_b = read(0x0b);
     crate::clock::rtc_to_unix(raw, status_b)
 }

@@ -28,17 +28,22 @@ pub struct KernelHal;
 // buffer's own address, which the device may access while the driver holds the buffer.
 unsafe impl Hal for KernelHal {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
-        let layout = Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE).expect("page-sized layout is valid");
+        let layout = Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE)
+            .expect("page-sized layout is valid");
         // SAFETY: the layout has non-zero size (virtio-drivers never asks for 0 pages).
         let ptr = unsafe { alloc_zeroed(layout) };
         let Some(ptr) = NonNull::new(ptr) else {
-            crate::rt::fatal(crate::drivers::exit::ExitCode::OutOfMemory, "out of memory allocating DMA pages")
+            crate::rt::fatal(
+                crate::drivers::exit::ExitCode::OutOfMemory,
+                "out of memory allocating DMA pages",
+            )
         };
         (ptr.as_ptr() as u64, ptr)
     }
 
     unsafe fn dma_dealloc(_paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
-        let layout = Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE).expect("page-sized layout is valid");
+        let layout = Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE)
+            .expect("page-sized layout is valid");
         // SAFETY: `vaddr` came from `dma_alloc` with the same page count, hence the same layout.
         unsafe { dealloc(vaddr.as_ptr(), layout) };
         0
@@ -68,7 +73,11 @@ pub struct PortCam;
 
 impl PortCam {
     fn address(df: DeviceFunction, offset: u8) -> u32 {
-        0x8000_0000 | (u32::from(df.bus) << 16) | (u32::from(df.device) << 11) | (u32::from(df.function) << 8) | u32::from(offset & 0xfc)
+        0x8000_0000
+            | (u32::from(df.bus) << 16)
+            | (u32::from(df.device) << 11)
+            | (u32::from(df.function) << 8)
+            | u32::from(offset & 0xfc)
     }
 }
 
@@ -112,9 +121,12 @@ fn read_mmio_u32(addr: u64) -> u32 {
 }
 
 fn probe_mmio(announced: &[MmioDevice]) -> Option<FoundNic> {
-    let mut candidates: alloc::vec::Vec<(u64, Option<u32>)> = announced.iter().map(|d| (d.addr, Some(d.irq))).collect();
+    let mut candidates: alloc::vec::Vec<(u64, Option<u32>)> =
+        announced.iter().map(|d| (d.addr, Some(d.irq))).collect();
     if candidates.is_empty() {
-        candidates = (0..MMIO_SLOTS).map(|i| (MMIO_BASE + i * MMIO_SLOT_SIZE, None)).collect();
+        candidates = (0..MMIO_SLOTS)
+            .map(|i| (MMIO_BASE + i * MMIO_SLOT_SIZE, None))
+            .collect();
     }
     for (addr, irq) in candidates {
         if read_mmio_u32(addr) != VIRTIO_MAGIC || read_mmio_u32(addr + 8) != VIRTIO_ID_NET {
@@ -131,7 +143,11 @@ fn probe_mmio(announced: &[MmioDevice]) -> Option<FoundNic> {
             }
         };
         let irq = irq.and_then(|i| u8::try_from(i).ok()).filter(|i| *i < 16);
-        return Some(FoundNic { transport: transport.into(), irq, location: alloc::format!("virtio-mmio@{addr:#x}") });
+        return Some(FoundNic {
+            transport: transport.into(),
+            irq,
+            location: alloc::format!("virtio-mmio@{addr:#x}"),
+        });
     }
     None
 }
@@ -145,7 +161,10 @@ fn probe_pci() -> Option<FoundNic> {
             if virtio_device_type(&info) != Some(DeviceType::Network) {
                 continue;
             }
-            root.set_command(df, Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER);
+            root.set_command(
+                df,
+                Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER,
+            );
             let irq = (PortCam.read_word(df, 0x3c) & 0xff) as u8;
             match PciTransport::new::<KernelHal, _>(&mut root, df) {
                 Ok(t) => {
@@ -183,7 +202,10 @@ impl NetDevice {
     /// Initialises the device.
     pub fn new(transport: SomeTransport<'static>) -> Result<Self, virtio_drivers::Error> {
         let net = VirtIONet::new(transport, BUF_LEN)?;
-        Ok(Self { net: RefCell::new(net), counters: RefCell::new((0, 0)) })
+        Ok(Self {
+            net: RefCell::new(net),
+            counters: RefCell::new((0, 0)),
+        })
     }
 
     /// MAC address.

@@ -18,9 +18,16 @@ static HEAP_SIZE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64:
 pub fn init(base: u64, size: u64) {
     // SAFETY: the range comes from the PVH memory map (RAM), lies above the kernel image and
     // below the identity-mapped limit, and is claimed exactly once; nothing else uses it.
-    let claimed = unsafe { ALLOCATOR.lock().claim(base as usize as *mut u8, size as usize) };
+    let claimed = unsafe {
+        ALLOCATOR
+            .lock()
+            .claim(base as usize as *mut u8, size as usize)
+    };
     if claimed.is_none() {
-        crate::drivers::exit::exit_with(crate::drivers::exit::ExitCode::BootFailure, "heap claim failed");
+        crate::drivers::exit::exit_with(
+            crate::drivers::exit::ExitCode::BootFailure,
+            "heap claim failed",
+        );
     }
     HEAP_SIZE.store(size, core::sync::atomic::Ordering::Relaxed);
 }

@@ -53,7 +53,12 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     let mut i = 0;
     while i < n {
         // SAFETY: `i < n` and both ranges are valid for `n` bytes.
-        let (x, y) = unsafe { (core::ptr::read_volatile(a.add(i)), core::ptr::read_volatile(b.add(i))) };
+        let (x, y) = unsafe {
+            (
+                core::ptr::read_volatile(a.add(i)),
+                core::ptr::read_volatile(b.add(i)),
+            )
+        };
         if x != y {
             return i32::from(x) - i32::from(y);
         }
@@ -85,5 +90,8 @@ pub unsafe extern "C" fn strlen(s: *const u8) -> usize {
 /// Referenced by the precompiled `alloc`/`core` landing pads; never reached with panic=abort.
 #[unsafe(no_mangle)]
 pub extern "C" fn _Unwind_Resume() -> ! {
-    crate::rt::fatal(crate::drivers::exit::ExitCode::Panic, "_Unwind_Resume called (unwinding is not supported)")
+    crate::rt::fatal(
+        crate::drivers::exit::ExitCode::Panic,
+        "_Unwind_Resume called (unwinding is not supported)",
+    )
 }

@@ -46,7 +46,10 @@ extern "C" fn janus_rust_start(start_info: u64) -> ! {
         )
     };
     if magic != HVM_START_MAGIC {
-        crate::drivers::exit::exit_with(crate::drivers::exit::ExitCode::BootFailure, "bad hvm_start_info magic");
+        crate::drivers::exit::exit_with(
+            crate::drivers::exit::ExitCode::BootFailure,
+            "bad hvm_start_info magic",
+        );
     }
     let mut regions = [MemoryRegion::default(); MAX_REGIONS];
     let mut count = 0;
@@ -54,7 +57,13 @@ extern "C" fn janus_rust_start(start_info: u64) -> ! {
         let entry = memmap_paddr + (i as u64) * 24;
         // SAFETY: PVH memmap entries are {u64 addr, u64 size, u32 type, u32 reserved} and the
         // table lies in identity-mapped low memory.
-        let (addr, size, kind) = unsafe { (read_phys::<u64>(entry), read_phys::<u64>(entry + 8), read_phys::<u32>(entry + 16)) };
+        let (addr, size, kind) = unsafe {
+            (
+                read_phys::<u64>(entry),
+                read_phys::<u64>(entry + 8),
+                read_phys::<u32>(entry + 16),
+            )
+        };
         regions[count] = MemoryRegion { addr, size, kind };
         count += 1;
     }
@@ -75,7 +84,10 @@ extern "C" fn janus_rust_start(start_info: u64) -> ! {
     let heap = crate::boot::pick_heap(&regions[..count], kernel_end, crate::boot::MAPPED_LIMIT);
     match heap {
         Some((base, size)) => crate::mm::heap::init(base, size),
-        None => crate::drivers::exit::exit_with(crate::drivers::exit::ExitCode::BootFailure, "no usable RAM for the heap"),
+        None => crate::drivers::exit::exit_with(
+            crate::drivers::exit::ExitCode::BootFailure,
+            "no usable RAM for the heap",
+        ),
     }
     let cmdline = core::str::from_utf8(&cmdline[..cmdline_len]).unwrap_or("");
     let info = BootInfo {
@@ -99,7 +111,12 @@ extern "C" fn janus_trap_upcall() -> ! {
     let name = crate::boot::exception_name(info[0]);
     let msg = alloc::format!(
         "CPU exception {} ({name}) error={:#x} rip={:#x} rsp={:#x} rflags={:#x} cr2={:#x}",
-        info[0], info[1], info[2], info[5], info[4], info[6]
+        info[0],
+        info[1],
+        info[2],
+        info[5],
+        info[4],
+        info[6]
     );
     crate::rt::fatal(crate::drivers::exit::ExitCode::CpuException, &msg)
 }
