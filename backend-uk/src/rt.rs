@@ -30,11 +30,13 @@ impl core::fmt::Write for SerialWriter {
 }
 
 /// A fixed buffer that keeps the first bytes written to it (to classify panic messages).
+#[cfg(not(test))]
 struct Prefix {
     buf: [u8; 64],
     len: usize,
 }
 
+#[cfg(not(test))]
 impl core::fmt::Write for Prefix {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         let n = s.len().min(self.buf.len() - self.len);
