@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use runtime_abi::{
     Capabilities, Config, EntropySource, Providers, Service, StoreBackend, StoreLimits,
 };
@@ -30,6 +30,9 @@ use crate::providers::{HyperTransport, NodeStore, TokioClock, Urandom};
 use crate::public::{self, PublicCtx};
 use crate::recorder::FlightRecorder;
 use crate::telemetry::Telemetry;
+
+/// Time an admin client has to send a request head (hyper closes the connection after it).
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A node serving in the background of the current tokio runtime.
 pub struct Node {
@@ -397,6 +400,8 @@ async fn admin_loop(
                     conns.spawn(async move {
                         let service = service_fn(move |req| admin::handle(Arc::clone(&ctx), req));
                         let conn = http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                             .serve_connection(TokioIo::new(stream), service);
                         tokio::pin!(conn);
                         tokio::select! {

@@ -6,6 +6,7 @@
 //! node spawns runs under it with `WithSubscriber`.
 
 use std::backtrace::Backtrace;
+use std::io::IsTerminal;
 use std::sync::{Mutex, Once, PoisonError};
 
 use tracing::Dispatch;
@@ -96,7 +97,11 @@ impl Telemetry {
         let (filter, handle) = reload::Layer::new(filter);
         let fmt_layer: Box<dyn Layer<Registry> + Send + Sync> = match (format, to_stderr) {
             (_, false) => Box::new(fmt::layer().with_writer(std::io::sink)),
-            (LogFormat::Human, true) => Box::new(fmt::layer().with_writer(std::io::stderr)),
+            (LogFormat::Human, true) => Box::new(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            ),
             (LogFormat::Json, true) => Box::new(
                 fmt::layer()
                     .json()

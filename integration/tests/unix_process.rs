@@ -97,6 +97,36 @@ fn bad_flags_and_config_are_refused_with_exit_2_naming_the_problem() {
 }
 
 #[test]
+fn environment_layer_is_read_and_checked() {
+    let listen = free_addr().to_string();
+    let admin = free_addr().to_string();
+    let a = artifact("hello", Flavor::Unix);
+    let run_env = |key: &str, value: &str| {
+        let mut child = Command::new(&a.path)
+            .args(["--listen", &listen, "--admin", &admin, "--admin-token", "t"])
+            .env(key, value)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        for _ in 0..6000 {
+            if child.try_wait().expect("try_wait").is_some() {
+                return child.wait_with_output().expect("output");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill();
+        panic!("{key}={value}: the node did not refuse to start");
+    };
+    let out = run_env("JANUS_UPSTREAMS__NOPE", "127.0.0.1:9");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("'nope'"), "{}", stderr(&out));
+    let out = run_env("JANUS_TRACE_CAPACITY", "0");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("trace-capacity"), "{}", stderr(&out));
+}
+
+#[test]
 fn print_manifest_prints_the_service_manifest() {
     let out = run("kv", &["--print-manifest"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
