@@ -30,13 +30,13 @@ impl core::fmt::Write for SerialWriter {
 }
 
 /// A fixed buffer that keeps the first bytes written to it (to classify panic messages).
-#[cfg(not(test))]
+#[cfg(all(not(test), feature = "kernel"))]
 struct Prefix {
     buf: [u8; 64],
     len: usize,
 }
 
-#[cfg(not(test))]
+#[cfg(all(not(test), feature = "kernel"))]
 impl core::fmt::Write for Prefix {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         let n = s.len().min(self.buf.len() - self.len);
@@ -74,7 +74,10 @@ pub fn fatal_fmt(code: ExitCode, msg: core::fmt::Arguments<'_>) -> ! {
     exit::exit(code)
 }
 
-#[cfg(not(test))]
+// The panic handler is a lang item: it is only defined when the crate is linked into a kernel (feature
+// `kernel`, enabled by the generated wrapper). A workspace build unifies dependency features (serde
+// with std, ...), and std brings its own `panic_impl`.
+#[cfg(all(not(test), feature = "kernel"))]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     use core::fmt::Write as _;

@@ -155,7 +155,7 @@ test = false
 bench = false
 
 [dependencies]
-backend-uk = {{ path = {backend:?} }}
+backend-uk = {{ path = {backend:?}, features = ["kernel"] }}
 {package} = {{ path = {service:?} }}
 
 [profile.release]
