@@ -318,3 +318,36 @@ async fn pipelined_requests_with_bodies_and_split_heads_are_all_answered() {
     four.assert_node_headers("hello-pipe");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_that_never_answers_is_bounded_by_the_timeout() {
+    // Accepts connections and reads, but never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let mut cfg = config("hello-timeout");
+    cfg.upstream_timeout_ms = 300;
+    cfg.upstreams.insert("backend".to_string(), silent_addr);
+    let node = start::<Hello>(cfg).await;
+    let r = get(node.public_addr(), "/via/backend").await;
+    assert_eq!(r.status, 502);
+    assert!(r.text().contains("timed out"), "{}", r.text());
+    let trace = r.header("x-janus-trace-id").expect("trace id").to_string();
+    let t = node.recorder().get(&trace).expect("trace");
+    assert!(
+        t.events
+            .iter()
+            .any(|e| e.message.as_deref() == Some("upstream call failed")),
+        "the runtime's upstream.call span logged the failure: {:?}",
+        t.events
+    );
+    node.stop().await;
+    holder.abort();
+}

@@ -256,3 +256,48 @@ fn generated_admin_token_is_printed_and_written_to_a_private_file() {
     assert!(stdout.contains(&path.display().to_string()), "{stdout}");
     let _ = std::fs::remove_dir_all(runtime_dir);
 }
+
+#[test]
+fn json_logs_follow_the_run_time_log_level() {
+    let a = artifact("hello", Flavor::Unix);
+    let opts = NodeOpts {
+        log_format: Some("json".to_string()),
+        ..NodeOpts::default()
+    };
+    let node = Node::start(&a, opts).expect("node starts");
+    let count = |needle: &str| node.output().matches(needle).count();
+    assert_eq!(
+        client::get(node.listen, "/before", &[])
+            .expect("get")
+            .status,
+        404
+    );
+    poll("first request logged", || count("/before") > 0);
+    let set = node.admin("PUT", "/log-level", b"warn").expect("put");
+    assert_eq!(set.status, 200);
+    assert_eq!(
+        client::get(node.listen, "/during-warn", &[])
+            .expect("get")
+            .status,
+        404
+    );
+    let set = node.admin("PUT", "/log-level", b"info").expect("put");
+    assert_eq!(set.status, 200);
+    assert_eq!(
+        client::get(node.listen, "/after", &[]).expect("get").status,
+        404
+    );
+    poll("third request logged", || count("/after") > 0);
+    assert_eq!(count("/during-warn"), 0, "{}", node.output());
+    let line = node
+        .output()
+        .lines()
+        .find(|l| l.contains("/after") && l.contains("request completed"))
+        .map(str::to_string)
+        .expect("a request log line");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(v["fields"]["message"], "request completed");
+    assert_eq!(v["fields"]["status"], 404);
+    assert_eq!(v["span"]["path"], "/after");
+    assert_eq!(v["span"]["trace_id"].as_str().map(str::len), Some(32));
+}
