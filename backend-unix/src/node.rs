@@ -132,14 +132,12 @@ impl Node {
         let dispatch = telemetry.dispatch.clone();
         let entropy = Arc::new(Urandom::open().map_err(NodeError::Entropy)?);
         let node_id = config.node_id.clone().unwrap_or_else(default_node_id);
-        let (admin_token, token_file) = match &config.admin_token {
-            Some(t) => (t.clone(), None),
+        let admin_token = match &config.admin_token {
+            Some(t) => t.clone(),
             None => {
                 let mut b = [0u8; 24];
                 entropy.fill(&mut b);
-                let token: String = b.iter().map(|x| format!("{x:02x}")).collect();
-                let path = write_token_file(&node_id, &token)?;
-                (token, Some(path))
+                b.iter().map(|x| format!("{x:02x}")).collect()
             }
         };
 
@@ -183,6 +181,16 @@ impl Node {
                 addr: config.admin,
                 source,
             })?;
+        // Written only once the node can start, so a refused start leaves no file behind.
+        let token_file = match config.admin_token {
+            Some(_) => None,
+            None => Some(write_token_file(&node_id, &admin_token)?),
+        };
+        if !admin_addr.ip().is_loopback() {
+            tracing::dispatcher::with_default(&dispatch, || {
+                tracing::warn!(%admin_addr, "admin listener is not on a loopback address");
+            });
+        }
 
         let public_ctx = Arc::new(PublicCtx {
             service: Arc::new(service),
@@ -295,6 +303,10 @@ impl Node {
             tracing::dispatcher::with_default(&self.dispatch, || {
                 tracing::error!(error = %e, "node task failed");
             });
+        }
+        // The generated token dies with the node; so does its file.
+        if let Some(path) = &self.token_file {
+            let _ = std::fs::remove_file(path);
         }
     }
 
