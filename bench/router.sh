@@ -39,7 +39,12 @@ wait_http() { # url [header]
     if curl -fsS -o /dev/null -m 1 ${2:+-H "$2"} "$1" 2>/dev/null; then return 0; fi
     sleep 0.05
   done
-  echo "bench: $1 did not become ready" >&2; exit 1
+  echo "bench: $1 did not become ready" >&2
+  for f in "$WORK"/router.err "$WORK"/backend/error.log "$WORK"/backend/log "$WORK"/nginx/error.log "$WORK"/haproxy.log; do
+    [ -s "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }
+  done
+  curl -sS -m 2 -i "$1" >&2 || true
+  exit 1
 }
 
 BACK_PORT=$(free_port); BACK_ADMIN=$(free_port); ROUTER_PORT=$(free_port); ROUTER_ADMIN=$(free_port)
@@ -129,7 +134,7 @@ wait_http "http://127.0.0.1:$NGINX_PORT$BACK_PATH"
 cat >"$WORK/haproxy.cfg" <<CONF
 global
   nbthread $WORKERS
-  maxconn 10000
+  maxconn 4096
 defaults
   mode http
   timeout connect 1s

@@ -59,6 +59,9 @@ pub struct DownstreamConfig {
     pub max_headers: usize,
     pub max_body_bytes: usize,
     pub max_connections: usize,
+    /// Accept loops, one per thread with its own runtime and upstream pool (SO_REUSEPORT);
+    /// 0 = one per CPU.
+    pub workers: usize,
 }
 
 impl Default for DownstreamConfig {
@@ -71,6 +74,7 @@ impl Default for DownstreamConfig {
             max_headers: 100,
             max_body_bytes: 1024 * 1024,
             max_connections: 4096,
+            workers: 0,
         }
     }
 }
@@ -392,6 +396,12 @@ impl Config {
         }
         if d.max_headers == 0 {
             return Err(invalid("downstream.max_headers", "must be > 0"));
+        }
+        if d.workers > 256 {
+            return Err(invalid(
+                "downstream.workers",
+                "must be <= 256 (0 = one per CPU)",
+            ));
         }
         if d.max_connections == 0 {
             return Err(invalid("downstream.max_connections", "must be > 0"));

@@ -63,31 +63,62 @@ pub struct Running {
     pub downstream_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
 }
 
 #[cfg(not(loom))]
 impl Running {
-    /// Stops accepting and ends the background tasks.
+    /// Stops accepting, closes client connections and ends the background tasks.
     pub fn shutdown(self) {
+        let _ = self.stop.send(true);
         for t in self.tasks {
             t.abort();
+        }
+        for w in self.workers {
+            let _ = w.join();
         }
     }
 }
 
 #[cfg(not(loom))]
-/// Loads the config, opens the fault store, binds both listeners and spawns the router's tasks.
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
+}
+
+#[cfg(not(loom))]
+/// Loads the config, opens the fault store, binds both listeners and starts the router: one accept
+/// thread per `downstream.workers` (each its own single-threaded runtime on a SO_REUSEPORT listener,
+/// with its own pool of node connections), plus the admin API and background duties on the caller's
+/// runtime.
 pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
     let config = source.load()?;
     let (listen, admin_listen) = (config.downstream.listen, config.admin.listen);
+    let workers = match config.downstream.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let max_connections = config.downstream.max_connections;
     let router = Router::new(config, source)?;
-    let downstream = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "downstream.listen",
-            addr: listen,
-            source,
-        })?;
+    let bind_err = |source| StartError::Bind {
+        what: "downstream.listen",
+        addr: listen,
+        source,
+    };
+    let first = bind_reuseport(listen).map_err(bind_err)?;
+    let downstream_addr = first.local_addr().map_err(bind_err)?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(bind_reuseport(downstream_addr).map_err(bind_err)?);
+    }
     let admin = tokio::net::TcpListener::bind(admin_listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -95,18 +126,46 @@ pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
             addr: admin_listen,
             source,
         })?;
-    let downstream_addr = downstream.local_addr().map_err(|source| StartError::Bind {
-        what: "downstream.listen",
-        addr: listen,
-        source,
-    })?;
     let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
         what: "admin.listen",
         addr: admin_listen,
         source,
     })?;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut worker_threads = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (router, slots, mut stop_rx) = (router.clone(), slots.clone(), stop_rx.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| StartError::Bind {
+                what: "downstream.workers",
+                addr: listen,
+                source,
+            })?;
+        let handle = std::thread::Builder::new()
+            .name(format!("lb-router-worker-{i}"))
+            .spawn(move || {
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "internal: worker cannot register its listener");
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        () = server::serve_downstream(router, listener, slots) => {}
+                        _ = stop_rx.wait_for(|stop| *stop) => {}
+                    }
+                });
+                // Dropping the runtime here closes this worker's client and node connections.
+            })
+            .map_err(|source| StartError::Bind { what: "downstream.workers", addr: listen, source })?;
+        worker_threads.push(handle);
+    }
     let tasks = vec![
-        tokio::spawn(server::serve_downstream(router.clone(), downstream)),
         tokio::spawn(admin::serve_admin(router.clone(), admin)),
         tokio::spawn(router.clone().run_background()),
     ];
@@ -115,5 +174,7 @@ pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
         downstream_addr,
         admin_addr,
         tasks,
+        stop,
+        workers: worker_threads,
     })
 }

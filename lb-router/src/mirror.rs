@@ -65,8 +65,7 @@ pub fn maybe_mirror(
     tokio::spawn(async move {
         let _permit = permit;
         let extra = [(X_MIRROR, HeaderValue::from_static("1"))];
-        let shadow = router
-            .upstream
+        let shadow = crate::upstream::local(&cfg.upstream)
             .forward(
                 &debug,
                 &req,

@@ -293,8 +293,7 @@ pub async fn attempt(
 ) -> Attempt {
     let result = {
         let _in_flight = node.start_request();
-        router
-            .upstream
+        crate::upstream::local(&cfg.upstream)
             .forward(
                 &node,
                 req,

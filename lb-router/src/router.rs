@@ -114,7 +114,11 @@ impl Router {
     /// cannot change on reload: such a reload is refused naming the key, and a restart is needed.
     fn check_reloadable(&self, new: &Config) -> Result<(), ConfigError> {
         let old = self.config();
-        let fixed: [(&str, bool); 9] = [
+        let fixed: [(&str, bool); 10] = [
+            (
+                "downstream.workers",
+                old.downstream.workers == new.downstream.workers,
+            ),
             (
                 "downstream.max_connections",
                 old.downstream.max_connections == new.downstream.max_connections,

@@ -104,8 +104,8 @@ impl AsyncWrite for SharedConn {
 const REQUEST_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 57\r\nx-janus-router-error: header_timeout\r\n\r\ndownstream: request head not received in time (retry ok)\n";
 
 /// Serves clients forever on `listener`.
-pub async fn serve_downstream(router: Arc<Router>, listener: TcpListener) {
-    let slots = Arc::new(Semaphore::new(router.config().downstream.max_connections));
+/// `slots` is shared by all workers: it caps open client connections router-wide.
+pub async fn serve_downstream(router: Arc<Router>, listener: TcpListener, slots: Arc<Semaphore>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,

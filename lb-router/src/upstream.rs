@@ -284,6 +284,20 @@ impl Upstream {
     }
 }
 
+thread_local! {
+    static LOCAL: std::cell::RefCell<Option<Upstream>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The calling thread's own upstream pool. Each downstream worker thread runs its own runtime, so its
+/// connections to nodes are driven on the same thread that uses them (no cross-thread wake-ups).
+pub fn local(cfg: &UpstreamConfig) -> Upstream {
+    LOCAL.with(|l| {
+        l.borrow_mut()
+            .get_or_insert_with(|| Upstream::new(cfg))
+            .clone()
+    })
+}
+
 /// The error and its sources, one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
