@@ -213,7 +213,7 @@ async fn oversized_body_is_413_declared_or_streamed() {
 async fn partial_head_gets_408_and_idle_connection_is_closed_silently() {
     let mut cfg = config("hello-408");
     cfg.header_timeout_ms = 200;
-    cfg.idle_timeout_ms = 300;
+    cfg.idle_timeout_ms = 1000;
     let node = start::<Hello>(cfg).await;
     let mut conn = Conn::connect(node.public_addr()).await;
     conn.send(b"GET / HTTP/1.1\r\nhost: t\r\n").await;
@@ -350,4 +350,35 @@ async fn upstream_that_never_answers_is_bounded_by_the_timeout() {
     );
     node.stop().await;
     holder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_increments_are_atomic_and_counted() {
+    let node = start::<Kv>(config("kv-concurrent")).await;
+    let addr = node.public_addr();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(addr).await;
+            for _ in 0..25 {
+                let r = conn.request("POST", "/counter/c/incr", &[], b"").await;
+                assert_eq!(r.status, 200, "{}", r.text());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    let r = get(addr, "/kv/counter%2Fc").await;
+    assert_eq!(r.text(), "200");
+    assert_eq!(r.header("x-janus-state-seq"), Some("200"));
+    assert_eq!(
+        common::metric(&node, "janus_store_ops_total{op=\"update\"}").await,
+        Some(200.0)
+    );
+    assert_eq!(
+        common::metric(&node, "janus_requests_total{status=\"200\"}").await,
+        Some(201.0)
+    );
+    node.stop().await;
 }
