@@ -382,3 +382,24 @@ async fn concurrent_increments_are_atomic_and_counted() {
     );
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_trickled_byte_by_byte_or_after_blank_lines_are_accepted() {
+    let node = start::<Hello>(config("hello-trickle")).await;
+    let mut conn = Conn::connect(node.public_addr()).await;
+    conn.stream.set_nodelay(true).expect("nodelay");
+    for b in b"GET /echo?msg=slow HTTP/1.1\r\nhost: t\r\n\r\n" {
+        conn.send(&[*b]).await;
+        tokio::task::yield_now().await;
+    }
+    let r = conn.read_response(false).await.expect("answer");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "slow");
+    // RFC 9112 2.2: a server should ignore empty lines before a request line.
+    conn.send(b"\r\nGET /echo?msg=blank HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await;
+    let r = conn.read_response(false).await.expect("answer");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "blank");
+    node.stop().await;
+}
