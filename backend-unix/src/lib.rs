@@ -35,7 +35,8 @@ pub use node::{Node, serve};
 /// The whole `main` of a node binary: `fn main() -> ExitCode { backend_unix::main::<MyService>() }`.
 ///
 /// Exit codes: 0 after a drain on SIGTERM/SIGINT (or `--print-manifest`), 2 for bad flags or config
-/// (the message names the problem), 1 when the service or the node cannot start.
+/// (the message names the problem), 1 when the service or the node cannot start, or when a second
+/// signal cut the drain short.
 pub fn main<S: Service>() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -108,6 +109,16 @@ async fn run_process<S: Service>(config: NodeConfig) -> ExitCode {
         _ = int.recv() => "SIGINT",
     };
     tracing::info!(signal = signal_name, "shutdown requested");
-    node.stop().await;
-    ExitCode::SUCCESS
+    node.shutdown();
+    // A second signal skips the rest of the drain (exit 1: requests may have been cut off).
+    tokio::select! {
+        _ = node.wait() => ExitCode::SUCCESS,
+        _ = term.recv() => forced("SIGTERM"),
+        _ = int.recv() => forced("SIGINT"),
+    }
+}
+
+fn forced(signal: &str) -> ExitCode {
+    tracing::warn!(signal, "second signal: exiting without finishing the drain");
+    ExitCode::from(1)
 }

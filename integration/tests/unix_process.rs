@@ -301,3 +301,25 @@ fn json_logs_follow_the_run_time_log_level() {
     assert_eq!(v["span"]["path"], "/after");
     assert_eq!(v["span"]["trace_id"].as_str().map(str::len), Some(32));
 }
+
+#[test]
+fn a_second_signal_cuts_the_drain_short_with_exit_1() {
+    let a = artifact("faulty", Flavor::Unix);
+    let mut node = Node::start(&a, NodeOpts::default()).expect("node starts");
+    let mut hung = TcpStream::connect(node.listen).expect("connect");
+    hung.write_all(b"GET /wait?key=never HTTP/1.1\r\nhost: t\r\n\r\n")
+        .expect("send");
+    poll("request in flight", || {
+        node.admin("GET", "/health", b"")
+            .ok()
+            .and_then(|r| r.json().ok())
+            .is_some_and(|h| h["in_flight"] == 1)
+    });
+    node.signal("TERM").expect("SIGTERM");
+    poll("draining", || TcpStream::connect(node.listen).is_err());
+    node.signal("INT").expect("SIGINT");
+    // The default drain bound is 10 s; the second signal must end the process before it, with 1.
+    let status = node.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert_eq!(status.code(), Some(1), "{}", node.output());
+    assert!(node.output().contains("second signal"), "{}", node.output());
+}
