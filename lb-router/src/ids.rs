@@ -102,9 +102,15 @@ impl TraceId {
 
     /// A fresh random trace id.
     pub fn generate() -> Self {
-        let (a, b) = (crate::rand::next_u64(), crate::rand::next_u64());
-        let id = format!("{a:016x}{b:016x}");
-        Self::parse(&id).unwrap_or_else(|| Self("00000000000000000000000000000001".to_owned()))
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = String::with_capacity(32);
+        for word in [crate::rand::next_u64(), crate::rand::next_u64() | 1] {
+            for shift in (0..16).rev() {
+                id.push(char::from(HEX[((word >> (shift * 4)) & 0xf) as usize]));
+            }
+        }
+        // The low bit of the second word is set: never all zero.
+        Self(id)
     }
 
     pub fn as_str(&self) -> &str {

@@ -20,6 +20,8 @@ pub struct Node {
     pub addr: UpstreamAddr,
     pub admin_addr: AdminAddr,
     pub admin_token: Option<String>,
+    /// `http://<addr>`, formatted once: the prefix of every upstream request URI.
+    pub base_uri: String,
     weight: AtomicU32,
     pub health: NodeHealth,
     pub requests: Counter,
@@ -36,6 +38,7 @@ impl Node {
             addr: cfg.addr,
             admin_addr: cfg.admin_addr,
             admin_token: cfg.admin_token.clone(),
+            base_uri: format!("http://{}", cfg.addr),
             weight: AtomicU32::new(cfg.weight),
             health: NodeHealth::new(),
             requests: Counter::new(),

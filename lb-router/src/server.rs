@@ -18,86 +18,61 @@ use tokio::sync::Semaphore;
 
 use crate::router::Router;
 
-/// A client connection shared between hyper and the router, so that the router can still answer
-/// `408` on the socket after hyper gives up on a request head that came too slowly.
-struct SharedConn {
-    stream: Arc<TcpStream>,
-    /// Bytes of a request head/body were read and no response was written since.
+/// A client connection that remembers whether a request is under way (bytes read since the last
+/// response bytes were written), so that the router can answer `408` (on a duplicate of the socket)
+/// when hyper gives up on a request head that came too slowly, and close idle keep-alive connections
+/// silently.
+struct TrackedConn {
+    stream: TcpStream,
     mid_request: Arc<AtomicBool>,
 }
 
-impl AsyncRead for SharedConn {
+impl AsyncRead for TrackedConn {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match self.stream.try_read(unfilled) {
-                Ok(n) => {
-                    if n > 0 {
-                        self.mid_request.store(true, Ordering::Relaxed);
-                    }
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            self.mid_request.store(true, Ordering::Relaxed);
         }
+        Poll::Ready(Ok(()))
     }
 }
 
-impl AsyncWrite for SharedConn {
+impl AsyncWrite for TrackedConn {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write(buf) {
-                Ok(n) => {
-                    self.mid_request.store(false, Ordering::Relaxed);
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        let n = ready!(Pin::new(&mut self.stream).poll_write(cx, buf))?;
+        self.mid_request.store(false, Ordering::Relaxed);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write_vectored(bufs) {
-                Ok(n) => {
-                    self.mid_request.store(false, Ordering::Relaxed);
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        let n = ready!(Pin::new(&mut self.stream).poll_write_vectored(cx, bufs))?;
+        self.mid_request.store(false, Ordering::Relaxed);
+        Poll::Ready(Ok(n))
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        self.stream.is_write_vectored()
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The socket closes when the last handle drops, right after the connection task ends.
-        Poll::Ready(Ok(()))
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -131,11 +106,18 @@ pub async fn serve_downstream(router: Arc<Router>, listener: TcpListener, slots:
 
 async fn serve_connection(router: Arc<Router>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    // A duplicate of the socket, kept to answer 408 after hyper has given the connection up.
+    let (stream, dup) = match stream.into_std().and_then(|s| Ok((s.try_clone()?, s))) {
+        Ok((dup, s)) => match TcpStream::from_std(s) {
+            Ok(s) => (s, Some(dup)),
+            Err(_) => return,
+        },
+        Err(_) => return,
+    };
     let cfg = router.config();
-    let stream = Arc::new(stream);
     let mid_request = Arc::new(AtomicBool::new(false));
-    let io = SharedConn {
-        stream: stream.clone(),
+    let io = TrackedConn {
+        stream,
         mid_request: mid_request.clone(),
     };
     let mut builder = http1::Builder::new();
@@ -157,9 +139,13 @@ async fn serve_connection(router: Arc<Router>, stream: TcpStream, peer: SocketAd
     });
     let result = builder.serve_connection(TokioIo::new(io), service).await;
     if let Err(e) = result {
-        if e.is_timeout() && mid_request.load(Ordering::Relaxed) {
+        if e.is_timeout()
+            && mid_request.load(Ordering::Relaxed)
+            && let Some(dup) = dup
+            && let Ok(dup) = TcpStream::from_std(dup)
+        {
             router.metrics.record_router_response(408);
-            let _ = write_all(&stream, REQUEST_TIMEOUT_RESPONSE).await;
+            let _ = write_all(&dup, REQUEST_TIMEOUT_RESPONSE).await;
         }
         tracing::debug!(error = %e, %peer, "downstream connection ended with an error");
     }

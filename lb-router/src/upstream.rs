@@ -174,7 +174,9 @@ impl Upstream {
         max_body: usize,
     ) -> Result<BufferedResponse, UpstreamError> {
         let node_name = node.id.to_string();
-        let uri = format!("http://{}{}", node.addr, req.path);
+        let mut uri = String::with_capacity(node.base_uri.len() + req.path.len());
+        uri.push_str(&node.base_uri);
+        uri.push_str(&req.path);
         let mut builder = Request::builder().method(req.method.clone()).uri(uri);
         if let Some(h) = builder.headers_mut() {
             for (name, value) in &req.headers {
