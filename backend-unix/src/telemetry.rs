@@ -137,7 +137,7 @@ pub fn install_panic_hook() {
     PANIC_HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let backtrace = Backtrace::force_capture();
+            let backtrace = trim_backtrace(&Backtrace::force_capture().to_string());
             let message = info
                 .payload_as_str()
                 .unwrap_or("(non-string panic payload)");
@@ -149,10 +149,98 @@ pub fn install_panic_hook() {
                 target: PANIC_TARGET,
                 panic_message = message,
                 panic_location = location.as_str(),
-                panic_backtrace = %backtrace,
+                panic_backtrace = backtrace.as_str(),
                 "service panicked"
             );
             previous(info);
         }));
     });
+}
+
+/// Most frames kept of a panic backtrace.
+pub const MAX_BACKTRACE_FRAMES: usize = 48;
+
+/// Drops the frames of the panic machinery (hook, `std::panicking`, `core::panicking`) so the trace
+/// starts at the code that panicked, and keeps at most [`MAX_BACKTRACE_FRAMES`] frames.
+pub fn trim_backtrace(text: &str) -> String {
+    let mut frames: Vec<Vec<&str>> = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let starts_frame = trimmed
+            .split_once(": ")
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        match frames.last_mut() {
+            Some(frame) if !starts_frame => frame.push(line),
+            _ => frames.push(vec![line]),
+        }
+    }
+    let machinery = |frame: &Vec<&str>| {
+        let head = frame.first().copied().unwrap_or("");
+        [
+            "std::panicking",
+            "core::panicking",
+            "rust_begin_unwind",
+            "__rust_end_short_backtrace",
+        ]
+        .iter()
+        .any(|m| head.contains(m))
+    };
+    // The machinery is one block near the top; `std::panicking` frames further down belong to
+    // `catch_unwind` in the runtime and stay.
+    let mut start = 0;
+    let mut seen = false;
+    for (i, frame) in frames.iter().enumerate().take(32) {
+        if machinery(frame) {
+            seen = true;
+            start = i + 1;
+        } else if seen {
+            break;
+        }
+    }
+    let kept = &frames[start..];
+    let mut out: Vec<&str> = kept
+        .iter()
+        .take(MAX_BACKTRACE_FRAMES)
+        .flatten()
+        .copied()
+        .collect();
+    let more = kept.len().saturating_sub(MAX_BACKTRACE_FRAMES);
+    let note = format!("      ... {more} more frames");
+    if more > 0 {
+        out.push(&note);
+    }
+    out.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backtrace_starts_at_the_panicking_code_and_is_bounded() {
+        let mut text = String::from(
+            "   0: {closure#0}\n             at src/telemetry.rs:1:1\n   1: std::panicking::panic_with_hook\n             at panicking.rs:1:1\n   2: core::panicking::panic_fmt\n   3: div\n             at samples/faulty/src/lib.rs:72:13\n",
+        );
+        for i in 4..100 {
+            let name = if i == 10 {
+                "std::panicking::catch_unwind".to_string()
+            } else {
+                format!("frame{i}")
+            };
+            text.push_str(&format!("  {i}: {name}\n             at x.rs:1:1\n"));
+        }
+        let t = trim_backtrace(&text);
+        assert!(t.starts_with("   3: div"), "{t}");
+        assert!(t.contains("samples/faulty/src/lib.rs:72:13"));
+        assert!(!t.contains("panic_fmt"));
+        assert!(
+            t.contains("catch_unwind"),
+            "frames below the first block stay"
+        );
+        assert!(t.contains("frame50"));
+        assert!(!t.contains("frame51:"));
+        assert!(t.ends_with("... 49 more frames"), "{t}");
+        // Without machinery frames nothing is dropped at the top.
+        assert_eq!(trim_backtrace("   0: main\n"), "   0: main");
+    }
 }

@@ -240,6 +240,12 @@ async fn panic_becomes_a_500_with_a_full_trace_and_the_node_keeps_serving() {
         .as_str()
         .expect("backtrace");
     assert!(bt.lines().count() > 3, "{bt}");
+    let first = bt.lines().next().unwrap_or("");
+    assert!(
+        !first.contains("panicking") && !first.contains("telemetry"),
+        "the backtrace starts at the panicking code: {bt}"
+    );
+    assert!(bt.contains("samples/faulty/src/lib.rs"), "{bt}");
     assert!(
         events
             .iter()
