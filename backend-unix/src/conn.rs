@@ -161,7 +161,7 @@ impl Phase {
 enum Framing {
     Length(u64),
     Chunked,
-    Unknown,
+    Invalid,
 }
 
 fn framing(headers: &[httparse::Header<'_>]) -> Framing {
@@ -177,8 +177,7 @@ fn framing(headers: &[httparse::Header<'_>]) -> Framing {
             match (parsed, length) {
                 (Some(n), None) => length = Some(n),
                 (Some(n), Some(m)) if n == m => {}
-                // Invalid or conflicting: hyper refuses it with its own 400.
-                _ => return Framing::Unknown,
+                _ => return Framing::Invalid,
             }
         }
     }
@@ -244,7 +243,11 @@ impl GuardedIo {
                                 Framing::Length(0) => Phase::head(),
                                 Framing::Length(len) => Phase::Body { remaining: len },
                                 Framing::Chunked => Phase::Chunked,
-                                Framing::Unknown => Phase::Off,
+                                Framing::Invalid => {
+                                    return Some(HeadFault::Malformed(
+                                        "invalid or conflicting content-length".to_string(),
+                                    ));
+                                }
                             };
                             self.shared.heads.fetch_add(1, Ordering::AcqRel);
                             rest = &rest[n.saturating_sub(before)..];

@@ -115,6 +115,19 @@ async fn malformed_head_is_400_with_node_headers() {
         .await;
     let r = conn.read_response(false).await.expect("an answer");
     assert_eq!(r.status, 400);
+
+    // Unusable or conflicting body lengths.
+    for head in [
+        "POST /json HTTP/1.1\r\ncontent-length: abc\r\n\r\n",
+        "POST /json HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+    ] {
+        let mut conn = Conn::connect(node.public_addr()).await;
+        conn.send(head.as_bytes()).await;
+        let r = conn.read_response(false).await.expect("an answer");
+        assert_eq!(r.status, 400, "{head:?}");
+        r.assert_node_headers("hello-400");
+        assert!(r.text().contains("content-length"), "{}", r.text());
+    }
     node.stop().await;
 }
 
