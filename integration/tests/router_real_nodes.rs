@@ -182,3 +182,118 @@ fn kv_mirrored_wrong_answer_is_a_divergence() {
     r.running.shutdown();
     drop(r.rt);
 }
+
+#[test]
+fn faulty_state_dependent_panic_post_is_replayed_only_with_idempotency_key_and_state_is_captured() {
+    let stable = node("faulty", stable_flavor(), "state-stable-1");
+    let debug = node("faulty", Flavor::Unix, "state-debug-1");
+    let r = start_router(
+        "state",
+        "[mix]\nstable_weight = 100\ndebug_weight = 0\n[health]\nconsecutive_failures = 50\n",
+        &[(&stable, "stable"), (&debug, "debug")],
+    );
+    let addr = r.running.downstream_addr;
+    // Seven increments are fine on the stable node.
+    for i in 0..7 {
+        let ok = client::request(addr, "POST", "/counter/c/incr", &[], b"").expect("post");
+        assert_eq!(ok.status, 200, "increment {i}: {}", ok.text());
+        assert_eq!(ok.header("x-janus-node"), Some("state-stable-1"));
+    }
+    // The 8th panics on the stable node. Without an Idempotency-Key it is not replayed.
+    let no_key = client::request(addr, "POST", "/counter/c/incr", &[], b"").expect("post");
+    assert!(no_key.status >= 500, "{}", no_key.text());
+    assert_eq!(no_key.header("x-janus-retried-from"), None);
+    let refusal = format!(
+        "{} {}",
+        no_key.header("x-janus-router-error").unwrap_or(""),
+        no_key.text()
+    );
+    assert!(
+        refusal.contains("not replayed") && refusal.contains("Idempotency-Key"),
+        "{refusal}"
+    );
+    // The stable counter is still 7 (the panic aborted the increment), so the 8th panics again; with an
+    // Idempotency-Key it is replayed on the debug node, whose counter is lower: the client gets a 200.
+    let keyed = client::request(
+        addr,
+        "POST",
+        "/counter/c/incr",
+        &[("idempotency-key", "k-8")],
+        b"",
+    )
+    .expect("post");
+    assert_eq!(keyed.status, 200, "{}", keyed.text());
+    assert_eq!(keyed.header("x-janus-node"), Some("state-debug-1"));
+    let id = keyed
+        .header("x-janus-fault-id")
+        .expect("fault id")
+        .to_owned();
+    let fault = poll(Duration::from_secs(15), || {
+        let f = admin(&r, &format!("/faults/{id}"));
+        (!f["stable_state"].is_null() || !f["stable_state_error"].is_null()).then_some(f)
+    });
+    assert_eq!(fault["method"], "POST");
+    assert!(
+        fault["stable_state_seq"].as_u64().is_some(),
+        "seq before the request is stored: {fault}"
+    );
+    assert!(
+        !fault["stable_state"].is_null(),
+        "snapshot fetched from the live stable node: {fault}"
+    );
+    r.running.shutdown();
+    drop(r.rt);
+}
+
+#[test]
+fn killed_stable_node_costs_no_get_and_is_ejected_then_readmitted() {
+    let mut s1 = node("faulty", stable_flavor(), "kill-stable-1");
+    let _s2 = node("faulty", stable_flavor(), "kill-stable-2");
+    let debug = node("faulty", Flavor::Unix, "kill-debug-1");
+    let r = start_router(
+        "kill",
+        "[mix]\nstable_weight = 100\ndebug_weight = 0\n[health]\ninterval_ms = 100\ntimeout_ms = 300\n\
+         consecutive_failures = 2\neject_base_ms = 300\neject_max_ms = 2000\n",
+        &[(&s1, "stable"), (&_s2, "stable"), (&debug, "debug")],
+    );
+    let addr = r.running.downstream_addr;
+    let (listen, admin_addr) = (s1.listen, s1.admin);
+    s1.signal("KILL").expect("kill stable-1");
+    let _ = s1.wait_exit(Duration::from_secs(10));
+    for i in 0..100 {
+        let resp = client::get(addr, "/div?a=6&b=3", &[]).expect("get");
+        assert_eq!(
+            resp.status,
+            200,
+            "GET {i} failed after a stable node died: {}",
+            resp.text()
+        );
+    }
+    let state_of = |id: &str| -> String {
+        let pools = admin(&r, "/pools");
+        pools["pools"]
+            .as_array()
+            .expect("pools")
+            .iter()
+            .flat_map(|p| p["nodes"].as_array().expect("nodes").iter())
+            .find(|n| n["id"] == id)
+            .and_then(|n| n["state"].as_str())
+            .expect("listed")
+            .to_owned()
+    };
+    assert_eq!(state_of("kill-stable-1"), "ejected");
+    let opts = NodeOpts {
+        listen: Some(listen),
+        admin: Some(admin_addr),
+        admin_token: Some(TOKEN.into()),
+        node_id: Some("kill-stable-1".into()),
+        ..NodeOpts::default()
+    };
+    let _s1 =
+        Node::start(&artifact("faulty", stable_flavor()), opts).expect("restart on the same ports");
+    poll(Duration::from_secs(15), || {
+        (state_of("kill-stable-1") == "healthy").then_some(())
+    });
+    r.running.shutdown();
+    drop(r.rt);
+}
