@@ -621,3 +621,112 @@ async fn client_limits_answer_400_408_413_431() {
         raw(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc".to_vec()).await;
     assert!(out.starts_with("HTTP/1.1 408"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_needs_the_token_and_changes_weights_drains_and_adds_nodes() {
+    let dir = temp_dir("admin");
+    let s1 = TestNode::start("s1", NodeBehaviour::stable()).await;
+    let s2 = TestNode::start("s2", NodeBehaviour::stable()).await;
+    let s3 = TestNode::start("s3", NodeBehaviour::stable()).await;
+    let cfg = format!(
+        "{}{}{}",
+        config_head(&dir, "[mix]\nstable_weight = 100\ndebug_weight = 0\n"),
+        s1.toml("stable", 1),
+        s2.toml("stable", 1)
+    );
+    let router = RouterProcess::start(&dir, &cfg).await;
+    let client = HttpClient::new();
+    let anon = client
+        .send(router.admin_addr, Method::GET, "/pools", &[], Bytes::new())
+        .await
+        .expect("admin");
+    assert_eq!(anon.status, 401);
+    let wrong = client
+        .send(
+            router.admin_addr,
+            Method::GET,
+            "/pools",
+            &[("authorization", "Bearer nope")],
+            Bytes::new(),
+        )
+        .await
+        .expect("admin");
+    assert_eq!(wrong.status, 401);
+    let nodes_hit = |n: usize| {
+        let client = client.clone();
+        let router = &router;
+        async move {
+            let mut seen = HashMap::new();
+            for _ in 0..n {
+                let r = client.get(router, "/hello", &[]).await;
+                *seen
+                    .entry(r.header("x-janus-node").expect("node").to_owned())
+                    .or_insert(0) += 1;
+            }
+            seen
+        }
+    };
+    // Drain s1: nothing new goes to it.
+    let r = client
+        .admin(&router, Method::POST, "/nodes/s1/drain", "")
+        .await
+        .expect("drain");
+    assert_eq!(r.status, 200);
+    let seen = nodes_hit(50).await;
+    assert_eq!(seen.get("s1"), None, "{seen:?}");
+    client
+        .admin(&router, Method::POST, "/nodes/s1/undrain", "")
+        .await
+        .expect("undrain");
+    // Weight 0 on s2: all traffic to s1.
+    let r = client
+        .admin(&router, Method::PUT, "/nodes/s2/weight", "{\"weight\":0}")
+        .await
+        .expect("weight");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = nodes_hit(50).await;
+    assert_eq!(seen.get("s1"), Some(&50), "{seen:?}");
+    let bad = client
+        .admin(&router, Method::PUT, "/nodes/s2/weight", "{\"weight\":-1}")
+        .await
+        .expect("weight");
+    assert_eq!(bad.status, 400);
+    // Add s3 at run time and take s1 out: traffic moves to s3.
+    let body = format!(
+        "{{\"id\":\"s3\",\"pool\":\"stable\",\"addr\":\"{}\",\"admin_addr\":\"{}\",\"weight\":1}}",
+        s3.addr, s3.admin_addr
+    );
+    let r = client
+        .admin(&router, Method::POST, "/nodes", &body)
+        .await
+        .expect("add");
+    assert_eq!(r.status, 201, "{}", r.body);
+    client
+        .admin(&router, Method::DELETE, "/nodes/s1", "")
+        .await
+        .expect("delete");
+    let seen = nodes_hit(30).await;
+    assert_eq!(seen.get("s3"), Some(&30), "{seen:?}");
+    let pools = client
+        .admin(&router, Method::GET, "/pools", "")
+        .await
+        .expect("pools")
+        .json();
+    let ids: Vec<_> = pools["pools"][0]["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["id"].clone())
+        .collect();
+    assert_eq!(ids, vec!["s2", "s3"]);
+    let metrics = client
+        .admin(&router, Method::GET, "/metrics", "")
+        .await
+        .expect("metrics")
+        .body;
+    assert!(
+        metrics.contains("janus_router_node_requests_total{node=\"s3\",pool=\"stable\"} 30"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("janus_router_request_duration_seconds_count{pool=\"stable\"}"));
+}
