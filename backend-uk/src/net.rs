@@ -14,7 +14,9 @@ use core::future::poll_fn;
 use core::net::{Ipv4Addr, SocketAddrV4};
 use core::task::{Poll, Waker};
 
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{
+    Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet,
+};
 use smoltcp::socket::{dhcpv4, tcp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
@@ -278,14 +280,34 @@ pub fn poll(now_ms: u64) -> bool {
         return false;
     };
     net.now_ms = now_ms;
+    let ts = Instant::from_millis(now_ms as i64);
+    net.iface.poll_maintenance(ts);
+    // Ingress one frame at a time, refilling the listening pools whenever a socket changed
+    // state, so a burst of SYNs larger than a pool's backlog is not answered with resets.
+    let mut changed = false;
+    loop {
+        let NetStack {
+            iface,
+            device,
+            sockets,
+            ..
+        } = net;
+        match iface.poll_ingress_single(ts, device, sockets) {
+            PollIngressSingleResult::None => break,
+            PollIngressSingleResult::PacketProcessed => {}
+            PollIngressSingleResult::SocketStateChanged => {
+                changed = true;
+                net.maintain_pools();
+            }
+        }
+    }
     let NetStack {
         iface,
         device,
         sockets,
         ..
     } = net;
-    let changed = iface.poll(Instant::from_millis(now_ms as i64), device, sockets)
-        != smoltcp::iface::PollResult::None;
+    changed |= iface.poll_egress(ts, device, sockets) != PollResult::None;
     net.poll_dhcp();
     net.maintain_pools();
     net.reap();

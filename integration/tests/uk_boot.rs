@@ -1,0 +1,325 @@
+//! Boot-and-serve tests of the unikernel build: images built with `janus build --flavor uk`,
+//! booted under real QEMU (microvm with KVM and with TCG, q35 with KVM), driven over real sockets
+//! through QEMU's user-networking port forwards. Readiness is polled; nothing sleeps a fixed time.
+//! Tests that need KVM say so and pass vacuously when /dev/kvm cannot be opened.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use janus::Flavor;
+use janus::NodeOpts;
+use janus::client::{self, Reply};
+use janus::flavor::uk::{Accel, EXIT_PANIC, Machine, kvm_available};
+use janus::node::{AccelArg, MachineArg};
+use janus_integration::{Node, artifact};
+
+fn opts(machine: Machine, accel: Accel) -> NodeOpts {
+    NodeOpts {
+        machine: MachineArg(machine),
+        accel: AccelArg(accel),
+        ..NodeOpts::default()
+    }
+}
+
+fn start(sample: &str, machine: Machine, accel: Accel) -> Node {
+    let a = artifact(sample, Flavor::Uk);
+    Node::start(&a, opts(machine, accel)).expect("the image boots and answers")
+}
+
+fn need_kvm(test: &str) -> bool {
+    if kvm_available() {
+        return true;
+    }
+    eprintln!("{test}: skipped, /dev/kvm cannot be opened");
+    false
+}
+
+fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Reply {
+    client::get(addr, target, headers).expect("request answered")
+}
+
+/// Checks what every service response of a uk node must carry.
+fn check_hello(node: &Node) {
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = get(node.listen, "/", &[("traceparent", tp)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().starts_with("Hello from Janus"), "{}", r.text());
+    assert_eq!(r.header("x-janus-flavor"), Some("uk"));
+    assert_eq!(r.header("x-janus-node"), Some(node.node_id.as_str()));
+    assert_eq!(
+        r.header("x-janus-trace-id"),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    assert_eq!(r.header("x-janus-state-seq"), None, "hello has no store");
+    let generated = get(node.listen, "/echo?msg=abc", &[]);
+    assert_eq!(generated.text(), "abc");
+    let id = generated.header("x-janus-trace-id").expect("trace id");
+    assert!(
+        id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{id}"
+    );
+    assert_eq!(get(node.listen, "/nope", &[]).status, 404);
+    let health = node.admin("GET", "/health", b"").expect("health");
+    let json = health.json().expect("json");
+    assert_eq!(json["flavor"], "uk");
+    assert_eq!(json["service"], "hello");
+    assert_eq!(json["node"], node.node_id.as_str());
+    assert!(json["seq"].is_null());
+}
+
+#[test]
+fn microvm_kvm_serves_hello() {
+    if !need_kvm("microvm_kvm_serves_hello") {
+        return;
+    }
+    let node = start("hello", Machine::Microvm, Accel::Kvm);
+    check_hello(&node);
+    assert!(
+        node.output().contains("(kvmclock)"),
+        "TSC rate from kvmclock under KVM:\n{}",
+        node.output()
+    );
+}
+
+#[test]
+fn microvm_tcg_serves_hello() {
+    let node = start("hello", Machine::Microvm, Accel::Tcg);
+    check_hello(&node);
+}
+
+#[test]
+fn q35_kvm_serves_hello_over_pci() {
+    if !need_kvm("q35_kvm_serves_hello_over_pci") {
+        return;
+    }
+    let node = start("hello", Machine::Q35, Accel::Kvm);
+    check_hello(&node);
+    assert!(
+        node.output().contains("virtio-net pci"),
+        "{}",
+        node.output()
+    );
+}
+
+#[test]
+fn admin_needs_the_token_and_console_is_served() {
+    let node = start("hello", Machine::Microvm, Accel::Auto);
+    let no_token = client::request(node.admin, "GET", "/health", &[], b"").expect("answered");
+    assert_eq!(no_token.status, 401);
+    let wrong = client::request(
+        node.admin,
+        "GET",
+        "/metrics",
+        &[("authorization", "Bearer wrong")],
+        b"",
+    )
+    .expect("answered");
+    assert_eq!(wrong.status, 401);
+    get(node.listen, "/", &[]);
+    let metrics = node.admin("GET", "/metrics", b"").expect("metrics").text();
+    assert!(
+        metrics.contains("janus_requests_total{status=\"200\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("janus_request_duration_seconds_bucket{le=\"+Inf\"}"));
+    assert!(metrics.contains("janus_panics_total 0"));
+    let console = node.admin("GET", "/console", b"").expect("console").text();
+    assert!(console.contains("listening on :80"), "{console}");
+}
+
+/// 64 client connections are open at once while one client has sent half a request and stalls:
+/// every complete request is answered (each connection is its own task), and the stalled one is
+/// answered once it completes its head (or gets the codec's 408 if that took longer than the 10 s
+/// head timeout). Each client sends right after connecting: QEMU's user networking accepts host
+/// connections slowly (its forwarding socket has a backlog of one), so opening 64 connections
+/// first and only then sending would leave the early ones idle past the head timeout.
+#[test]
+fn many_connections_and_a_stalled_client() {
+    if !need_kvm("many_connections_and_a_stalled_client") {
+        return;
+    }
+    let node = start("hello", Machine::Microvm, Accel::Kvm);
+    let mut stalled = TcpStream::connect(node.listen).expect("connect");
+    stalled
+        .write_all(b"GET /echo?msg=slow HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    let started = std::time::Instant::now();
+    let mut conns: Vec<TcpStream> = Vec::new();
+    for i in 0..64 {
+        let mut c = TcpStream::connect(node.listen).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        write!(c, "GET /echo?msg=c{i} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+        conns.push(c);
+    }
+    // All 64 connections are still open (keep-alive) while their answers are read.
+    for (i, c) in conns.iter_mut().enumerate() {
+        let reply = client::read_response(c, &mut Vec::new(), false).expect("response");
+        assert_eq!(
+            (reply.status, reply.text()),
+            (200, format!("c{i}")),
+            "connection {i}; console:\n{}",
+            node.output()
+        );
+    }
+    let waited = started.elapsed();
+    stalled.write_all(b"\r\n").expect("write");
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let reply = client::read_response(&mut stalled, &mut Vec::new(), false).expect("response");
+    if waited < Duration::from_secs(9) {
+        assert_eq!((reply.status, reply.text()), (200, "slow".to_string()));
+    } else {
+        assert!(
+            reply.status == 200 || reply.status == 408,
+            "{}",
+            reply.status
+        );
+    }
+    assert_eq!(get(node.listen, "/", &[]).status, 200);
+}
+
+/// Hostile input gets the codec's status codes, and the node keeps serving.
+#[test]
+fn bad_input_gets_clear_errors() {
+    let node = start("hello", Machine::Microvm, Accel::Auto);
+    let t = Duration::from_secs(10);
+    let garbage = client::send_raw(node.listen, b"\x00\x01garbage\r\n\r\n", t).expect("answered");
+    assert_eq!(garbage.status, 400);
+    let mut huge = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 16 * 1024));
+    huge.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(
+        client::send_raw(node.listen, &huge, t)
+            .expect("answered")
+            .status,
+        431
+    );
+    let too_long = b"POST /json HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n";
+    assert_eq!(
+        client::send_raw(node.listen, too_long, t)
+            .expect("answered")
+            .status,
+        413
+    );
+    assert_eq!(get(node.listen, "/", &[]).status, 200);
+    let metrics = node.admin("GET", "/metrics", b"").expect("metrics").text();
+    assert!(
+        metrics.contains("janus_requests_total{status=\"431\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// kv's state through the admin API: snapshots as of a sequence number, a corrupt snapshot is
+/// refused with the state unchanged, and a good one restores.
+#[test]
+fn state_snapshots_and_restore() {
+    let node = start("kv", Machine::Microvm, Accel::Auto);
+    for (k, v) in [("a", "1"), ("b", "2"), ("c", "3")] {
+        let r = client::request(node.listen, "PUT", &format!("/kv/{k}"), &[], v.as_bytes())
+            .expect("put");
+        assert!(r.status == 200 || r.status == 201, "{}", r.text());
+    }
+    let r = get(node.listen, "/kv/a", &[]);
+    assert_eq!(r.header("x-janus-state-seq"), Some("3"));
+    let now = node.admin("GET", "/state", b"").expect("state");
+    assert_eq!(now.status, 200);
+    assert_eq!(now.header("x-janus-state-seq"), Some("3"));
+    let at1 = node.admin("GET", "/state?seq=1", b"").expect("state at 1");
+    assert_eq!(at1.status, 200);
+    assert_ne!(at1.body, now.body);
+    assert_eq!(
+        node.admin("GET", "/state?seq=9", b"")
+            .expect("future")
+            .status,
+        400
+    );
+    let mut corrupt = now.body.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    assert_eq!(
+        node.admin("PUT", "/state", &corrupt).expect("put").status,
+        400
+    );
+    assert_eq!(
+        node.admin("PUT", "/state", &now.body[..now.body.len() / 2])
+            .expect("put")
+            .status,
+        400
+    );
+    assert_eq!(
+        get(node.listen, "/kv/c", &[]).status,
+        200,
+        "state unchanged"
+    );
+    assert_eq!(
+        node.admin("PUT", "/state", &at1.body)
+            .expect("restore")
+            .status,
+        204
+    );
+    assert_eq!(
+        get(node.listen, "/kv/c", &[]).status,
+        404,
+        "state as of seq 1"
+    );
+    assert_eq!(get(node.listen, "/kv/a", &[]).status, 200);
+}
+
+/// faulty's bug 2 on a uk node: the VM prints the panic report with the in-flight trace id and
+/// the state as of the request's start, then exits with the documented status. The dump restores
+/// into a fresh node, which reproduces the fault.
+#[test]
+fn panic_reports_and_exits_with_state_dump() {
+    let mut node = start("faulty", Machine::Microvm, Accel::Auto);
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    for i in 1..=7 {
+        let r =
+            client::request(node.listen, "POST", "/counter/visits/incr", &[], b"").expect("incr");
+        assert_eq!(r.status, 200, "increment {i}: {}", r.text());
+    }
+    let fatal = client::request(
+        node.listen,
+        "POST",
+        "/counter/visits/incr",
+        &[("x-janus-trace-id", trace)],
+        b"",
+    );
+    assert!(fatal.is_err(), "the VM stops instead of answering");
+    let status = node.wait_exit(Duration::from_secs(30)).expect("VM exits");
+    assert_eq!(status.code(), Some(EXIT_PANIC), "{}", node.output());
+    let out = node.output();
+    assert!(out.contains("JANUS-PANIC panicked at"), "{out}");
+    assert!(out.contains("index out of bounds"), "{out}");
+    assert!(
+        out.contains(&format!("JANUS-PANIC trace_id={trace}")),
+        "{out}"
+    );
+    let state_line = out
+        .lines()
+        .find(|l| l.starts_with("JANUS-STATE "))
+        .expect("state dump");
+    let (seq, snapshot) = janus::supervisor::parse_state_line(state_line).expect("parsable dump");
+    assert_eq!(seq, 7, "state as of the start of the faulting request");
+
+    // A fresh node restored from the dump hits the same fault on the same request.
+    let mut fresh = start("faulty", Machine::Microvm, Accel::Auto);
+    assert_eq!(
+        fresh
+            .admin("PUT", "/state", &snapshot)
+            .expect("restore")
+            .status,
+        204
+    );
+    let r = get(fresh.listen, "/kv/counter/visits", &[]);
+    assert_eq!(r.header("x-janus-state-seq"), Some("7"));
+    let again = client::request(fresh.listen, "POST", "/counter/visits/incr", &[], b"");
+    assert!(again.is_err());
+    let status = fresh.wait_exit(Duration::from_secs(30)).expect("VM exits");
+    assert_eq!(status.code(), Some(EXIT_PANIC));
+}
