@@ -515,11 +515,14 @@ pub fn respond(
         resp.status.as_u16(),
         started.elapsed().as_micros() as u64,
     );
+    // An empty buffered body with a content-length is a HEAD (or 304) answer: keep the node's length.
+    // Otherwise the length is the buffered body's, set by hyper.
+    let keep_length = resp.body.is_empty();
     let mut out = Response::new(Full::new(resp.body));
     *out.status_mut() = resp.status;
     let h = out.headers_mut();
     for (name, value) in &resp.headers {
-        if !HOP_BY_HOP.contains(&name.as_str()) && name != header::CONTENT_LENGTH {
+        if !HOP_BY_HOP.contains(&name.as_str()) && (keep_length || name != header::CONTENT_LENGTH) {
             h.append(name.clone(), value.clone());
         }
     }

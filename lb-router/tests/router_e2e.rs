@@ -582,6 +582,19 @@ async fn client_limits_answer_400_408_413_431() {
     );
     let router = RouterProcess::start(&dir, &cfg).await;
     let client = HttpClient::new();
+    // HEAD keeps the length of the GET answer.
+    let get = client.get(&router, "/hello", &[]).await;
+    let head = client
+        .send(router.addr, Method::HEAD, "/hello", &[], Bytes::new())
+        .await
+        .expect("head");
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-length"),
+        Some(get.body.len().to_string().as_str()),
+        "{head:?}"
+    );
     // 413: body over the limit.
     let r = client
         .send(router.addr, Method::POST, "/echo", &[], vec![b'x'; 5000])
