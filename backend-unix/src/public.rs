@@ -160,7 +160,7 @@ pub async fn handle<S: Service>(
         latency_ms = tracing::field::Empty,
     );
 
-    let (response, close) = match bad_header {
+    let (response, close, fault) = match bad_header {
         Some(name) => (
             backend_error(
                 400,
@@ -168,9 +168,10 @@ pub async fn handle<S: Service>(
                 trace_id,
             ),
             true,
+            None,
         ),
         None => match read_body(&ctx, &parts.headers, body).await {
-            Err((status, reason)) => (backend_error(status, &reason, trace_id), true),
+            Err((status, reason)) => (backend_error(status, &reason, trace_id), true, None),
             Ok(body) => {
                 let request = Request {
                     method: Method::parse(parts.method.as_str()),
@@ -180,7 +181,8 @@ pub async fn handle<S: Service>(
                     body,
                     trace_id,
                 };
-                (run_service(&ctx, request, &span).await, false)
+                let (response, fault) = run_service(&ctx, request, &span).await;
+                (response, false, fault)
             }
         },
     };
@@ -200,7 +202,14 @@ pub async fn handle<S: Service>(
     if close {
         conn.body_left_unread();
     }
-    let out = to_hyper(response, &ctx.node_id, trace_id, seq, close);
+    let node_headers = NodeHeaders {
+        node_id: &ctx.node_id,
+        trace_id,
+        seq,
+        fault,
+        close,
+    };
+    let out = to_hyper(response, &node_headers);
     drop(span);
     conn.request_finished();
     Ok(out)
@@ -237,12 +246,13 @@ async fn read_body<S>(
     }
 }
 
-/// Runs the service in its own task under the request span; a panic becomes a 500.
+/// Runs the service in its own task under the request span; a panic becomes a 500 marked with the
+/// fault kind (returned separately: only the backend sets `x-janus-fault`).
 async fn run_service<S: Service>(
     ctx: &Arc<PublicCtx<S>>,
     request: Request,
     span: &tracing::Span,
-) -> Response {
+) -> (Response, Option<&'static str>) {
     let trace_id = request.trace_id;
     let service = Arc::clone(&ctx.service);
     let task = tokio::spawn(
@@ -251,7 +261,7 @@ async fn run_service<S: Service>(
             .with_subscriber(ctx.dispatch.clone()),
     );
     match AbortOnDrop(task).await {
-        Ok(response) => response,
+        Ok(response) => (response, None),
         Err(e) if e.is_panic() => {
             ctx.metrics.panic();
             let payload = e.into_panic();
@@ -265,11 +275,15 @@ async fn run_service<S: Service>(
                 "error": format!("service panicked: {message}"),
                 "trace_id": trace_id.to_hex(),
             });
-            Response::json(StatusCode::INTERNAL_SERVER_ERROR, &body)
-                .with_header(FAULT_HEADER, "panic")
+            (
+                Response::json(StatusCode::INTERNAL_SERVER_ERROR, &body),
+                Some("panic"),
+            )
         }
-        Err(e) => backend_error(500, &format!("handler task failed: {e}"), trace_id)
-            .with_header(FAULT_HEADER, "cancelled"),
+        Err(e) => (
+            backend_error(500, &format!("handler task failed: {e}"), trace_id),
+            Some("cancelled"),
+        ),
     }
 }
 
@@ -282,14 +296,18 @@ pub fn backend_error(status: u16, reason: &str, trace_id: TraceId) -> Response {
     )
 }
 
-/// Converts a service response, adding the node headers (and `connection: close` when asked).
-fn to_hyper(
-    response: Response,
-    node_id: &str,
+/// The headers the backend owns on a public answer.
+struct NodeHeaders<'a> {
+    node_id: &'a str,
     trace_id: TraceId,
     seq: Option<u64>,
+    fault: Option<&'static str>,
     close: bool,
-) -> hyper::Response<Full<Bytes>> {
+}
+
+/// Converts a service response: drops the headers the backend owns (framing, `x-janus-*`) and adds
+/// the node headers.
+fn to_hyper(response: Response, own: &NodeHeaders<'_>) -> hyper::Response<Full<Bytes>> {
     let mut out = hyper::Response::new(Full::new(Bytes::from(response.body)));
     *out.status_mut() = http::StatusCode::from_u16(response.status.as_u16())
         .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
@@ -298,7 +316,7 @@ fn to_hyper(
         if matches!(
             name,
             "content-length" | "transfer-encoding" | "connection" | "keep-alive" | "upgrade"
-        ) || name.starts_with("x-janus-") && name != FAULT_HEADER
+        ) || name.starts_with("x-janus-")
         {
             continue;
         }
@@ -313,16 +331,19 @@ fn to_hyper(
         }
     }
     headers.insert(FLAVOR_HEADER, HeaderValue::from_static(FLAVOR));
-    if let Ok(v) = HeaderValue::from_str(node_id) {
+    if let Ok(v) = HeaderValue::from_str(own.node_id) {
         headers.insert(NODE_HEADER, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&trace_id.to_hex()) {
+    if let Ok(v) = HeaderValue::from_str(&own.trace_id.to_hex()) {
         headers.insert(TRACE_HEADER, v);
     }
-    if let Some(seq) = seq {
+    if let Some(seq) = own.seq {
         headers.insert(SEQ_HEADER, HeaderValue::from(seq));
     }
-    if close {
+    if let Some(fault) = own.fault {
+        headers.insert(FAULT_HEADER, HeaderValue::from_static(fault));
+    }
+    if own.close {
         headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     out

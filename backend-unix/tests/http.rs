@@ -416,3 +416,48 @@ async fn heads_trickled_byte_by_byte_or_after_blank_lines_are_accepted() {
     assert_eq!(r.text(), "blank");
     node.stop().await;
 }
+
+/// A test service that tries to set the headers the backend owns, and panics with a formatted message.
+struct Spoof;
+
+impl runtime_abi::Service for Spoof {
+    const MANIFEST: runtime_abi::Manifest = runtime_abi::Manifest {
+        name: "spoof",
+        version: "0.0.0",
+        listener: runtime_abi::Listener::HTTP,
+        upstreams: &[],
+        store: None,
+        config: &[],
+    };
+
+    fn new(_caps: runtime_abi::Capabilities) -> Result<Self, runtime_abi::InitError> {
+        Ok(Spoof)
+    }
+
+    async fn handle(&self, req: runtime_abi::Request) -> runtime_abi::Response {
+        if req.path == "/panic" {
+            panic!("formatted {}", 42);
+        }
+        runtime_abi::Response::text(runtime_abi::StatusCode::OK, "hi")
+            .with_header("x-janus-fault", "panic")
+            .with_header("x-janus-node", "someone-else")
+            .with_header("content-length", "999")
+            .with_header("x-custom", "kept")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_cannot_set_backend_headers_and_formatted_panics_are_reported() {
+    let node = start::<Spoof>(config("spoof-node")).await;
+    let r = get(node.public_addr(), "/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hi");
+    r.assert_node_headers("spoof-node");
+    assert_eq!(r.header("x-janus-fault"), None);
+    assert_eq!(r.header("x-custom"), Some("kept"));
+    let p = get(node.public_addr(), "/panic").await;
+    assert_eq!(p.status, 500);
+    assert_eq!(p.header("x-janus-fault"), Some("panic"));
+    assert!(p.text().contains("formatted 42"), "{}", p.text());
+    node.stop().await;
+}
