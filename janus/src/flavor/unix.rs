@@ -54,7 +54,7 @@ debug = "line-tables-only"
     let built = target.join("release").join(&bin_name);
     let dest = out_dir.join(&bin_name);
     // Copy to a temporary name and rename, so a running node's binary is never overwritten in place.
-    let tmp = out_dir.join(format!(".{bin_name}.tmp"));
+    let tmp = out_dir.join(format!(".{bin_name}.{}.tmp", std::process::id()));
     std::fs::copy(&built, &tmp).with_context(|| format!("cannot copy {}", built.display()))?;
     std::fs::rename(&tmp, &dest).with_context(|| format!("cannot move to {}", dest.display()))?;
     Ok(dest)
