@@ -218,27 +218,30 @@ fn replayable(headers: &[(String, String)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Renders a flight-recorder trace (JSON) for a terminal: spans as a tree with their events, and the
-/// panic (message, location, backtrace) when there is one.
+/// Renders a flight-recorder trace (JSON) for a terminal: the panic (message, location, the first
+/// frames of the backtrace) when there is one, then the spans and the events.
 pub fn render_trace(text: &str) -> String {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
         return format!("  {}\n", cut(text, 2000));
     };
     let mut s = String::new();
-    if let Some(panic) = find_key(&v, "panic") {
-        let field = |k: &str| {
-            panic
-                .get(k)
-                .and_then(|x| x.as_str())
-                .unwrap_or("-")
-                .to_string()
-        };
-        let _ = writeln!(s, "  PANIC: {}", field("message"));
-        let _ = writeln!(s, "  at {}", field("location"));
-        if let Some(bt) = panic.get("backtrace").and_then(|b| b.as_str()) {
-            let _ = writeln!(s, "  backtrace:");
-            for line in bt.lines().filter(|l| !l.trim().is_empty()).take(40) {
-                let _ = writeln!(s, "    {line}");
+    let events: Vec<&serde_json::Value> = v
+        .get("events")
+        .and_then(|x| x.as_array())
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    if let Some(panic) = events
+        .iter()
+        .map(|e| &e["fields"])
+        .find(|f| f.get("panic_message").is_some())
+    {
+        let field = |k: &str| panic.get(k).and_then(|x| x.as_str()).unwrap_or("-");
+        let _ = writeln!(s, "  PANIC: {}", field("panic_message"));
+        let _ = writeln!(s, "    at {}", field("panic_location"));
+        if let Some(bt) = panic.get("panic_backtrace").and_then(|b| b.as_str()) {
+            let _ = writeln!(s, "  backtrace (innermost first):");
+            for line in bt.lines().filter(|l| !l.trim().is_empty()).take(12) {
+                let _ = writeln!(s, "    {}", cut(line.trim_end(), 150));
             }
         }
     }
@@ -250,27 +253,23 @@ pub fn render_trace(text: &str) -> String {
                 .get("fields")
                 .map(|f| f.to_string())
                 .unwrap_or_default();
-            let depth = span.get("depth").and_then(|d| d.as_u64()).unwrap_or(0) as usize;
-            let _ = writeln!(s, "    {}{name} {}", "  ".repeat(depth), cut(&fields, 160));
-            for ev in span
-                .get("events")
-                .and_then(|e| e.as_array())
-                .into_iter()
-                .flatten()
-            {
-                let _ = writeln!(
-                    s,
-                    "    {}  · {}",
-                    "  ".repeat(depth),
-                    cut(&ev.to_string(), 160)
-                );
-            }
+            let _ = writeln!(s, "    {name} {}", cut(&fields, 160));
         }
     }
-    if let Some(events) = v.get("events").and_then(|x| x.as_array()) {
+    if !events.is_empty() {
         let _ = writeln!(s, "  events:");
         for ev in events.iter().take(50) {
-            let _ = writeln!(s, "    · {}", cut(&ev.to_string(), 200));
+            let mut fields = ev["fields"].clone();
+            if let Some(m) = fields.as_object_mut() {
+                m.remove("panic_backtrace");
+            }
+            let _ = writeln!(
+                s,
+                "    {} {} {}",
+                ev["level"].as_str().unwrap_or(""),
+                ev["message"].as_str().unwrap_or(""),
+                cut(&fields.to_string(), 160)
+            );
         }
     }
     if s.is_empty() {
@@ -280,17 +279,6 @@ pub fn render_trace(text: &str) -> String {
         }
     }
     s
-}
-
-fn find_key<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
-    match v {
-        serde_json::Value::Object(m) => m
-            .get(key)
-            .filter(|x| x.is_object())
-            .or_else(|| m.values().find_map(|x| find_key(x, key))),
-        serde_json::Value::Array(a) => a.iter().find_map(|x| find_key(x, key)),
-        _ => None,
-    }
 }
 
 /// How a node failed (or not), coarse enough to compare a unikernel with a process.
