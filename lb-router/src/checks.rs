@@ -31,6 +31,10 @@ pub async fn probe(router: &Router, node: &Node) -> Result<(), String> {
             node.id
         ));
     }
+    // The node's current store seq: the best "last seen" value if the node dies before its next answer.
+    if let Some(seq) = v.get("seq").and_then(serde_json::Value::as_u64) {
+        node.observe_seq(seq);
+    }
     Ok(())
 }
 
