@@ -64,7 +64,7 @@ impl Driver {
             self.router,
             method,
             path,
-            &[("idempotency-key", &key), ("x-user-id", "demo")],
+            &[("idempotency-key", &key)],
             body,
         )
     }
