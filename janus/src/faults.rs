@@ -240,20 +240,34 @@ pub fn render_trace(text: &str) -> String {
         let _ = writeln!(s, "    at {}", field("panic_location"));
         if let Some(bt) = panic.get("panic_backtrace").and_then(|b| b.as_str()) {
             let _ = writeln!(s, "  backtrace (innermost first):");
-            for line in bt.lines().filter(|l| !l.trim().is_empty()).take(12) {
+            for line in bt.lines().filter(|l| !l.trim().is_empty()).take(8) {
                 let _ = writeln!(s, "    {}", cut(line.trim_end(), 150));
             }
         }
     }
     if let Some(spans) = v.get("spans").and_then(|x| x.as_array()) {
         let _ = writeln!(s, "  spans:");
+        // Consecutive identical spans (a polling loop) print once with a count.
+        let mut runs: Vec<(String, usize)> = Vec::new();
         for span in spans {
             let name = span.get("name").and_then(|x| x.as_str()).unwrap_or("?");
             let fields = span
                 .get("fields")
                 .map(|f| f.to_string())
                 .unwrap_or_default();
-            let _ = writeln!(s, "    {name} {}", cut(&fields, 160));
+            let line = format!("{name} {}", cut(&fields, 160));
+            match runs.last_mut() {
+                Some((last, n)) if *last == line => *n += 1,
+                _ => runs.push((line, 1)),
+            }
+        }
+        for (line, n) in runs.iter().take(40) {
+            let times = if *n > 1 {
+                format!("  (x{n})")
+            } else {
+                String::new()
+            };
+            let _ = writeln!(s, "    {line}{times}");
         }
     }
     if !events.is_empty() {
