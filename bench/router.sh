@@ -3,15 +3,17 @@
 # and directly against the backend; prints req/s, p50, p99 for each and the ratios
 # lb-router/nginx and lb-router/HAProxy. Everything on 127.0.0.1, in one go.
 #
-#   bench/router.sh                      # defaults: 10 s per target, 64 connections, 2 wrk threads
-#   DURATION=20 CONNECTIONS=128 bench/router.sh
+#   bench/router.sh                      # defaults: 3 rounds x 5 s per target, 64 connections, 2 wrk threads
+#   DURATION=10 ROUNDS=5 CONNECTIONS=128 bench/router.sh
 #   BACKEND=hello bench/router.sh        # backend = a real Janus unix node of samples/hello (janus build)
 #
 # The backend is by default a static nginx server (answers 200 "hello"); every proxy gets 2 worker
-# threads (this machine has 2 cores, shared with wrk and the backend: compare ratios, not absolutes).
+# threads (this machine has 2 cores, shared with wrk, the backend and other work: compare ratios, not
+# absolutes). Targets run in rotating order for ROUNDS rounds; each figure is the median over rounds.
 set -euo pipefail
 
-DURATION="${DURATION:-10}"
+DURATION="${DURATION:-5}"
+ROUNDS="${ROUNDS:-3}"
 CONNECTIONS="${CONNECTIONS:-64}"
 THREADS="${THREADS:-2}"
 WORKERS="${WORKERS:-2}"
@@ -159,22 +161,34 @@ n=float(m.group(1)); u=m.group(2)
 print("%.3f" % (n/1000 if u=="us" else n if u=="ms" else n*1000 if u=="s" else n*60000))' "$1"
 }
 declare -A RPS P50 P99
-run() { # name url
+run() { # name url -> appends "rps p50 p99" to $WORK/runs-<name>
   local out
-  # Warm-up (fills connection pools), then the measured run.
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$2" >/dev/null 2>&1 || true
   out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$2")"
-  echo "$out" >"$WORK/wrk-$1.txt"
+  echo "$out" >>"$WORK/wrk-$1.txt"
   if echo "$out" | grep -q "Non-2xx"; then echo "bench: $1 answered non-2xx:" >&2; echo "$out" >&2; exit 1; fi
-  RPS[$1]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  P50[$1]=$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")
-  P99[$1]=$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")
+  echo "$(echo "$out" | awk '/Requests\/sec/ {print $2}') $(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')") $(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")" >>"$WORK/runs-$1"
 }
-echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, backend=$BACKEND, proxy workers=$WORKERS" >&2
-run direct   "http://127.0.0.1:$BACK_PORT$BACK_PATH"
-run lbrouter "http://127.0.0.1:$ROUTER_PORT$BACK_PATH"
-run nginx    "http://127.0.0.1:$NGINX_PORT$BACK_PATH"
-run haproxy  "http://127.0.0.1:$HAPROXY_PORT$BACK_PATH"
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s x $ROUNDS rounds, backend=$BACKEND, proxy workers=$WORKERS" >&2
+declare -A URL=(
+  [direct]="http://127.0.0.1:$BACK_PORT$BACK_PATH"
+  [lbrouter]="http://127.0.0.1:$ROUTER_PORT$BACK_PATH"
+  [nginx]="http://127.0.0.1:$NGINX_PORT$BACK_PATH"
+  [haproxy]="http://127.0.0.1:$HAPROXY_PORT$BACK_PATH"
+)
+TARGETS=(direct lbrouter nginx haproxy)
+for t in "${TARGETS[@]}"; do wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "${URL[$t]}" >/dev/null 2>&1 || true; done  # warm-up
+for r in $(seq 0 $((ROUNDS - 1))); do
+  for i in 0 1 2 3; do
+    t=${TARGETS[$(((i + r) % 4))]}
+    run "$t" "${URL[$t]}"
+  done
+done
+for t in "${TARGETS[@]}"; do
+  RPS[$t]=$(awk '{print $1}' "$WORK/runs-$t" | median)
+  P50[$t]=$(awk '{print $2}' "$WORK/runs-$t" | median)
+  P99[$t]=$(awk '{print $3}' "$WORK/runs-$t" | median)
+done
 
 printf '\n%-10s %12s %10s %10s\n' target "req/s" "p50 ms" "p99 ms"
 for t in direct lbrouter nginx haproxy; do
