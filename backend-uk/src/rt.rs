@@ -202,6 +202,7 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
     };
     let location = nic.location.clone();
     let irq = nic.irq;
+    let level_triggered = nic.level_triggered;
     let device = match crate::drivers::virtio::NetDevice::new(nic.transport) {
         Ok(d) => d,
         Err(e) => fatal(
@@ -216,6 +217,9 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
         clock::monotonic_ns() / 1_000_000,
     );
     if let Some(irq) = irq {
+        if level_triggered {
+            crate::arch::cpu::set_irq_level_triggered(irq);
+        }
         net::enable_interrupts();
         pic::unmask(irq);
     }
@@ -250,13 +254,16 @@ pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) ->
 
     *TIMERS.lock() = Some(executor.timers());
     let now_ms = || crate::clock::monotonic_ns() / 1_000_000;
+    let mut armed_until = 0u64;
     loop {
         let irqs = crate::arch::cpu::take_pending_irqs();
         if let Some(irq) = nic_irq
             && irqs & (1 << irq) != 0
         {
             net::ack_interrupt();
-            pic::unmask(irq);
+            if crate::arch::cpu::irq_is_level(irq) {
+                pic::unmask(irq);
+            }
         }
         let now = now_ms();
         net::poll(now);
@@ -278,7 +285,13 @@ pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) ->
         if wait_ms == 0 || executor.has_ready() || net::rx_pending() {
             continue;
         }
-        pit::oneshot_us(wait_ms * 1000);
+        // Re-arm the PIT only when the armed one-shot is past or too late (3 port writes, each a
+        // VM exit).
+        let wake_at = now + wait_ms;
+        if armed_until <= now || armed_until > wake_at {
+            pit::oneshot_us(wait_ms * 1000);
+            armed_until = wake_at;
+        }
         crate::arch::cpu::halt_until_interrupt();
     }
 }

@@ -1,5 +1,6 @@
-//! The legacy 8259 PIC pair, remapped to vectors 32..48. The CPL0 stubs mask a line when it
-//! fires (so level-triggered lines cannot storm) and send EOI; [`unmask`] re-arms it.
+//! The legacy 8259 PIC pair, remapped to vectors 32..48, in auto-EOI mode (the CPL0 stubs write
+//! no EOI: every port access is a costly VM exit on nested KVM). Level-triggered lines are masked
+//! by their stub when they fire and re-armed with [`unmask`] once the device is acknowledged.
 
 use crate::arch::port::{inb, outb};
 
@@ -18,8 +19,8 @@ pub fn init() {
         outb(SLAVE_DATA, 40);
         outb(MASTER_DATA, 4);
         outb(SLAVE_DATA, 2);
-        outb(MASTER_DATA, 0x01);
-        outb(SLAVE_DATA, 0x01);
+        outb(MASTER_DATA, 0x03);
+        outb(SLAVE_DATA, 0x03);
         outb(MASTER_DATA, 0xfb);
         outb(SLAVE_DATA, 0xff);
     }

@@ -110,6 +110,8 @@ pub struct FoundNic {
     pub transport: SomeTransport<'static>,
     /// Its legacy PIC interrupt line, when known.
     pub irq: Option<u8>,
+    /// Whether the line is level-triggered (PCI INTx) rather than edge (microvm virtio-mmio).
+    pub level_triggered: bool,
     /// Where it was found (for the boot log).
     pub location: String,
 }
@@ -146,6 +148,7 @@ fn probe_mmio(announced: &[MmioDevice]) -> Option<FoundNic> {
         return Some(FoundNic {
             transport: transport.into(),
             irq,
+            level_triggered: false,
             location: alloc::format!("virtio-mmio@{addr:#x}"),
         });
     }
@@ -171,6 +174,7 @@ fn probe_pci() -> Option<FoundNic> {
                     return Some(FoundNic {
                         transport: t.into(),
                         irq: (irq < 16).then_some(irq),
+                        level_triggered: true,
                         location: alloc::format!("pci {df}"),
                     });
                 }

@@ -325,166 +325,170 @@ janus_exc_31:
     pushq $0
     pushq $31
     jmp janus_exc_common
+/* IRQ stubs: the PICs run in auto-EOI mode (no EOI write); a level-triggered line is masked
+ * until the driver has acknowledged its device (see cpu::set_irq_level_triggered). */
 janus_irq_0:
     push %rax
     lock orq $1, janus_irq_pending
-    movb $0x20, %al
-    outb %al, $0x20
     pop %rax
     iretq
 janus_irq_1:
     push %rax
     lock orq $2, janus_irq_pending
+    testq $2, janus_irq_level
+    jz 1f
     inb $0x21, %al
     orb $2, %al
     outb %al, $0x21
-    movb $0x20, %al
-    outb %al, $0x20
+1:
     pop %rax
     iretq
 janus_irq_2:
     push %rax
     lock orq $4, janus_irq_pending
-    movb $0x20, %al
-    outb %al, $0x20
     pop %rax
     iretq
 janus_irq_3:
     push %rax
     lock orq $8, janus_irq_pending
+    testq $8, janus_irq_level
+    jz 1f
     inb $0x21, %al
     orb $8, %al
     outb %al, $0x21
-    movb $0x20, %al
-    outb %al, $0x20
+1:
     pop %rax
     iretq
 janus_irq_4:
     push %rax
     lock orq $16, janus_irq_pending
+    testq $16, janus_irq_level
+    jz 1f
     inb $0x21, %al
     orb $16, %al
     outb %al, $0x21
-    movb $0x20, %al
-    outb %al, $0x20
+1:
     pop %rax
     iretq
 janus_irq_5:
     push %rax
     lock orq $32, janus_irq_pending
+    testq $32, janus_irq_level
+    jz 1f
     inb $0x21, %al
     orb $32, %al
     outb %al, $0x21
-    movb $0x20, %al
-    outb %al, $0x20
+1:
     pop %rax
     iretq
 janus_irq_6:
     push %rax
     lock orq $64, janus_irq_pending
+    testq $64, janus_irq_level
+    jz 1f
     inb $0x21, %al
     orb $64, %al
     outb %al, $0x21
-    movb $0x20, %al
-    outb %al, $0x20
+1:
     pop %rax
     iretq
 janus_irq_7:
     push %rax
     lock orq $128, janus_irq_pending
+    testq $128, janus_irq_level
+    jz 1f
     inb $0x21, %al
     orb $128, %al
     outb %al, $0x21
-    movb $0x20, %al
-    outb %al, $0x20
+1:
     pop %rax
     iretq
 janus_irq_8:
     push %rax
     lock orq $256, janus_irq_pending
+    testq $256, janus_irq_level
+    jz 1f
     inb $0xa1, %al
     orb $1, %al
     outb %al, $0xa1
-    movb $0x20, %al
-    outb %al, $0xa0
-    outb %al, $0x20
+1:
     pop %rax
     iretq
 janus_irq_9:
     push %rax
     lock orq $512, janus_irq_pending
+    testq $512, janus_irq_level
+    jz 1f
     inb $0xa1, %al
     orb $2, %al
     outb %al, $0xa1
-    movb $0x20, %al
-    outb %al, $0xa0
-    outb %al, $0x20
+1:
     pop %rax
     iretq
 janus_irq_10:
     push %rax
     lock orq $1024, janus_irq_pending
+    testq $1024, janus_irq_level
+    jz 1f
     inb $0xa1, %al
     orb $4, %al
     outb %al, $0xa1
-    movb $0x20, %al
-    outb %al, $0xa0
-    outb %al, $0x20
+1:
     pop %rax
     iretq
 janus_irq_11:
     push %rax
     lock orq $2048, janus_irq_pending
+    testq $2048, janus_irq_level
+    jz 1f
     inb $0xa1, %al
     orb $8, %al
     outb %al, $0xa1
-    movb $0x20, %al
-    outb %al, $0xa0
-    outb %al, $0x20
+1:
     pop %rax
     iretq
 janus_irq_12:
     push %rax
     lock orq $4096, janus_irq_pending
+    testq $4096, janus_irq_level
+    jz 1f
     inb $0xa1, %al
     orb $16, %al
     outb %al, $0xa1
-    movb $0x20, %al
-    outb %al, $0xa0
-    outb %al, $0x20
+1:
     pop %rax
     iretq
 janus_irq_13:
     push %rax
     lock orq $8192, janus_irq_pending
+    testq $8192, janus_irq_level
+    jz 1f
     inb $0xa1, %al
     orb $32, %al
     outb %al, $0xa1
-    movb $0x20, %al
-    outb %al, $0xa0
-    outb %al, $0x20
+1:
     pop %rax
     iretq
 janus_irq_14:
     push %rax
     lock orq $16384, janus_irq_pending
+    testq $16384, janus_irq_level
+    jz 1f
     inb $0xa1, %al
     orb $64, %al
     outb %al, $0xa1
-    movb $0x20, %al
-    outb %al, $0xa0
-    outb %al, $0x20
+1:
     pop %rax
     iretq
 janus_irq_15:
     push %rax
     lock orq $32768, janus_irq_pending
+    testq $32768, janus_irq_level
+    jz 1f
     inb $0xa1, %al
     orb $128, %al
     outb %al, $0xa1
-    movb $0x20, %al
-    outb %al, $0xa0
-    outb %al, $0x20
+1:
     pop %rax
     iretq
 
@@ -804,6 +808,8 @@ janus_tss: .skip 104 + 8192 + 16
 janus_trap_info: .skip 64
     .global janus_irq_pending
 janus_irq_pending: .skip 8
+    .global janus_irq_level
+janus_irq_level: .skip 8
     .global janus_start_info_paddr
 janus_start_info_paddr: .skip 8
     .global janus_entry_tsc

@@ -37,10 +37,27 @@ pub fn rdrand64() -> Option<u64> {
     None
 }
 
-// Pending-IRQ bitmap written by the CPL0 interrupt stubs (bit n = PIC line n fired).
+// Pending-IRQ bitmap written by the CPL0 interrupt stubs (bit n = PIC line n fired), and the
+// lines the stubs mask when they fire (level-triggered ones; bit n = line n).
 #[cfg(not(test))]
 unsafe extern "C" {
     static janus_irq_pending: AtomicU64;
+    static janus_irq_level: AtomicU64;
+}
+
+/// Marks PIC line `irq` level-triggered: its stub masks it when it fires (so it cannot storm
+/// before the device is acknowledged) and [`crate::drivers::pic::unmask`] re-arms it.
+#[cfg(not(test))]
+pub fn set_irq_level_triggered(irq: u8) {
+    // SAFETY: an 8-byte aligned .bss word the stubs only read.
+    unsafe { janus_irq_level.fetch_or(1 << irq, Ordering::AcqRel) };
+}
+
+/// Whether PIC line `irq` was marked level-triggered.
+#[cfg(not(test))]
+pub fn irq_is_level(irq: u8) -> bool {
+    // SAFETY: as above.
+    unsafe { janus_irq_level.load(Ordering::Acquire) & (1 << irq) != 0 }
 }
 
 /// Takes (and clears) the set of PIC lines that fired since the last call.
