@@ -43,7 +43,7 @@ stop() { [ -n "$QPID" ] && { kill "$QPID" 2>/dev/null || true; wait "$QPID" 2>/d
 wait_200() {
   local deadline=$(( $(date +%s) + $2 ))
   while [ "$(date +%s)" -le "$deadline" ]; do
-    [ "$(curl -s -o /dev/null -m 0.2 -w '%{http_code}' "$1" 2>/dev/null)" = 200 ] && return 0
+    [ "$(curl -s -o /dev/null -m 0.05 -w '%{http_code}' "$1" 2>/dev/null)" = 200 ] && return 0
     kill -0 "$QPID" 2>/dev/null || return 1
   done
   return 1

@@ -265,8 +265,9 @@ impl NetStack {
             Some(dhcpv4::Event::Deconfigured) => {
                 self.iface.update_ip_addrs(|addrs| addrs.clear());
                 self.iface.routes_mut().remove_default_ipv4_route();
-                self.address = None;
-                crate::kprintln!("net: dhcp lease lost");
+                if self.address.take().is_some() {
+                    crate::kprintln!("net: dhcp lease lost");
+                }
             }
             None => {}
         }
