@@ -1,15 +1,18 @@
 //! The upstream side: pooled keep-alive HTTP/1.1 connections to nodes, the *forward* phase, the
 //! *judge outcome* phase, and authenticated calls to nodes' admin APIs.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::UpstreamConfig;
 use crate::ids::TraceId;
@@ -146,7 +149,23 @@ pub fn judge(result: &Result<BufferedResponse, UpstreamError>) -> Verdict {
 /// Pooled clients to nodes' service and admin listeners.
 #[derive(Debug, Clone)]
 pub struct Upstream {
+    /// For admin calls (low volume).
     client: Client<HttpConnector, Full<Bytes>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+/// One idle keep-alive connection to a node's service listener.
+struct IdleConn {
+    sender: SendRequest<Full<Bytes>>,
+    since: std::time::Instant,
+}
+
+thread_local! {
+    /// This thread's idle connections, per node address. Each downstream worker thread drives its own
+    /// connections (their tasks run on its runtime), so checkout and checkin are plain, lock-free.
+    static IDLE: std::cell::RefCell<HashMap<SocketAddr, Vec<IdleConn>>> = std::cell::RefCell::new(HashMap::new());
 }
 
 impl Upstream {
@@ -161,7 +180,82 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_millis(cfg.pool_idle_timeout_ms))
             .pool_max_idle_per_host(cfg.pool_max_idle_per_node)
             .build(connector);
-        Self { client }
+        Self {
+            client,
+            connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+            idle_timeout: Duration::from_millis(cfg.pool_idle_timeout_ms),
+            max_idle: cfg.pool_max_idle_per_node,
+        }
+    }
+
+    /// A ready connection to `addr`: an idle one of this thread if one is alive, else a new one.
+    /// Returns whether it was reused.
+    async fn checkout(
+        &self,
+        node: &str,
+        addr: SocketAddr,
+    ) -> Result<(SendRequest<Full<Bytes>>, bool), UpstreamError> {
+        loop {
+            let idle = IDLE.with(|p| p.borrow_mut().get_mut(&addr).and_then(Vec::pop));
+            let Some(mut conn) = idle else { break };
+            if conn.sender.is_closed() || conn.since.elapsed() > self.idle_timeout {
+                continue;
+            }
+            if conn.sender.ready().await.is_ok() {
+                return Ok((conn.sender, true));
+            }
+        }
+        self.checkout_fresh(node, addr).await
+    }
+
+    /// A new connection, bypassing the idle set.
+    async fn checkout_fresh(
+        &self,
+        node: &str,
+        addr: SocketAddr,
+    ) -> Result<(SendRequest<Full<Bytes>>, bool), UpstreamError> {
+        let stream =
+            tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| UpstreamError::Connect {
+                    node: node.to_owned(),
+                    reason: format!(
+                        "no connection within {} ms",
+                        self.connect_timeout.as_millis()
+                    ),
+                })?
+                .map_err(|e| UpstreamError::Connect {
+                    node: node.to_owned(),
+                    reason: e.to_string(),
+                })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                node: node.to_owned(),
+                reason: error_chain(&e),
+            })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok((sender, false))
+    }
+
+    /// Gives a connection back to this thread's idle set, if it can carry another request.
+    fn checkin(&self, addr: SocketAddr, sender: SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        IDLE.with(|p| {
+            let mut p = p.borrow_mut();
+            let list = p.entry(addr).or_default();
+            if list.len() < self.max_idle {
+                list.push(IdleConn {
+                    sender,
+                    since: std::time::Instant::now(),
+                });
+            }
+        });
     }
 
     /// Phase *forward*: sends the buffered request to `node` and reads the whole answer.
@@ -199,21 +293,35 @@ impl Upstream {
         let request = builder
             .body(Full::new(req.body.clone()))
             .map_err(|e| UpstreamError::BadRequest(e.to_string()))?;
+        let addr = node.addr.0;
         let exchange = async {
-            let resp = self.client.request(request).await.map_err(|e| {
-                let reason = error_chain(&e);
-                if e.is_connect() {
-                    UpstreamError::Connect {
-                        node: node_name.clone(),
-                        reason,
-                    }
-                } else {
-                    UpstreamError::Reset {
-                        node: node_name.clone(),
-                        reason,
+            let (mut sender, reused) = self.checkout(&node_name, addr).await?;
+            let resp = match sender.try_send_request(request).await {
+                Ok(resp) => resp,
+                Err(mut e) => {
+                    // A reused connection the node had already closed: the request was not sent, so
+                    // it goes out once more on a fresh connection.
+                    match e.take_message() {
+                        Some(req) if reused => {
+                            let (mut fresh, _) = self.checkout_fresh(&node_name, addr).await?;
+                            let r = fresh.send_request(req).await.map_err(|e| {
+                                UpstreamError::Reset {
+                                    node: node_name.clone(),
+                                    reason: error_chain(&e),
+                                }
+                            })?;
+                            sender = fresh;
+                            r
+                        }
+                        _ => {
+                            return Err(UpstreamError::Reset {
+                                node: node_name.clone(),
+                                reason: error_chain(e.error()),
+                            });
+                        }
                     }
                 }
-            })?;
+            };
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, max_body).collect().await.map_err(|e| {
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -230,6 +338,7 @@ impl Upstream {
                     }
                 }
             })?;
+            self.checkin(addr, sender);
             Ok(BufferedResponse {
                 status: parts.status,
                 headers: parts.headers,
