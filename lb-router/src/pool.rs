@@ -149,6 +149,8 @@ impl Topology {
 #[derive(Debug)]
 pub struct Pools {
     topology: RwLock<Arc<Topology>>,
+    /// Bumped at every topology swap; lets request threads keep a cached `Arc` without touching the lock.
+    generation: std::sync::atomic::AtomicU64,
     pub stable_ejections: PoolEjections,
     pub debug_ejections: PoolEjections,
     policy: RwLock<(EjectionPolicy, u32)>,
@@ -158,6 +160,7 @@ impl Pools {
     pub fn new(config: &Config) -> Self {
         let pools = Self {
             topology: RwLock::new(Arc::new(Topology::default())),
+            generation: std::sync::atomic::AtomicU64::new(0),
             stable_ejections: PoolEjections::new(0),
             debug_ejections: PoolEjections::new(0),
             policy: RwLock::new((policy_of(config), config.health.max_ejected_percent)),
@@ -178,6 +181,11 @@ impl Pools {
             .read()
             .map(|p| p.0)
             .unwrap_or_else(|e| e.into_inner().0)
+    }
+
+    /// Generation of the topology in force.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The topology in force (cheap: clones an `Arc`).
@@ -203,7 +211,10 @@ impl Pools {
                 Ok(g) => g,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            std::mem::replace(&mut *guard, Arc::new(new))
+            let old = std::mem::replace(&mut *guard, Arc::new(new));
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            old
         };
         // Nodes that left must give back their ejection slot.
         let cur = self.current();

@@ -335,7 +335,7 @@ pub async fn handle(
     client_ip: Option<IpAddr>,
 ) -> Response<Full<Bytes>> {
     let started = tokio::time::Instant::now();
-    let cfg = router.config();
+    let (cfg, topo) = router.snapshot();
 
     // Phase: read request.
     let req = match read_request(&cfg, req, client_ip).await {
@@ -348,7 +348,6 @@ pub async fn handle(
     let channel = classify_channel(&cfg.channels, &req.headers);
 
     // Phase: pick pool.
-    let topo = router.pools.current();
     let (pool, fell_back) = pick_pool(&cfg.mix, channel, &topo);
     if fell_back {
         router.metrics.channel_fallbacks.inc();

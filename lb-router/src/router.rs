@@ -11,8 +11,18 @@ use crate::budget::RetryBudget;
 use crate::config::{Config, ConfigError, ConfigSource};
 use crate::faults::{Durability, FaultStore, FaultStoreError};
 use crate::metrics::RouterMetrics;
-use crate::pool::Pools;
+use crate::pool::{Pools, Topology};
 use crate::upstream::Upstream;
+
+/// One thread's cached view of one router (keyed by its address, so several routers in one process
+/// never mix).
+struct Snapshot {
+    key: usize,
+    config_gen: u64,
+    topology_gen: u64,
+    config: Arc<Config>,
+    topology: Arc<Topology>,
+}
 
 /// Why the router could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +43,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Router {
     config: RwLock<Arc<Config>>,
+    /// Bumped at every config swap (see [`Router::snapshot`]).
+    config_generation: std::sync::atomic::AtomicU64,
     source: ConfigSource,
     pub pools: Pools,
     pub metrics: RouterMetrics,
@@ -69,6 +81,7 @@ impl Router {
             clock: tokio::time::Instant::now(),
             reload_lock: tokio::sync::Mutex::new(()),
             config: RwLock::new(Arc::new(config)),
+            config_generation: std::sync::atomic::AtomicU64::new(0),
             source,
         }))
     }
@@ -79,6 +92,41 @@ impl Router {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// The config and topology in force, from a per-thread cache that is refreshed only when either
+    /// changed: the request path reads two rarely written atomics instead of taking two locks and
+    /// bouncing two reference counts between cores on every request.
+    pub fn snapshot(&self) -> (Arc<Config>, Arc<Topology>) {
+        thread_local! {
+            static CACHE: std::cell::RefCell<Vec<Snapshot>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let key = std::ptr::from_ref(self) as usize;
+        let (cg, tg) = (
+            self.config_generation
+                .load(std::sync::atomic::Ordering::Acquire),
+            self.pools.generation(),
+        );
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if let Some(s) = c
+                .iter()
+                .find(|s| s.key == key && s.config_gen == cg && s.topology_gen == tg)
+            {
+                return (s.config.clone(), s.topology.clone());
+            }
+            let fresh = Snapshot {
+                key,
+                config_gen: cg,
+                topology_gen: tg,
+                config: self.config(),
+                topology: self.pools.current(),
+            };
+            let out = (fresh.config.clone(), fresh.topology.clone());
+            c.retain(|s| s.key != key);
+            c.push(fresh);
+            out
+        })
     }
 
     /// Milliseconds on the router's monotonic clock (follows paused tokio time in tests).
@@ -171,6 +219,8 @@ impl Router {
             Err(poisoned) => poisoned.into_inner(),
         };
         *guard = Arc::new(new);
+        self.config_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Runs the background duties: retry budget refill and active health checks. Never returns.
