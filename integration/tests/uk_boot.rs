@@ -10,7 +10,7 @@ use std::time::Duration;
 use janus::Flavor;
 use janus::NodeOpts;
 use janus::client::{self, Reply};
-use janus::flavor::uk::{Accel, EXIT_PANIC, Machine, kvm_available};
+use janus::flavor::uk::{Accel, EXIT_PANIC, MIN_MEMORY_MIB, Machine, kvm_available};
 use janus::node::{AccelArg, MachineArg};
 use janus_integration::{Node, artifact};
 
@@ -322,4 +322,19 @@ fn panic_reports_and_exits_with_state_dump() {
     assert!(again.is_err());
     let status = fresh.wait_exit(Duration::from_secs(30)).expect("VM exits");
     assert_eq!(status.code(), Some(EXIT_PANIC));
+}
+
+/// The image boots and serves in the documented minimum of guest memory.
+#[test]
+fn serves_with_minimum_memory() {
+    let a = artifact("hello", Flavor::Uk);
+    let mut o = opts(Machine::Microvm, Accel::Auto);
+    o.memory_mib = MIN_MEMORY_MIB;
+    let node = Node::start(&a, o).expect("boots with the minimum memory");
+    assert_eq!(get(node.listen, "/", &[]).status, 200);
+    assert!(
+        node.output().contains("heap 1 MiB") || node.output().contains("heap 2 MiB"),
+        "{}",
+        node.output()
+    );
 }

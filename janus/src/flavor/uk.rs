@@ -40,6 +40,10 @@ pub const EXIT_BOOT_FAILURE: i32 = 37;
 /// QEMU exit status when the heap is exhausted.
 pub const EXIT_OUT_OF_MEMORY: i32 = 39;
 
+/// The least guest memory an image boots and serves with (measured by bench/uk.sh; below it the
+/// guest exits with [`EXIT_OUT_OF_MEMORY`]).
+pub const MIN_MEMORY_MIB: u32 = 4;
+
 /// Guest port of the service listener.
 pub const GUEST_SERVICE_PORT: u16 = 80;
 /// Guest port of the admin listener.
@@ -438,8 +442,11 @@ pub fn qemu_command(image: &Path, opts: &UkRunOpts) -> anyhow::Result<Command> {
             image.display()
         );
     }
-    if opts.memory_mib < 8 {
-        bail!("--memory {} MiB is too small (at least 8)", opts.memory_mib);
+    if opts.memory_mib < MIN_MEMORY_MIB {
+        bail!(
+            "--memory {} MiB is too small for a unikernel node (at least {MIN_MEMORY_MIB})",
+            opts.memory_mib
+        );
     }
     let accel = match opts.accel {
         Accel::Kvm => {
@@ -537,6 +544,9 @@ mod tests {
         let img = std::env::current_exe().expect("exe");
         assert!(qemu_command(&img, &o).is_err());
         assert!(qemu_command(Path::new("/nonexistent.img"), &opts()).is_err());
+        let mut o = opts();
+        o.memory_mib = MIN_MEMORY_MIB - 1;
+        assert!(qemu_command(&img, &o).is_err());
     }
 
     #[test]
