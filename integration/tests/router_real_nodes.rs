@@ -252,7 +252,10 @@ fn faulty_state_dependent_panic_post_is_replayed_only_with_idempotency_key_and_s
         // it saw (from answers and /health) and says the state must come from the console dump.
         Flavor::Uk => {
             assert_eq!(fault["stable_state_seq_source"], "last_seen");
-            assert!((6..=7).contains(&seq), "last seen seq {seq} (7 increments were applied)");
+            assert!(
+                (6..=7).contains(&seq),
+                "last seen seq {seq} (7 increments were applied)"
+            );
             assert!(fault["stable_state"].is_null());
             let why = fault["stable_state_error"].as_str().unwrap_or("");
             assert!(why.contains("console dump"), "{fault}");
