@@ -31,6 +31,14 @@ const RX_BUF: usize = 16 * 1024;
 const TX_BUF: usize = 16 * 1024;
 /// Most TCP sockets (listening + connected + closing).
 pub const MAX_SOCKETS: usize = 512;
+
+/// The socket cap for a heap of `heap_bytes`: socket buffers may use at most a quarter of the
+/// heap (so a connection flood is refused instead of exhausting memory), between 24 (the
+/// listener pools) and [`MAX_SOCKETS`].
+pub fn socket_cap(heap_bytes: u64) -> usize {
+    let per_socket = (RX_BUF + TX_BUF) as u64;
+    ((heap_bytes / 4 / per_socket) as usize).clamp(24, MAX_SOCKETS)
+}
 /// A closed stream's socket is aborted if the peer has not finished closing after this long.
 const LINGER_MS: u64 = 5_000;
 
@@ -76,6 +84,7 @@ struct NetStack {
     pools: Vec<ListenPool>,
     released: Vec<(SocketHandle, u64)>,
     tcp_count: usize,
+    max_sockets: usize,
     next_port: u16,
     address: Option<Ipv4Addr>,
     now_ms: u64,
@@ -132,6 +141,7 @@ pub fn init(device: NetDevice, ip: IpConfig, seed: u64, now_ms: u64) {
         pools: Vec::new(),
         released: Vec::new(),
         tcp_count: 0,
+        max_sockets: socket_cap(crate::mm::heap::size()),
         next_port: 49152 + (seed % 8192) as u16,
         address,
         now_ms,
@@ -172,7 +182,7 @@ pub fn frame_counters() -> (u64, u64) {
 
 impl NetStack {
     fn add_tcp(&mut self) -> Option<SocketHandle> {
-        if self.tcp_count >= MAX_SOCKETS {
+        if self.tcp_count >= self.max_sockets {
             return None;
         }
         self.tcp_count += 1;
