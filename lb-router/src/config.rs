@@ -55,6 +55,8 @@ pub struct DownstreamConfig {
     pub listen: SocketAddr,
     pub header_read_timeout_ms: u64,
     pub body_read_timeout_ms: u64,
+    /// A client that reads nothing of its answer for this long is disconnected.
+    pub write_timeout_ms: u64,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_body_bytes: usize,
@@ -70,6 +72,7 @@ impl Default for DownstreamConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             header_read_timeout_ms: 5_000,
             body_read_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
             max_header_bytes: 16 * 1024,
             max_headers: 100,
             max_body_bytes: 1024 * 1024,
@@ -387,6 +390,9 @@ impl Config {
         let d = &self.downstream;
         if d.header_read_timeout_ms == 0 {
             return Err(invalid("downstream.header_read_timeout_ms", "must be > 0"));
+        }
+        if d.write_timeout_ms == 0 {
+            return Err(invalid("downstream.write_timeout_ms", "must be > 0"));
         }
         if d.body_read_timeout_ms == 0 {
             return Err(invalid("downstream.body_read_timeout_ms", "must be > 0"));

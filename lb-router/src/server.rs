@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -25,6 +26,30 @@ use crate::router::Router;
 struct TrackedConn {
     stream: TcpStream,
     mid_request: Arc<AtomicBool>,
+    /// A client that stops reading cannot pin the connection (and its buffered answer): a write that
+    /// makes no progress for this long fails the connection.
+    write_timeout: Duration,
+    write_stall: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl TrackedConn {
+    /// Called when a write is pending: arms the stall timer, or fails once it fired.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let timeout = self.write_timeout;
+        let sleep = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "downstream: client read nothing for {} ms",
+                    timeout.as_millis()
+                ),
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for TrackedConn {
@@ -48,9 +73,14 @@ impl AsyncWrite for TrackedConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.stream).poll_write(cx, buf))?;
-        self.mid_request.store(false, Ordering::Relaxed);
-        Poll::Ready(Ok(n))
+        match Pin::new(&mut self.stream).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                self.write_stall = None;
+                self.mid_request.store(false, Ordering::Relaxed);
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.stalled(cx).map(Err),
+        }
     }
 
     fn poll_write_vectored(
@@ -58,9 +88,14 @@ impl AsyncWrite for TrackedConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.stream).poll_write_vectored(cx, bufs))?;
-        self.mid_request.store(false, Ordering::Relaxed);
-        Poll::Ready(Ok(n))
+        match Pin::new(&mut self.stream).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                self.write_stall = None;
+                self.mid_request.store(false, Ordering::Relaxed);
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.stalled(cx).map(Err),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -119,6 +154,8 @@ async fn serve_connection(router: Arc<Router>, stream: TcpStream, peer: SocketAd
     let io = TrackedConn {
         stream,
         mid_request: mid_request.clone(),
+        write_timeout: Duration::from_millis(cfg.downstream.write_timeout_ms),
+        write_stall: None,
     };
     let mut builder = http1::Builder::new();
     builder

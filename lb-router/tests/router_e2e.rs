@@ -743,3 +743,56 @@ async fn admin_api_needs_the_token_and_changes_weights_drains_and_adds_nodes() {
     );
     assert!(metrics.contains("janus_router_request_duration_seconds_count{pool=\"stable\"}"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = temp_dir("slowreader");
+    let s1 = TestNode::start("s1", NodeBehaviour::stable()).await;
+    let write_timeout_ms =
+        std::env::var("LB_ROUTER_TEST_WRITE_TIMEOUT_MS").unwrap_or_else(|_| "300".into());
+    let cfg = format!("{}{}", config_head(&dir, ""), s1.toml("stable", 1))
+        .replacen(
+            "[downstream]\n",
+            &format!("[downstream]\nwrite_timeout_ms = {write_timeout_ms}\n"),
+            1,
+        )
+        .replacen(
+            "[upstream]\n",
+            "[upstream]\nmax_response_body_bytes = 67108864\n",
+            1,
+        );
+    let router = RouterProcess::start(&dir, &cfg).await;
+    // Larger than what the socket buffers on both sides can absorb.
+    let size = 32 * 1024 * 1024;
+    let mut s = tokio::net::TcpStream::connect(router.addr)
+        .await
+        .expect("connect");
+    s.write_all(format!("GET /big?n={size} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    // The slow client: reads nothing for a while (far longer than write_timeout_ms), then drains.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "the router kept the stalled connection open"
+    );
+    assert!(
+        got < size,
+        "the whole {size}-byte answer was delivered ({got}): the stalled client was not cut off"
+    );
+    // The router itself is fine.
+    let client = HttpClient::new();
+    assert_eq!(client.get(&router, "/hello", &[]).await.status, 200);
+}

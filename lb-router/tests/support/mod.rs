@@ -271,6 +271,9 @@ async fn service_handle(ctx: &Ctx, req: Request<Incoming>) -> Option<Response<Fu
                 None => text(404, "no such key\n"),
             },
         }
+    } else if path == "/big" {
+        let n: usize = query(&req, "n").and_then(|v| v.parse().ok()).unwrap_or(0);
+        text(200, "x".repeat(n))
     } else if path == "/echo" {
         let body = req
             .into_body()
