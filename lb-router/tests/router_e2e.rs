@@ -796,3 +796,62 @@ async fn a_client_that_stops_reading_is_disconnected() {
     let client = HttpClient::new();
     assert_eq!(client.get(&router, "/hello", &[]).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stable_timeout_is_retried_and_the_retry_budget_bounds_a_storm() {
+    let dir = temp_dir("budget");
+    let s1 = TestNode::start("s1", NodeBehaviour::stable_unix()).await;
+    let d1 = TestNode::start("d1", NodeBehaviour::debug()).await;
+    let cfg = format!(
+        "{}{}{}",
+        config_head(
+            &dir,
+            "[mix]\nstable_weight = 100\ndebug_weight = 0\n\n[health]\nconsecutive_failures = 1000\n\n\
+             [retry]\nbudget_ratio = 0.0\nbudget_min_per_sec = 2\nbudget_max_tokens = 2\n"
+        )
+        .replacen("request_timeout_ms = 3000", "request_timeout_ms = 200", 1),
+        s1.toml("stable", 1),
+        d1.toml("debug", 1)
+    );
+    let router = RouterProcess::start(&dir, &cfg).await;
+    let client = HttpClient::new();
+    // A stable node that does not answer in time: the debug node answers.
+    let r = client.get(&router, "/slow?ms=2000", &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-janus-node"), Some("d1"));
+    let id = r.header("x-janus-fault-id").expect("fault id").to_owned();
+    let f = client
+        .admin(&router, Method::GET, &format!("/faults/{id}"), "")
+        .await
+        .expect("get")
+        .json();
+    assert_eq!(f["stable_outcome"], "timeout");
+    // A storm of faults: the budget (2 tokens, about 2 per second) lets only a few retries through;
+    // the rest get the stable node's own answer, marked as not replayed.
+    let mut replayed = 0;
+    let mut refused = 0;
+    for _ in 0..20 {
+        let r = client.get(&router, "/panic", &[]).await;
+        if r.header("x-janus-retried-from").is_some() {
+            replayed += 1;
+        } else {
+            assert_eq!(r.status, 500);
+            assert!(
+                r.header("x-janus-router-error")
+                    .unwrap_or("")
+                    .contains("retry budget"),
+                "{r:?}"
+            );
+            refused += 1;
+        }
+    }
+    assert!(replayed <= 6, "budget let {replayed} retries through");
+    assert!(refused >= 14, "only {refused} refused");
+    let metrics = client
+        .admin(&router, Method::GET, "/metrics", "")
+        .await
+        .expect("metrics")
+        .body;
+    let denied = format!("janus_router_retries_total{{result=\"denied_budget\"}} {refused}");
+    assert!(metrics.contains(&denied), "{metrics}");
+}

@@ -271,6 +271,12 @@ async fn service_handle(ctx: &Ctx, req: Request<Incoming>) -> Option<Response<Fu
                 None => text(404, "no such key\n"),
             },
         }
+    } else if path == "/slow" {
+        let ms: u64 = query(&req, "ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if b.panics {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        text(200, format!("slow answer from {id}\n"))
     } else if path == "/big" {
         let n: usize = query(&req, "n").and_then(|v| v.parse().ok()).unwrap_or(0);
         text(200, "x".repeat(n))
