@@ -17,7 +17,7 @@ use crate::ids::{AdminAddr, NodeId, Pool, UpstreamAddr};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read or parsed, or a key has the wrong type or is unknown.
-    #[error("config refused (internal, not retryable until the file is fixed): {0}")]
+    #[error("config refused: {0}")]
     Load(String),
     /// A key parsed but its value is not acceptable.
     #[error("config refused: key `{key}`: {message}")]
