@@ -519,11 +519,14 @@ pub fn respond(
     let keep_length = resp.body.is_empty();
     let mut out = Response::new(Full::new(resp.body));
     *out.status_mut() = resp.status;
+    // The node's headers move over as they are (no copy), minus the hop-by-hop ones.
+    *out.headers_mut() = resp.headers;
     let h = out.headers_mut();
-    for (name, value) in &resp.headers {
-        if !HOP_BY_HOP.contains(&name.as_str()) && (keep_length || name != header::CONTENT_LENGTH) {
-            h.append(name.clone(), value.clone());
-        }
+    for name in HOP_BY_HOP {
+        h.remove(name);
+    }
+    if !keep_length {
+        h.remove(header::CONTENT_LENGTH);
     }
     if !h.contains_key(X_NODE)
         && let Ok(v) = HeaderValue::from_str(node.id.as_str())
