@@ -441,8 +441,11 @@ pub fn resolve_state(dir: &Path, f: &FaultRecord) -> anyhow::Result<Option<Mirro
             proc_state.exits.iter().rev().find(|e| {
                 e.state_file.is_some() && e.panic_report.iter().any(|l| l.contains(trace))
             });
+        // Without a trace id match, a crash dump is only the right state for a fault that was itself a
+        // crash, and only the first one recorded after it (a node that stayed up has no dump to give).
         let after_fault = proc_state.exits.iter().find(|e| {
-            e.state_file.is_some()
+            crashed
+                && e.state_file.is_some()
                 && i64::try_from(e.at_ms).unwrap_or(i64::MAX) >= f.summary.time_ms - 1000
         });
         if let Some(exit) = by_trace.or(after_fault)
