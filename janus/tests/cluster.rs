@@ -13,18 +13,7 @@ use janus_integration::conformance;
 use janus_integration::node::{Node, artifact, free_addr};
 
 fn janus_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("janus"))
-        .expect("target dir");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (it builds the janus binary)",
-        bin.display()
-    );
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_janus"))
 }
 
 fn janus(args: &[&str]) -> Output {

@@ -5,12 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn janus_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    exe.parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("janus"))
-        .filter(|p| p.exists())
-        .expect("the janus binary: run the tests with `cargo test --workspace`")
+    PathBuf::from(env!("CARGO_BIN_EXE_janus"))
 }
 
 /// Writes a service crate named `name` with `lib` as its src/lib.rs.
