@@ -222,10 +222,7 @@ pub fn write_wrapper(
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        if std::fs::read_to_string(&path).ok().as_deref() != Some(content) {
-            std::fs::write(&path, content)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
+        write_if_changed(&path, content.as_bytes())?;
     }
     let lock = dir.join("Cargo.lock");
     let ws_lock = layout.home.join("Cargo.lock");
@@ -234,6 +231,14 @@ pub fn write_wrapper(
             .with_context(|| format!("cannot copy {}", ws_lock.display()))?;
     }
     Ok(())
+}
+
+/// Writes `contents` unless the file already holds exactly that (cargo's fingerprints use mtimes).
+pub(crate) fn write_if_changed(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    if std::fs::read(path).ok().as_deref() == Some(contents) {
+        return Ok(());
+    }
+    std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// A `cargo` command with the outer cargo's build environment removed, so a `janus build` started

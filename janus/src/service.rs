@@ -100,7 +100,8 @@ impl ServiceCrate {
     }
 }
 
-fn is_rust_path(s: &str) -> bool {
+/// Whether `s` is a Rust path (`a::B`, identifiers only).
+pub(crate) fn is_rust_path(s: &str) -> bool {
     !s.is_empty()
         && s.split("::").all(|seg| {
             let mut chars = seg.chars();
