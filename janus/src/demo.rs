@@ -292,21 +292,37 @@ fn drive(cluster: &ClusterFile, out: &mut dyn FnMut(&str)) -> anyhow::Result<Vec
         out,
     )?);
 
-    // Phase 5: the hang.
-    out("\n== 5. GET /wait?key=never (a request that never completes)\n");
+    // Phase 5: the hang. A request the mix sends to the debug pool first is not a stable fault, so
+    // send until one lands on a stable node (each attempt waits out the router's timeout).
+    out("\n== 5. GET /wait?key=never-written (a request that never completes)\n");
     let t = now_ms() as i64;
-    let r = d.send("GET", "/wait?key=never-written", b"");
-    let errors = u32::from(is_error(&r));
-    let f = wait_fault(name, t, Duration::from_secs(15), |f| {
-        f.path.starts_with("/wait") && f.kind == "fault"
-    })?;
+    let mut errors = 0;
+    let mut sent = 0;
+    let mut found = None;
+    let mut saw = String::new();
+    for _ in 0..6 {
+        let r = d.send("GET", "/wait?key=never-written", b"");
+        sent += 1;
+        errors += u32::from(is_error(&r));
+        saw = describe(&r);
+        found = wait_fault(name, t, Duration::from_secs(3), |f| {
+            f.path.starts_with("/wait")
+                && f.kind == "fault"
+                && f.stable_node
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("stable-"))
+        })?;
+        if found.is_some() {
+            break;
+        }
+    }
     bugs.push(repro_bug(
         "hang",
         "GET /wait?key=never-written",
-        1,
+        sent,
         errors,
-        describe(&r),
-        f,
+        saw,
+        found,
         &repro_opts,
         out,
     )?);
