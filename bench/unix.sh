@@ -21,7 +21,7 @@ rps() { # url connections threads -> "req/s p50 p99"
 }
 
 echo "building samples/hello (unix, release)..." >&2
-BIN="$(cd "$ROOT" && cargo run -q --release -p janus -- build samples/hello --flavor unix 2>/dev/null | tail -n1)"
+BIN="$(cd "$ROOT" && cargo run -q -p janus -- build samples/hello --flavor unix 2>/dev/null | tail -n1)"
 SIZE=$(stat -c %s "$BIN")
 STRIPPED=$(strip -o "$WORK/stripped" "$BIN" && stat -c %s "$WORK/stripped")
 
