@@ -77,13 +77,22 @@ echo "== wrk, keep-alive, GET / (hello), ${DURATION}s per run"
 PORT=$(free_port)
 boot "${IMG[hello]}" 128 "$PORT" "$WORK/wrk.log"
 wait_200 "http://127.0.0.1:$PORT/" 30
-for conns in 1 16; do
-  threads=$([ "$conns" = 1 ] && echo 1 || echo 2)
-  wrk -t"$threads" -c"$conns" -d"${DURATION}s" --latency "http://127.0.0.1:$PORT/" >"$WORK/wrk$conns.txt" 2>&1 || true
-  awk -v c="$conns" '/Requests\/sec/ {r=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} /Non-2xx/ {bad=$NF} /Socket errors/ {err=$0}
-    END {printf "  c=%-3s %10s req/s  p50 %-8s p99 %-8s%s%s\n", c, r, p50, p99, (bad ? "  non-2xx " bad : ""), (err ? "  " err : "")}' "$WORK/wrk$conns.txt"
-done
+wrk_line() { # label conns url
+  local threads; threads=$([ "$2" = 1 ] && echo 1 || echo 2)
+  wrk -t"$threads" -c"$2" -d"${DURATION}s" --latency "$3" >"$WORK/wrk.txt" 2>&1 || true
+  awk -v c="$2" -v l="$1" '/Requests\/sec/ {r=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} /Non-2xx/ {bad=$NF} /Socket errors/ {err=$0}
+    END {printf "  %-5s c=%-3s %10s req/s  p50 %-8s p99 %-8s%s%s\n", l, c, r, p50, p99, (bad ? "  non-2xx " bad : ""), (err ? "  " err : "")}' "$WORK/wrk.txt"
+}
+for conns in 1 16; do wrk_line uk "$conns" "http://127.0.0.1:$PORT/"; done
 stop
+# The unix build of the same sample, reached the same way (wrk on 127.0.0.1, one hop).
+UNIX_BIN="$(cd "$ROOT" && cargo run -q --release -p janus -- build samples/hello --flavor unix 2>/dev/null | tail -n1)"
+UPORT=$(free_port); UADMIN=$(free_port)
+"$UNIX_BIN" --listen "127.0.0.1:$UPORT" --admin "127.0.0.1:$UADMIN" --admin-token bench --node-id bench \
+  --log-level warn >"$WORK/unix.log" 2>&1 & UPID=$!
+for _ in $(seq 1 200); do curl -fs -o /dev/null -m 1 "http://127.0.0.1:$UPORT/" && break; sleep 0.05; done
+for conns in 1 16; do wrk_line unix "$conns" "http://127.0.0.1:$UPORT/"; done
+kill "$UPID"; wait "$UPID" 2>/dev/null || true
 
 echo "== idle host CPU (hello, ${IDLE}s after boot, no traffic)"
 PORT=$(free_port)
