@@ -91,8 +91,7 @@ impl<S> PublicCtx<S> {
             status,
         );
         span.in_scope(|| tracing::warn!(status, reason, "request head refused"));
-        self.metrics
-            .record_request(status, std::time::Duration::ZERO);
+        self.metrics.record_request(status, 0);
         out.into_bytes()
     }
 }
@@ -198,7 +197,8 @@ pub async fn handle<S: Service>(
             "request completed"
         )
     });
-    ctx.metrics.record_request(status, latency);
+    ctx.metrics
+        .record_request(status, crate::metrics::micros(latency));
     if close {
         conn.body_left_unread();
     }

@@ -12,6 +12,7 @@
 //!   typed config; the provider traits backends implement, each with its MUST rules.
 //! - [`store`]: the key-value store with a versioned operation log, snapshots and state as of an
 //!   earlier sequence number; one engine ([`MemStore`]) shared by both backends.
+//! - [`node`]: the node protocol both backends speak (header names, the `/metrics` exposition).
 //! - [`trace`]: trace ids; services log with the re-exported [`tracing`] macros and each backend decides
 //!   what a span or an event costs.
 #![no_std]
@@ -22,6 +23,7 @@ extern crate alloc;
 
 pub mod caps;
 pub mod http;
+pub mod node;
 pub mod service;
 pub mod store;
 pub mod trace;

@@ -1,0 +1,245 @@
+//! The node protocol both backends speak to the router and to operators, kept here so the two builds
+//! cannot drift apart: the `x-janus-*` header names and the admin `/metrics` exposition.
+//!
+//! MUST rules for backends: every answer on the service port carries [`FLAVOR`], [`NODE`] and
+//! [`TRACE_ID`], and [`STATE_SEQ`] for a service with a store; `/metrics` is [`Metrics::render`].
+
+use alloc::string::String;
+use core::fmt::Write as _;
+use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Which build answered: `unix` or `uk`.
+pub const FLAVOR: &str = "x-janus-flavor";
+/// The node id.
+pub const NODE: &str = "x-janus-node";
+/// The request's trace id.
+pub const TRACE_ID: &str = "x-janus-trace-id";
+/// The store's sequence number when the request started.
+pub const STATE_SEQ: &str = "x-janus-state-seq";
+/// Set on a caught fault (`panic`).
+pub const FAULT: &str = "x-janus-fault";
+
+/// Upper bounds (seconds) of the request latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Store operations counted per kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    /// `get`
+    Get,
+    /// `put`
+    Put,
+    /// `delete`
+    Delete,
+    /// `update`
+    Update,
+    /// `list`
+    List,
+    /// Admin snapshot.
+    Snapshot,
+    /// Admin restore.
+    Restore,
+}
+
+impl StoreOp {
+    const ALL: [StoreOp; 7] = [
+        StoreOp::Get,
+        StoreOp::Put,
+        StoreOp::Delete,
+        StoreOp::Update,
+        StoreOp::List,
+        StoreOp::Snapshot,
+        StoreOp::Restore,
+    ];
+
+    /// The `op` label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreOp::Get => "get",
+            StoreOp::Put => "put",
+            StoreOp::Delete => "delete",
+            StoreOp::Update => "update",
+            StoreOp::List => "list",
+            StoreOp::Snapshot => "snapshot",
+            StoreOp::Restore => "restore",
+        }
+    }
+}
+
+/// Lowest status code counted by its own series.
+const FIRST_STATUS: u16 = 100;
+/// Number of per-status counters (100..=599); anything else is counted as 599.
+const STATUSES: usize = 500;
+
+/// All counters of one node. Lock-free: every update is one relaxed atomic add, so it is as cheap on
+/// the unikernel's single CPU as on a many-threaded process.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: [AtomicU64; STATUSES],
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_sum_micros: AtomicU64,
+    latency_count: AtomicU64,
+    in_flight: AtomicI64,
+    store_ops: [AtomicU64; StoreOp::ALL.len()],
+    panics: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: core::array::from_fn(|_| AtomicU64::new(0)),
+            buckets: Default::default(),
+            latency_sum_micros: AtomicU64::new(0),
+            latency_count: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+            store_ops: Default::default(),
+            panics: AtomicU64::new(0),
+        }
+    }
+}
+
+fn status_index(status: u16) -> usize {
+    usize::from(status.clamp(FIRST_STATUS, FIRST_STATUS + STATUSES as u16 - 1) - FIRST_STATUS)
+}
+
+impl Metrics {
+    /// Counts a finished request (also those the HTTP layer answers itself: 400/408/413/431).
+    pub fn record_request(&self, status: u16, latency_micros: u64) {
+        self.requests[status_index(status)].fetch_add(1, Ordering::Relaxed);
+        let secs = latency_micros as f64 / 1e6;
+        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS) {
+            if secs <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_sum_micros
+            .fetch_add(latency_micros, Ordering::Relaxed);
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request entered the service.
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request left the service.
+    pub fn request_finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Requests being handled now.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a store operation.
+    pub fn store_op(&self, op: StoreOp) {
+        let i = StoreOp::ALL.iter().position(|o| *o == op).unwrap_or(0);
+        self.store_ops[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a panic in the service.
+    pub fn panic(&self) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Panics so far.
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered with `status` so far.
+    pub fn requests_with_status(&self, status: u16) -> u64 {
+        self.requests[status_index(status)].load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP janus_requests_total Requests answered, by status.\n");
+        out.push_str("# TYPE janus_requests_total counter\n");
+        for (i, n) in self.requests.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                let status = usize::from(FIRST_STATUS) + i;
+                let _ = writeln!(out, "janus_requests_total{{status=\"{status}\"}} {n}");
+            }
+        }
+        out.push_str("# HELP janus_request_duration_seconds Request latency.\n");
+        out.push_str("# TYPE janus_request_duration_seconds histogram\n");
+        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS) {
+            let _ = writeln!(
+                out,
+                "janus_request_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "janus_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "janus_request_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "janus_request_duration_seconds_count {count}");
+        out.push_str("# HELP janus_requests_in_flight Requests being handled.\n");
+        out.push_str("# TYPE janus_requests_in_flight gauge\n");
+        let _ = writeln!(out, "janus_requests_in_flight {}", self.in_flight());
+        out.push_str("# HELP janus_store_ops_total Store operations, by kind.\n");
+        out.push_str("# TYPE janus_store_ops_total counter\n");
+        for (op, n) in StoreOp::ALL.iter().zip(&self.store_ops) {
+            let _ = writeln!(
+                out,
+                "janus_store_ops_total{{op=\"{}\"}} {}",
+                op.name(),
+                n.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP janus_panics_total Panics caught in the service.\n");
+        out.push_str("# TYPE janus_panics_total counter\n");
+        let _ = writeln!(out, "janus_panics_total {}", self.panics());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_and_counts_match() {
+        let m = Metrics::default();
+        m.record_request(200, 500);
+        m.record_request(200, 20_000);
+        m.record_request(404, 2_000_000);
+        m.record_request(42, 1);
+        m.store_op(StoreOp::Get);
+        m.panic();
+        let text = m.render();
+        assert!(
+            text.contains("janus_requests_total{status=\"200\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("janus_requests_total{status=\"404\"} 1"));
+        assert!(
+            text.contains("janus_requests_total{status=\"100\"} 1"),
+            "out of range clamps"
+        );
+        assert!(
+            !text.contains("status=\"500\""),
+            "zero series are not printed"
+        );
+        assert!(text.contains("janus_request_duration_seconds_bucket{le=\"0.001\"} 2"));
+        assert!(text.contains("janus_request_duration_seconds_bucket{le=\"0.025\"} 3"));
+        assert!(text.contains("janus_request_duration_seconds_bucket{le=\"2.5\"} 4"));
+        assert!(text.contains("janus_request_duration_seconds_bucket{le=\"+Inf\"} 4"));
+        assert!(text.contains("janus_request_duration_seconds_count 4"));
+        assert!(text.contains("janus_store_ops_total{op=\"get\"} 1"));
+        assert!(text.contains("janus_store_ops_total{op=\"put\"} 0"));
+        assert!(text.contains("janus_panics_total 1"));
+        assert!(text.contains("janus_requests_in_flight 0"));
+        assert_eq!(m.requests_with_status(404), 1);
+    }
+}
