@@ -185,65 +185,30 @@ fn drive(cluster: &ClusterFile, out: &mut dyn FnMut(&str)) -> anyhow::Result<Vec
 
     // Phase 2: the wrong answer, caught by shadow mirroring.
     out("\n== 2. GET /stats (mirrored to the debug pool and compared)\n");
-    let t = now_ms() as i64;
-    let mut errors = 0;
-    let mut last = None;
-    for _ in 0..5 {
-        let r = d.send("GET", "/stats", b"");
-        errors += u32::from(is_error(&r));
-        last = Some(describe(&r));
-    }
-    let f = wait_fault(name, t, Duration::from_secs(10), |f| {
-        f.kind == "divergence" && f.path.starts_with("/stats")
-    })?;
-    bugs.push(repro_bug(
-        "wrong answer",
-        "GET /stats",
+    let stats = trigger(
+        &mut d,
+        name,
+        "GET",
+        "/stats",
         5,
-        errors,
-        last.unwrap_or_default(),
-        f,
-        &repro_opts,
-        out,
-    )?);
+        Duration::from_secs(2),
+        |f| f.kind == "divergence" && f.path.starts_with("/stats"),
+    )?;
+    bugs.push(repro_bug("wrong answer", stats, &repro_opts, out)?);
 
     // Phase 3: the state-triggered panic.
     out("\n== 3. POST /counter/visits/incr until a stable node's counter passes its table\n");
-    let t = now_ms() as i64;
-    let mut errors = 0;
-    let mut sent = 0;
-    let mut found = None;
-    let mut saw = String::new();
-    for _ in 0..80 {
-        let r = d.send("POST", "/counter/visits/incr", b"");
-        sent += 1;
-        if is_error(&r) {
-            errors += 1;
-        }
-        saw = describe(&r);
-        if let Some(f) = faults::since(name, t)?
-            .into_iter()
-            .find(|f| f.path.starts_with("/counter/") && is_stable_crash(f))
-        {
-            found = Some(f);
-            break;
-        }
-    }
-    if found.is_none() {
-        found = wait_fault(name, t, Duration::from_secs(5), |f| {
-            f.path.starts_with("/counter/") && is_stable_crash(f)
-        })?;
-    }
-    let mut state_bug = repro_bug(
-        "state",
-        "POST /counter/visits/incr",
-        sent,
-        errors,
-        saw,
-        found.clone(),
-        &repro_opts,
-        out,
+    let incr = trigger(
+        &mut d,
+        name,
+        "POST",
+        "/counter/visits/incr",
+        80,
+        Duration::ZERO,
+        |f| f.path.starts_with("/counter/") && is_stable_crash(f),
     )?;
+    let found = incr.found.clone();
+    let mut state_bug = repro_bug("state", incr, &repro_opts, out)?;
     if let Some(f) = &found {
         let without = ReproOpts {
             without_state: true,
@@ -264,68 +229,36 @@ fn drive(cluster: &ClusterFile, out: &mut dyn FnMut(&str)) -> anyhow::Result<Vec
 
     // Phase 4: the input-triggered panic.
     out("\n== 4. GET /div?a=1&b=0 until it lands on a stable node\n");
-    let t = now_ms() as i64;
-    let mut errors = 0;
-    let mut sent = 0;
-    let mut found = None;
-    let mut saw = String::new();
-    for _ in 0..20 {
-        let r = d.send("GET", "/div?a=1&b=0", b"");
-        sent += 1;
-        errors += u32::from(is_error(&r));
-        saw = describe(&r);
-        found = wait_fault(name, t, Duration::from_millis(1500), |f| {
-            f.path.starts_with("/div") && is_stable_crash(f)
-        })?;
-        if found.is_some() {
-            break;
-        }
-    }
-    bugs.push(repro_bug(
-        "input",
-        "GET /div?a=1&b=0",
-        sent,
-        errors,
-        saw,
-        found,
-        &repro_opts,
-        out,
-    )?);
+    let div = trigger(
+        &mut d,
+        name,
+        "GET",
+        "/div?a=1&b=0",
+        20,
+        Duration::from_millis(1500),
+        |f| f.path.starts_with("/div") && is_stable_crash(f),
+    )?;
+    bugs.push(repro_bug("input", div, &repro_opts, out)?);
 
     // Phase 5: the hang. A request the mix sends to the debug pool first is not a stable fault, so
     // send until one lands on a stable node (each attempt waits out the router's timeout).
     out("\n== 5. GET /wait?key=never-written (a request that never completes)\n");
-    let t = now_ms() as i64;
-    let mut errors = 0;
-    let mut sent = 0;
-    let mut found = None;
-    let mut saw = String::new();
-    for _ in 0..6 {
-        let r = d.send("GET", "/wait?key=never-written", b"");
-        sent += 1;
-        errors += u32::from(is_error(&r));
-        saw = describe(&r);
-        found = wait_fault(name, t, Duration::from_secs(3), |f| {
+    let hang = trigger(
+        &mut d,
+        name,
+        "GET",
+        "/wait?key=never-written",
+        6,
+        Duration::from_secs(3),
+        |f| {
             f.path.starts_with("/wait")
                 && f.kind == "fault"
                 && f.stable_node
                     .as_deref()
                     .is_some_and(|n| n.starts_with("stable-"))
-        })?;
-        if found.is_some() {
-            break;
-        }
-    }
-    bugs.push(repro_bug(
-        "hang",
-        "GET /wait?key=never-written",
-        sent,
-        errors,
-        saw,
-        found,
-        &repro_opts,
-        out,
-    )?);
+        },
+    )?;
+    bugs.push(repro_bug("hang", hang, &repro_opts, out)?);
 
     out("\n== captured faults\n");
     out(&faults::list(
@@ -339,32 +272,74 @@ fn drive(cluster: &ClusterFile, out: &mut dyn FnMut(&str)) -> anyhow::Result<Vec
     Ok(bugs)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What one phase sent and caught.
+struct Triggered {
+    request: String,
+    sent: u32,
+    errors: u32,
+    saw: String,
+    found: Option<lb_router::FaultSummary>,
+}
+
+/// Sends `method path` up to `tries` times until the router has recorded a fault matching `pred`
+/// (waiting up to `wait` after each request).
+fn trigger(
+    d: &mut Driver,
+    cluster: &str,
+    method: &str,
+    path: &str,
+    tries: u32,
+    wait: Duration,
+    pred: impl Fn(&lb_router::FaultSummary) -> bool,
+) -> anyhow::Result<Triggered> {
+    let t = now_ms() as i64;
+    let mut out = Triggered {
+        request: format!("{method} {path}"),
+        sent: 0,
+        errors: 0,
+        saw: String::new(),
+        found: None,
+    };
+    for _ in 0..tries {
+        let r = d.send(method, path, b"");
+        out.sent += 1;
+        out.errors += u32::from(is_error(&r));
+        out.saw = describe(&r);
+        out.found = wait_fault(cluster, t, wait, &pred)?;
+        if out.found.is_some() {
+            break;
+        }
+    }
+    if out.found.is_none() {
+        // Fault rows are written before the client's answer, but give the last one a moment.
+        out.found = wait_fault(cluster, t, Duration::from_secs(3), &pred)?;
+    }
+    Ok(out)
+}
+
 fn repro_bug(
     bug: &'static str,
-    request: &str,
-    requests: u32,
-    client_errors: u32,
-    client_saw: String,
-    fault: Option<lb_router::FaultSummary>,
+    t: Triggered,
     opts: &ReproOpts,
     out: &mut dyn FnMut(&str),
 ) -> anyhow::Result<BugOutcome> {
     out(&format!(
-        "   {requests} requests, {client_errors} client-visible errors; the client got: {client_saw}\n"
+        "   {} requests, {} client-visible errors; the client got: {}\n",
+        t.sent, t.errors, t.saw
     ));
     let mut outcome = BugOutcome {
         bug,
-        request: request.to_string(),
-        requests,
-        client_errors,
-        client_saw,
+        request: t.request,
+        requests: t.sent,
+        client_errors: t.errors,
+        client_saw: t.saw,
         fault_id: None,
         stable_node: None,
         reproduced: None,
         reproduced_without_state: None,
         fault_to_verdict_ms: None,
     };
+    let fault = t.found;
     let Some(f) = fault else {
         out("   NO FAULT CAPTURED\n");
         return Ok(outcome);
