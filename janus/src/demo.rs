@@ -251,8 +251,10 @@ fn drive(cluster: &ClusterFile, out: &mut dyn FnMut(&str)) -> anyhow::Result<Vec
         6,
         Duration::from_secs(3),
         |f| {
+            // A node still restarting after phase 4 refuses the connection: that is not the hang.
             f.path.starts_with("/wait")
                 && f.kind == "fault"
+                && f.stable_outcome.as_deref() == Some("timeout")
                 && f.stable_node
                     .as_deref()
                     .is_some_and(|n| n.starts_with("stable-"))
