@@ -101,6 +101,13 @@ pub fn up(cluster_file: Option<&Path>) -> anyhow::Result<UpResult> {
 
 /// `janus up` of an already loaded cluster.
 pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
+    let mut cluster = cluster.clone();
+    for addr in [&mut cluster.router.listen, &mut cluster.router.admin] {
+        if addr.port() == 0 {
+            *addr = SocketAddr::new(addr.ip(), free_addr()?.port());
+        }
+    }
+    let cluster = &cluster;
     let dir = run_dir(&cluster.name);
     if let Ok(state) = ClusterState::read(&dir)
         && pid_alive(state.supervisor_pid)
@@ -111,6 +118,14 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
             state.supervisor_pid,
             cluster_flag(&cluster.name)
         );
+    }
+    for (key, addr) in [
+        ("router.listen", cluster.router.listen),
+        ("router.admin", cluster.router.admin),
+    ] {
+        if std::net::TcpListener::bind(addr).is_err() {
+            bail!("{key} = {addr} is in use: pick another address in the cluster file");
+        }
     }
     let uk_nodes = cluster.stable.count > 0 && cluster.stable.flavor == Flavor::Uk;
     if uk_nodes {
