@@ -208,6 +208,24 @@ pub struct FaultStore {
     conn: Mutex<Connection>,
 }
 
+/// Columns 0..=11 of both queries: the summary part of a row.
+fn summary_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FaultSummary> {
+    Ok(FaultSummary {
+        id: r.get(0)?,
+        time_ms: r.get(1)?,
+        kind: r.get(2)?,
+        route: r.get(3)?,
+        method: r.get(4)?,
+        path: r.get(5)?,
+        trace_id: r.get(6)?,
+        stable_node: r.get(7)?,
+        stable_outcome: r.get(8)?,
+        debug_node: r.get(9)?,
+        debug_outcome: r.get(10)?,
+        detail: r.get(11)?,
+    })
+}
+
 fn u64_to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -344,22 +362,7 @@ impl FaultStore {
                 filter.until_ms,
                 limit
             ],
-            |r| {
-                Ok(FaultSummary {
-                    id: r.get(0)?,
-                    time_ms: r.get(1)?,
-                    kind: r.get(2)?,
-                    route: r.get(3)?,
-                    method: r.get(4)?,
-                    path: r.get(5)?,
-                    trace_id: r.get(6)?,
-                    stable_node: r.get(7)?,
-                    stable_outcome: r.get(8)?,
-                    debug_node: r.get(9)?,
-                    debug_outcome: r.get(10)?,
-                    detail: r.get(11)?,
-                })
-            },
+            summary_from_row,
         )?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
@@ -378,20 +381,7 @@ impl FaultStore {
         let rec = stmt
             .query_row(params![id], |r| {
                 Ok(FaultRecord {
-                    summary: FaultSummary {
-                        id: r.get(0)?,
-                        time_ms: r.get(1)?,
-                        kind: r.get(2)?,
-                        route: r.get(3)?,
-                        method: r.get(4)?,
-                        path: r.get(5)?,
-                        trace_id: r.get(6)?,
-                        stable_node: r.get(7)?,
-                        stable_outcome: r.get(8)?,
-                        debug_node: r.get(9)?,
-                        debug_outcome: r.get(10)?,
-                        detail: r.get(11)?,
-                    },
+                    summary: summary_from_row(r)?,
                     request_headers: r.get(12)?,
                     request_body: r.get(13)?,
                     request_body_truncated: r.get(14)?,

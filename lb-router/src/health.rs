@@ -182,6 +182,14 @@ impl NodeHealth {
             pool.release();
             return FailureEffect::Counted;
         }
+        let until_ms = self.next_ejection_deadline(policy, now_ms);
+        self.total_ejections.fetch_add(1, Ordering::AcqRel);
+        FailureEffect::Ejected { until_ms }
+    }
+
+    /// Counts one more ejection and sets (and returns) its deadline: exponential backoff from
+    /// `eject_base_ms`, capped at `eject_max_ms`.
+    fn next_ejection_deadline(&self, policy: &EjectionPolicy, now_ms: u64) -> u64 {
         let k = self.ejections.fetch_add(1, Ordering::AcqRel).min(20);
         let backoff = policy
             .eject_base_ms
@@ -189,8 +197,7 @@ impl NodeHealth {
             .min(policy.eject_max_ms);
         let until_ms = now_ms.saturating_add(backoff);
         self.ejected_until_ms.store(until_ms, Ordering::Release);
-        self.total_ejections.fetch_add(1, Ordering::AcqRel);
-        FailureEffect::Ejected { until_ms }
+        until_ms
     }
 
     /// An ejected node failed its check after the backoff: it stays ejected with the next backoff.
@@ -198,13 +205,7 @@ impl NodeHealth {
         if !self.ejected.load(Ordering::Acquire) {
             return FailureEffect::Counted;
         }
-        let k = self.ejections.fetch_add(1, Ordering::AcqRel).min(20);
-        let backoff = policy
-            .eject_base_ms
-            .saturating_mul(1u64 << k)
-            .min(policy.eject_max_ms);
-        let until_ms = now_ms.saturating_add(backoff);
-        self.ejected_until_ms.store(until_ms, Ordering::Release);
+        let until_ms = self.next_ejection_deadline(policy, now_ms);
         FailureEffect::Ejected { until_ms }
     }
 
