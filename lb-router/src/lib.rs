@@ -24,6 +24,8 @@ pub mod checks;
 #[cfg(not(loom))]
 pub mod config;
 #[cfg(not(loom))]
+mod fast;
+#[cfg(not(loom))]
 pub mod faults;
 pub mod health;
 pub mod ids;

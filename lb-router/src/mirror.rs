@@ -25,12 +25,26 @@ pub fn maybe_mirror(
     primary_node: &Arc<Node>,
     primary: &BufferedResponse,
 ) {
-    let Some(route) = cfg.route_for(&req.path) else {
-        return;
-    };
-    if route.mirror_fraction <= 0.0 || rand::unit() >= route.mirror_fraction {
-        return;
+    if sampled(cfg, &req.path) {
+        mirror_sampled(router, cfg, req, primary_node, primary);
     }
+}
+
+/// Draws whether a request to `path` is in its route's mirrored share.
+pub fn sampled(cfg: &Config, path: &str) -> bool {
+    cfg.route_for(path)
+        .is_some_and(|route| route.mirror_fraction > 0.0 && rand::unit() < route.mirror_fraction)
+}
+
+/// Starts a mirror of a request already drawn by [`sampled`], if the method, the size and a free
+/// slot allow.
+pub fn mirror_sampled(
+    router: &Arc<Router>,
+    cfg: &Arc<Config>,
+    req: &BufferedRequest,
+    primary_node: &Arc<Node>,
+    primary: &BufferedResponse,
+) {
     if !cfg
         .mirror
         .methods

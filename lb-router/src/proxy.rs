@@ -178,38 +178,52 @@ pub enum Channel {
     Ordinary { user_hash: Option<u64> },
 }
 
+/// Header lookup for [`classify_channel`], over `http` headers or raw parsed ones alike.
+pub trait HeaderLookup {
+    /// Whether `pred` holds for any value of the header `name` (case-insensitive); stops at the first.
+    fn any_value(&self, name: &str, pred: &mut dyn FnMut(&[u8]) -> bool) -> bool;
+}
+
+impl HeaderLookup for HeaderMap {
+    fn any_value(&self, name: &str, pred: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.get_all(name).iter().any(|v| pred(v.as_bytes()))
+    }
+}
+
+impl HeaderLookup for [httparse::Header<'_>] {
+    fn any_value(&self, name: &str, pred: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.iter()
+            .any(|h| h.name.eq_ignore_ascii_case(name) && pred(h.value))
+    }
+}
+
 /// Phase *classify channel*.
-pub fn classify_channel(cfg: &ChannelConfig, headers: &HeaderMap) -> Channel {
+pub fn classify_channel<H: HeaderLookup + ?Sized>(cfg: &ChannelConfig, headers: &H) -> Channel {
     if !cfg.beta_header.is_empty()
-        && headers
-            .get_all(cfg.beta_header.as_str())
-            .iter()
-            .any(|v| v.as_bytes() == cfg.beta_value.as_bytes())
+        && headers.any_value(&cfg.beta_header, &mut |v| v == cfg.beta_value.as_bytes())
     {
         return Channel::Beta;
     }
-    if !cfg.beta_cookie.is_empty() {
-        for cookie_header in headers.get_all(header::COOKIE) {
-            let Ok(s) = cookie_header.to_str() else {
-                continue;
-            };
-            for pair in s.split(';') {
-                if let Some((k, v)) = pair.trim().split_once('=')
-                    && k == cfg.beta_cookie
-                    && v == cfg.beta_value
-                {
-                    return Channel::Beta;
-                }
-            }
-        }
+    if !cfg.beta_cookie.is_empty()
+        && headers.any_value(header::COOKIE.as_str(), &mut |v| {
+            std::str::from_utf8(v).is_ok_and(|s| {
+                s.split(';').any(|pair| {
+                    pair.trim()
+                        .split_once('=')
+                        .is_some_and(|(k, v)| k == cfg.beta_cookie && v == cfg.beta_value)
+                })
+            })
+        })
+    {
+        return Channel::Beta;
     }
-    let user_hash = if cfg.user_id_header.is_empty() {
-        None
-    } else {
-        headers
-            .get(cfg.user_id_header.as_str())
-            .map(|v| rand::stable_hash(v.as_bytes()))
-    };
+    let mut user_hash = None;
+    if !cfg.user_id_header.is_empty() {
+        headers.any_value(&cfg.user_id_header, &mut |v| {
+            user_hash = Some(rand::stable_hash(v));
+            true
+        });
+    }
     if let Some(h) = user_hash {
         // Low 32 bits decide beta membership, high 32 bits the pool: independent decisions.
         let bucket = (h & 0xffff_ffff) as f64 / 4_294_967_296.0 * 100.0;
@@ -303,6 +317,15 @@ pub async fn attempt(
             )
             .await
     };
+    account(router, node, result)
+}
+
+/// Phase *judge outcome* for a finished forward: passive health accounting and the verdict.
+pub fn account(
+    router: &Router,
+    node: Arc<Node>,
+    result: Result<BufferedResponse, UpstreamError>,
+) -> Attempt {
     if let Ok(r) = &result
         && let Some(seq) = r.state_seq()
     {
@@ -347,20 +370,39 @@ pub async fn handle(
     // Phase: classify channel.
     let channel = classify_channel(&cfg.channels, &req.headers);
 
-    // Phase: pick pool.
-    let (pool, fell_back) = pick_pool(&cfg.mix, channel, &topo);
-    if fell_back {
-        router.metrics.channel_fallbacks.inc();
-    }
-
-    // Phase: pick node.
-    let Some(node) = topo.pick_node(pool, None, rand::next_u64()) else {
+    // Phases: pick pool, pick node.
+    let Some(node) = choose_node(&router, &cfg, &topo, channel) else {
         return router_response(&router, &ProxyError::NoNode, Some(&req.trace_id));
     };
 
     // Phases: forward + judge outcome.
     let primary = attempt(&router, &cfg, node, &req).await;
+    finish(router, cfg, req, primary, started).await
+}
 
+/// Phases *pick pool* and *pick node* for a classified request.
+pub fn choose_node(
+    router: &Router,
+    cfg: &Config,
+    topo: &Topology,
+    channel: Channel,
+) -> Option<Arc<Node>> {
+    let (pool, fell_back) = pick_pool(&cfg.mix, channel, topo);
+    if fell_back {
+        router.metrics.channel_fallbacks.inc();
+    }
+    topo.pick_node(pool, None, rand::next_u64())
+}
+
+/// Everything after the first attempt: mirror a good stable answer, or retry a stable fault on a
+/// debug node and record it; then the client's answer.
+pub async fn finish(
+    router: Arc<Router>,
+    cfg: Arc<Config>,
+    req: BufferedRequest,
+    primary: Attempt,
+    started: tokio::time::Instant,
+) -> Response<Full<Bytes>> {
     let Verdict::Fault(kind) = primary.verdict else {
         // Phase: record (mirror a share of good stable traffic).
         let resp = match primary.result {

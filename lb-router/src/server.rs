@@ -25,6 +25,9 @@ use crate::router::Router;
 /// silently.
 struct TrackedConn {
     stream: TcpStream,
+    /// Bytes the fast path read before handing the connection over, served first.
+    prefix: Vec<u8>,
+    prefix_pos: usize,
     mid_request: Arc<AtomicBool>,
     /// A client that stops reading cannot pin the connection (and its buffered answer): a write that
     /// makes no progress for this long fails the connection.
@@ -58,6 +61,13 @@ impl AsyncRead for TrackedConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(rest) = self.prefix.get(self.prefix_pos..).filter(|r| !r.is_empty()) {
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.prefix_pos += n;
+            self.mid_request.store(true, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
         if buf.filled().len() > before {
@@ -111,7 +121,7 @@ impl AsyncWrite for TrackedConn {
     }
 }
 
-const REQUEST_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 57\r\nx-janus-router-error: header_timeout\r\n\r\ndownstream: request head not received in time (retry ok)\n";
+pub(crate) const REQUEST_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 57\r\nx-janus-router-error: header_timeout\r\n\r\ndownstream: request head not received in time (retry ok)\n";
 
 /// Serves clients forever on `listener`.
 /// `slots` is shared by all workers: it caps open client connections router-wide.
@@ -134,13 +144,19 @@ pub async fn serve_downstream(router: Arc<Router>, listener: TcpListener, slots:
         let router = router.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            serve_connection(router, stream, peer).await;
+            crate::fast::serve_connection(router, stream, peer).await;
         });
     }
 }
 
-async fn serve_connection(router: Arc<Router>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+/// The general path: hyper serves the connection (from `prefix`, the bytes the fast path already
+/// read) with every client-side limit, each request going through `proxy::handle`.
+pub(crate) async fn serve_general(
+    router: Arc<Router>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    prefix: Vec<u8>,
+) {
     // A duplicate of the socket, kept to answer 408 after hyper has given the connection up.
     let (stream, dup) = match stream.into_std().and_then(|s| Ok((s.try_clone()?, s))) {
         Ok((dup, s)) => match TcpStream::from_std(s) {
@@ -153,6 +169,8 @@ async fn serve_connection(router: Arc<Router>, stream: TcpStream, peer: SocketAd
     let mid_request = Arc::new(AtomicBool::new(false));
     let io = TrackedConn {
         stream,
+        prefix,
+        prefix_pos: 0,
         mid_request: mid_request.clone(),
         write_timeout: Duration::from_millis(cfg.downstream.write_timeout_ms),
         write_stall: None,
