@@ -16,6 +16,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
@@ -41,6 +42,11 @@ use crate::upstream::{BufferedRequest, BufferedResponse, HOP_BY_HOP, UpstreamErr
 /// Most header fields a head may carry on the fast path (the general path applies the configured
 /// `downstream.max_headers` to requests; a node's answer with more is a malformed answer).
 const MAX_FIELDS: usize = 128;
+/// Header slots for one parse, left uninitialised (httparse fills what it uses): no 4 KiB memset per
+/// parse on the hot path.
+fn field_slots<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_FIELDS] {
+    [const { MaybeUninit::uninit() }; MAX_FIELDS]
+}
 /// Largest response head accepted from a node.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Longest chunk-size line accepted from a node.
@@ -167,7 +173,7 @@ async fn serve_request(
         let breq = buffered_request(&c.buf, head_len, req, c.peer);
         let bresp = buffered_response(&conn.buf, &raw);
         if raw.reusable {
-            checkin(cfg, node.addr.0, conn);
+            checkin(cfg, node.addr.0, conn, started);
         }
         let primary = proxy::account(router, node, Ok(bresp));
         let resp = proxy::finish(router.clone(), cfg.clone(), breq, primary, started).await;
@@ -193,7 +199,7 @@ async fn serve_request(
     );
     if raw.reusable {
         conn.buf.clear();
-        checkin(cfg, node.addr.0, conn);
+        checkin(cfg, node.addr.0, conn, started);
     }
     write_out(&mut c.stream, &c.out, cfg).await.is_ok() && req.keep_alive
 }
@@ -211,8 +217,17 @@ async fn answer_general(
 
 /// Writes all of `data` unless the client makes no room for it within `downstream.write_timeout_ms`.
 async fn write_out(stream: &mut TcpStream, data: &[u8], cfg: &Config) -> std::io::Result<()> {
+    // Nearly always the socket takes the whole answer at once: no timer for that.
+    let written = match stream.try_write(data) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    let Some(rest) = data.get(written..).filter(|r| !r.is_empty()) else {
+        return Ok(());
+    };
     let limit = Duration::from_millis(cfg.downstream.write_timeout_ms);
-    match timeout(limit, stream.write_all(data)).await {
+    match timeout(limit, stream.write_all(rest)).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -318,9 +333,13 @@ impl Prepared {
 /// Parses a complete request head and writes the request line and header fields to send to the node
 /// into `fwd`. `None`: not a request for the fast path (the general path takes the connection).
 fn prepare(cfg: &Config, head: &[u8], peer_ip: &str, fwd: &mut Vec<u8>) -> Option<Prepared> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut parsed = httparse::Request::new(&mut fields);
-    match parsed.parse(head) {
+    let mut slots = field_slots();
+    let mut parsed = httparse::Request::new(&mut []);
+    match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        head,
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(n)) if n == head.len() => {}
         _ => return None,
     }
@@ -434,9 +453,13 @@ fn buffered_request(
     req: &Prepared,
     client_ip: IpAddr,
 ) -> BufferedRequest {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut parsed = httparse::Request::new(&mut fields);
-    let _ = parsed.parse(&buf[..head_len]);
+    let mut slots = field_slots();
+    let mut parsed = httparse::Request::new(&mut []);
+    let _ = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        &buf[..head_len],
+        &mut slots,
+    );
     BufferedRequest {
         method: req.method.clone(),
         path: req.path_str(buf).to_owned(),
@@ -497,8 +520,9 @@ fn quiet(stream: &TcpStream) -> bool {
     matches!(stream.poll_read_ready(&mut cx), Poll::Pending)
 }
 
-fn checkin(cfg: &Config, addr: SocketAddr, mut conn: RawConn) {
-    conn.idle_since = std::time::Instant::now();
+/// Keeps `conn` for the next request; `now` is about now (a time the caller already read).
+fn checkin(cfg: &Config, addr: SocketAddr, mut conn: RawConn, now: Instant) {
+    conn.idle_since = now.into_std();
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.entry(addr).or_default();
@@ -714,9 +738,13 @@ fn parse_response_head(
     head_request: bool,
     max_body: usize,
 ) -> Result<HeadParse, ExchangeError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let n = match parsed.parse(buf) {
+    let mut slots = field_slots();
+    let mut parsed = httparse::Response::new(&mut []);
+    let n = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(HeadParse::Partial),
         Err(e) => {
@@ -846,9 +874,13 @@ struct Scan {
 /// `out` (the node's minus hop-by-hop ones, plus who answered and the framing), and reports what
 /// *judge outcome* needs. The body is appended by the caller.
 fn relay_head(head: &[u8], node: &Node, req: &Prepared, body: &[u8], out: &mut Vec<u8>) -> Scan {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let _ = parsed.parse(head);
+    let mut slots = field_slots();
+    let mut parsed = httparse::Response::new(&mut []);
+    let _ = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        head,
+        &mut slots,
+    );
     let status = parsed.code.unwrap_or(502);
     let mut scan = Scan {
         status,
@@ -909,9 +941,13 @@ fn relay_head(head: &[u8], node: &Node, req: &Prepared, body: &[u8], out: &mut V
 
 /// The node's answer in the buffered form of the general path.
 fn buffered_response(buf: &[u8], raw: &RawResponse) -> BufferedResponse {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let _ = parsed.parse(&buf[..raw.head_len]);
+    let mut slots = field_slots();
+    let mut parsed = httparse::Response::new(&mut []);
+    let _ = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        &buf[..raw.head_len],
+        &mut slots,
+    );
     BufferedResponse {
         status: parsed
             .code

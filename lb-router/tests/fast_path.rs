@@ -1,0 +1,255 @@
+//! The router's HTTP/1.1 fast path against a node scripted byte by byte: answer framings the hyper
+//! test nodes never produce (chunked, interim 1xx, close-delimited), a node that closes kept-alive
+//! connections, pipelined and `Connection: close` clients, HTTP/1.0 (handed to the general path),
+//! and the head the node receives.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::Method;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A node whose answers are written by hand. Its admin listener answers every request with a
+/// healthy `/health`.
+struct RawNode {
+    addr: std::net::SocketAddr,
+    admin_addr: std::net::SocketAddr,
+    /// Connections accepted on the service listener.
+    connections: Arc<AtomicU64>,
+}
+
+impl RawNode {
+    async fn start() -> Self {
+        let svc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (addr, admin_addr) = (
+            svc.local_addr().expect("addr"),
+            admin.local_addr().expect("addr"),
+        );
+        let connections = Arc::new(AtomicU64::new(0));
+        let count = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = svc.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve_scripted(s));
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = admin.accept().await {
+                tokio::spawn(async move {
+                    let body = r#"{"status":"ok","node":"raw","flavor":"uk","seq":null}"#;
+                    while read_head(&mut s).await.is_some() {
+                        let out = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(out.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            admin_addr,
+            connections,
+        }
+    }
+
+    fn toml(&self) -> String {
+        format!(
+            "[[nodes]]\nid = \"raw\"\npool = \"stable\"\naddr = \"{}\"\nadmin_addr = \"{}\"\n",
+            self.addr, self.admin_addr
+        )
+    }
+}
+
+/// Reads one request head (and no body: the scripted paths take none). `None` at EOF.
+async fn read_head(s: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+async fn serve_scripted(mut s: TcpStream) {
+    while let Some(head) = read_head(&mut s).await {
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let fixed = |body: &str| {
+            format!(
+                "HTTP/1.1 200 OK\r\nx-janus-flavor: uk\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let (out, close) = match path.as_str() {
+            "/chunked" => (
+                "HTTP/1.1 200 OK\r\nx-janus-flavor: uk\r\ntransfer-encoding: chunked\r\n\r\n\
+                 5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"
+                    .to_owned(),
+                false,
+            ),
+            "/interim" => (
+                format!(
+                    "HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n{}",
+                    fixed("final")
+                ),
+                false,
+            ),
+            "/until-close" => (
+                "HTTP/1.1 200 OK\r\nx-janus-flavor: uk\r\n\r\nbody until close".to_owned(),
+                true,
+            ),
+            // Answers, then closes without saying so: the next request must not be lost on it.
+            "/close-after" => (fixed("closing"), true),
+            "/head" => (fixed(&head), false),
+            _ => (fixed(&path), false),
+        };
+        if s.write_all(out.as_bytes()).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+async fn router_for(node: &RawNode, name: &str) -> RouterProcess {
+    let dir = temp_dir(name);
+    let cfg = format!("{}{}", config_head(&dir, ""), node.toml());
+    RouterProcess::start(&dir, &cfg).await
+}
+
+/// Writes `req` on a new connection and reads until the router closes it (or 5 s pass).
+async fn raw_exchange(addr: std::net::SocketAddr, req: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(req).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_interim_and_close_delimited_answers_are_relayed_with_a_length() {
+    let node = RawNode::start().await;
+    let router = router_for(&node, "framings").await;
+    let client = HttpClient::new();
+    for (path, body) in [
+        ("/chunked", "hello world"),
+        ("/interim", "final"),
+        ("/until-close", "body until close"),
+    ] {
+        let r = client.get(&router, path, &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (200, body), "{path}: {r:?}");
+        assert_eq!(
+            r.header("content-length"),
+            Some(body.len().to_string().as_str())
+        );
+        assert_eq!(r.header("transfer-encoding"), None, "{path}");
+        assert_eq!(r.header("x-janus-node"), Some("raw"));
+        assert_eq!(r.header("x-janus-pool"), Some("stable"));
+        assert!(r.header("date").is_some(), "{path}: the router adds a date");
+    }
+    // A HEAD answer keeps the node's length and carries no body.
+    let head = client
+        .send(router.addr, Method::HEAD, "/abc", &[], bytes::Bytes::new())
+        .await
+        .expect("head");
+    assert_eq!(head.header("content-length"), Some("4"));
+    assert!(head.body.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_connections_are_reused_and_a_node_closing_them_costs_no_request() {
+    let node = RawNode::start().await;
+    let router = router_for(&node, "reuse").await;
+    let client = HttpClient::new();
+    for i in 0..40 {
+        let r = client.get(&router, &format!("/n{i}"), &[]).await;
+        assert_eq!(r.body, format!("/n{i}"));
+    }
+    let reused = node.connections.load(Ordering::SeqCst);
+    assert!(
+        reused <= 4,
+        "40 sequential requests took {reused} node connections"
+    );
+    for _ in 0..10 {
+        let r = client.get(&router, "/close-after", &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "closing"), "{r:?}");
+        let r = client.get(&router, "/after", &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "/after"), "{r:?}");
+    }
+    let faults = client
+        .admin(&router, Method::GET, "/faults", "")
+        .await
+        .expect("faults")
+        .json();
+    assert_eq!(
+        faults["faults"].as_array().map(Vec::len),
+        Some(0),
+        "a closed idle connection is not a fault: {faults}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_gets_a_clean_head_with_trace_id_and_forwarded_for() {
+    let node = RawNode::start().await;
+    let router = router_for(&node, "head").await;
+    let out = raw_exchange(
+        router.addr,
+        b"GET /head HTTP/1.1\r\nHost: example.test\r\nConnection: keep-alive, close\r\nKeep-Alive: 5\r\nTE: trailers\r\n\
+          X-Janus-Trace-Id: 0123456789ABCDEF0123456789abcdef\r\nX-Custom: 1\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("connection: close\r\n"), "{out}");
+    let seen = out
+        .split_once("\r\n\r\n")
+        .expect("body")
+        .1
+        .to_ascii_lowercase();
+    assert!(seen.starts_with("get /head http/1.1\r\n"), "{seen}");
+    assert!(seen.contains("host: example.test\r\n"), "{seen}");
+    assert!(seen.contains("x-custom: 1\r\n"), "{seen}");
+    for gone in ["connection:", "keep-alive:", "te:"] {
+        assert!(!seen.contains(gone), "{gone} forwarded: {seen}");
+    }
+    assert_eq!(
+        seen.matches("x-janus-trace-id: 0123456789abcdef0123456789abcdef\r\n")
+            .count(),
+        1,
+        "{seen}"
+    );
+    assert!(seen.contains("x-forwarded-for: 127.0.0.1\r\n"), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_http11_and_http10_clients_are_answered_in_order() {
+    let node = RawNode::start().await;
+    let router = router_for(&node, "pipeline").await;
+    let out = raw_exchange(
+        router.addr,
+        b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\nGET /three HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let bodies: Vec<&str> = out
+        .split("HTTP/1.1 200 OK\r\n")
+        .skip(1)
+        .filter_map(|a| a.split("\r\n\r\n").nth(1))
+        .collect();
+    assert_eq!(bodies, ["/one", "/two", "/three"], "{out}");
+    // HTTP/1.0 goes to the general path and is answered all the same.
+    let out = raw_exchange(router.addr, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+    assert!(out.ends_with("/old"), "{out}");
+}
