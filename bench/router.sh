@@ -19,7 +19,7 @@ THREADS="${THREADS:-2}"
 WORKERS="${WORKERS:-2}"
 BACKEND="${BACKEND:-nginx}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-router}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 
 for tool in wrk nginx haproxy curl python3; do
   command -v "$tool" >/dev/null || { echo "bench: missing $tool (apt-get install wrk nginx-light haproxy curl)" >&2; exit 2; }
@@ -109,8 +109,9 @@ pool = "stable"
 addr = "127.0.0.1:$BACK_PORT"
 admin_addr = "127.0.0.1:$BACK_ADMIN"
 CONF
-TOKIO_WORKER_THREADS=$WORKERS RUST_LOG=warn "$ROUTER_BIN" --config "$WORK/router.toml" >"$WORK/router.out" 2>"$WORK/router.err" &
+RUST_LOG=warn JANUS_ROUTER_DOWNSTREAM__WORKERS=$WORKERS "$ROUTER_BIN" --config "$WORK/router.toml" >"$WORK/router.out" 2>"$WORK/router.err" &
 PIDS+=($!)
+ROUTER_PID=$!
 wait_http "http://127.0.0.1:$ROUTER_PORT$BACK_PATH"
 
 # --- nginx as a reverse proxy -----------------------------------------------------------------------
@@ -130,6 +131,7 @@ CONF
 mkdir -p "$WORK/nginx/tmp"
 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
 PIDS+=($!)
+NGINX_PID=$!
 wait_http "http://127.0.0.1:$NGINX_PORT$BACK_PATH"
 
 # --- HAProxy ---------------------------------------------------------------------------------------
@@ -151,6 +153,7 @@ backend be
 CONF
 haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
 PIDS+=($!)
+HAPROXY_PID=$!
 wait_http "http://127.0.0.1:$HAPROXY_PORT$BACK_PATH"
 
 # --- runs --------------------------------------------------------------------------------------------
@@ -160,13 +163,41 @@ v=sys.argv[1]; m=re.match(r"([0-9.]+)(us|ms|s|m)$", v)
 n=float(m.group(1)); u=m.group(2)
 print("%.3f" % (n/1000 if u=="us" else n if u=="ms" else n*1000 if u=="s" else n*60000))' "$1"
 }
-declare -A RPS P50 P99
-run() { # name url -> appends "rps p50 p99" to $WORK/runs-<name>
-  local out
+# CPU accounting: "user_ticks sys_ticks machine_busy_ticks" for a process (with its children, e.g.
+# nginx workers) and the whole machine, from /proc. Clock ticks are 1/100 s.
+cpu_ticks() { # pid
+  python3 - "$1" <<'PY'
+import os, sys
+root = sys.argv[1]
+pids = {root} | {p for p in os.listdir("/proc") if p.isdigit() and
+                 open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == root} if root != "-" else set()
+u = s = 0
+for p in pids:
+    try:
+        for t in os.listdir(f"/proc/{p}/task"):
+            f = open(f"/proc/{p}/task/{t}/stat").read().rsplit(")", 1)[1].split()
+            u += int(f[11]); s += int(f[12])
+    except OSError:
+        pass
+c = list(map(int, open("/proc/stat").readline().split()[1:8]))
+print(u, s, c[0] + c[1] + c[2] + c[5] + c[6])
+PY
+}
+declare -A RPS P50 P99 PID USER_US SYS_US BUSY_US
+PID=([direct]=- [lbrouter]=$ROUTER_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID)
+run() { # name url -> appends "rps p50 p99 user_us sys_us machine_us" (CPU per request) to $WORK/runs-<name>
+  local out before after
+  before="$(cpu_ticks "${PID[$1]}")"
   out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$2")"
+  after="$(cpu_ticks "${PID[$1]}")"
   echo "$out" >>"$WORK/wrk-$1.txt"
   if echo "$out" | grep -q "Non-2xx"; then echo "bench: $1 answered non-2xx:" >&2; echo "$out" >&2; exit 1; fi
-  echo "$(echo "$out" | awk '/Requests\/sec/ {print $2}') $(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')") $(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")" >>"$WORK/runs-$1"
+  local n cpu
+  n="$(echo "$out" | awk '/requests in/ {print $1}')"
+  cpu="$(python3 -c 'import sys
+b=list(map(int,sys.argv[1].split())); a=list(map(int,sys.argv[2].split())); n=int(sys.argv[3])
+print(" ".join("%.2f" % ((y-x)*10000/n) for x,y in zip(b,a)))' "$before" "$after" "$n")"
+  echo "$(echo "$out" | awk '/Requests\/sec/ {print $2}') $(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')") $(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')") $cpu" >>"$WORK/runs-$1"
 }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s x $ROUNDS rounds, backend=$BACKEND, proxy workers=$WORKERS" >&2
@@ -188,18 +219,31 @@ for t in "${TARGETS[@]}"; do
   RPS[$t]=$(awk '{print $1}' "$WORK/runs-$t" | median)
   P50[$t]=$(awk '{print $2}' "$WORK/runs-$t" | median)
   P99[$t]=$(awk '{print $3}' "$WORK/runs-$t" | median)
+  USER_US[$t]=$(awk '{print $4}' "$WORK/runs-$t" | median)
+  SYS_US[$t]=$(awk '{print $5}' "$WORK/runs-$t" | median)
+  BUSY_US[$t]=$(awk '{print $6}' "$WORK/runs-$t" | median)
 done
 
-printf '\n%-10s %12s %10s %10s\n' target "req/s" "p50 ms" "p99 ms"
+echo
+echo "CPU per request, in microseconds (medians over rounds): the proxy's own user and kernel time, and the"
+echo "whole machine's (wrk + backend + proxy; 2 cores at full load are 2,000,000 us per second)."
+printf '%-10s %12s %10s %10s %12s %12s %12s\n' target "req/s" "p50 ms" "p99 ms" "proxy usr" "proxy sys" "machine"
 for t in direct lbrouter nginx haproxy; do
-  printf '%-10s %12.0f %10.3f %10.3f\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}"
+  printf '%-10s %12.0f %10.3f %10.3f %12s %12s %12.2f\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" \
+    "$([ "$t" = direct ] && echo - || echo "${USER_US[$t]}")" "$([ "$t" = direct ] && echo - || echo "${SYS_US[$t]}")" "${BUSY_US[$t]}"
 done
-python3 - "${RPS[lbrouter]}" "${RPS[nginx]}" "${RPS[haproxy]}" "${P99[lbrouter]}" "${P99[nginx]}" "${P99[haproxy]}" <<'PY'
+python3 - "${RPS[lbrouter]}" "${RPS[nginx]}" "${RPS[haproxy]}" "${P99[lbrouter]}" "${P99[nginx]}" "${P99[haproxy]}" \
+  "${USER_US[nginx]}" "${BUSY_US[nginx]}" "${USER_US[lbrouter]}" "${SYS_US[lbrouter]}" "${SYS_US[nginx]}" <<'PY'
 import sys
-r, n, h, pr, pn, ph = map(float, sys.argv[1:])
+r, n, h, pr, pn, ph, nu, nb, ru, rs, ns = map(float, sys.argv[1:])
 print()
 print("throughput lb-router/nginx   = %.2fx   (p99 %.3f ms vs %.3f ms)" % (r / n, pr, pn))
 print("throughput lb-router/HAProxy = %.2fx   (p99 %.3f ms vs %.3f ms)" % (r / h, pr, ph))
+print("proxy CPU per request: lb-router %.2f us (user %.2f + kernel %.2f), nginx %.2f us (user %.2f + kernel %.2f)"
+      % (ru + rs, ru, rs, nu + ns, nu, ns))
+if nb > nu > 0:
+    print("ceiling here: a proxy with no user-space cost at all, on nginx's kernel cost, would reach %.2fx nginx"
+          % (nb / (nb - nu)))
 ok = r / n >= 1.2 and pr <= pn * 1.05
 print("target lb-router >= 1.2x nginx at equal p99: %s" % ("met" if ok else "NOT met"))
 PY

@@ -43,6 +43,11 @@ impl RetryBudget {
 
     fn add(&self, amount: u64) {
         let max = self.max_milli.load(Ordering::Acquire);
+        // A full budget (the usual state) is left alone: no write, so the cache line is not bounced
+        // between workers on every request.
+        if self.balance_milli.load(Ordering::Acquire) == max {
+            return;
+        }
         let _ = self
             .balance_milli
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {

@@ -121,8 +121,14 @@ pub async fn serve_connection(router: Arc<Router>, stream: TcpStream, peer: Sock
 
         let keep_alive = serve_request(&router, &cfg, &topo, &mut c, &req, head_len, started).await;
         c.buf.drain(..total);
+        // A big body grew a buffer: give the memory back rather than keep it per idle connection.
         if c.buf.capacity() > KEEP_CAPACITY && c.buf.len() < READ_CHUNK {
             c.buf.shrink_to(READ_CHUNK);
+        }
+        for v in [&mut c.fwd, &mut c.out] {
+            if v.capacity() > KEEP_CAPACITY {
+                *v = Vec::with_capacity(1024);
+            }
         }
         if !keep_alive {
             let _ = c.stream.shutdown().await;
@@ -150,7 +156,7 @@ async fn serve_request(
     };
     let forwarded = {
         let _in_flight = node.start_request();
-        forward(cfg, &node, &c.fwd, req).await
+        forward(cfg, &node, &c.fwd, req, started).await
     };
     let (mut conn, raw) = match forwarded {
         Ok(x) => x,
@@ -498,14 +504,17 @@ thread_local! {
     static IDLE: RefCell<HashMap<SocketAddr, Vec<RawConn>>> = RefCell::new(HashMap::new());
 }
 
-/// An idle connection to `addr` that is still open and quiet, if this worker has one.
-fn checkout(cfg: &Config, addr: SocketAddr) -> Option<RawConn> {
+/// An idle connection to `addr` that is still open and quiet, if this worker has one. `now` is about
+/// now (a time the caller already read).
+fn checkout(cfg: &Config, addr: SocketAddr, now: Instant) -> Option<RawConn> {
     let idle_timeout = Duration::from_millis(cfg.upstream.pool_idle_timeout_ms);
+    let now = now.into_std();
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         while let Some(conn) = list.pop() {
-            if conn.idle_since.elapsed() <= idle_timeout && quiet(&conn.stream) {
+            if now.saturating_duration_since(conn.idle_since) <= idle_timeout && quiet(&conn.stream)
+            {
                 return Some(conn);
             }
         }
@@ -523,6 +532,9 @@ fn quiet(stream: &TcpStream) -> bool {
 /// Keeps `conn` for the next request; `now` is about now (a time the caller already read).
 fn checkin(cfg: &Config, addr: SocketAddr, mut conn: RawConn, now: Instant) {
     conn.idle_since = now.into_std();
+    if conn.buf.capacity() > KEEP_CAPACITY {
+        conn.buf = Vec::with_capacity(READ_CHUNK);
+    }
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.entry(addr).or_default();
@@ -589,11 +601,12 @@ async fn forward(
     node: &Node,
     fwd: &[u8],
     req: &Prepared,
+    started: Instant,
 ) -> Result<(RawConn, RawResponse), UpstreamError> {
     let limit = cfg.upstream_request_timeout();
     let max_body = cfg.upstream.max_response_body_bytes;
     let exchange_on_node = async {
-        let (mut conn, reused) = match checkout(cfg, node.addr.0) {
+        let (mut conn, reused) = match checkout(cfg, node.addr.0, started) {
             Some(c) => (c, true),
             None => (connect(cfg, node).await?, false),
         };
