@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -29,7 +30,7 @@ use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, Sleep, timeout, timeout_at};
 
 use crate::config::Config;
 use crate::ids::{Pool, TraceId};
@@ -68,6 +69,11 @@ struct Client {
     fwd: Vec<u8>,
     /// The answer being written to the client.
     out: Vec<u8>,
+    /// Deadline of the request head being read. One timer per connection, moved forward per request:
+    /// moving a tokio timer later costs a store, a new one a timer-wheel insert and removal.
+    head_timer: Pin<Box<Sleep>>,
+    /// Deadline of the node's answer (`upstream.request_timeout_ms`), likewise.
+    node_timer: Pin<Box<Sleep>>,
 }
 
 /// Serves one client connection until it closes, or hands it to the general path.
@@ -80,6 +86,8 @@ pub async fn serve_connection(router: Arc<Router>, stream: TcpStream, peer: Sock
         buf: Vec::with_capacity(READ_CHUNK),
         fwd: Vec::with_capacity(1024),
         out: Vec::with_capacity(1024),
+        head_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        node_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
     };
     loop {
         let head_len = match read_head(&mut c, &router.snapshot().0).await {
@@ -156,7 +164,7 @@ async fn serve_request(
     };
     let forwarded = {
         let _in_flight = node.start_request();
-        forward(cfg, &node, &c.fwd, req, started).await
+        forward(cfg, &node, &c.fwd, req, started, c.node_timer.as_mut()).await
     };
     let (mut conn, raw) = match forwarded {
         Ok(x) => x,
@@ -258,7 +266,7 @@ enum HeadRead {
 async fn read_head(c: &mut Client, cfg: &Config) -> HeadRead {
     let max = cfg.downstream.max_header_bytes;
     let mut scanned = 0;
-    let mut deadline = None;
+    let mut armed = false;
     loop {
         if let Some(end) = head_end(&c.buf, scanned) {
             return if end > max {
@@ -271,13 +279,23 @@ async fn read_head(c: &mut Client, cfg: &Config) -> HeadRead {
             return HeadRead::General;
         }
         scanned = c.buf.len().saturating_sub(3);
-        let deadline = *deadline.get_or_insert_with(|| Instant::now() + cfg.header_read_timeout());
+        if !armed {
+            // A later deadline than the last one: tokio only moves the entry's expiry, no wheel work.
+            c.head_timer
+                .as_mut()
+                .reset(Instant::now() + cfg.header_read_timeout());
+            armed = true;
+        }
         c.buf.reserve(READ_CHUNK);
-        match timeout_at(deadline, c.stream.read_buf(&mut c.buf)).await {
-            Err(_) if c.buf.is_empty() => return HeadRead::Closed,
-            Err(_) => return HeadRead::TimedOut,
-            Ok(Ok(0) | Err(_)) => return HeadRead::Closed,
-            Ok(Ok(_)) => {}
+        let read = tokio::select! {
+            biased;
+            r = c.stream.read_buf(&mut c.buf) => r,
+            () = c.head_timer.as_mut() => {
+                return if c.buf.is_empty() { HeadRead::Closed } else { HeadRead::TimedOut };
+            }
+        };
+        if matches!(read, Ok(0) | Err(_)) {
+            return HeadRead::Closed;
         }
     }
 }
@@ -602,6 +620,7 @@ async fn forward(
     fwd: &[u8],
     req: &Prepared,
     started: Instant,
+    mut timer: Pin<&mut Sleep>,
 ) -> Result<(RawConn, RawResponse), UpstreamError> {
     let limit = cfg.upstream_request_timeout();
     let max_body = cfg.upstream.max_response_body_bytes;
@@ -624,9 +643,11 @@ async fn forward(
             Err(e) => Err(upstream_error(node, e, max_body)),
         }
     };
-    match timeout(limit, exchange_on_node).await {
-        Ok(r) => r,
-        Err(_) => Err(UpstreamError::Timeout {
+    timer.as_mut().reset(started + limit);
+    tokio::select! {
+        biased;
+        r = exchange_on_node => r,
+        () = timer => Err(UpstreamError::Timeout {
             node: node.id.to_string(),
             timeout_ms: limit.as_millis() as u64,
         }),
