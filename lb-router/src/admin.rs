@@ -303,7 +303,7 @@ async fn replay(router: &Arc<Router>, id: i64, node: Option<&str>) -> AdminRespo
         path: fault.summary.path.clone(),
         headers,
         body: Bytes::from(fault.request_body.clone()),
-        trace_id: trace_id.clone(),
+        trace_id,
         client_ip: None,
     };
     let attempt = crate::proxy::replay_on(router, node, &req).await;

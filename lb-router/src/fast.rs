@@ -15,7 +15,6 @@
 //! * a mirrored request is copied into the buffered types `mirror` compares.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
@@ -489,7 +488,7 @@ fn buffered_request(
         path: req.path_str(buf).to_owned(),
         headers: header_map(parsed.headers),
         body: Bytes::copy_from_slice(&buf[head_len..head_len + req.body_len]),
-        trace_id: req.trace_id.clone(),
+        trace_id: req.trace_id,
         client_ip: Some(client_ip),
     }
 }
@@ -519,7 +518,8 @@ struct RawConn {
 
 thread_local! {
     /// This worker's idle node connections, per node address: checkout and checkin take no lock.
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<RawConn>>> = RefCell::new(HashMap::new());
+    /// A short list searched linearly (a router has few nodes; no hashing per request).
+    static IDLE: RefCell<Vec<(SocketAddr, Vec<RawConn>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// An idle connection to `addr` that is still open and quiet, if this worker has one. `now` is about
@@ -529,7 +529,7 @@ fn checkout(cfg: &Config, addr: SocketAddr, now: Instant) -> Option<RawConn> {
     let now = now.into_std();
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
+        let (_, list) = idle.iter_mut().find(|(a, _)| *a == addr)?;
         while let Some(conn) = list.pop() {
             if now.saturating_duration_since(conn.idle_since) <= idle_timeout && quiet(&conn.stream)
             {
@@ -555,7 +555,14 @@ fn checkin(cfg: &Config, addr: SocketAddr, mut conn: RawConn, now: Instant) {
     }
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = idle.entry(addr).or_default();
+        let i = idle
+            .iter()
+            .position(|(a, _)| *a == addr)
+            .unwrap_or_else(|| {
+                idle.push((addr, Vec::new()));
+                idle.len() - 1
+            });
+        let list = &mut idle[i].1;
         if list.len() < cfg.upstream.pool_max_idle_per_node {
             list.push(conn);
         }

@@ -74,16 +74,17 @@ impl fmt::Display for AdminAddr {
     }
 }
 
-/// A W3C-compatible trace id: 32 lowercase hex digits, never all zero.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TraceId(String);
+/// A W3C-compatible trace id: 32 lowercase hex digits, never all zero. Kept inline (no allocation):
+/// one is made for every request that arrives without one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceId([u8; 32]);
 
 impl TraceId {
     /// Accepts exactly 32 hex digits (not all zero) and normalises them to lowercase.
     pub fn parse(s: &str) -> Option<Self> {
-        if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) && s.bytes().any(|b| b != b'0')
-        {
-            Some(Self(s.to_ascii_lowercase()))
+        let bytes: [u8; 32] = s.as_bytes().try_into().ok()?;
+        if bytes.iter().all(u8::is_ascii_hexdigit) && bytes.iter().any(|&b| b != b'0') {
+            Some(Self(bytes.map(|b| b.to_ascii_lowercase())))
         } else {
             None
         }
@@ -103,24 +104,32 @@ impl TraceId {
     /// A fresh random trace id.
     pub fn generate() -> Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut id = String::with_capacity(32);
-        for word in [crate::rand::next_u64(), crate::rand::next_u64() | 1] {
-            for shift in (0..16).rev() {
-                id.push(char::from(HEX[((word >> (shift * 4)) & 0xf) as usize]));
-            }
-        }
+        let mut id = [0u8; 32];
         // The low bit of the second word is set: never all zero.
+        let words = [crate::rand::next_u64(), crate::rand::next_u64() | 1];
+        for (i, digit) in id.iter_mut().enumerate() {
+            let word = words[i / 16];
+            let shift = (15 - i % 16) * 4;
+            *digit = HEX[((word >> shift) & 0xf) as usize];
+        }
         Self(id)
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ASCII hex digits are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId({})", self.as_str())
     }
 }
 
@@ -144,6 +153,12 @@ mod tests {
             TraceId::from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7")
                 .is_none()
         );
-        assert_ne!(TraceId::generate(), TraceId::generate());
+        let g = TraceId::generate();
+        assert_ne!(g, TraceId::generate());
+        assert_eq!(
+            TraceId::parse(g.as_str()),
+            Some(g),
+            "a generated id parses as itself"
+        );
     }
 }
