@@ -117,7 +117,7 @@ pub use client::{ClientRequest, ClientResponse, ResponseParser};
 pub use error::{EncodeError, Error, RespondError};
 pub use headers::{HeaderField, Headers};
 pub use limits::Limits;
-pub use response::{Response, ResponseContext, encode_error};
+pub use response::{Response, ResponseContext, encode_error, push_decimal, push_field};
 pub use server::{Event, ServerConn};
 pub use status::reason_phrase;
 pub use wire::{Method, Request, RequestHead, Version};

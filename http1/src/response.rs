@@ -151,7 +151,8 @@ pub fn encode_error(err: &Error, out: &mut Vec<u8>) {
     let _ = resp.encode(&ctx, out);
 }
 
-pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Appends a header field line `name: value\r\n` (both already validated by the caller).
+pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -159,7 +160,7 @@ pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Appends `n` in decimal without going through `core::fmt`.
-pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut len: usize = 0;
     loop {

@@ -38,6 +38,7 @@ use crate::pool::Node;
 use crate::proxy::{self, Channel, ProxyError};
 use crate::router::Router;
 use crate::upstream::{BufferedRequest, BufferedResponse, HOP_BY_HOP, UpstreamError};
+use janus_http1::{push_decimal, push_field};
 
 /// Most header fields a head may carry on the fast path (the general path applies the configured
 /// `downstream.max_headers` to requests; a node's answer with more is a malformed answer).
@@ -1069,28 +1070,6 @@ thread_local! {
 
 fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-}
-
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn push_decimal(out: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// A `Content-Length` value: 1 to 19 ASCII digits, nothing else.
