@@ -341,9 +341,6 @@ struct Prepared {
     body_len: usize,
     keep_alive: bool,
     head_request: bool,
-    /// Idempotent, or carries an `Idempotency-Key`: safe to send again on a fresh connection when a
-    /// reused one turned out closed before anything came back.
-    resend_safe: bool,
     trace_id: TraceId,
     channel: Channel,
 }
@@ -378,7 +375,6 @@ fn prepare(cfg: &Config, head: &[u8], peer_ip: &str, fwd: &mut Vec<u8>) -> Optio
     let mut content_length = None;
     let mut keep_alive = true;
     let mut has_host = false;
-    let mut idempotency_key = false;
     let mut trace = None;
     let mut traceparent = None;
     for h in headers {
@@ -412,8 +408,6 @@ fn prepare(cfg: &Config, head: &[u8], peer_ip: &str, fwd: &mut Vec<u8>) -> Optio
                     .ok()
                     .and_then(TraceId::from_traceparent)
             });
-        } else if name.eq_ignore_ascii_case(proxy::IDEMPOTENCY_KEY.as_str()) {
-            idempotency_key = true;
         }
     }
     let body_len = usize::try_from(content_length.unwrap_or(0)).ok()?;
@@ -451,16 +445,6 @@ fn prepare(cfg: &Config, head: &[u8], peer_ip: &str, fwd: &mut Vec<u8>) -> Optio
     let path_start = target.as_ptr() as usize - head.as_ptr() as usize;
     Some(Prepared {
         head_request: method == Method::HEAD,
-        resend_safe: idempotency_key
-            || matches!(
-                method,
-                Method::GET
-                    | Method::HEAD
-                    | Method::OPTIONS
-                    | Method::TRACE
-                    | Method::PUT
-                    | Method::DELETE
-            ),
         method,
         path: path_start..path_start + target.len(),
         body_len,
@@ -612,8 +596,10 @@ impl RawResponse {
     }
 }
 
-/// How one exchange failed; `Unanswered` means nothing at all came back.
+/// How one exchange failed: `Unsent`, the request could not be written; `Unanswered`, it was
+/// written and nothing at all came back.
 enum ExchangeError {
+    Unsent(String),
     Unanswered(String),
     Reset(String),
     CutOff(String),
@@ -639,9 +625,12 @@ async fn forward(
         };
         match exchange(&mut conn, fwd, req.head_request, max_body).await {
             Ok(r) => Ok((conn, r)),
-            // The node closed a kept-alive connection as the request went out: nothing was answered,
-            // so a request that is safe to send twice goes out once more on a fresh connection.
-            Err(ExchangeError::Unanswered(_)) if reused && req.resend_safe => {
+            // The node had closed this kept-alive connection before the request reached it (the
+            // write itself failed): it cannot have seen the request, which goes out once more on a
+            // new connection. A failure after the request went out is never re-sent to the same
+            // node: that could hide the very crash the router is there to catch; it is judged as a
+            // fault (and retried on a debug node if that is safe).
+            Err(ExchangeError::Unsent(_)) if reused => {
                 let mut conn = connect(cfg, node).await?;
                 match exchange(&mut conn, fwd, req.head_request, max_body).await {
                     Ok(r) => Ok((conn, r)),
@@ -665,9 +654,9 @@ async fn forward(
 fn upstream_error(node: &Node, e: ExchangeError, limit: usize) -> UpstreamError {
     let node = node.id.to_string();
     match e {
-        ExchangeError::Unanswered(reason) | ExchangeError::Reset(reason) => {
-            UpstreamError::Reset { node, reason }
-        }
+        ExchangeError::Unsent(reason)
+        | ExchangeError::Unanswered(reason)
+        | ExchangeError::Reset(reason) => UpstreamError::Reset { node, reason },
         ExchangeError::CutOff(reason) => UpstreamError::BodyCutOff { node, reason },
         ExchangeError::TooLarge => UpstreamError::ResponseTooLarge { node, limit },
     }
@@ -690,7 +679,7 @@ async fn exchange(
 ) -> Result<RawResponse, ExchangeError> {
     conn.buf.clear();
     if let Err(e) = conn.stream.write_all(fwd).await {
-        return Err(ExchangeError::Unanswered(e.to_string()));
+        return Err(ExchangeError::Unsent(e.to_string()));
     }
     let mut head: Option<(usize, Framing, bool)> = None;
     loop {
@@ -1129,7 +1118,7 @@ mod tests {
             1
         );
         assert!(fwd.contains("x-forwarded-for: 10.0.0.1\r\n") && fwd.ends_with("\r\n\r\n"));
-        assert!(p.keep_alive && p.resend_safe && p.body_len == 0);
+        assert!(p.keep_alive && !p.head_request && p.body_len == 0);
         assert_eq!(p.path_str(head), "/a?b=1");
     }
 
@@ -1162,7 +1151,7 @@ mod tests {
             &mut Vec::new(),
         )
         .expect("fast");
-        assert!(!p.keep_alive && !p.resend_safe && p.body_len == 3);
+        assert!(!p.keep_alive && p.method == Method::POST && p.body_len == 3);
     }
 
     #[test]

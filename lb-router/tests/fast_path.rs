@@ -33,10 +33,11 @@ impl RawNode {
         );
         let connections = Arc::new(AtomicU64::new(0));
         let count = connections.clone();
+        let crashes = Arc::new(AtomicU64::new(0));
         tokio::spawn(async move {
             while let Ok((s, _)) = svc.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve_scripted(s));
+                tokio::spawn(serve_scripted(s, crashes.clone()));
             }
         });
         tokio::spawn(async move {
@@ -83,7 +84,9 @@ async fn read_head(s: &mut TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&head).into_owned())
 }
 
-async fn serve_scripted(mut s: TcpStream) {
+/// `crashes` counts `/crash-once` requests: the first drops the connection without an answer (a node
+/// dying on a request), later ones are answered (the node came back with fresh state).
+async fn serve_scripted(mut s: TcpStream, crashes: Arc<AtomicU64>) {
     while let Some(head) = read_head(&mut s).await {
         let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
         let fixed = |body: &str| {
@@ -113,6 +116,7 @@ async fn serve_scripted(mut s: TcpStream) {
             // Answers, then closes without saying so: the next request must not be lost on it.
             "/close-after" => (fixed("closing"), true),
             "/head" => (fixed(&head), false),
+            "/crash-once" if crashes.fetch_add(1, Ordering::SeqCst) == 0 => return,
             _ => (fixed(&path), false),
         };
         if s.write_all(out.as_bytes()).await.is_err() || close {
@@ -252,4 +256,26 @@ async fn pipelined_http11_and_http10_clients_are_answered_in_order() {
         "{out}"
     );
     assert!(out.ends_with("/old"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dying_on_a_request_is_a_fault_not_hidden_by_a_resend() {
+    let node = RawNode::start().await;
+    let router = router_for(&node, "crash").await;
+    let client = HttpClient::new();
+    // A kept-alive node connection first, so the crash happens on a reused one.
+    assert_eq!(client.get(&router, "/warm", &[]).await.status, 200);
+    let r = client.get(&router, "/crash-once", &[]).await;
+    assert_eq!(
+        r.status, 502,
+        "the node answers a second copy of the request: the router must not send one: {r:?}"
+    );
+    let faults = client
+        .admin(&router, Method::GET, "/faults", "")
+        .await
+        .expect("faults")
+        .json();
+    let list = faults["faults"].as_array().expect("faults");
+    assert_eq!(list.len(), 1, "{faults}");
+    assert_eq!(list[0]["stable_outcome"], "reset", "{faults}");
 }
