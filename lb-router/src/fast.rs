@@ -37,7 +37,7 @@ use crate::metrics::Flavor;
 use crate::pool::Node;
 use crate::proxy::{self, Channel, ProxyError};
 use crate::router::Router;
-use crate::upstream::{BufferedRequest, BufferedResponse, HOP_BY_HOP, UpstreamError};
+use crate::upstream::{BufferedRequest, BufferedResponse, HOP_BY_HOP, UpstreamError, Verdict};
 use janus_http1::{push_decimal, push_field};
 
 /// Most header fields a head may carry on the fast path (the general path applies the configured
@@ -182,8 +182,7 @@ async fn serve_request(
         raw.body(&conn.buf),
         &mut c.out,
     );
-    let healthy = !scan.fault && scan.status < 500;
-    if !healthy {
+    if crate::upstream::judge_answer(scan.status, scan.fault) != Verdict::Good {
         let breq = buffered_request(&c.buf, head_len, req, c.peer);
         let bresp = buffered_response(&conn.buf, &raw);
         if raw.reusable {

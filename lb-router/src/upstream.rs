@@ -125,18 +125,22 @@ impl FaultKind {
     }
 }
 
+/// Phase *judge outcome* for an answer: its status and whether it carries `x-janus-fault`. The one
+/// rule both request paths apply.
+pub fn judge_answer(status: u16, fault_header: bool) -> Verdict {
+    if fault_header {
+        Verdict::Fault(FaultKind::Panic)
+    } else if (500..600).contains(&status) {
+        Verdict::Fault(FaultKind::ServerError(status))
+    } else {
+        Verdict::Good
+    }
+}
+
 /// Phase *judge outcome*: is this attempt a fault?
 pub fn judge(result: &Result<BufferedResponse, UpstreamError>) -> Verdict {
     match result {
-        Ok(resp) => {
-            if resp.headers.get(X_FAULT).is_some() {
-                Verdict::Fault(FaultKind::Panic)
-            } else if resp.status.is_server_error() {
-                Verdict::Fault(FaultKind::ServerError(resp.status.as_u16()))
-            } else {
-                Verdict::Good
-            }
-        }
+        Ok(resp) => judge_answer(resp.status.as_u16(), resp.headers.contains_key(X_FAULT)),
         Err(UpstreamError::Connect { .. }) => Verdict::Fault(FaultKind::ConnectError),
         Err(UpstreamError::Reset { .. }) => Verdict::Fault(FaultKind::Reset),
         Err(UpstreamError::BodyCutOff { .. }) => Verdict::Fault(FaultKind::BodyCutOff),
