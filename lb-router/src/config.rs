@@ -91,6 +91,8 @@ pub struct UpstreamConfig {
     pub max_response_body_bytes: usize,
     pub pool_idle_timeout_ms: u64,
     pub pool_max_idle_per_node: usize,
+    /// Most requests pipelined on one connection to a stable node (0: none, each request has its own).
+    pub pipeline_depth: usize,
     /// Bearer token for nodes' admin APIs, unless a node sets its own `admin_token`.
     pub admin_token: String,
 }
@@ -103,6 +105,7 @@ impl Default for UpstreamConfig {
             max_response_body_bytes: 8 * 1024 * 1024,
             pool_idle_timeout_ms: 30_000,
             pool_max_idle_per_node: 256,
+            pipeline_depth: 16,
             admin_token: String::new(),
         }
     }
@@ -418,6 +421,12 @@ impl Config {
         }
         if u.request_timeout_ms == 0 {
             return Err(invalid("upstream.request_timeout_ms", "must be > 0"));
+        }
+        if u.pipeline_depth > 1024 {
+            return Err(invalid(
+                "upstream.pipeline_depth",
+                "must be <= 1024 (0 = no pipelining)",
+            ));
         }
         if self.admin.token.is_empty() {
             return Err(invalid(

@@ -40,6 +40,8 @@ use crate::router::Router;
 use crate::upstream::{BufferedRequest, BufferedResponse, HOP_BY_HOP, UpstreamError, Verdict};
 use janus_http1::{push_decimal, push_field};
 
+mod lane;
+
 /// Most header fields a head may carry on the fast path (the general path applies the configured
 /// `downstream.max_headers` to requests; a node's answer with more is a malformed answer).
 const MAX_FIELDS: usize = 128;
@@ -166,7 +168,7 @@ async fn serve_request(
         let _in_flight = node.start_request();
         forward(cfg, &node, &c.fwd, req, started, c.node_timer.as_mut()).await
     };
-    let (mut conn, raw) = match forwarded {
+    let (via, raw) = match forwarded {
         Ok(x) => x,
         Err(e) => {
             let breq = buffered_request(&c.buf, head_len, req, c.peer);
@@ -175,19 +177,18 @@ async fn serve_request(
             return answer_general(c, resp, req, cfg).await;
         }
     };
+    let answer = via.buf();
     let scan = relay_head(
-        &conn.buf[..raw.head_len],
+        &answer[..raw.head_len],
         &node,
         req,
-        raw.body(&conn.buf),
+        raw.body(answer),
         &mut c.out,
     );
     if crate::upstream::judge_answer(scan.status, scan.fault) != Verdict::Good {
         let breq = buffered_request(&c.buf, head_len, req, c.peer);
-        let bresp = buffered_response(&conn.buf, &raw);
-        if raw.reusable {
-            checkin(cfg, node.addr.0, conn, started);
-        }
+        let bresp = buffered_response(answer, &raw);
+        via.release(cfg, &node, &raw, started);
         let primary = proxy::account(router, node, Ok(bresp));
         let resp = proxy::finish(router.clone(), cfg.clone(), breq, primary, started).await;
         return answer_general(c, resp, req, cfg).await;
@@ -198,11 +199,11 @@ async fn serve_request(
     }
     if node.pool == Pool::Stable && crate::mirror::sampled(cfg, req.path_str(&c.buf)) {
         let breq = buffered_request(&c.buf, head_len, req, c.peer);
-        let bresp = buffered_response(&conn.buf, &raw);
+        let bresp = buffered_response(answer, &raw);
         crate::mirror::mirror_sampled(router, cfg, &breq, &node, &bresp);
     }
     if !req.head_request {
-        c.out.extend_from_slice(raw.body(&conn.buf));
+        c.out.extend_from_slice(raw.body(answer));
     }
     router.metrics.record_response(
         node.pool,
@@ -210,10 +211,7 @@ async fn serve_request(
         scan.status,
         started.elapsed().as_micros() as u64,
     );
-    if raw.reusable {
-        conn.buf.clear();
-        checkin(cfg, node.addr.0, conn, started);
-    }
+    via.release(cfg, &node, &raw, started);
     write_out(&mut c.stream, &c.out, cfg).await.is_ok() && req.keep_alive
 }
 
@@ -539,18 +537,23 @@ fn checkin(cfg: &Config, addr: SocketAddr, mut conn: RawConn, now: Instant) {
     }
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let i = idle
-            .iter()
-            .position(|(a, _)| *a == addr)
-            .unwrap_or_else(|| {
-                idle.push((addr, Vec::new()));
-                idle.len() - 1
-            });
-        let list = &mut idle[i].1;
+        let list = per_node(&mut idle, addr);
         if list.len() < cfg.upstream.pool_max_idle_per_node {
             list.push(conn);
         }
     });
+}
+
+/// The entry for `addr` in a worker's short per-node list, made if missing.
+fn per_node<T>(lists: &mut Vec<(SocketAddr, Vec<T>)>, addr: SocketAddr) -> &mut Vec<T> {
+    let i = lists
+        .iter()
+        .position(|(a, _)| *a == addr)
+        .unwrap_or_else(|| {
+            lists.push((addr, Vec::new()));
+            lists.len() - 1
+        });
+    &mut lists[i].1
 }
 
 async fn connect(cfg: &Config, node: &Node) -> Result<RawConn, UpstreamError> {
@@ -572,6 +575,7 @@ async fn connect(cfg: &Config, node: &Node) -> Result<RawConn, UpstreamError> {
 }
 
 /// A node's answer read to its end, in its connection's buffer.
+#[derive(Debug)]
 struct RawResponse {
     head_len: usize,
     body: RawBody,
@@ -579,6 +583,7 @@ struct RawResponse {
     reusable: bool,
 }
 
+#[derive(Debug)]
 enum RawBody {
     /// The body as sent, at this range of the buffer.
     InBuf(Range<usize>),
@@ -597,7 +602,10 @@ impl RawResponse {
 
 /// How one exchange failed: `Unsent`, the request could not be written; `Unanswered`, it was
 /// written and nothing at all came back.
+#[derive(Debug)]
 enum ExchangeError {
+    /// No connection to the node could be made (lanes connect in their own task).
+    Connect(String),
     Unsent(String),
     Unanswered(String),
     Reset(String),
@@ -605,8 +613,55 @@ enum ExchangeError {
     TooLarge,
 }
 
-/// Phase *forward* on the fast path: the request on a pooled (or new) connection, the whole answer
-/// read within `upstream.request_timeout_ms`.
+/// Where a node's answer was read: an exclusive connection (kept for the next request if it can
+/// carry one) or a lane (the answer's bytes were taken off it).
+enum Via {
+    Conn(RawConn),
+    Lane(Vec<u8>),
+}
+
+impl Via {
+    fn buf(&self) -> &[u8] {
+        match self {
+            Via::Conn(c) => &c.buf,
+            Via::Lane(b) => b,
+        }
+    }
+
+    /// Done with the answer: an exclusive connection that can carry another request is kept.
+    fn release(self, cfg: &Config, node: &Node, raw: &RawResponse, now: Instant) {
+        if let Via::Conn(mut conn) = self
+            && raw.reusable
+        {
+            conn.buf.clear();
+            checkin(cfg, node.addr.0, conn, now);
+        }
+    }
+}
+
+/// Lane settings if `req` goes on a lane: pipelining is on, the node is a stable one (a unikernel
+/// serves one request at a time anyway: pipelining costs its requests no parallelism; debug nodes,
+/// instrumented and multi-threaded, keep one request per connection), and the request has no body
+/// and an idempotent method (whatever happens to the requests around it, it was safe to send).
+/// `HEAD` is left out: a node that wrongly sends a body with its answer would derail the answers
+/// behind it, where on a connection of its own it costs only that connection.
+fn lane_limits(cfg: &Config, node: &Node, req: &Prepared) -> Option<lane::LaneLimits> {
+    let depth = cfg.upstream.pipeline_depth;
+    let safe = matches!(req.method, Method::GET | Method::OPTIONS);
+    (depth > 0 && node.pool == Pool::Stable && req.body_len == 0 && safe).then(|| {
+        lane::LaneLimits {
+            depth,
+            connect_timeout: Duration::from_millis(cfg.upstream.connect_timeout_ms),
+            request_timeout: cfg.upstream_request_timeout(),
+            idle_timeout: Duration::from_millis(cfg.upstream.pool_idle_timeout_ms),
+            max_idle: cfg.upstream.pool_max_idle_per_node,
+            max_body: cfg.upstream.max_response_body_bytes,
+        }
+    })
+}
+
+/// Phase *forward* on the fast path: the request on a lane or on a pooled (or new) exclusive
+/// connection, the whole answer read within `upstream.request_timeout_ms`.
 async fn forward(
     cfg: &Config,
     node: &Node,
@@ -614,16 +669,26 @@ async fn forward(
     req: &Prepared,
     started: Instant,
     mut timer: Pin<&mut Sleep>,
-) -> Result<(RawConn, RawResponse), UpstreamError> {
+) -> Result<(Via, RawResponse), UpstreamError> {
     let limit = cfg.upstream_request_timeout();
     let max_body = cfg.upstream.max_response_body_bytes;
     let exchange_on_node = async {
-        let (mut conn, reused) = match checkout(cfg, node.addr.0, started) {
+        let reused = if let Some(limits) = lane_limits(cfg, node, req) {
+            match lane::submit(node.addr.0, limits, fwd, req.head_request).await {
+                Ok(a) => return Ok((Via::Lane(a.buf), a.raw)),
+                // The lane never wrote it: once more, on an exclusive connection of its own.
+                Err(ExchangeError::Unsent(_)) => None,
+                Err(e) => return Err(upstream_error(node, e, max_body)),
+            }
+        } else {
+            checkout(cfg, node.addr.0, started)
+        };
+        let (mut conn, reused) = match reused {
             Some(c) => (c, true),
             None => (connect(cfg, node).await?, false),
         };
         match exchange(&mut conn, fwd, req.head_request, max_body).await {
-            Ok(r) => Ok((conn, r)),
+            Ok(r) => Ok((Via::Conn(conn), r)),
             // The node had closed this kept-alive connection before the request reached it (the
             // write itself failed): it cannot have seen the request, which goes out once more on a
             // new connection. A failure after the request went out is never re-sent to the same
@@ -632,7 +697,7 @@ async fn forward(
             Err(ExchangeError::Unsent(_)) if reused => {
                 let mut conn = connect(cfg, node).await?;
                 match exchange(&mut conn, fwd, req.head_request, max_body).await {
-                    Ok(r) => Ok((conn, r)),
+                    Ok(r) => Ok((Via::Conn(conn), r)),
                     Err(e) => Err(upstream_error(node, e, max_body)),
                 }
             }
@@ -653,6 +718,7 @@ async fn forward(
 fn upstream_error(node: &Node, e: ExchangeError, limit: usize) -> UpstreamError {
     let node = node.id.to_string();
     match e {
+        ExchangeError::Connect(reason) => UpstreamError::Connect { node, reason },
         ExchangeError::Unsent(reason)
         | ExchangeError::Unanswered(reason)
         | ExchangeError::Reset(reason) => UpstreamError::Reset { node, reason },
@@ -680,77 +746,116 @@ async fn exchange(
     if let Err(e) = conn.stream.write_all(fwd).await {
         return Err(ExchangeError::Unsent(e.to_string()));
     }
-    let mut head: Option<(usize, Framing, bool)> = None;
+    let mut reader = AnswerReader::default();
     loop {
-        if head.is_none() {
-            match parse_response_head(&conn.buf, head_request, max_body)? {
-                HeadParse::Partial => {}
-                HeadParse::Interim(n) => {
-                    conn.buf.drain(..n);
-                    continue;
-                }
-                HeadParse::Complete(n, framing, close) => head = Some((n, framing, close)),
-            }
-        }
-        if let Some((head_len, framing, close)) = &mut head {
-            let (head_len, close) = (*head_len, *close);
-            let done = match framing {
-                Framing::Empty => Some((RawBody::InBuf(head_len..head_len), head_len)),
-                Framing::Length(n) => (conn.buf.len() >= head_len + *n)
-                    .then(|| (RawBody::InBuf(head_len..head_len + *n), head_len + *n)),
-                Framing::Chunked(chunked) => {
-                    if chunked.advance(&conn.buf, max_body)? {
-                        Some((
-                            RawBody::Decoded(std::mem::take(&mut chunked.body)),
-                            chunked.pos,
-                        ))
-                    } else {
-                        None
-                    }
-                }
-                Framing::UntilClose => None,
-            };
-            if let Some((body, end)) = done {
-                return Ok(RawResponse {
-                    head_len,
-                    body,
-                    reusable: !close && conn.buf.len() == end,
-                });
-            }
-            if matches!(framing, Framing::UntilClose) && conn.buf.len() - head_len > max_body {
-                return Err(ExchangeError::TooLarge);
-            }
-        } else if conn.buf.len() > MAX_RESPONSE_HEAD {
-            return Err(ExchangeError::Reset(format!(
-                "response head larger than {MAX_RESPONSE_HEAD} bytes"
-            )));
+        if let Some((mut raw, end)) = reader.step(&mut conn.buf, head_request, max_body)? {
+            raw.reusable &= conn.buf.len() == end;
+            return Ok(raw);
         }
         conn.buf.reserve(READ_CHUNK);
-        let n = match conn.stream.read_buf(&mut conn.buf).await {
-            Ok(n) => n,
-            Err(e) if conn.buf.is_empty() && head.is_none() => {
-                return Err(ExchangeError::Unanswered(e.to_string()));
+        match conn.stream.read_buf(&mut conn.buf).await {
+            Ok(0) => return reader.at_close(&conn.buf),
+            Ok(_) => {}
+            Err(e) => return Err(reader.on_error(&conn.buf, e)),
+        }
+    }
+}
+
+/// Reads one answer out of a connection buffer as its bytes arrive: the head (1xx interim answers
+/// skipped), then the body by its framing. Shared by the exclusive connections and the lanes.
+#[derive(Default)]
+struct AnswerReader {
+    /// The final answer's head once parsed: its length, body framing, whether the node closes after.
+    head: Option<(usize, Framing, bool)>,
+}
+
+impl AnswerReader {
+    /// The answer if `buf` (which starts with it) holds all of it, with the offset where it ends.
+    fn step(
+        &mut self,
+        buf: &mut Vec<u8>,
+        head_request: bool,
+        max_body: usize,
+    ) -> Result<Option<(RawResponse, usize)>, ExchangeError> {
+        loop {
+            if self.head.is_some() {
+                break;
             }
-            Err(e) if head.is_none() => return Err(ExchangeError::Reset(e.to_string())),
-            Err(e) => return Err(ExchangeError::CutOff(e.to_string())),
+            match parse_response_head(buf, head_request, max_body)? {
+                HeadParse::Partial if buf.len() > MAX_RESPONSE_HEAD => {
+                    return Err(ExchangeError::Reset(format!(
+                        "response head larger than {MAX_RESPONSE_HEAD} bytes"
+                    )));
+                }
+                HeadParse::Partial => return Ok(None),
+                HeadParse::Interim(n) => {
+                    buf.drain(..n);
+                }
+                HeadParse::Complete(n, framing, close) => self.head = Some((n, framing, close)),
+            }
+        }
+        let Some((head_len, framing, close)) = &mut self.head else {
+            return Ok(None);
         };
-        if n == 0 {
-            return match head {
-                None if conn.buf.is_empty() => Err(ExchangeError::Unanswered(
-                    "connection closed before any answer".into(),
-                )),
-                None => Err(ExchangeError::Reset(
-                    "connection closed in the middle of the response head".into(),
-                )),
-                Some((head_len, Framing::UntilClose, _)) => Ok(RawResponse {
+        let (head_len, close) = (*head_len, *close);
+        let done = match framing {
+            Framing::Empty => Some((RawBody::InBuf(head_len..head_len), head_len)),
+            Framing::Length(n) => (buf.len() >= head_len + *n)
+                .then(|| (RawBody::InBuf(head_len..head_len + *n), head_len + *n)),
+            Framing::Chunked(chunked) => {
+                if chunked.advance(buf, max_body)? {
+                    Some((
+                        RawBody::Decoded(std::mem::take(&mut chunked.body)),
+                        chunked.pos,
+                    ))
+                } else {
+                    None
+                }
+            }
+            Framing::UntilClose if buf.len() - head_len > max_body => {
+                return Err(ExchangeError::TooLarge);
+            }
+            Framing::UntilClose => None,
+        };
+        Ok(done.map(|(body, end)| {
+            self.head = None;
+            (
+                RawResponse {
                     head_len,
-                    body: RawBody::InBuf(head_len..conn.buf.len()),
-                    reusable: false,
-                }),
-                Some(_) => Err(ExchangeError::CutOff(
-                    "connection closed before the end of the body".into(),
-                )),
-            };
+                    body,
+                    reusable: !close,
+                },
+                end,
+            )
+        }))
+    }
+
+    /// The node closed the connection: the answer if it is close-delimited, else how it failed.
+    fn at_close(&self, buf: &[u8]) -> Result<RawResponse, ExchangeError> {
+        match &self.head {
+            None if buf.is_empty() => Err(ExchangeError::Unanswered(
+                "connection closed before any answer".into(),
+            )),
+            None => Err(ExchangeError::Reset(
+                "connection closed in the middle of the response head".into(),
+            )),
+            Some((head_len, Framing::UntilClose, _)) => Ok(RawResponse {
+                head_len: *head_len,
+                body: RawBody::InBuf(*head_len..buf.len()),
+                reusable: false,
+            }),
+            Some(_) => Err(ExchangeError::CutOff(
+                "connection closed before the end of the body".into(),
+            )),
+        }
+    }
+
+    /// A read failed: how the answer failed, by how far it had come.
+    fn on_error(&self, buf: &[u8], e: std::io::Error) -> ExchangeError {
+        match &self.head {
+            None if buf.is_empty() => ExchangeError::Unanswered(e.to_string()),
+            None => ExchangeError::Reset(e.to_string()),
+            Some(_) => ExchangeError::CutOff(e.to_string()),
         }
     }
 }
@@ -1157,7 +1262,7 @@ mod tests {
     fn chunked_answers_are_decoded_incrementally() {
         let wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nT: 1\r\n\r\n";
         let HeadParse::Complete(n, Framing::Chunked(mut c), close) =
-            parse_response_head(wire, false, 1024).ok().expect("parses")
+            parse_response_head(wire, false, 1024).expect("parses")
         else {
             panic!("chunked framing expected");
         };
@@ -1170,11 +1275,11 @@ mod tests {
                 trailers: false,
             };
             assert!(
-                !part.advance(&wire[..cut], 1024).ok().expect("valid so far"),
+                !part.advance(&wire[..cut], 1024).expect("valid so far"),
                 "done at {cut}"
             );
         }
-        assert!(c.advance(wire, 1024).ok().expect("valid"));
+        assert!(c.advance(wire, 1024).expect("valid"));
         assert_eq!(c.body, b"hello world");
         assert_eq!(c.pos, wire.len());
         let mut small = ChunkedBody {

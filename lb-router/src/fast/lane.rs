@@ -1,0 +1,637 @@
+//! Lanes: pipelined node connections for the fast path (`upstream.pipeline_depth` > 0).
+//!
+//! Requests for the same node that become ready in the same scheduler turn of one worker go out on
+//! one connection as one write, and their answers come back in order on it: the node reads many
+//! requests per read and the router makes one write and few reads for all of them, where separate
+//! connections cost each request its own segments, syscalls and wake-ups on both sides.
+//!
+//! A lane takes requests only while it is *collecting* (idle, or holding requests not yet written);
+//! once written it is *busy* until every answer is in, and new requests go to another lane. So a
+//! request only ever waits behind requests that arrived with it, never behind an older slow one, and
+//! the pipeline depth is bounded. Only requests that are safe to pipeline use lanes: no body, and an
+//! idempotent method (`GET`, `HEAD`, `OPTIONS`); everything else keeps an exclusive connection.
+//!
+//! Failure rules, the same as for exclusive connections: a request the lane never wrote (connect
+//! failed, the node closed the idle connection, an earlier answer said `connection: close`) fails as
+//! *unsent* and the caller sends it once more on a new exclusive connection (or reports the connect
+//! error); a request written and then lost fails as a reset, and is never re-sent to the node.
+//!
+//! One task per lane owns the socket; the waiting requests hold a [`Slot`] it fills. The lane lives
+//! on its worker's thread (the per-worker runtimes are single-threaded): its locks are never
+//! contended and only make the types `Send` for `tokio::spawn`.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+
+use super::{AnswerReader, ExchangeError, READ_CHUNK, RawResponse};
+
+/// A node's answer taken off a lane: its bytes (head and body as sent) and where its parts are.
+#[derive(Debug)]
+pub(super) struct Answer {
+    pub(super) buf: Vec<u8>,
+    pub(super) raw: RawResponse,
+}
+
+/// What a lane needs to know of the configuration, fixed when the lane starts.
+#[derive(Clone, Copy)]
+pub(super) struct LaneLimits {
+    pub(super) depth: usize,
+    pub(super) connect_timeout: Duration,
+    pub(super) request_timeout: Duration,
+    pub(super) idle_timeout: Duration,
+    pub(super) max_idle: usize,
+    pub(super) max_body: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind: keep using it.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+// --- slots -----------------------------------------------------------------------------------------
+
+enum SlotState {
+    Waiting(Option<Waker>),
+    Done(Result<Answer, ExchangeError>),
+    /// The request gave up (its timeout fired): its answer is read and dropped.
+    Abandoned,
+}
+
+struct Slot(Mutex<SlotState>);
+
+impl Slot {
+    fn fill(&self, result: Result<Answer, ExchangeError>) {
+        let mut st = lock(&self.0);
+        if let SlotState::Waiting(waker) = &mut *st {
+            let waker = waker.take();
+            *st = SlotState::Done(result);
+            drop(st);
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// The answer to one request submitted to a lane.
+pub(super) struct Pending(Arc<Slot>);
+
+impl Future for Pending {
+    type Output = Result<Answer, ExchangeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut st = lock(&self.0.0);
+        match &mut *st {
+            SlotState::Waiting(w) => {
+                if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *w = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            SlotState::Done(_) => match std::mem::replace(&mut *st, SlotState::Abandoned) {
+                SlotState::Done(r) => Poll::Ready(r),
+                _ => unreachable!("matched Done above"),
+            },
+            SlotState::Abandoned => {
+                Poll::Ready(Err(ExchangeError::Reset("answer already taken".into())))
+            }
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        *lock(&self.0.0) = SlotState::Abandoned;
+    }
+}
+
+// --- lanes -----------------------------------------------------------------------------------------
+
+/// A request a lane took: its slot, whether it is a `HEAD`, and where it is in its batch.
+struct Waiting {
+    slot: Arc<Slot>,
+    head_request: bool,
+    start: usize,
+}
+
+#[derive(Default)]
+struct LaneState {
+    /// Requests taken and not yet written, and their slots.
+    outbox: Vec<u8>,
+    queued: Vec<Waiting>,
+    /// Written requests are waiting for answers: the lane takes no more until they are in.
+    busy: bool,
+    closed: bool,
+    /// The lane's task, waiting for requests.
+    task: Option<Waker>,
+}
+
+struct Lane(Mutex<LaneState>);
+
+impl Lane {
+    /// Takes a request if the lane is collecting and has room; returns its answer.
+    fn offer(&self, depth: usize, request: &[u8], head_request: bool) -> Option<Pending> {
+        let mut st = lock(&self.0);
+        if st.busy || st.closed || st.queued.len() >= depth {
+            return None;
+        }
+        let slot = Arc::new(Slot(Mutex::new(SlotState::Waiting(None))));
+        let start = st.outbox.len();
+        st.outbox.extend_from_slice(request);
+        st.queued.push(Waiting {
+            slot: slot.clone(),
+            head_request,
+            start,
+        });
+        let task = st.task.take();
+        drop(st);
+        if let Some(w) = task {
+            w.wake();
+        }
+        Some(Pending(slot))
+    }
+
+    fn idle(&self) -> bool {
+        let st = lock(&self.0);
+        !st.busy && !st.closed && st.queued.is_empty()
+    }
+
+    /// Waits until requests are queued, then takes them (written next: the lane turns busy).
+    async fn next_batch(&self, out: &mut Vec<u8>, slots: &mut VecDeque<Waiting>) {
+        std::future::poll_fn(|cx| {
+            let mut st = lock(&self.0);
+            if st.queued.is_empty() {
+                st.task = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            st.busy = true;
+            std::mem::swap(out, &mut st.outbox);
+            slots.extend(st.queued.drain(..));
+            Poll::Ready(())
+        })
+        .await;
+    }
+
+    /// The written requests are all answered: the lane collects again.
+    fn answered(&self) {
+        lock(&self.0).busy = false;
+    }
+
+    /// Closes the lane; requests it took and never wrote fail as unsent.
+    fn close(&self, why: &str) {
+        let queued = {
+            let mut st = lock(&self.0);
+            st.closed = true;
+            st.outbox = Vec::new();
+            std::mem::take(&mut st.queued)
+        };
+        for w in queued {
+            w.slot.fill(Err(ExchangeError::Unsent(why.to_owned())));
+        }
+    }
+}
+
+thread_local! {
+    /// This worker's lanes, per node address.
+    static LANES: RefCell<Vec<(SocketAddr, Vec<Arc<Lane>>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Submits a request (no body, idempotent) for the node at `addr` on one of this worker's lanes,
+/// starting a new lane if none is collecting.
+pub(super) fn submit(
+    addr: SocketAddr,
+    limits: LaneLimits,
+    request: &[u8],
+    head_request: bool,
+) -> Pending {
+    LANES.with(|lanes| {
+        let mut lanes = lanes.borrow_mut();
+        let list = super::per_node(&mut lanes, addr);
+        // Newest lanes first: the one started for this turn's first request is still collecting.
+        for lane in list.iter().rev() {
+            if let Some(p) = lane.offer(limits.depth, request, head_request) {
+                return p;
+            }
+        }
+        list.retain(|l| !lock(&l.0).closed);
+        let lane = Arc::new(Lane(Mutex::new(LaneState::default())));
+        let pending = lane
+            .offer(limits.depth, request, head_request)
+            .expect("a new lane takes a request");
+        list.push(lane.clone());
+        tokio::spawn(drive(lane, addr, limits));
+        pending
+    })
+}
+
+/// Idle lanes of this worker for `addr` beyond `max`: the newest one closes.
+fn surplus(addr: SocketAddr, max: usize) -> bool {
+    LANES.with(|lanes| {
+        let lanes = lanes.borrow();
+        lanes
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .is_some_and(|(_, list)| list.iter().filter(|l| l.idle()).count() > max)
+    })
+}
+
+fn forget(addr: SocketAddr, lane: &Arc<Lane>) {
+    LANES.with(|lanes| {
+        if let Some((_, list)) = lanes.borrow_mut().iter_mut().find(|(a, _)| *a == addr) {
+            list.retain(|l| !Arc::ptr_eq(l, lane));
+        }
+    });
+}
+
+/// The lane's task: connects, then writes each batch and hands out its answers in order.
+async fn drive(lane: Arc<Lane>, addr: SocketAddr, limits: LaneLimits) {
+    let why = run(&lane, addr, limits).await;
+    lane.close(&why);
+    forget(addr, &lane);
+}
+
+/// Runs the lane until it closes; returns why.
+async fn run(lane: &Lane, addr: SocketAddr, limits: LaneLimits) -> String {
+    let mut stream = match timeout(limits.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            fail_queued(lane, || ExchangeError::Connect(e.to_string()));
+            return format!("connect: {e}");
+        }
+        Err(_) => {
+            let why = format!(
+                "no connection within {} ms",
+                limits.connect_timeout.as_millis()
+            );
+            fail_queued(lane, || ExchangeError::Connect(why.clone()));
+            return why;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let mut out = Vec::with_capacity(1024);
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut waiting: VecDeque<Waiting> = VecDeque::new();
+    loop {
+        // Collecting: wait for requests; meanwhile the node must stay quiet.
+        let idle_until = Instant::now() + limits.idle_timeout;
+        tokio::select! {
+            biased;
+            r = stream.readable() => {
+                if r.is_err() {
+                    return "node connection failed while idle".into();
+                }
+                let mut probe = [0u8; 1];
+                match stream.try_read(&mut probe) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Ok(0) | Err(_) => return "the node closed the idle connection".into(),
+                    Ok(_) => return "the node sent bytes nobody asked for".into(),
+                }
+            }
+            () = lane.next_batch(&mut out, &mut waiting) => {}
+            () = sleep_until(idle_until) => return "idle".into(),
+        }
+        let deadline = Instant::now() + limits.request_timeout;
+        match timeout_at(deadline, write_batch(&mut stream, &out, &mut waiting)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => return why,
+            Err(_) => {
+                fail_all(
+                    &mut waiting,
+                    "the node took no requests within upstream.request_timeout_ms",
+                );
+                return "write timeout".into();
+            }
+        }
+        out.clear();
+        if let Err(why) = answers(&mut stream, &mut buf, &mut waiting, deadline, limits).await {
+            return why;
+        }
+        lane.answered();
+        if surplus(addr, limits.max_idle) {
+            return "more idle lanes than upstream.pool_max_idle_per_node".into();
+        }
+    }
+}
+
+/// Writes a batch. If the write fails, requests the node cannot have received whole are failed as
+/// unsent (sent again on a new connection); the others as lost.
+async fn write_batch(
+    stream: &mut TcpStream,
+    out: &[u8],
+    waiting: &mut VecDeque<Waiting>,
+) -> Result<(), String> {
+    let mut written = 0;
+    while written < out.len() {
+        match stream.write(&out[written..]).await {
+            Ok(0) => break,
+            Ok(n) => written += n,
+            Err(e) => {
+                let why = e.to_string();
+                for w in waiting.drain(..) {
+                    w.slot.fill(Err(if w.start >= written {
+                        ExchangeError::Unsent(why.clone())
+                    } else {
+                        ExchangeError::Reset(why.clone())
+                    }));
+                }
+                return Err(why);
+            }
+        }
+    }
+    if written < out.len() {
+        fail_all(waiting, "the node connection took no more bytes");
+        return Err("write returned 0".into());
+    }
+    Ok(())
+}
+
+fn fail_queued(lane: &Lane, e: impl Fn() -> ExchangeError) {
+    let queued = std::mem::take(&mut lock(&lane.0).queued);
+    for w in queued {
+        w.slot.fill(Err(e()));
+    }
+}
+
+/// Reads the answers to the written requests in order and hands each to its slot. `Err`: the lane
+/// must close (every request still waiting has been failed).
+async fn answers(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    waiting: &mut VecDeque<Waiting>,
+    deadline: Instant,
+    limits: LaneLimits,
+) -> Result<(), String> {
+    let mut reader = AnswerReader::default();
+    while let Some(front) = waiting.front() {
+        match reader.step(buf, front.head_request, limits.max_body) {
+            Ok(Some((raw, end))) => {
+                let close = !raw.reusable;
+                let answer = Answer {
+                    buf: buf[..end].to_vec(),
+                    raw,
+                };
+                buf.drain(..end);
+                front.slot.fill(Ok(answer));
+                waiting.pop_front();
+                if close {
+                    // The node closes after this answer: it never took the requests behind it.
+                    fail_unsent(
+                        waiting,
+                        "the node closed the connection after an earlier answer",
+                    );
+                    return Err("the node closes the connection".into());
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                front.slot.fill(Err(e));
+                waiting.pop_front();
+                fail_all(waiting, "an earlier answer on the connection was broken");
+                return Err("broken answer".into());
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        let read = tokio::select! {
+            biased;
+            r = stream.read_buf(buf) => r,
+            () = sleep_until(deadline) => {
+                fail_all(waiting, "no answer within upstream.request_timeout_ms");
+                return Err("timeout".into());
+            }
+        };
+        let front = match read {
+            Ok(0) => reader.at_close(buf),
+            Ok(_) => continue,
+            Err(e) => Err(reader.on_error(buf, e)),
+        };
+        let w = waiting.pop_front().expect("checked above");
+        match front {
+            Ok(raw) => {
+                // A close-delimited answer: the node took nothing after it.
+                w.slot.fill(Ok(Answer {
+                    buf: std::mem::take(buf),
+                    raw,
+                }));
+                fail_unsent(
+                    waiting,
+                    "the node closed the connection after an earlier answer",
+                );
+            }
+            Err(e) => {
+                w.slot.fill(Err(e));
+                fail_all(waiting, "the connection closed under an earlier request");
+            }
+        }
+        return Err("closed".into());
+    }
+    if !buf.is_empty() {
+        return Err("the node sent more than was asked".into());
+    }
+    Ok(())
+}
+
+fn fail_unsent(waiting: &mut VecDeque<Waiting>, why: &str) {
+    for w in waiting.drain(..) {
+        w.slot.fill(Err(ExchangeError::Unsent(why.to_owned())));
+    }
+}
+
+/// Written requests behind a lost one: their fate is unknown (the node may have taken them), so they
+/// are lost too, never re-sent.
+fn fail_all(waiting: &mut VecDeque<Waiting>, why: &str) {
+    for w in waiting.drain(..) {
+        w.slot.fill(Err(ExchangeError::Reset(why.to_owned())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    fn limits() -> LaneLimits {
+        LaneLimits {
+            depth: 16,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            max_idle: 8,
+            max_body: 1 << 20,
+        }
+    }
+
+    fn get(path: &str) -> Vec<u8> {
+        format!("GET {path} HTTP/1.1\r\nhost: n\r\n\r\n").into_bytes()
+    }
+
+    fn ok(body: &str, extra: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{extra}\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// Accepts connections and, on each, reads until `heads` request heads are in (counting every
+    /// connection in `conns`), then writes `answer(paths)` and closes if it returns `true`.
+    async fn node(
+        heads: usize,
+        answer: fn(&[String]) -> (String, bool),
+    ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let text = String::from_utf8_lossy(&buf).into_owned();
+                        if text.matches("\r\n\r\n").count() >= heads {
+                            let paths: Vec<String> = text
+                                .split("\r\n\r\n")
+                                .filter_map(|h| h.split_whitespace().nth(1).map(str::to_owned))
+                                .collect();
+                            buf.clear();
+                            if paths.iter().any(|p| p.starts_with("/slow")) {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            let (out, close) = answer(&paths);
+                            if s.write_all(out.as_bytes()).await.is_err() || close {
+                                return;
+                            }
+                            continue;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    fn busy(addr: SocketAddr) -> bool {
+        LANES.with(|lanes| {
+            lanes
+                .borrow()
+                .iter()
+                .any(|(a, list)| *a == addr && list.iter().any(|l| lock(&l.0).busy))
+        })
+    }
+
+    fn body(a: &Answer) -> String {
+        String::from_utf8_lossy(a.raw.body(&a.buf)).into_owned()
+    }
+
+    #[tokio::test]
+    async fn requests_submitted_together_share_one_write_and_get_their_own_answers() {
+        // The node answers only once all three requests are in: they must have come together.
+        let (addr, conns) = node(3, |paths| {
+            (paths.iter().map(|p| ok(p, "")).collect(), false)
+        })
+        .await;
+        let a = submit(addr, limits(), &get("/a"), false);
+        let b = submit(addr, limits(), &get("/b"), false);
+        let c = submit(addr, limits(), &get("/c"), false);
+        let (a, b, c) = tokio::join!(a, b, c);
+        let got: Vec<String> = [a, b, c]
+            .iter()
+            .map(|r| r.as_ref().map(body).unwrap_or_else(|e| format!("{e:?}")))
+            .collect();
+        assert_eq!(got, ["/a", "/b", "/c"]);
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // The lane collects again once answered: the next batch uses the same connection.
+        let d = submit(addr, limits(), &get("/d"), false);
+        let e = submit(addr, limits(), &get("/e"), false);
+        let f = submit(addr, limits(), &get("/f"), false);
+        let (d, e, f) = tokio::join!(d, e, f);
+        assert_eq!(body(&d.expect("d")), "/d");
+        assert_eq!(body(&e.expect("e")), "/e");
+        assert_eq!(body(&f.expect("f")), "/f");
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// `/a` and `/b` submitted together (one batch), and their outcomes.
+    async fn two(
+        addr: SocketAddr,
+    ) -> (Result<Answer, ExchangeError>, Result<Answer, ExchangeError>) {
+        let a = submit(addr, limits(), &get("/a"), false);
+        let b = submit(addr, limits(), &get("/b"), false);
+        tokio::join!(a, b)
+    }
+
+    #[tokio::test]
+    async fn requests_behind_an_answer_that_closes_are_unsent_and_behind_a_loss_are_lost() {
+        // `connection: close` on the first answer: the node took nothing after it.
+        let (addr, _) = node(2, |paths| (ok(&paths[0], "connection: close\r\n"), true)).await;
+        let (a, b) = two(addr).await;
+        assert_eq!(body(&a.expect("a")), "/a");
+        assert!(matches!(b, Err(ExchangeError::Unsent(_))), "{b:?}");
+
+        // The node dies with both requests read and only the first answered: the second was taken
+        // and lost, never to be sent again.
+        let (addr, _) = node(2, |paths| (ok(&paths[0], ""), true)).await;
+        let (a, b) = two(addr).await;
+        assert_eq!(body(&a.expect("a")), "/a");
+        assert!(matches!(b, Err(ExchangeError::Unanswered(_))), "{b:?}");
+
+        // Dying before any answer: the first is unanswered, the rest lost.
+        let (addr, _) = node(2, |_| (String::new(), true)).await;
+        let (a, b) = two(addr).await;
+        assert!(matches!(a, Err(ExchangeError::Unanswered(_))), "{a:?}");
+        assert!(matches!(b, Err(ExchangeError::Reset(_))), "{b:?}");
+    }
+
+    #[tokio::test]
+    async fn a_busy_lane_takes_no_new_requests_and_an_abandoned_answer_is_skipped() {
+        let (addr, conns) = node(1, |paths| {
+            (paths.iter().map(|p| ok(p, "")).collect(), false)
+        })
+        .await;
+        // Written and waiting for its (slow) answer, so the lane is busy, when the next one comes.
+        let mut a = Box::pin(submit(addr, limits(), &get("/slow"), false));
+        while !busy(addr) {
+            tokio::select! {
+                biased;
+                _ = &mut a => panic!("answered before the lane was seen busy"),
+                () = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        }
+        let b = submit(addr, limits(), &get("/b"), false);
+        let (a, b) = tokio::join!(a, b);
+        assert_eq!(body(&a.expect("a")), "/slow");
+        assert_eq!(body(&b.expect("b")), "/b");
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+        // A request that gives up: its answer is read and dropped, the lane goes on.
+        drop(submit(addr, limits(), &get("/gone"), false));
+        let c = submit(addr, limits(), &get("/c"), false);
+        assert_eq!(body(&c.await.expect("c")), "/c");
+    }
+
+    #[tokio::test]
+    async fn a_node_that_cannot_be_reached_is_a_connect_error() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        drop(l);
+        let r = submit(addr, limits(), &get("/a"), false).await;
+        assert!(matches!(r, Err(ExchangeError::Connect(_))), "{r:?}");
+    }
+}
