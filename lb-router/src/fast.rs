@@ -166,7 +166,17 @@ async fn serve_request(
     };
     let forwarded = {
         let _in_flight = node.start_request();
-        forward(cfg, &node, &c.fwd, req, started, c.node_timer.as_mut()).await
+        let metrics = &router.metrics;
+        forward(
+            cfg,
+            metrics,
+            &node,
+            &c.fwd,
+            req,
+            started,
+            c.node_timer.as_mut(),
+        )
+        .await
     };
     let (via, raw) = match forwarded {
         Ok(x) => x,
@@ -664,6 +674,7 @@ fn lane_limits(cfg: &Config, node: &Node, req: &Prepared) -> Option<lane::LaneLi
 /// connection, the whole answer read within `upstream.request_timeout_ms`.
 async fn forward(
     cfg: &Config,
+    metrics: &crate::metrics::RouterMetrics,
     node: &Node,
     fwd: &[u8],
     req: &Prepared,
@@ -675,7 +686,13 @@ async fn forward(
     let exchange_on_node = async {
         let reused = if let Some(limits) = lane_limits(cfg, node, req) {
             match lane::submit(node.addr.0, limits, fwd, req.head_request).await {
-                Ok(a) => return Ok((Via::Lane(a.buf), a.raw)),
+                Ok(a) => {
+                    metrics.pipelined_requests.inc();
+                    if a.first {
+                        metrics.pipelined_batches.inc();
+                    }
+                    return Ok((Via::Lane(a.buf), a.raw));
+                }
                 // The lane never wrote it: once more, on an exclusive connection of its own.
                 Err(ExchangeError::Unsent(_)) => None,
                 Err(e) => return Err(upstream_error(node, e, max_body)),

@@ -149,6 +149,9 @@ pub struct RouterMetrics {
     pub mirror_errors: Counter,
     pub channel_fallbacks: Counter,
     pub downstream_rejected: Counter,
+    /// Requests answered on a lane (pipelined to a stable node), and the batches they went in.
+    pub pipelined_requests: Counter,
+    pub pipelined_batches: Counter,
     pub reloads_ok: Counter,
     pub reloads_failed: Counter,
 }
@@ -184,6 +187,8 @@ impl RouterMetrics {
             mirror_errors: Counter::new(),
             channel_fallbacks: Counter::new(),
             downstream_rejected: Counter::new(),
+            pipelined_requests: Counter::new(),
+            pipelined_batches: Counter::new(),
             reloads_ok: Counter::new(),
             reloads_failed: Counter::new(),
         }
@@ -302,6 +307,14 @@ impl RouterMetrics {
             (
                 "janus_router_downstream_rejected_total",
                 &self.downstream_rejected,
+            ),
+            (
+                "janus_router_upstream_pipelined_requests_total",
+                &self.pipelined_requests,
+            ),
+            (
+                "janus_router_upstream_pipelined_batches_total",
+                &self.pipelined_batches,
             ),
             ("janus_router_reloads_ok_total", &self.reloads_ok),
             ("janus_router_reloads_failed_total", &self.reloads_failed),

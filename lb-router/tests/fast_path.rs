@@ -337,6 +337,24 @@ async fn concurrent_clients_on_pipelined_node_connections_each_get_their_own_ans
     // them (the lane unit tests check the rules; this checks it happens through the router).
     let pipelined = node.pipelined.load(Ordering::SeqCst);
     assert!(pipelined > 0, "no request was pipelined to the node");
+    // The router's metrics say so too: more pipelined requests than batches.
+    let metrics = HttpClient::new()
+        .admin(&router, Method::GET, "/metrics", "")
+        .await
+        .expect("metrics")
+        .body;
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    let requests = counter("janus_router_upstream_pipelined_requests_total");
+    let batches = counter("janus_router_upstream_pipelined_batches_total");
+    assert!(
+        requests > batches && batches > 0,
+        "{requests} requests in {batches} batches"
+    );
     let faults = faults(&router).await;
     assert_eq!(
         faults["faults"].as_array().map(Vec::len),

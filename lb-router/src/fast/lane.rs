@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+use tokio::time::{Instant, Sleep, sleep_until, timeout};
 
 use super::{AnswerReader, ExchangeError, READ_CHUNK, RawResponse};
 
@@ -40,6 +40,8 @@ use super::{AnswerReader, ExchangeError, READ_CHUNK, RawResponse};
 pub(super) struct Answer {
     pub(super) buf: Vec<u8>,
     pub(super) raw: RawResponse,
+    /// The first answer of its batch (counts batches in the metrics).
+    pub(super) first: bool,
 }
 
 /// What a lane needs to know of the configuration, fixed when the lane starts.
@@ -217,9 +219,13 @@ pub(super) fn submit(
     LANES.with(|lanes| {
         let mut lanes = lanes.borrow_mut();
         let list = super::per_node(&mut lanes, addr);
-        // Newest lanes first: the one started for this turn's first request is still collecting.
-        for lane in list.iter().rev() {
-            if let Some(p) = lane.offer(limits.depth, request, head_request) {
+        // From the back: the lane that took the last request is kept there, and is still collecting
+        // while the requests of the same turn come (the first request of a turn finds an idle lane
+        // and moves it there).
+        let last = list.len().saturating_sub(1);
+        for i in (0..list.len()).rev() {
+            if let Some(p) = list[i].offer(limits.depth, request, head_request) {
+                list.swap(i, last);
                 return p;
             }
         }
@@ -281,9 +287,11 @@ async fn run(lane: &Lane, addr: SocketAddr, limits: LaneLimits) -> String {
     let mut out = Vec::with_capacity(1024);
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut waiting: VecDeque<Waiting> = VecDeque::new();
+    // One timer for the lane's life, moved from deadline to deadline.
+    let mut timer = Box::pin(sleep_until(Instant::now() + limits.idle_timeout));
     loop {
         // Collecting: wait for requests; meanwhile the node must stay quiet.
-        let idle_until = Instant::now() + limits.idle_timeout;
+        timer.as_mut().reset(Instant::now() + limits.idle_timeout);
         tokio::select! {
             biased;
             r = stream.readable() => {
@@ -298,22 +306,28 @@ async fn run(lane: &Lane, addr: SocketAddr, limits: LaneLimits) -> String {
                 }
             }
             () = lane.next_batch(&mut out, &mut waiting) => {}
-            () = sleep_until(idle_until) => return "idle".into(),
+            () = timer.as_mut() => return "idle".into(),
         }
-        let deadline = Instant::now() + limits.request_timeout;
-        match timeout_at(deadline, write_batch(&mut stream, &out, &mut waiting)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => return why,
-            Err(_) => {
+        timer
+            .as_mut()
+            .reset(Instant::now() + limits.request_timeout);
+        let written = tokio::select! {
+            biased;
+            r = write_batch(&mut stream, &out, &mut waiting) => r,
+            () = timer.as_mut() => {
                 fail_all(
                     &mut waiting,
                     "the node took no requests within upstream.request_timeout_ms",
                 );
                 return "write timeout".into();
             }
+        };
+        if let Err(why) = written {
+            return why;
         }
         out.clear();
-        if let Err(why) = answers(&mut stream, &mut buf, &mut waiting, deadline, limits).await {
+        let answered = answers(&mut stream, &mut buf, &mut waiting, timer.as_mut(), limits);
+        if let Err(why) = answered.await {
             return why;
         }
         lane.answered();
@@ -368,10 +382,11 @@ async fn answers(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     waiting: &mut VecDeque<Waiting>,
-    deadline: Instant,
+    mut deadline: Pin<&mut Sleep>,
     limits: LaneLimits,
 ) -> Result<(), String> {
     let mut reader = AnswerReader::default();
+    let mut first = true;
     while let Some(front) = waiting.front() {
         match reader.step(buf, front.head_request, limits.max_body) {
             Ok(Some((raw, end))) => {
@@ -379,6 +394,7 @@ async fn answers(
                 let answer = Answer {
                     buf: buf[..end].to_vec(),
                     raw,
+                    first: std::mem::take(&mut first),
                 };
                 buf.drain(..end);
                 front.slot.fill(Ok(answer));
@@ -405,7 +421,7 @@ async fn answers(
         let read = tokio::select! {
             biased;
             r = stream.read_buf(buf) => r,
-            () = sleep_until(deadline) => {
+            () = deadline.as_mut() => {
                 fail_all(waiting, "no answer within upstream.request_timeout_ms");
                 return Err("timeout".into());
             }
@@ -422,6 +438,7 @@ async fn answers(
                 w.slot.fill(Ok(Answer {
                     buf: std::mem::take(buf),
                     raw,
+                    first,
                 }));
                 fail_unsent(
                     waiting,
