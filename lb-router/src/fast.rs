@@ -166,10 +166,9 @@ async fn serve_request(
     };
     let forwarded = {
         let _in_flight = node.start_request();
-        let metrics = &router.metrics;
         forward(
             cfg,
-            metrics,
+            &router.metrics,
             &node,
             &c.fwd,
             req,
@@ -684,7 +683,7 @@ async fn forward(
     let limit = cfg.upstream_request_timeout();
     let max_body = cfg.upstream.max_response_body_bytes;
     let exchange_on_node = async {
-        let reused = if let Some(limits) = lane_limits(cfg, node, req) {
+        let pooled = if let Some(limits) = lane_limits(cfg, node, req) {
             match lane::submit(node.addr.0, limits, fwd, req.head_request).await {
                 Ok(a) => {
                     metrics.pipelined_requests.inc();
@@ -700,7 +699,7 @@ async fn forward(
         } else {
             checkout(cfg, node.addr.0, started)
         };
-        let (mut conn, reused) = match reused {
+        let (mut conn, reused) = match pooled {
             Some(c) => (c, true),
             None => (connect(cfg, node).await?, false),
         };
