@@ -87,6 +87,27 @@ fraction = 1.0
         ClusterState::read(&self.dir).expect("state.json")
     }
 
+    /// Polls until process `id` has been restarted at least `restarts` times, runs, and answers
+    /// its health check; returns its state then. Fails after 60 s with the last state seen.
+    fn wait_running(&self, id: &str, restarts: u32) -> janus::supervisor::ProcState {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let st = self.state();
+            let p = st
+                .proc(id)
+                .unwrap_or_else(|| panic!("{id} in the cluster state"));
+            if p.restarts >= restarts
+                && p.state == "running"
+                && p.pid.is_some()
+                && janus::up::healthy(&p.spec)
+            {
+                return p.clone();
+            }
+            assert!(Instant::now() < deadline, "{id} not running: {p:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn send(&self, method: &str, path: &str, key: &str) -> anyhow::Result<client::Reply> {
         client::request(self.router, method, path, &[("idempotency-key", key)], b"v")
     }
@@ -240,29 +261,15 @@ fn faults_of_stable_nodes_are_captured_and_reproduced() {
     let o = janus(&["faults", "repro", &id, "--cluster", &c.name]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 
-    // A killed stable node is restarted by the supervisor and served again.
-    let victim = c
-        .state()
-        .procs
-        .iter()
-        .find(|p| p.spec.id == "stable-0")
-        .and_then(|p| p.pid)
-        .expect("stable-0 pid");
-    let restarts_before = c.state().proc("stable-0").map_or(0, |p| p.restarts);
+    // A killed stable node is restarted by the supervisor and served again. The bugs above may
+    // have crashed stable-0 (a unikernel panic ends the VM), so first wait until it runs again.
+    let before = c.wait_running("stable-0", 0);
+    let victim = before.pid.expect("a running process has a pid");
     Command::new("kill")
         .args(["-KILL", &victim.to_string()])
         .status()
         .expect("kill");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = c.state();
-        let p = st.proc("stable-0").expect("stable-0");
-        if p.restarts > restarts_before && p.state == "running" && janus::up::healthy(&p.spec) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "stable-0 not restarted: {p:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.wait_running("stable-0", before.restarts + 1);
 
     // Down leaves nothing running.
     let pids: Vec<u32> = c.state().procs.iter().filter_map(|p| p.pid).collect();
