@@ -297,6 +297,10 @@ fn panic_reports_and_exits_with_state_dump() {
     assert!(out.contains("JANUS-PANIC panicked at"), "{out}");
     assert!(out.contains("index out of bounds"), "{out}");
     assert!(
+        out.contains("INFO ") && out.contains("counter=\"visits\""),
+        "info events on the console by default: {out}"
+    );
+    assert!(
         out.contains(&format!("JANUS-PANIC trace_id={trace}")),
         "{out}"
     );
@@ -322,6 +326,45 @@ fn panic_reports_and_exits_with_state_dump() {
     assert!(again.is_err());
     let status = fresh.wait_exit(Duration::from_secs(30)).expect("VM exits");
     assert_eq!(status.code(), Some(EXIT_PANIC));
+}
+
+/// `--log-level` reaches the kernel's console: at `warn` the service's info events are not
+/// printed, while the panic report still is.
+#[test]
+fn log_level_reaches_the_console() {
+    let a = artifact("faulty", Flavor::Uk);
+    let o = NodeOpts {
+        log_level: Some("warn".into()),
+        ..opts(Machine::Microvm, Accel::Auto)
+    };
+    let mut node = Node::start(&a, o).expect("the image boots and answers");
+    let r = get(node.listen, "/div?a=6&b=3", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        get_err(node.listen, "/div?a=1&b=0"),
+        "the VM stops instead of answering"
+    );
+    let status = node.wait_exit(Duration::from_secs(30)).expect("VM exits");
+    assert_eq!(status.code(), Some(EXIT_PANIC), "{}", node.output());
+    let out = node.output();
+    assert!(out.contains("divide by zero"), "{out}");
+    assert!(
+        !out.contains("dividing"),
+        "an info event printed at warn: {out}"
+    );
+
+    let o = NodeOpts {
+        log_level: Some("info,faulty=debug".into()),
+        ..opts(Machine::Microvm, Accel::Auto)
+    };
+    let Err(e) = Node::start(&a, o) else {
+        panic!("a tracing filter is not a uk level, yet the node started");
+    };
+    assert!(format!("{e:#}").contains("one level"), "{e:#}");
+}
+
+fn get_err(addr: SocketAddr, target: &str) -> bool {
+    client::get(addr, target, &[]).is_err()
 }
 
 /// The image boots and serves in the documented minimum of guest memory.

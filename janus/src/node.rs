@@ -32,7 +32,8 @@ pub struct NodeOpts {
     /// Log format of the unix build: human or json.
     #[arg(long)]
     pub log_format: Option<String>,
-    /// Log filter of the unix build (EnvFilter syntax).
+    /// Log filter: EnvFilter syntax for the unix build; one level (error, warn, info, debug,
+    /// trace) for the uk build's console.
     #[arg(long)]
     pub log_level: Option<String>,
     /// Guest memory in MiB (uk).
@@ -179,6 +180,7 @@ impl NodeOpts {
             memory_mib: self.memory_mib,
             machine: self.machine.0,
             accel: self.accel.0,
+            log_level: self.log_level.clone(),
         }
     }
 }
@@ -191,8 +193,16 @@ pub fn command(artifact: &Artifact, opts: &NodeOpts) -> anyhow::Result<Command> 
             cmd.args(opts.unix_args());
             Ok(cmd)
         }
-        Flavor::Uk => crate::flavor::uk::qemu_command(&artifact.path, &opts.uk_run_opts())
-            .context("cannot prepare the QEMU command"),
+        Flavor::Uk => {
+            if let Some(f) = &opts.log_format {
+                anyhow::bail!(
+                    "--log-format {f}: only the unix build has log formats; a uk node writes \
+                     plain lines to its console"
+                );
+            }
+            crate::flavor::uk::qemu_command(&artifact.path, &opts.uk_run_opts())
+                .context("cannot prepare the QEMU command")
+        }
     }
 }
 

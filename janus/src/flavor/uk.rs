@@ -116,6 +116,8 @@ pub struct UkRunOpts {
     pub machine: Machine,
     /// Accelerator.
     pub accel: Accel,
+    /// Console log level (`janus.log`); None = the kernel's default (info).
+    pub log_level: Option<String>,
 }
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -393,6 +395,9 @@ fn random_hex(n: usize) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The log levels backend-uk's console knows (its `janus.log` word).
+const UK_LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
 /// The kernel command line for `opts` (see backend-uk's `cmdline` module for the words).
 pub fn kernel_cmdline(opts: &UkRunOpts) -> anyhow::Result<String> {
     check_word("node id", &opts.node_id)?;
@@ -411,6 +416,15 @@ pub fn kernel_cmdline(opts: &UkRunOpts) -> anyhow::Result<String> {
     for (key, value) in &opts.config {
         check_word("config key", key)?;
         words.push(format!("janus.config.{key}={}", escape(value)));
+    }
+    if let Some(level) = &opts.log_level {
+        if !UK_LOG_LEVELS.contains(&level.as_str()) {
+            bail!(
+                "log level '{level}': a unikernel node takes one level, one of {}",
+                UK_LOG_LEVELS.join(", ")
+            );
+        }
+        words.push(format!("janus.log={level}"));
     }
     words.push(format!("janus.seed={}", random_hex(32)));
     words.push("ip=10.0.2.15/24".into());
@@ -501,6 +515,7 @@ mod tests {
             memory_mib: 64,
             machine: Machine::Microvm,
             accel: Accel::Tcg,
+            log_level: Some("debug".into()),
         }
     }
 
@@ -512,6 +527,7 @@ mod tests {
         assert!(line.contains("janus.upstream.backend=10.0.2.2:7000"));
         assert!(line.contains("janus.config.greeting=Hi%20there"));
         assert!(line.contains("ip=10.0.2.15/24"));
+        assert!(line.contains("janus.log=debug"));
         assert!(!line.contains("  "));
     }
 
@@ -523,6 +539,10 @@ mod tests {
         let mut o = opts();
         o.upstreams = vec![("x".into(), "[::1]:80".parse().expect("addr"))];
         assert!(kernel_cmdline(&o).is_err());
+        let mut o = opts();
+        o.log_level = Some("info,hyper=warn".into());
+        let e = kernel_cmdline(&o).expect_err("a tracing filter is not a uk level");
+        assert!(e.to_string().contains("info,hyper=warn"), "{e}");
         let mut o = opts();
         o.listen = "[::1]:80".parse().expect("addr");
         let img = std::env::current_exe().expect("exe");
