@@ -100,7 +100,7 @@ pub struct UpstreamConfig {
 impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
-            connect_timeout_ms: 1_000,
+            connect_timeout_ms: 2_000,
             request_timeout_ms: 10_000,
             max_response_body_bytes: 8 * 1024 * 1024,
             pool_idle_timeout_ms: 30_000,
