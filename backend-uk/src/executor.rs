@@ -1,20 +1,21 @@
 //! A small single-CPU async executor with millisecond timers (host-testable).
 //!
 //! Tasks are boxed futures in a slab; a task's waker pushes its id onto the ready queue (once
-//! until it runs again). [`Executor::run_ready`] polls each ready task once. Timers are a binary
-//! heap of `(deadline_ms, waker)`; the kernel loop calls [`Executor::fire_timers`] with the
-//! current time and sleeps until [`Executor::next_deadline`] or an interrupt.
+//! until it runs again). [`Executor::run_ready`] polls each ready task once. Timers are an ordered
+//! map of `(deadline_ms, seq) -> waker`; a timer future holds its entry and removes it when it is
+//! dropped (a finished `timeout` leaves nothing behind, so the map holds only live timers however
+//! many requests went by); the kernel loop calls [`Executor::fire_timers`] with the current time
+//! and sleeps until [`Executor::next_deadline`] or an interrupt.
 //!
 //! Wake contract: a future returning `Pending` MUST have arranged for its waker to be called
 //! (socket waker, timer, or a [`Notify`]); a task that is woken is polled at the next
 //! `run_ready`.
 
 use alloc::boxed::Box;
-use alloc::collections::{BinaryHeap, VecDeque};
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::sync::Arc;
 use alloc::task::Wake;
 use alloc::vec::Vec;
-use core::cmp::Reverse;
 use core::future::Future;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,33 +45,13 @@ impl Wake for TaskWaker {
     }
 }
 
-struct TimerEntry {
-    deadline: u64,
-    seq: u64,
-    waker: Waker,
-}
+/// A timer's place in [`Timers`]: its deadline, then the order it was armed in.
+type TimerKey = (u64, u64);
 
-impl PartialEq for TimerEntry {
-    fn eq(&self, other: &Self) -> bool {
-        (self.deadline, self.seq) == (other.deadline, other.seq)
-    }
-}
-impl Eq for TimerEntry {}
-impl PartialOrd for TimerEntry {
-    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for TimerEntry {
-    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
-        (self.deadline, self.seq).cmp(&(other.deadline, other.seq))
-    }
-}
-
-/// The timer heap and the current time: `Send + Sync`, so `Send` futures can arm timers.
+/// The armed timers and the current time: `Send + Sync`, so `Send` futures can arm timers.
 #[derive(Default)]
 pub struct Timers {
-    heap: Spinlock<BinaryHeap<Reverse<TimerEntry>>>,
+    armed: Spinlock<BTreeMap<TimerKey, Waker>>,
     seq: AtomicU64,
     now_ms: AtomicU64,
 }
@@ -230,14 +211,14 @@ impl Timers {
         self.now_ms.fetch_max(now_ms, Ordering::AcqRel);
         loop {
             let entry = {
-                let mut timers = self.heap.lock();
-                match timers.peek() {
-                    Some(Reverse(e)) if e.deadline <= now_ms => timers.pop(),
+                let mut armed = self.armed.lock();
+                match armed.first_key_value() {
+                    Some((&(deadline, _), _)) if deadline <= now_ms => armed.pop_first(),
                     _ => None,
                 }
             };
             match entry {
-                Some(Reverse(e)) => e.waker.wake(),
+                Some((_, waker)) => waker.wake(),
                 None => break,
             }
         }
@@ -245,7 +226,12 @@ impl Timers {
 
     /// The earliest armed timer.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.heap.lock().peek().map(|Reverse(e)| e.deadline)
+        self.armed.lock().first_key_value().map(|(&(d, _), _)| d)
+    }
+
+    /// Timers armed now.
+    pub fn armed(&self) -> usize {
+        self.armed.lock().len()
     }
 
     /// The time of the last [`Timers::fire`].
@@ -258,6 +244,7 @@ impl Timers {
         Sleep {
             timers: Arc::clone(self),
             deadline: deadline_ms,
+            key: None,
         }
     }
 
@@ -298,6 +285,8 @@ impl Spawner {
 pub struct Sleep {
     timers: Arc<Timers>,
     deadline: u64,
+    /// Its entry in `timers`, while armed.
+    key: Option<TimerKey>,
 }
 
 impl core::fmt::Debug for Sleep {
@@ -311,17 +300,40 @@ impl core::fmt::Debug for Sleep {
 impl Future for Sleep {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.timers.now_ms() >= self.deadline {
+        let Sleep {
+            timers,
+            deadline,
+            key,
+        } = self.get_mut();
+        let mut armed = timers.armed.lock();
+        if timers.now_ms() >= *deadline {
+            if let Some(k) = key.take() {
+                armed.remove(&k);
+            }
             return Poll::Ready(());
         }
-        // Re-arm on every pending poll: a stale waker entry only causes a spurious wake-up.
-        let seq = self.timers.seq.fetch_add(1, Ordering::Relaxed);
-        self.timers.heap.lock().push(Reverse(TimerEntry {
-            deadline: self.deadline,
-            seq,
-            waker: cx.waker().clone(),
-        }));
+        // Keep the entry while it would wake the same task; otherwise arm it anew. An entry that
+        // has fired is gone from the map: it is armed again (the fire may have raced this poll).
+        if let Some(k) = key
+            && armed.get(k).is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        if let Some(k) = key.take() {
+            armed.remove(&k);
+        }
+        let k = (*deadline, timers.seq.fetch_add(1, Ordering::Relaxed));
+        armed.insert(k, cx.waker().clone());
+        *key = Some(k);
         Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.timers.armed.lock().remove(&key);
+        }
     }
 }
 
@@ -461,6 +473,70 @@ mod tests {
         ex.fire_timers(200);
         ex.run_ready();
         assert_eq!(*result.borrow(), [true, false]);
+    }
+
+    #[test]
+    fn finished_timeouts_leave_no_timer_behind() {
+        let mut ex = Executor::new();
+        let sp = ex.spawner();
+        let notify = Rc::new(Notify::new());
+        let done = Rc::new(RefCell::new(0));
+        {
+            let (sp2, notify, done) = (sp.clone(), Rc::clone(&notify), Rc::clone(&done));
+            sp.spawn(async move {
+                // A keep-alive connection: every read is raced against a far deadline.
+                for i in 0..1000u64 {
+                    let r = timeout(sp2.timers(), 5_000 + i, notify.wait()).await;
+                    assert!(r.is_some());
+                    *done.borrow_mut() += 1;
+                }
+            });
+        }
+        ex.run_ready();
+        for _ in 0..1000 {
+            assert_eq!(ex.timers.armed(), 1, "one live timer at a time");
+            notify.notify();
+            ex.run_ready();
+        }
+        assert_eq!(*done.borrow(), 1000);
+        assert_eq!(ex.timers.armed(), 0, "nothing left to wake");
+        assert_eq!(ex.next_deadline(), None);
+        assert_eq!(ex.live_tasks(), 0);
+    }
+
+    #[test]
+    fn a_timer_polled_again_keeps_one_entry_and_still_fires() {
+        let mut ex = Executor::new();
+        let sp = ex.spawner();
+        let waker_slot: Rc<RefCell<Option<Waker>>> = Rc::new(RefCell::new(None));
+        let fired = Rc::new(RefCell::new(false));
+        {
+            let (sp2, slot, fired) = (sp.clone(), Rc::clone(&waker_slot), Rc::clone(&fired));
+            sp.spawn(async move {
+                let mut sleep = core::pin::pin!(sp2.sleep_until(100));
+                core::future::poll_fn(|cx| {
+                    *slot.borrow_mut() = Some(cx.waker().clone());
+                    sleep.as_mut().poll(cx)
+                })
+                .await;
+                *fired.borrow_mut() = true;
+            });
+        }
+        ex.run_ready();
+        // Woken by something else three times before the deadline: polled again, not re-armed.
+        for _ in 0..3 {
+            let w = waker_slot.borrow_mut().take().expect("polled");
+            w.wake();
+            assert_eq!(ex.run_ready(), 1);
+            assert_eq!(ex.timers.armed(), 1);
+        }
+        ex.fire_timers(99);
+        assert_eq!(ex.run_ready(), 0);
+        assert!(!*fired.borrow());
+        ex.fire_timers(100);
+        ex.run_ready();
+        assert!(*fired.borrow());
+        assert_eq!(ex.timers.armed(), 0);
     }
 
     #[test]
