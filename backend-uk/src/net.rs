@@ -4,7 +4,8 @@
 //!
 //! All state lives in one global behind a spin lock that is never held across an `.await` or
 //! while a task runs, so the single CPU never contends for it. Tasks register smoltcp socket
-//! wakers; [`poll`] (called by the kernel loop) moves packets and wakes them.
+//! wakers; [`poll_ingress`] and [`poll_egress`] (called by the kernel loop) move packets and
+//! wake them.
 
 use alloc::collections::VecDeque;
 use alloc::string::String;
@@ -172,6 +173,11 @@ pub fn rx_pending() -> bool {
     NET.lock().as_ref().is_some_and(|n| n.device.can_recv())
 }
 
+/// TCP sockets open (listening, connected, closing).
+pub fn tcp_sockets() -> usize {
+    NET.lock().as_ref().map_or(0, |n| n.tcp_count)
+}
+
 /// Frames received and sent so far.
 pub fn frame_counters() -> (u64, u64) {
     NET.lock()
@@ -284,8 +290,13 @@ impl NetStack {
     }
 }
 
-/// Moves packets in and out and updates sockets. Returns whether anything changed.
-pub fn poll(now_ms: u64) -> bool {
+/// Takes in every frame waiting and updates sockets (waking the tasks that wait on them).
+/// Returns whether a socket changed state.
+///
+/// The kernel loop runs the woken tasks before [`poll_egress`], so the answer a task writes
+/// leaves in the same segment as the ACK of the request it answers (one frame, one virtio
+/// send, instead of a bare ACK and then the answer).
+pub fn poll_ingress(now_ms: u64) -> bool {
     let mut guard = NET.lock();
     let Some(net) = guard.as_mut() else {
         return false;
@@ -312,20 +323,33 @@ pub fn poll(now_ms: u64) -> bool {
             }
         }
     }
+    net.maintain_pools();
+    changed
+}
+
+/// Sends what sockets have to send (data, ACKs, SYN-ACKs, retransmissions), runs DHCP and
+/// recycles closed sockets. Returns whether anything was sent.
+pub fn poll_egress(now_ms: u64) -> bool {
+    let mut guard = NET.lock();
+    let Some(net) = guard.as_mut() else {
+        return false;
+    };
+    net.now_ms = now_ms;
+    let ts = Instant::from_millis(now_ms as i64);
     let NetStack {
         iface,
         device,
         sockets,
         ..
     } = net;
-    changed |= iface.poll_egress(ts, device, sockets) != PollResult::None;
+    let sent = iface.poll_egress(ts, device, sockets) != PollResult::None;
     net.poll_dhcp();
     net.maintain_pools();
     net.reap();
-    changed
+    sent
 }
 
-/// Milliseconds until the stack needs [`poll`] again (None = only when packets arrive).
+/// Milliseconds until the stack needs [`poll_egress`] again (None = only when packets arrive).
 pub fn poll_delay_ms(now_ms: u64) -> Option<u64> {
     let mut guard = NET.lock();
     let net = guard.as_mut()?;

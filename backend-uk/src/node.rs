@@ -323,7 +323,11 @@ impl<S: Service> Node<S> {
             }
             ("GET" | "HEAD", "/metrics") => janus_http1::Response::new(200)
                 .with_header("Content-Type", "text/plain; version=0.0.4")
-                .with_body(self.metrics.render().into_bytes()),
+                .with_body({
+                    let mut text = self.metrics.render();
+                    text.push_str(&crate::metrics::kernel_text());
+                    text.into_bytes()
+                }),
             ("GET" | "HEAD", "/console") => janus_http1::Response::new(200)
                 .with_header("Content-Type", "text/plain; charset=utf-8")
                 .with_body(crate::console::ring_contents().into_bytes()),

@@ -245,17 +245,38 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
     }
 }
 
+/// How long the kernel loop watches the receive ring before halting.
+#[cfg(not(test))]
+const HALT_POLL_NS: u64 = 200_000;
+
+/// Spins up to `ns` until a frame is in the receive ring; whether one came.
+#[cfg(not(test))]
+fn poll_for_frame(ns: u64) -> bool {
+    let until = crate::clock::monotonic_ns().saturating_add(ns);
+    loop {
+        if crate::net::rx_pending() {
+            return true;
+        }
+        if crate::clock::monotonic_ns() >= until {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+}
+
 /// The kernel loop: move packets, fire timers, run ready tasks; when nothing is left to do,
 /// arm the PIT for the next deadline and halt until an interrupt.
 #[cfg(not(test))]
 pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) -> ! {
     use crate::drivers::{pic, pit};
+    use crate::metrics::{KERNEL, KernelCounters};
     use crate::net;
 
     *TIMERS.lock() = Some(executor.timers());
     let now_ms = || crate::clock::monotonic_ns() / 1_000_000;
     let mut armed_until = 0u64;
     loop {
+        KernelCounters::bump(&KERNEL.loops);
         let irqs = crate::arch::cpu::take_pending_irqs();
         if let Some(irq) = nic_irq
             && irqs & (1 << irq) != 0
@@ -266,9 +287,11 @@ pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) ->
             }
         }
         let now = now_ms();
-        net::poll(now);
+        net::poll_ingress(now);
         executor.fire_timers(now);
-        if executor.run_ready() > 0 {
+        let ran = executor.run_ready();
+        net::poll_egress(now_ms());
+        if ran > 0 {
             continue;
         }
         let now = now_ms();
@@ -285,6 +308,14 @@ pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) ->
         if wait_ms == 0 || executor.has_ready() || net::rx_pending() {
             continue;
         }
+        // Halt polling (as Linux's cpuidle-haltpoll does): halting and being woken by the NIC
+        // interrupt costs several VM exits and a trip through the CPL0 stubs, far more than the
+        // gap between a keep-alive client's requests. So for a short while after the last work,
+        // watch the receive ring (a memory read, no exit) before halting.
+        if poll_for_frame(HALT_POLL_NS.min(wait_ms * 1_000_000)) {
+            KernelCounters::bump(&KERNEL.halt_poll_hits);
+            continue;
+        }
         // Re-arm the PIT only when the armed one-shot is past or too late (3 port writes, each a
         // VM exit).
         let wake_at = now + wait_ms;
@@ -292,6 +323,7 @@ pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) ->
             pit::oneshot_us(wait_ms * 1000);
             armed_until = wake_at;
         }
+        KernelCounters::bump(&KERNEL.halts);
         crate::arch::cpu::halt_until_interrupt();
     }
 }
