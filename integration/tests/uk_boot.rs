@@ -131,6 +131,47 @@ fn admin_needs_the_token_and_console_is_served() {
     assert!(console.contains("listening on :80"), "{console}");
 }
 
+fn metric(node: &Node, name: &str) -> u64 {
+    let text = node.admin("GET", "/metrics", b"").expect("metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics:\n{text}"))
+}
+
+/// On a keep-alive connection each answer leaves in one frame that also acknowledges the
+/// request (the kernel sends after the woken tasks ran, not before), and the kernel's counters
+/// are on `/metrics`.
+#[test]
+fn an_answer_carries_the_ack_of_its_request() {
+    let node = start("hello", Machine::Microvm, Accel::Auto);
+    let mut c = TcpStream::connect(node.listen).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let exchange = |c: &mut TcpStream, i: usize| {
+        // One write, one segment (`write!` would send the pieces as they are formatted).
+        let req = format!("GET /echo?msg=m{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+        c.write_all(req.as_bytes()).expect("write");
+        let reply = client::read_response(c, &mut Vec::new(), false).expect("response");
+        assert_eq!((reply.status, reply.text()), (200, format!("m{i}")));
+    };
+    exchange(&mut c, 0);
+    let sent_before = metric(&node, "janus_uk_frames_sent_total");
+    let n = 200;
+    for i in 1..=n {
+        exchange(&mut c, i);
+    }
+    let sent = metric(&node, "janus_uk_frames_sent_total") - sent_before;
+    // One frame per answer, plus the answer to the first /metrics and the odd window update.
+    assert!(
+        sent <= n as u64 + n as u64 / 10 + 5,
+        "{sent} frames sent for {n} answers (a bare ACK before each answer doubles it)"
+    );
+    assert!(metric(&node, "janus_uk_loop_turns_total") > 0);
+    assert!(metric(&node, "janus_uk_tcp_sockets") >= 2);
+    let _ = metric(&node, "janus_uk_halts_total");
+    let _ = metric(&node, "janus_uk_halt_poll_hits_total");
+}
+
 /// 64 client connections are open at once while one client has sent half a request and stalls:
 /// every complete request is answered (each connection is its own task), and the stalled one is
 /// answered once it completes its head (or gets the codec's 408 if that took longer than the 10 s
