@@ -3,13 +3,16 @@
 //! `phy::Device`.
 
 use alloc::alloc::{Layout, alloc_zeroed, dealloc};
+use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::ptr::NonNull;
 
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
-use virtio_drivers::device::net::{RxBuffer, VirtIONet};
+use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::pci::bus::{Command, ConfigurationAccess, DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::{PciTransport, virtio_device_type};
@@ -190,53 +193,112 @@ pub fn find_nic(announced: &[MmioDevice]) -> Option<FoundNic> {
     probe_mmio(announced).or_else(probe_pci)
 }
 
-/// Receive ring size.
+/// Descriptors per virtqueue (receive and transmit).
 const QUEUE: usize = 32;
-/// Buffer size per receive descriptor (an Ethernet frame plus the virtio header).
+/// Buffer size per descriptor: an Ethernet frame (1514 bytes) plus the virtio header.
 const BUF_LEN: usize = 2048;
 
-/// virtio-net as a smoltcp device.
+type Raw = VirtIONetRaw<KernelHal, SomeTransport<'static>, QUEUE>;
+
+/// The device and the buffers it holds.
+struct Rings {
+    raw: Raw,
+    /// Receive buffers by their descriptor token; `None` while a frame is out with smoltcp.
+    rx: [Option<Box<[u8]>>; QUEUE],
+    /// Transmit buffers the device is reading, by token, with the length handed over.
+    tx_busy: [Option<(Box<[u8]>, usize)>; QUEUE],
+    /// Transmit buffers free for the next frame.
+    tx_free: Vec<Box<[u8]>>,
+}
+
+impl Rings {
+    /// Takes back the transmit buffers the device is done with.
+    fn reclaim_tx(&mut self) {
+        while let Some(token) = self.raw.poll_transmit() {
+            let Some((buf, len)) = self
+                .tx_busy
+                .get_mut(usize::from(token))
+                .and_then(Option::take)
+            else {
+                crate::kprintln!("virtio-net: completion for unknown transmit token {token}");
+                return;
+            };
+            // SAFETY: `buf[..len]` is the slice passed to `transmit_begin` for this token; it
+            // stayed untouched in `tx_busy` since.
+            if let Err(e) = unsafe { self.raw.transmit_complete(token, &buf[..len]) } {
+                crate::kprintln!("virtio-net: completing a send failed: {e}");
+            }
+            self.tx_free.push(buf);
+        }
+    }
+
+    /// Hands `buf` to the device for receiving.
+    fn give_rx(&mut self, mut buf: Box<[u8]>) {
+        // SAFETY: `buf` is heap memory that stays in `rx` (not read or written, not freed)
+        // until the device returns its token through `poll_receive`.
+        match unsafe { self.raw.receive_begin(&mut buf) } {
+            Ok(token) => self.rx[usize::from(token)] = Some(buf),
+            Err(e) => crate::kprintln!("virtio-net: queueing a receive buffer failed: {e}"),
+        }
+    }
+}
+
+/// virtio-net as a smoltcp device. Frames are sent without waiting for the device: a frame is
+/// copied into a free transmit buffer and queued (a notify only when the device asks for one),
+/// and buffers come back as the device completes them.
 pub struct NetDevice {
-    net: RefCell<VirtIONet<KernelHal, SomeTransport<'static>, QUEUE>>,
+    rings: RefCell<Rings>,
     /// Frames received / sent (for the boot log and metrics).
     pub counters: RefCell<(u64, u64)>,
 }
 
 impl NetDevice {
-    /// Initialises the device.
+    /// Initialises the device and fills its receive ring.
     pub fn new(transport: SomeTransport<'static>) -> Result<Self, virtio_drivers::Error> {
-        let net = VirtIONet::new(transport, BUF_LEN)?;
+        let raw = Raw::new(transport)?;
+        let mut rings = Rings {
+            raw,
+            rx: core::array::from_fn(|_| None),
+            tx_busy: core::array::from_fn(|_| None),
+            tx_free: (0..QUEUE)
+                .map(|_| vec![0u8; BUF_LEN].into_boxed_slice())
+                .collect(),
+        };
+        for _ in 0..QUEUE {
+            rings.give_rx(vec![0u8; BUF_LEN].into_boxed_slice());
+        }
         Ok(Self {
-            net: RefCell::new(net),
+            rings: RefCell::new(rings),
             counters: RefCell::new((0, 0)),
         })
     }
 
     /// MAC address.
     pub fn mac(&self) -> [u8; 6] {
-        self.net.borrow().mac_address()
+        self.rings.borrow().raw.mac_address()
     }
 
     /// Enables used-buffer interrupts.
     pub fn enable_interrupts(&self) {
-        self.net.borrow_mut().enable_interrupts();
+        self.rings.borrow_mut().raw.enable_interrupts();
     }
 
     /// Acknowledges a device interrupt.
     pub fn ack_interrupt(&self) {
-        let _ = self.net.borrow_mut().ack_interrupt();
+        let _ = self.rings.borrow_mut().raw.ack_interrupt();
     }
 
     /// Whether a received frame is waiting.
     pub fn can_recv(&self) -> bool {
-        self.net.borrow().can_recv()
+        self.rings.borrow().raw.poll_receive().is_some()
     }
 }
 
-/// A received frame.
+/// A received frame (the virtio header is skipped).
 pub struct NetRxToken<'a> {
     dev: &'a NetDevice,
-    buf: RxBuffer,
+    buf: Box<[u8]>,
+    frame: core::ops::Range<usize>,
 }
 
 /// Permission to send one frame.
@@ -246,22 +308,43 @@ pub struct NetTxToken<'a> {
 
 impl phy::RxToken for NetRxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        let result = f(self.buf.packet());
-        if let Err(e) = self.dev.net.borrow_mut().recycle_rx_buffer(self.buf) {
-            crate::kprintln!("virtio-net: recycling a receive buffer failed: {e}");
-        }
+        let result = f(&self.buf[self.frame.clone()]);
+        self.dev.rings.borrow_mut().give_rx(self.buf);
         result
     }
 }
 
 impl phy::TxToken for NetTxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut net = self.dev.net.borrow_mut();
-        let mut tx = net.new_tx_buffer(len);
-        let result = f(tx.packet_mut());
-        match net.send(tx) {
-            Ok(()) => self.dev.counters.borrow_mut().1 += 1,
-            Err(e) => crate::kprintln!("virtio-net: send failed: {e}"),
+        let mut rings = self.dev.rings.borrow_mut();
+        rings.reclaim_tx();
+        // Every buffer in flight: wait for the device to finish one (it is working on them).
+        let mut buf = loop {
+            if let Some(b) = rings.tx_free.pop() {
+                break b;
+            }
+            core::hint::spin_loop();
+            rings.reclaim_tx();
+        };
+        let hdr = match rings.raw.fill_buffer_header(&mut buf) {
+            Ok(h) => h,
+            Err(e) => {
+                crate::kprintln!("virtio-net: header: {e}");
+                0
+            }
+        };
+        let total = (hdr + len).min(buf.len());
+        let result = f(&mut buf[hdr..total]);
+        // SAFETY: `buf` stays untouched in `tx_busy` until `reclaim_tx` gets its token back.
+        match unsafe { rings.raw.transmit_begin(&buf[..total]) } {
+            Ok(token) => {
+                rings.tx_busy[usize::from(token)] = Some((buf, total));
+                self.dev.counters.borrow_mut().1 += 1;
+            }
+            Err(e) => {
+                crate::kprintln!("virtio-net: send failed: {e}");
+                rings.tx_free.push(buf);
+            }
         }
         result
     }
@@ -272,9 +355,30 @@ impl phy::Device for NetDevice {
     type TxToken<'a> = NetTxToken<'a>;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let buf = self.net.get_mut().receive().ok()?;
+        let rings = self.rings.get_mut();
+        let token = rings.raw.poll_receive()?;
+        let Some(mut buf) = rings.rx.get_mut(usize::from(token)).and_then(Option::take) else {
+            crate::kprintln!("virtio-net: completion for unknown receive token {token}");
+            return None;
+        };
+        // SAFETY: `buf` is the buffer handed over with this token by `give_rx`, untouched since.
+        let frame = match unsafe { rings.raw.receive_complete(token, &mut buf) } {
+            Ok((hdr, len)) => hdr..(hdr + len).min(buf.len()),
+            Err(e) => {
+                crate::kprintln!("virtio-net: receive failed: {e}");
+                rings.give_rx(buf);
+                return None;
+            }
+        };
         self.counters.get_mut().0 += 1;
-        Some((NetRxToken { dev: self, buf }, NetTxToken { dev: self }))
+        Some((
+            NetRxToken {
+                dev: self,
+                buf,
+                frame,
+            },
+            NetTxToken { dev: self },
+        ))
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
