@@ -7,12 +7,13 @@
 //! - [`drivers`] (unsafe): serial, isa-debug-exit, PIC, PIT, RTC, PCI/virtio-mmio discovery,
 //!   virtio-net as a smoltcp `phy::Device`.
 //! - Safe, host-testable logic: [`cmdline`], [`clock`], [`entropy`], [`console`], [`executor`],
-//!   [`boot`] (memory map), [`http`] (connection handling over a byte-stream seam).
+//!   [`idle`] (adaptive halt polling), [`metrics`], [`boot`] (memory map).
 //! - [`net`]: smoltcp interface, TCP listener pools and async sockets.
 //! - [`node`]: the Janus node protocol around a `runtime_abi::Service`, and the [`entry!`] macro.
 //!
-//! Everything runs at CPL3 on one CPU with interrupts disabled; the executor idles through the
-//! `int 0x80` halt gate and wakes on the PIT one-shot timer or the NIC interrupt.
+//! Everything runs at CPL3 on one CPU with interrupts disabled; the kernel loop polls the receive
+//! ring briefly, then idles through the `hlt` gate (#GP from CPL3) and wakes on the PIT one-shot
+//! timer or the NIC interrupt.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod console;
 pub mod drivers;
 pub mod entropy;
 pub mod executor;
+pub mod idle;
 #[cfg(not(test))]
 pub mod log;
 pub mod metrics;

@@ -16,6 +16,8 @@ pub struct KernelCounters {
     pub halts: AtomicU64,
     /// Frames found by halt polling, each a halt and an interrupt saved.
     pub halt_poll_hits: AtomicU64,
+    /// The halt-polling window now (see [`crate::idle`]).
+    pub halt_poll_window_ns: AtomicU64,
 }
 
 /// The kernel loop's counters.
@@ -23,6 +25,7 @@ pub static KERNEL: KernelCounters = KernelCounters {
     loops: AtomicU64::new(0),
     halts: AtomicU64::new(0),
     halt_poll_hits: AtomicU64::new(0),
+    halt_poll_window_ns: AtomicU64::new(0),
 };
 
 /// The kernel's counters as `/metrics` text (the network stack's figures are zero in host tests,
@@ -79,7 +82,11 @@ impl KernelCounters {
         let _ = write!(
             out,
             "# HELP janus_uk_tcp_sockets TCP sockets open (listening, connected, closing).\n\
-             # TYPE janus_uk_tcp_sockets gauge\njanus_uk_tcp_sockets {tcp_sockets}\n"
+             # TYPE janus_uk_tcp_sockets gauge\njanus_uk_tcp_sockets {tcp_sockets}\n\
+             # HELP janus_uk_halt_poll_window_seconds How long the kernel polls before halting.\n\
+             # TYPE janus_uk_halt_poll_window_seconds gauge\n\
+             janus_uk_halt_poll_window_seconds {}\n",
+            self.halt_poll_window_ns.load(Ordering::Relaxed) as f64 / 1e9
         );
         out
     }
@@ -95,6 +102,7 @@ mod tests {
             loops: AtomicU64::new(0),
             halts: AtomicU64::new(0),
             halt_poll_hits: AtomicU64::new(0),
+            halt_poll_window_ns: AtomicU64::new(50_000),
         };
         KernelCounters::bump(&k.loops);
         KernelCounters::bump(&k.loops);
@@ -112,6 +120,10 @@ mod tests {
         );
         assert!(text.contains("\njanus_uk_frames_sent_total 7\n"), "{text}");
         assert!(text.contains("\njanus_uk_tcp_sockets 24\n"), "{text}");
-        assert_eq!(text.matches("# TYPE").count(), 6);
+        assert!(
+            text.contains("\njanus_uk_halt_poll_window_seconds 0.00005\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE").count(), 7);
     }
 }

@@ -245,10 +245,6 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
     }
 }
 
-/// How long the kernel loop watches the receive ring before halting.
-#[cfg(not(test))]
-const HALT_POLL_NS: u64 = 200_000;
-
 /// Spins up to `ns` until a frame is in the receive ring; whether one came.
 #[cfg(not(test))]
 fn poll_for_frame(ns: u64) -> bool {
@@ -275,6 +271,10 @@ pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) ->
     *TIMERS.lock() = Some(executor.timers());
     let now_ms = || crate::clock::monotonic_ns() / 1_000_000;
     let mut armed_until = 0u64;
+    let mut halt_poll = crate::idle::HaltPoll::new();
+    KERNEL
+        .halt_poll_window_ns
+        .store(halt_poll.window_ns(), core::sync::atomic::Ordering::Relaxed);
     loop {
         KernelCounters::bump(&KERNEL.loops);
         let irqs = crate::arch::cpu::take_pending_irqs();
@@ -308,11 +308,11 @@ pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) ->
         if wait_ms == 0 || executor.has_ready() || net::rx_pending() {
             continue;
         }
-        // Halt polling (as Linux's cpuidle-haltpoll does): halting and being woken by the NIC
-        // interrupt costs several VM exits and a trip through the CPL0 stubs, far more than the
-        // gap between a keep-alive client's requests. So for a short while after the last work,
-        // watch the receive ring (a memory read, no exit) before halting.
-        if poll_for_frame(HALT_POLL_NS.min(wait_ms * 1_000_000)) {
+        // Halt polling (see `idle`): for a short while after the last work, watch the receive
+        // ring (a memory read, no exit) before halting; the window adapts to the load.
+        let idle_from = crate::clock::monotonic_ns();
+        if poll_for_frame(halt_poll.window_ns().min(wait_ms * 1_000_000)) {
+            halt_poll.idle_ended(crate::clock::monotonic_ns().saturating_sub(idle_from));
             KernelCounters::bump(&KERNEL.halt_poll_hits);
             continue;
         }
@@ -325,5 +325,9 @@ pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) ->
         }
         KernelCounters::bump(&KERNEL.halts);
         crate::arch::cpu::halt_until_interrupt();
+        halt_poll.idle_ended(crate::clock::monotonic_ns().saturating_sub(idle_from));
+        KERNEL
+            .halt_poll_window_ns
+            .store(halt_poll.window_ns(), core::sync::atomic::Ordering::Relaxed);
     }
 }
