@@ -4,11 +4,26 @@
 mod support;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
 use support::*;
+
+/// Node `s1` (weight 1) in the stable pool and `d1` (weight 1) in the debug pool, behind a router
+/// whose config starts with `head` (a `config_head`).
+async fn stable_and_debug(
+    dir: &Path,
+    stable: NodeBehaviour,
+    debug: NodeBehaviour,
+    head: String,
+) -> (TestNode, TestNode, RouterProcess) {
+    let s1 = TestNode::start("s1", stable).await;
+    let d1 = TestNode::start("d1", debug).await;
+    let cfg = format!("{head}{}{}", s1.toml("stable", 1), d1.toml("debug", 1));
+    (s1, d1, RouterProcess::start(dir, &cfg).await)
+}
 
 fn pool_of(r: &Reply) -> String {
     r.header("x-janus-pool").unwrap_or("none").to_owned()
@@ -54,18 +69,16 @@ async fn weights_are_honoured_across_pools_and_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beta_users_always_reach_debug_and_users_stay_on_their_channel() {
     let dir = temp_dir("beta");
-    let s1 = TestNode::start("s1", NodeBehaviour::stable()).await;
-    let d1 = TestNode::start("d1", NodeBehaviour::debug()).await;
-    let cfg = format!(
-        "{}{}{}",
+    let (_s1, _d1, router) = stable_and_debug(
+        &dir,
+        NodeBehaviour::stable(),
+        NodeBehaviour::debug(),
         config_head(
             &dir,
             "[mix]\nstable_weight = 50\ndebug_weight = 50\n\n[channels]\nbeta_user_percent = 30.0\n"
         ),
-        s1.toml("stable", 1),
-        d1.toml("debug", 1)
-    );
-    let router = RouterProcess::start(&dir, &cfg).await;
+    )
+    .await;
     let client = HttpClient::new();
     for _ in 0..50 {
         assert_eq!(
@@ -104,18 +117,16 @@ async fn beta_users_always_reach_debug_and_users_stay_on_their_channel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panic_on_stable_is_answered_by_debug_and_recorded_with_trace_and_state() {
     let dir = temp_dir("panic");
-    let s1 = TestNode::start("s1", NodeBehaviour::stable_unix()).await;
-    let d1 = TestNode::start("d1", NodeBehaviour::debug()).await;
-    let cfg = format!(
-        "{}{}{}",
+    let (_s1, _d1, router) = stable_and_debug(
+        &dir,
+        NodeBehaviour::stable_unix(),
+        NodeBehaviour::debug(),
         config_head(
             &dir,
             "[mix]\nstable_weight = 100\ndebug_weight = 0\n\n[health]\nconsecutive_failures = 100\n"
         ),
-        s1.toml("stable", 1),
-        d1.toml("debug", 1)
-    );
-    let router = RouterProcess::start(&dir, &cfg).await;
+    )
+    .await;
     let client = HttpClient::new();
     // Give the stable node some state first.
     let put = client
@@ -296,26 +307,20 @@ async fn killed_stable_node_costs_no_get_is_ejected_and_readmitted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirrored_wrong_answer_is_captured_as_divergence() {
     let dir = temp_dir("mirror");
-    let s1 = TestNode::start("s1", NodeBehaviour::stable()).await;
-    let d1 = TestNode::start(
-        "d1",
+    let (_s1, _d1, router) = stable_and_debug(
+        &dir,
+        NodeBehaviour::stable(),
         NodeBehaviour {
             wrong_answers: true,
             ..NodeBehaviour::debug()
         },
-    )
-    .await;
-    let cfg = format!(
-        "{}{}{}",
         config_head(
             &dir,
             "[mix]\nstable_weight = 100\ndebug_weight = 0\n\n[mirror]\nignore_json_fields = [\"node\"]\n\n\
              [[routes]]\nprefix = \"/compute\"\nmirror_fraction = 1.0\n\n[[routes]]\nprefix = \"/hello\"\nmirror_fraction = 1.0\n"
         ),
-        s1.toml("stable", 1),
-        d1.toml("debug", 1)
-    );
-    let router = RouterProcess::start(&dir, &cfg).await;
+    )
+    .await;
     let client = HttpClient::new();
     // A route whose answers agree except for ignored parts: no divergence.
     let r = client.get(&router, "/hello", &[]).await;
@@ -371,18 +376,16 @@ async fn mirrored_wrong_answer_is_captured_as_divergence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_without_idempotency_key_is_not_replayed_and_the_error_is_honest() {
     let dir = temp_dir("post");
-    let s1 = TestNode::start("s1", NodeBehaviour::stable()).await;
-    let d1 = TestNode::start("d1", NodeBehaviour::debug()).await;
-    let cfg = format!(
-        "{}{}{}",
+    let (_s1, d1, router) = stable_and_debug(
+        &dir,
+        NodeBehaviour::stable(),
+        NodeBehaviour::debug(),
         config_head(
             &dir,
             "[mix]\nstable_weight = 100\ndebug_weight = 0\n\n[health]\nconsecutive_failures = 100\n"
         ),
-        s1.toml("stable", 1),
-        d1.toml("debug", 1)
-    );
-    let router = RouterProcess::start(&dir, &cfg).await;
+    )
+    .await;
     let client = HttpClient::new();
     let before = d1.served();
     let r = client
@@ -509,19 +512,17 @@ async fn reload_with_a_bad_file_keeps_the_old_config() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_load_loses_no_acknowledged_fault() {
     let dir = temp_dir("sigkill");
-    let s1 = TestNode::start("s1", NodeBehaviour::stable_unix()).await;
-    let d1 = TestNode::start("d1", NodeBehaviour::debug()).await;
-    let cfg = format!(
-        "{}{}{}",
+    let (_s1, _d1, mut router) = stable_and_debug(
+        &dir,
+        NodeBehaviour::stable_unix(),
+        NodeBehaviour::debug(),
         config_head(
             &dir,
             "[mix]\nstable_weight = 100\ndebug_weight = 0\n\n[health]\nconsecutive_failures = 1000000\n\n\
              [retry]\nbudget_min_per_sec = 100000\nbudget_max_tokens = 100000\n"
         ),
-        s1.toml("stable", 1),
-        d1.toml("debug", 1)
-    );
-    let mut router = RouterProcess::start(&dir, &cfg).await;
+    )
+    .await;
     let client = HttpClient::new();
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
     let mut workers = Vec::new();
@@ -800,20 +801,18 @@ async fn a_client_that_stops_reading_is_disconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stable_timeout_is_retried_and_the_retry_budget_bounds_a_storm() {
     let dir = temp_dir("budget");
-    let s1 = TestNode::start("s1", NodeBehaviour::stable_unix()).await;
-    let d1 = TestNode::start("d1", NodeBehaviour::debug()).await;
-    let cfg = format!(
-        "{}{}{}",
+    let (_s1, _d1, router) = stable_and_debug(
+        &dir,
+        NodeBehaviour::stable_unix(),
+        NodeBehaviour::debug(),
         config_head(
             &dir,
             "[mix]\nstable_weight = 100\ndebug_weight = 0\n\n[health]\nconsecutive_failures = 1000\n\n\
              [retry]\nbudget_ratio = 0.0\nbudget_min_per_sec = 2\nbudget_max_tokens = 2\n"
         )
         .replacen("request_timeout_ms = 3000", "request_timeout_ms = 200", 1),
-        s1.toml("stable", 1),
-        d1.toml("debug", 1)
-    );
-    let router = RouterProcess::start(&dir, &cfg).await;
+    )
+    .await;
     let client = HttpClient::new();
     // A stable node that does not answer in time: the debug node answers.
     let r = client.get(&router, "/slow?ms=2000", &[]).await;
