@@ -27,7 +27,7 @@ impl HaltPoll {
     }
 
     /// How long to poll before halting now.
-    pub fn window_ns(&self) -> u64 {
+    pub const fn window_ns(&self) -> u64 {
         self.window_ns
     }
 

@@ -25,7 +25,7 @@ pub static KERNEL: KernelCounters = KernelCounters {
     loops: AtomicU64::new(0),
     halts: AtomicU64::new(0),
     halt_poll_hits: AtomicU64::new(0),
-    halt_poll_window_ns: AtomicU64::new(0),
+    halt_poll_window_ns: AtomicU64::new(crate::idle::HaltPoll::new().window_ns()),
 };
 
 /// The kernel's counters as `/metrics` text (the network stack's figures are zero in host tests,

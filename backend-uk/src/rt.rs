@@ -271,10 +271,8 @@ pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) ->
     *TIMERS.lock() = Some(executor.timers());
     let now_ms = || crate::clock::monotonic_ns() / 1_000_000;
     let mut armed_until = 0u64;
+    // Starts at the window `KERNEL.halt_poll_window_ns` starts at.
     let mut halt_poll = crate::idle::HaltPoll::new();
-    KERNEL
-        .halt_poll_window_ns
-        .store(halt_poll.window_ns(), core::sync::atomic::Ordering::Relaxed);
     loop {
         KernelCounters::bump(&KERNEL.loops);
         let irqs = crate::arch::cpu::take_pending_irqs();
@@ -311,8 +309,8 @@ pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) ->
         // Halt polling (see `idle`): for a short while after the last work, watch the receive
         // ring (a memory read, no exit) before halting; the window adapts to the load.
         let idle_from = crate::clock::monotonic_ns();
+        // A frame caught by polling leaves the window as it is.
         if poll_for_frame(halt_poll.window_ns().min(wait_ms * 1_000_000)) {
-            halt_poll.idle_ended(crate::clock::monotonic_ns().saturating_sub(idle_from));
             KernelCounters::bump(&KERNEL.halt_poll_hits);
             continue;
         }
