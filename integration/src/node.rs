@@ -54,6 +54,8 @@ pub struct Node {
     pub node_id: String,
     child: Child,
     output: Arc<Mutex<Vec<u8>>>,
+    /// The threads copying the child's stdout and stderr into `output`; finished at end of file.
+    pumps: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Node {
@@ -78,6 +80,7 @@ impl Node {
             .spawn()
             .with_context(|| format!("cannot start {}", artifact.path.display()))?;
         let output = Arc::new(Mutex::new(Vec::new()));
+        let mut pumps = Vec::new();
         for stream in [
             child
                 .stdout
@@ -92,7 +95,7 @@ impl Node {
         .flatten()
         {
             let out = Arc::clone(&output);
-            std::thread::spawn(move || pump(stream, out));
+            pumps.push(std::thread::spawn(move || pump(stream, out)));
         }
         let mut node = Node {
             flavor: artifact.flavor,
@@ -102,6 +105,7 @@ impl Node {
             node_id,
             child,
             output,
+            pumps,
         };
         node.wait_ready(Duration::from_secs(match artifact.flavor {
             Flavor::Unix => 30,
@@ -116,6 +120,7 @@ impl Node {
         let short = Duration::from_millis(500);
         loop {
             if let Some(status) = self.child.try_wait()? {
+                self.settle_output(Instant::now() + short);
                 bail!(
                     "node {} exited ({status}) before it was ready; output:\n{}",
                     self.node_id,
@@ -169,16 +174,25 @@ impl Node {
         Ok(())
     }
 
-    /// Waits for the node to exit.
+    /// Waits for the node to exit, then for its last output to be captured: the process's final lines
+    /// are in [`Node::output`] once this returns (the pumps read to end of file, bounded by `timeout`).
     pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = self.child.try_wait()? {
+                self.settle_output(deadline);
                 return Ok(st);
             }
             if Instant::now() > deadline {
                 bail!("node {} still running after {timeout:?}", self.node_id);
             }
+            poll_interval();
+        }
+    }
+
+    /// After the process exited: waits (until `deadline`) for the pumps to read its output to the end.
+    fn settle_output(&self, deadline: Instant) {
+        while !self.pumps.iter().all(|p| p.is_finished()) && Instant::now() < deadline {
             poll_interval();
         }
     }
