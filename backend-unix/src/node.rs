@@ -135,8 +135,9 @@ impl Node {
         let admin_token = match &config.admin_token {
             Some(t) => t.clone(),
             None => {
+                // A token only from the kernel's CSPRNG: no fallback, the node does not start.
                 let mut b = [0u8; 24];
-                entropy.fill(&mut b);
+                entropy.try_fill(&mut b).map_err(NodeError::Entropy)?;
                 b.iter().map(|x| format!("{x:02x}")).collect()
             }
         };

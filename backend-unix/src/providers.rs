@@ -169,17 +169,19 @@ impl Urandom {
             fallback: AtomicU64::new(0),
         })
     }
+
+    /// Fills `buf` from the device, or fails (for secrets, which must not come from a fallback).
+    pub fn try_fill(&self, buf: &mut [u8]) -> std::io::Result<()> {
+        self.file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .read_exact(buf)
+    }
 }
 
 impl EntropySource for Urandom {
     fn fill(&self, buf: &mut [u8]) {
-        let ok = self
-            .file
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .read_exact(buf)
-            .is_ok();
-        if !ok {
+        if self.try_fill(buf).is_err() {
             // The device was opened at start, so a read failure is not expected; fall back to
             // SipHash keyed by the OS-seeded `RandomState` rather than leave the buffer predictable.
             for chunk in buf.chunks_mut(8) {

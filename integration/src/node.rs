@@ -64,10 +64,11 @@ impl Node {
     pub fn start(artifact: &Artifact, mut opts: NodeOpts) -> anyhow::Result<Node> {
         let listen = *opts.listen.get_or_insert_with(free_addr);
         let admin = *opts.admin.get_or_insert_with(free_addr);
-        let token = opts
-            .admin_token
-            .get_or_insert_with(janus::node::random_token)
-            .clone();
+        let token = match &opts.admin_token {
+            Some(t) => t.clone(),
+            None => janus::secret::random_token()?,
+        };
+        opts.admin_token = Some(token.clone());
         let node_id = opts
             .node_id
             .get_or_insert_with(|| format!("{}-{}", artifact.flavor, listen.port()))

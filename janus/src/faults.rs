@@ -515,7 +515,7 @@ pub fn repro_node(dir: &Path) -> anyhow::Result<ReproNode> {
         .context("the cluster has no process node to take the debug binary from")?;
     let listen = free_addr()?;
     let admin = free_addr()?;
-    let token = crate::node::random_token();
+    let token = crate::secret::random_token()?;
     let id = format!("repro-{}", listen.port());
     let opts = crate::node::NodeOpts {
         listen: Some(listen),
@@ -606,7 +606,7 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
             r.text()
         );
     }
-    let trace_id = crate::node::random_token();
+    let trace_id = crate::secret::random_token()?;
     let result = replay(&f, node.spec.listen, &trace_id, opts.timeout);
     let replay_class = match &result {
         Err(e) if is_timeout(e) => OutcomeClass::Hang,

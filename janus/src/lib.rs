@@ -7,6 +7,7 @@
 //!   requirements manifest next to it.
 //! - [`flavor`]: what differs between the unix process and the unikernel image.
 //! - [`node`]: the node options both flavours take, and how `janus run` starts one.
+//! - [`secret`]: admin tokens from the OS's random source, and the private files that hold them.
 #![forbid(unsafe_code)]
 
 pub mod build;
@@ -17,6 +18,7 @@ pub mod demo;
 pub mod faults;
 pub mod flavor;
 pub mod node;
+pub mod secret;
 pub mod service;
 pub mod supervisor;
 pub mod up;

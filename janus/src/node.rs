@@ -162,13 +162,16 @@ impl NodeOpts {
     }
 
     /// The run options of a uk node (a missing admin token is generated and printed).
-    pub fn uk_run_opts(&self) -> UkRunOpts {
-        let admin_token = self.admin_token.clone().unwrap_or_else(|| {
-            let t = random_token();
-            eprintln!("janus: generated admin token {t}");
-            t
-        });
-        UkRunOpts {
+    pub fn uk_run_opts(&self) -> anyhow::Result<UkRunOpts> {
+        let admin_token = match &self.admin_token {
+            Some(t) => t.clone(),
+            None => {
+                let t = crate::secret::random_token()?;
+                eprintln!("janus: generated admin token {t}");
+                t
+            }
+        };
+        Ok(UkRunOpts {
             listen: self
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -181,7 +184,7 @@ impl NodeOpts {
             machine: self.machine.0,
             accel: self.accel.0,
             log_level: self.log_level.clone(),
-        }
+        })
     }
 }
 
@@ -200,28 +203,10 @@ pub fn command(artifact: &Artifact, opts: &NodeOpts) -> anyhow::Result<Command> 
                      plain lines to its console"
                 );
             }
-            crate::flavor::uk::qemu_command(&artifact.path, &opts.uk_run_opts())
+            crate::flavor::uk::qemu_command(&artifact.path, &opts.uk_run_opts()?)
                 .context("cannot prepare the QEMU command")
         }
     }
-}
-
-/// 32 hex characters from the OS's random source.
-pub fn random_token() -> String {
-    use std::io::Read;
-    let mut b = [0u8; 16];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_ok();
-    if !ok {
-        // Fall back to the process id and the time: weaker, but still unique per node.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        b.copy_from_slice(&(t ^ u128::from(std::process::id())).to_le_bytes());
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]

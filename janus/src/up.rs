@@ -17,7 +17,8 @@ use crate::build::{Flavor, Layout, cargo, run_cargo};
 use crate::client;
 use crate::cluster::{ClusterFile, run_dir};
 use crate::flavor::uk::{Accel, Machine};
-use crate::node::{NodeOpts, random_token};
+use crate::node::NodeOpts;
+use crate::secret::random_token;
 use crate::supervisor::{ClusterState, Plan, ProcSpec, Role, now_ms, write_json_atomic};
 
 /// A free loopback address.
@@ -180,7 +181,7 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
     let node_spec = |id: String, role: Role, flavor: Flavor| -> anyhow::Result<ProcSpec> {
         let listen = free_addr()?;
         let admin = free_addr()?;
-        let token = random_token();
+        let token = random_token()?;
         let opts = NodeOpts {
             listen: Some(listen),
             admin: Some(admin),
@@ -224,7 +225,7 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
     for i in 0..cluster.debug.spare {
         procs.push(node_spec(format!("spare-{i}"), Role::Spare, Flavor::Unix)?);
     }
-    let router_token = random_token();
+    let router_token = random_token()?;
     let router_toml = router_config(cluster, &procs, &router_token, &dir)?;
     let router_cfg_path = dir.join("router.toml");
     std::fs::write(&router_cfg_path, router_toml)?;

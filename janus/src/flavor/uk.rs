@@ -378,23 +378,6 @@ pub fn guest_view(addr: SocketAddr) -> anyhow::Result<std::net::SocketAddrV4> {
     Ok(std::net::SocketAddrV4::new(ip, port))
 }
 
-fn random_hex(n: usize) -> String {
-    let mut bytes = vec![0u8; n];
-    let filled = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .is_ok();
-    if !filled {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = (t >> ((i % 16) * 8)) as u8 ^ (std::process::id() as u8).wrapping_add(i as u8);
-        }
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The log levels backend-uk's console knows (its `janus.log` word).
 const UK_LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
@@ -426,7 +409,7 @@ pub fn kernel_cmdline(opts: &UkRunOpts) -> anyhow::Result<String> {
         }
         words.push(format!("janus.log={level}"));
     }
-    words.push(format!("janus.seed={}", random_hex(32)));
+    words.push(format!("janus.seed={}", crate::secret::random_hex(32)?));
     words.push("ip=10.0.2.15/24".into());
     words.push("gw=10.0.2.2".into());
     Ok(words.join(" "))
