@@ -175,12 +175,10 @@ impl Shared {
     }
 }
 
-/// Writes JSON via a temporary file and a rename, so readers never see half a file.
+/// Writes JSON via a temporary file and a rename, so readers never see half a file. The file is
+/// private (0600): plan.json and state.json hold the nodes' admin tokens.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    crate::secret::write_private(path, &serde_json::to_vec_pretty(value)?)
 }
 
 /// Runs the supervisor for `run_dir` until SIGTERM/SIGINT. Blocks.

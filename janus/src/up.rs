@@ -228,7 +228,8 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
     let router_token = random_token()?;
     let router_toml = router_config(cluster, &procs, &router_token, &dir)?;
     let router_cfg_path = dir.join("router.toml");
-    std::fs::write(&router_cfg_path, router_toml)?;
+    // Holds the router's and every node's admin token.
+    crate::secret::write_private(&router_cfg_path, router_toml.as_bytes())?;
     procs.push(ProcSpec {
         id: "router".into(),
         role: Role::Router,

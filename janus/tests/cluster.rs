@@ -154,12 +154,59 @@ fn stable_panic(f: &serde_json::Value, path: &str) -> bool {
         )
 }
 
+/// Every file of the run directory that holds an admin token is readable by its owner only.
+fn assert_token_files_private(c: &Cluster) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tokens: Vec<String> = c
+        .state()
+        .procs
+        .iter()
+        .map(|p| p.spec.token.clone())
+        .collect();
+    let mut holders = Vec::new();
+    let mut dirs = vec![c.dir.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read run dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes);
+            if tokens.iter().any(|t| text.contains(t.as_str())) {
+                let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+                assert_eq!(
+                    mode & 0o777,
+                    0o600,
+                    "{} holds a token but has mode {:o}",
+                    path.display(),
+                    mode & 0o777
+                );
+                holders.push(
+                    path.file_name()
+                        .expect("name")
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    for expected in ["plan.json", "state.json", "router.toml"] {
+        assert!(
+            holders.iter().any(|h| h == expected),
+            "{expected} should hold tokens; token files: {holders:?}"
+        );
+    }
+}
+
 #[test]
 fn faults_of_stable_nodes_are_captured_and_reproduced() {
     let c = Cluster::up(2);
     let st = c.state();
     assert_eq!(st.procs.len(), 5, "2 stable + 1 debug + 1 spare + router");
     assert!(st.procs.iter().all(|p| p.state == "running"), "{st:?}");
+    assert_token_files_private(&c);
 
     // State-triggered bug: a stable node's 8th increment panics; the client sees the debug node's 200.
     let mut client_errors = 0;
