@@ -223,6 +223,13 @@ fn http_headers(req: &janus_http1::Request) -> runtime_abi::Headers {
     headers
 }
 
+/// Whether `given` is the admin token, in time that does not depend on where they differ (only on
+/// the lengths, which are not secret), so the token cannot be guessed byte by byte from timings.
+pub fn token_matches(given: &str, token: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+}
+
 fn text(status: u16, body: &str) -> janus_http1::Response {
     janus_http1::Response::text(status, body)
 }
@@ -299,7 +306,7 @@ impl<S: Service> Node<S> {
         let authorized = match (&self.admin_token, req.headers.get_str("authorization")) {
             (Some(token), Some(value)) => value
                 .strip_prefix("Bearer ")
-                .is_some_and(|t| t.trim() == token),
+                .is_some_and(|t| token_matches(t.trim(), token)),
             _ => false,
         };
         if !authorized {
@@ -822,6 +829,23 @@ mod tests {
             )
             .contains("janus_store_ops_total{op=\"put\"} 3")
         );
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(token_matches("s3cret", "s3cret"));
+        for wrong in ["", "s", "s3cre", "s3creT", "x3cret", "s3cret ", "s3crets"] {
+            assert!(!token_matches(wrong, "s3cret"), "{wrong:?}");
+        }
+        let node = node();
+        for auth in ["Bearer to", "Bearer tok2", "Bearer tOk", "Basic tok", "tok"] {
+            let raw = format!("GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n");
+            assert_eq!(
+                node.handle_admin(&request(raw.as_bytes())).status,
+                401,
+                "{auth}"
+            );
+        }
     }
 
     #[test]
