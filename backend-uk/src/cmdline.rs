@@ -3,7 +3,7 @@
 //! | word | meaning | default |
 //! |---|---|---|
 //! | `janus.node=ID` | node id (`x-janus-node`) | `uk-node` |
-//! | `janus.token=T` | admin bearer token; without it the admin listener is off | none |
+//! | `janus.token=T` | admin bearer token, for hypervisors without fw_cfg (visible in the host's process list: janus passes it as the fw_cfg file `opt/janus/token` instead, which wins); without a token the admin listener is off | none |
 //! | `janus.port=P` | service listener port inside the guest | manifest port (80) |
 //! | `janus.admin_port=P` | admin listener port inside the guest | 81 |
 //! | `janus.upstream.NAME=A.B.C.D:PORT` | address of declared upstream `NAME` | none |

@@ -223,6 +223,23 @@ fn http_headers(req: &janus_http1::Request) -> runtime_abi::Headers {
     headers
 }
 
+/// The fw_cfg file the host puts the admin token in (QEMU `-fw_cfg name=opt/janus/token,file=PATH`):
+/// unlike the kernel command line, it is not visible in the host's process list.
+pub const ADMIN_TOKEN_FILE: &str = "opt/janus/token";
+
+/// The admin token in the fw_cfg file's bytes: surrounding whitespace (a trailing newline) is
+/// dropped; what remains must be non-empty visible ASCII, as the unix build requires.
+pub fn admin_token_from_file(bytes: &[u8]) -> Result<String, &'static str> {
+    let token = bytes.trim_ascii();
+    if token.is_empty() {
+        return Err("the token is empty");
+    }
+    if !token.iter().all(u8::is_ascii_graphic) {
+        return Err("the token must be visible ASCII (no spaces or control bytes)");
+    }
+    Ok(String::from_utf8_lossy(token).into_owned())
+}
+
 /// Whether `given` is the admin token, in time that does not depend on where they differ (only on
 /// the lengths, which are not secret), so the token cannot be guessed byte by byte from timings.
 pub fn token_matches(given: &str, token: &str) -> bool {
@@ -433,7 +450,17 @@ mod kernel {
     /// serves it until the VM stops.
     pub fn run<S: Service>(boot: BootInfo) -> ! {
         let env = rt::bring_up(&boot);
-        let cfg = env.config.clone();
+        let mut cfg = env.config.clone();
+        // The token from fw_cfg (kept off the command line) wins over a `janus.token` word.
+        if let Some(bytes) = crate::drivers::fw_cfg::read_file(super::ADMIN_TOKEN_FILE) {
+            match super::admin_token_from_file(&bytes) {
+                Ok(token) => cfg.admin_token = Some(token),
+                Err(e) => rt::fatal(
+                    ExitCode::BootFailure,
+                    &alloc::format!("fw_cfg file {}: {e}", super::ADMIN_TOKEN_FILE),
+                ),
+            }
+        }
         let manifest = S::MANIFEST;
         if let Err(e) = manifest.check_upstreams(cfg.upstreams.iter().map(|(n, _)| n.as_str())) {
             rt::fatal(ExitCode::BootFailure, &alloc::format!("{e}"));
@@ -524,7 +551,9 @@ mod kernel {
                 ),
             }
         } else {
-            alloc::string::String::from("off (no janus.token)")
+            alloc::string::String::from(
+                "off (no admin token: fw_cfg opt/janus/token or janus.token)",
+            )
         };
         let boot_us = rt::since_entry_us();
         kprintln!("janus-uk: {}", env.summary);
@@ -829,6 +858,17 @@ mod tests {
             )
             .contains("janus_store_ops_total{op=\"put\"} 3")
         );
+    }
+
+    #[test]
+    fn token_file_contents() {
+        assert_eq!(admin_token_from_file(b"abc123\n"), Ok("abc123".into()));
+        assert_eq!(admin_token_from_file(b"  t0k "), Ok("t0k".into()));
+        assert!(admin_token_from_file(b"").is_err());
+        assert!(admin_token_from_file(b" \n").is_err());
+        assert!(admin_token_from_file(b"a b").is_err());
+        assert!(admin_token_from_file(b"a\x00b").is_err());
+        assert!(admin_token_from_file("é".as_bytes()).is_err());
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct Node {
     output: Arc<Mutex<Vec<u8>>>,
     /// The threads copying the child's stdout and stderr into `output`; finished at end of file.
     pumps: Vec<std::thread::JoinHandle<()>>,
+    /// A uk node's admin token file (removed with the node).
+    token_file: Option<PathBuf>,
 }
 
 impl Node {
@@ -73,6 +75,12 @@ impl Node {
             .node_id
             .get_or_insert_with(|| format!("{}-{}", artifact.flavor, listen.port()))
             .clone();
+        let token_file = (artifact.flavor == Flavor::Uk && opts.admin.is_some()).then(|| {
+            let dir = opts.secret_dir.get_or_insert_with(|| {
+                std::env::temp_dir().join(format!("janus-it-secrets-{}", std::process::id()))
+            });
+            janus::flavor::uk::token_file(dir, &node_id, listen.port())
+        });
         let mut cmd = janus::node::command(artifact, &opts)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -107,6 +115,7 @@ impl Node {
             child,
             output,
             pumps,
+            token_file,
         };
         node.wait_ready(Duration::from_secs(match artifact.flavor {
             Flavor::Unix => 30,
@@ -208,6 +217,9 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(f) = &self.token_file {
+            let _ = std::fs::remove_file(f);
+        }
     }
 }
 

@@ -524,8 +524,8 @@ pub fn repro_node(dir: &Path) -> anyhow::Result<ReproNode> {
         node_id: Some(id.clone()),
         ..crate::node::NodeOpts::default()
     };
-    let child = std::process::Command::new(&debug.spec.program)
-        .args(opts.unix_args())
+    let child = opts
+        .unix_command(&debug.spec.program)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -538,6 +538,7 @@ pub fn repro_node(dir: &Path) -> anyhow::Result<ReproNode> {
             kind: "unix".into(),
             program: debug.spec.program.clone(),
             args: opts.unix_args(),
+            env: Vec::new(),
             listen,
             admin,
             token,

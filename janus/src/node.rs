@@ -1,6 +1,7 @@
 //! Node options shared by both flavours, and the command that starts one node.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
@@ -17,8 +18,11 @@ pub struct NodeOpts {
     /// Admin listener address (loopback by default).
     #[arg(long)]
     pub admin: Option<SocketAddr>,
-    /// Bearer token for the admin listener.
-    #[arg(long)]
+    /// Bearer token for the admin listener (generated when absent). A flag is visible to every
+    /// user in `ps`: prefer the JANUS_ADMIN_TOKEN environment variable. janus hands it to the node
+    /// through the environment (unix) or a 0600 file QEMU passes as fw_cfg (uk), never on the
+    /// node's command line.
+    #[arg(long, env = "JANUS_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Node id reported in `x-janus-node`.
     #[arg(long)]
@@ -45,7 +49,13 @@ pub struct NodeOpts {
     /// Accelerator (uk): kvm, tcg or auto (kvm when /dev/kvm opens).
     #[arg(long, default_value = "auto", value_parser = parse_accel)]
     pub accel: AccelArg,
+    /// Directory for a uk node's token file (0700; default: see [`crate::secret::default_dir`]).
+    #[arg(skip)]
+    pub secret_dir: Option<PathBuf>,
 }
+
+/// The environment variable a unix node (backend-unix) and `janus run` take the admin token from.
+pub const ADMIN_TOKEN_ENV: &str = "JANUS_ADMIN_TOKEN";
 
 /// Guest memory when nothing says otherwise.
 pub const DEFAULT_MEMORY_MIB: u32 = 128;
@@ -64,6 +74,7 @@ impl Default for NodeOpts {
             memory_mib: DEFAULT_MEMORY_MIB,
             machine: MachineArg::default(),
             accel: AccelArg::default(),
+            secret_dir: None,
         }
     }
 }
@@ -127,7 +138,19 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 impl NodeOpts {
-    /// The command line flags of a unix node.
+    /// The command that starts a unix node of `program`: [`Self::unix_args`], and the admin token
+    /// in the node's environment (`JANUS_ADMIN_TOKEN`), never on its command line.
+    pub fn unix_command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(self.unix_args());
+        match &self.admin_token {
+            Some(t) => cmd.env(ADMIN_TOKEN_ENV, t),
+            None => cmd.env_remove(ADMIN_TOKEN_ENV),
+        };
+        cmd
+    }
+
+    /// The command line flags of a unix node (without the admin token: see [`Self::unix_command`]).
     pub fn unix_args(&self) -> Vec<String> {
         let mut a = Vec::new();
         let mut push = |k: &str, v: String| {
@@ -139,9 +162,6 @@ impl NodeOpts {
         }
         if let Some(l) = self.admin {
             push("--admin", l.to_string());
-        }
-        if let Some(t) = &self.admin_token {
-            push("--admin-token", t.clone());
         }
         if let Some(n) = &self.node_id {
             push("--node-id", n.clone());
@@ -184,6 +204,10 @@ impl NodeOpts {
             machine: self.machine.0,
             accel: self.accel.0,
             log_level: self.log_level.clone(),
+            secret_dir: match &self.secret_dir {
+                Some(d) => d.clone(),
+                None => crate::secret::default_dir()?,
+            },
         })
     }
 }
@@ -191,11 +215,7 @@ impl NodeOpts {
 /// The command that runs one node of a built artifact.
 pub fn command(artifact: &Artifact, opts: &NodeOpts) -> anyhow::Result<Command> {
     match artifact.flavor {
-        Flavor::Unix => {
-            let mut cmd = Command::new(&artifact.path);
-            cmd.args(opts.unix_args());
-            Ok(cmd)
-        }
+        Flavor::Unix => Ok(opts.unix_command(&artifact.path)),
         Flavor::Uk => {
             if let Some(f) = &opts.log_format {
                 anyhow::bail!(

@@ -53,8 +53,11 @@ pub struct ProcSpec {
     pub kind: String,
     /// Program.
     pub program: PathBuf,
-    /// Arguments.
+    /// Arguments (never a secret: `/proc/<pid>/cmdline` is world-readable).
     pub args: Vec<String>,
+    /// Environment variables set for the process (a unix node's admin token).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
     /// Service (or router client) address.
     pub listen: SocketAddr,
     /// Admin address.
@@ -241,6 +244,7 @@ fn keep_running(shared: &Shared, spec: &ProcSpec, (initial, max): (u64, u64)) {
         let started = Instant::now();
         let child = Command::new(&spec.program)
             .args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -178,6 +178,9 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
         _ => Accel::Auto,
     };
     let mut procs = Vec::new();
+    // uk nodes' token files, for QEMU to read at every (re)start.
+    let secret_dir = dir.join("secrets");
+    crate::secret::private_dir(&secret_dir)?;
     let node_spec = |id: String, role: Role, flavor: Flavor| -> anyhow::Result<ProcSpec> {
         let listen = free_addr()?;
         let admin = free_addr()?;
@@ -191,6 +194,7 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
             memory_mib: cluster.stable.memory_mib,
             machine: crate::node::MachineArg(machine),
             accel: crate::node::AccelArg(accel),
+            secret_dir: Some(secret_dir.clone()),
             ..NodeOpts::default()
         };
         let artifact = match flavor {
@@ -206,6 +210,10 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
             args: cmd
                 .get_args()
                 .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            env: cmd
+                .get_envs()
+                .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
                 .collect(),
             listen,
             admin,
@@ -239,6 +247,7 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
             "--config".into(),
             router_cfg_path.to_string_lossy().into_owned(),
         ],
+        env: Vec::new(),
         listen: cluster.router.listen,
         admin: cluster.router.admin,
         token: router_token,

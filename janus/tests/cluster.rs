@@ -200,6 +200,33 @@ fn assert_token_files_private(c: &Cluster) {
     }
 }
 
+/// No running process of the cluster (QEMU, process nodes, router) has an admin token on its
+/// command line, which every user of the host can read.
+fn assert_tokens_off_command_lines(c: &Cluster) {
+    let st = c.state();
+    let tokens: Vec<&str> = st.procs.iter().map(|p| p.spec.token.as_str()).collect();
+    for p in &st.procs {
+        let pid = p.pid.unwrap_or_else(|| panic!("{} has no pid", p.spec.id));
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(
+            cmdline.contains(p.spec.program.to_str().expect("utf8")),
+            "pid {pid} is not {}: {cmdline}",
+            p.spec.id
+        );
+        for t in &tokens {
+            assert!(
+                !cmdline.contains(t),
+                "{} has an admin token on its command line: {cmdline}",
+                p.spec.id
+            );
+        }
+        if p.spec.kind == "uk" {
+            assert!(cmdline.contains("name=opt/janus/token,file="), "{cmdline}");
+        }
+    }
+}
+
 #[test]
 fn faults_of_stable_nodes_are_captured_and_reproduced() {
     let c = Cluster::up(2);
@@ -207,6 +234,7 @@ fn faults_of_stable_nodes_are_captured_and_reproduced() {
     assert_eq!(st.procs.len(), 5, "2 stable + 1 debug + 1 spare + router");
     assert!(st.procs.iter().all(|p| p.state == "running"), "{st:?}");
     assert_token_files_private(&c);
+    assert_tokens_off_command_lines(&c);
 
     // State-triggered bug: a stable node's 8th increment panics; the client sees the debug node's 200.
     let mut client_errors = 0;

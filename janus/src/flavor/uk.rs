@@ -13,7 +13,10 @@
 //! Run: QEMU with the image as `-kernel`, user networking with `hostfwd` for the service port
 //! (guest :80) and the admin port (guest :81), the console on stdout (`-serial stdio`) and
 //! isa-debug-exit. The guest reaches the host's 127.0.0.1 through 10.0.2.2. Configuration goes on
-//! the kernel command line (see backend-uk's `cmdline` module).
+//! the kernel command line (see backend-uk's `cmdline` module), except the admin token: the
+//! command line is in `/proc/<pid>/cmdline` for every user of the host to read, so the token is
+//! written to a 0600 file in [`UkRunOpts::secret_dir`] and QEMU hands it to the guest as the fw_cfg
+//! file `opt/janus/token` (backend-uk's `drivers::fw_cfg`).
 //!
 //! Exit status of the QEMU process (isa-debug-exit maps guest code v to `(v << 1) | 1`):
 //! [`EXIT_SHUTDOWN`] 1, [`EXIT_PANIC`] 33 (service or kernel panic; the console holds the
@@ -118,7 +121,12 @@ pub struct UkRunOpts {
     pub accel: Accel,
     /// Console log level (`janus.log`); None = the kernel's default (info).
     pub log_level: Option<String>,
+    /// Private directory (0700) the admin token file is written to for QEMU to read.
+    pub secret_dir: PathBuf,
 }
+
+/// The fw_cfg file name the guest reads the admin token from (backend-uk `node::ADMIN_TOKEN_FILE`).
+pub const FW_CFG_TOKEN: &str = "opt/janus/token";
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
@@ -386,10 +394,7 @@ pub fn kernel_cmdline(opts: &UkRunOpts) -> anyhow::Result<String> {
     check_word("node id", &opts.node_id)?;
     let mut words = vec![format!("janus.node={}", opts.node_id)];
     if opts.admin.is_some() {
-        if opts.admin_token.is_empty() {
-            bail!("an admin listener needs a non-empty admin token");
-        }
-        words.push(format!("janus.token={}", escape(&opts.admin_token)));
+        // The token itself goes through fw_cfg (see `qemu_command`), not on this line.
         words.push(format!("janus.admin_port={GUEST_ADMIN_PORT}"));
     }
     for (name, addr) in &opts.upstreams {
@@ -415,7 +420,26 @@ pub fn kernel_cmdline(opts: &UkRunOpts) -> anyhow::Result<String> {
     Ok(words.join(" "))
 }
 
-/// The QEMU command line for an image.
+/// Where [`qemu_command`] writes a node's admin token: `<secret_dir>/<node>-<port>.token` (the
+/// listen port keeps two nodes of the same id apart).
+pub fn token_file(secret_dir: &Path, node_id: &str, listen_port: u16) -> PathBuf {
+    secret_dir.join(format!("{node_id}-{listen_port}.token"))
+}
+
+/// Writes the admin token (0600) to [`token_file`] for QEMU's `-fw_cfg`; returns its path.
+fn write_token_file(opts: &UkRunOpts) -> anyhow::Result<PathBuf> {
+    let token = &opts.admin_token;
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!("the admin token must be non-empty visible ASCII (no spaces or control characters)");
+    }
+    check_word("node id", &opts.node_id)?;
+    crate::secret::private_dir(&opts.secret_dir)?;
+    let path = token_file(&opts.secret_dir, &opts.node_id, opts.listen.port());
+    crate::secret::write_private(&path, token.as_bytes())?;
+    Ok(path)
+}
+
+/// The QEMU command line for an image. With an admin listener, writes the token file it names.
 pub fn qemu_command(image: &Path, opts: &UkRunOpts) -> anyhow::Result<Command> {
     if !image.is_file() {
         bail!(
@@ -461,6 +485,8 @@ pub fn qemu_command(image: &Path, opts: &UkRunOpts) -> anyhow::Result<Command> {
         Machine::Q35 => ("q35", "virtio-net-pci,netdev=n0,disable-legacy=on"),
     };
     let mut cmd = Command::new("qemu-system-x86_64");
+    // QEMU has no use for the token `janus run` may have taken from the environment.
+    cmd.env_remove(crate::node::ADMIN_TOKEN_ENV);
     cmd.args(["-M", machine, "-accel", accel, "-smp", "1", "-m"])
         .arg(opts.memory_mib.to_string())
         .args([
@@ -480,6 +506,19 @@ pub fn qemu_command(image: &Path, opts: &UkRunOpts) -> anyhow::Result<Command> {
         .arg(image)
         .arg("-append")
         .arg(kernel_cmdline(opts)?);
+    if opts.admin.is_some() {
+        let file = write_token_file(opts)?;
+        let file = file
+            .to_str()
+            .with_context(|| format!("{} is not UTF-8 (QEMU option)", opts.secret_dir.display()))?;
+        if file.contains(',') {
+            bail!(
+                "the secret directory path {file} contains a comma, which QEMU options cannot hold"
+            );
+        }
+        cmd.arg("-fw_cfg")
+            .arg(format!("name={FW_CFG_TOKEN},file={file}"));
+    }
     Ok(cmd)
 }
 
@@ -491,7 +530,7 @@ mod tests {
         UkRunOpts {
             listen: "127.0.0.1:8080".parse().expect("addr"),
             admin: Some("127.0.0.1:9090".parse().expect("addr")),
-            admin_token: "t o%k".into(),
+            admin_token: "t0ken".into(),
             node_id: "uk-1".into(),
             upstreams: vec![("backend".into(), "127.0.0.1:7000".parse().expect("addr"))],
             config: vec![("greeting".into(), "Hi there".into())],
@@ -499,6 +538,7 @@ mod tests {
             machine: Machine::Microvm,
             accel: Accel::Tcg,
             log_level: Some("debug".into()),
+            secret_dir: std::env::temp_dir().join(format!("janus-uk-test-{}", std::process::id())),
         }
     }
 
@@ -506,7 +546,8 @@ mod tests {
     fn cmdline_maps_loopback_upstreams_and_escapes() {
         let line = kernel_cmdline(&opts()).expect("cmdline");
         assert!(line.contains("janus.node=uk-1"));
-        assert!(line.contains("janus.token=t%20o%25k"));
+        assert!(!line.contains("janus.token"), "{line}");
+        assert!(!line.contains("t0ken"), "{line}");
         assert!(line.contains("janus.upstream.backend=10.0.2.2:7000"));
         assert!(line.contains("janus.config.greeting=Hi%20there"));
         assert!(line.contains("ip=10.0.2.15/24"));
@@ -534,6 +575,12 @@ mod tests {
         let mut o = opts();
         o.memory_mib = MIN_MEMORY_MIB - 1;
         assert!(qemu_command(&img, &o).is_err());
+        for bad in ["", "a b", "t\n"] {
+            let mut o = opts();
+            o.admin_token = bad.into();
+            let e = qemu_command(&img, &o).expect_err("a bad token is refused");
+            assert!(e.to_string().contains("admin token"), "{e}");
+        }
     }
 
     #[test]
@@ -549,6 +596,21 @@ mod tests {
             .find(|a| a.starts_with("user,"))
             .expect("netdev");
         assert!(netdev.contains("hostfwd=tcp:127.0.0.1:8080-:80"));
+        // The token is in a private file QEMU reads, on no argument.
+        assert!(args.iter().all(|a| !a.contains("t0ken")), "{args:?}");
+        let fw_cfg = args
+            .iter()
+            .position(|a| a == "-fw_cfg")
+            .and_then(|i| args.get(i + 1))
+            .expect("-fw_cfg");
+        let file = fw_cfg
+            .strip_prefix("name=opt/janus/token,file=")
+            .expect("fw_cfg file option");
+        assert_eq!(std::fs::read_to_string(file).expect("token file"), "t0ken");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(file).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(&opts().secret_dir);
         assert!(netdev.contains("hostfwd=tcp:127.0.0.1:9090-:81"));
         assert!(args.iter().any(|a| a == "tcg"));
         assert!(args.iter().any(|a| a.starts_with("microvm")));
