@@ -24,8 +24,8 @@ use crate::pool::{Node, Topology};
 use crate::rand;
 use crate::router::Router;
 use crate::upstream::{
-    BufferedRequest, BufferedResponse, FaultKind, HOP_BY_HOP, UpstreamError, Verdict, X_FLAVOR,
-    X_NODE, X_TRACE_ID, judge,
+    BufferedRequest, BufferedResponse, FaultKind, HOP_BY_HOP, UpstreamError, Verdict, X_FAULT,
+    X_FLAVOR, X_NODE, X_TRACE_ID, judge,
 };
 
 pub const X_POOL: HeaderName = HeaderName::from_static("x-janus-pool");
@@ -540,10 +540,39 @@ pub async fn retry_on_debug(
     RetryOutcome::Answered(attempt(router, cfg, debug, req).await)
 }
 
-/// Phase *respond*: the node's answer, minus hop-by-hop headers, plus who answered.
+/// An answer a node marked as a fault (`x-janus-fault`: the backend caught a panic or a cancelled
+/// handler) carries the panic message, maybe a backtrace: internals that stay in the node's trace
+/// and the fault store, never for clients. The client gets the status, the fault kind and the
+/// trace id under which the operator finds the rest.
+pub fn redact_fault_answer(resp: &mut BufferedResponse) {
+    let Some(kind) = resp.headers.get(X_FAULT).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    if resp.body.is_empty() {
+        return; // HEAD, or nothing to hide
+    }
+    let trace = resp
+        .headers
+        .get(X_TRACE_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let body = serde_json::json!({
+        "error": format!("the service failed ({kind}); the details are in its trace"),
+        "trace_id": trace,
+    });
+    resp.body = Bytes::from(format!("{body}\n"));
+    resp.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers.remove(header::CONTENT_LENGTH);
+}
+
+/// Phase *respond*: the node's answer, minus hop-by-hop headers, plus who answered; a fault
+/// answer without its details ([`redact_fault_answer`]).
 pub fn respond(
     router: &Router,
-    resp: BufferedResponse,
+    mut resp: BufferedResponse,
     node: &Node,
     retried_from: Option<&NodeId>,
     fault_id: Option<i64>,
@@ -556,6 +585,7 @@ pub fn respond(
         resp.status.as_u16(),
         started.elapsed().as_micros() as u64,
     );
+    redact_fault_answer(&mut resp);
     // An empty buffered body with a content-length is a HEAD (or 304) answer: keep the node's length.
     // Otherwise the length is the buffered body's, set by hyper.
     let keep_length = resp.body.is_empty();

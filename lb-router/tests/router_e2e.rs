@@ -854,3 +854,78 @@ async fn stable_timeout_is_retried_and_the_retry_budget_bounds_a_storm() {
     let denied = format!("janus_router_retries_total{{result=\"denied_budget\"}} {refused}");
     assert!(metrics.contains(&denied), "{metrics}");
 }
+
+/// A body field of a fault record as text (the admin API gives bytes as a JSON array).
+fn body_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(a) => String::from_utf8_lossy(
+            &a.iter()
+                .filter_map(|b| b.as_u64())
+                .map(|b| b as u8)
+                .collect::<Vec<u8>>(),
+        )
+        .into_owned(),
+        _ => String::new(),
+    }
+}
+
+/// The client's view of a node's panic: status, fault kind and trace id, not the message.
+fn assert_redacted(r: &Reply) {
+    assert_eq!(r.status, 500, "{r:?}");
+    assert!(
+        !r.body.contains("input-triggered") && !r.body.contains("panicked"),
+        "the panic message reached the client: {}",
+        r.body
+    );
+    let trace = r.header("x-janus-trace-id").expect("trace id header");
+    let json: serde_json::Value = serde_json::from_str(&r.body).expect("json body");
+    assert_eq!(json["trace_id"], trace, "{}", r.body);
+    assert!(
+        json["error"].as_str().is_some_and(|e| e.contains("panic")),
+        "{}",
+        r.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debug_node_panic_reaches_clients_without_its_message() {
+    let dir = temp_dir("redact");
+    let (_s1, _d1, router) = stable_and_debug(
+        &dir,
+        NodeBehaviour::stable_unix(),
+        // The debug node panics too.
+        NodeBehaviour::stable_unix(),
+        config_head(
+            &dir,
+            "[mix]\nstable_weight = 100\ndebug_weight = 0\n\n[health]\nconsecutive_failures = 100\n",
+        ),
+    )
+    .await;
+    let client = HttpClient::new();
+    // A stable panic retried on the debug node, which panics as well: its 500 reaches the client.
+    let r = client.get(&router, "/panic", &[]).await;
+    assert_eq!(r.header("x-janus-node"), Some("d1"), "{r:?}");
+    assert_redacted(&r);
+    // The full text stays in the fault store.
+    let id = r.header("x-janus-fault-id").expect("fault id").to_owned();
+    let fault = client
+        .admin(&router, Method::GET, &format!("/faults/{id}"), "")
+        .await
+        .expect("admin")
+        .json();
+    assert!(
+        body_text(&fault["debug_response_body"]).contains("input-triggered"),
+        "{fault}"
+    );
+    // A beta request goes to the debug node first; its panic answer is redacted the same way.
+    let r = client
+        .get(&router, "/panic", &[("x-janus-channel", "beta")])
+        .await;
+    assert_eq!(r.header("x-janus-pool"), Some("debug"), "{r:?}");
+    assert!(r.header("x-janus-retried-from").is_none());
+    assert_redacted(&r);
+    // Answers without x-janus-fault pass unchanged.
+    let ok = client.get(&router, "/kv/none", &[]).await;
+    assert!(!ok.body.contains("the service failed"), "{ok:?}");
+}
