@@ -160,6 +160,10 @@ pub struct ChannelConfig {
     pub user_id_header: String,
     /// Share of user ids (by consistent hash) that are beta users, in percent (0..=100).
     pub beta_user_percent: f64,
+    /// HMAC-SHA256 key, hex ("" = off). When set, the beta header and cookie count only when signed:
+    /// `<beta_value>.<expires>.<hex HMAC-SHA256(key, "<beta_value>.<expires>")>`, `expires` in Unix
+    /// seconds and not passed (see `proxy::sign_beta`).
+    pub beta_signing_key: String,
 }
 
 impl Default for ChannelConfig {
@@ -170,6 +174,7 @@ impl Default for ChannelConfig {
             beta_value: "beta".to_owned(),
             user_id_header: "x-user-id".to_owned(),
             beta_user_percent: 0.0,
+            beta_signing_key: String::new(),
         }
     }
 }
@@ -452,6 +457,16 @@ impl Config {
                 "must be within 0..=100",
             ));
         }
+        let key = &self.channels.beta_signing_key;
+        if !key.is_empty() && (key.len() < 32 || crate::proxy::decode_hex(key).is_none()) {
+            return Err(invalid(
+                "channels.beta_signing_key",
+                "must be hex, at least 16 bytes (32 hex digits; 32 bytes recommended), or \"\" for unsigned beta markers",
+            ));
+        }
+        if !key.is_empty() && self.channels.beta_value.contains(';') {
+            return Err(invalid("channels.beta_value", "must not contain ';'"));
+        }
         let h = &self.health;
         if h.interval_ms == 0 || h.timeout_ms == 0 {
             return Err(invalid(
@@ -605,6 +620,15 @@ mod tests {
                 .contains("admin.listen")
         );
         assert!(base().validate().is_ok());
+        for bad in ["00ff", "zz".repeat(16).as_str(), "0".repeat(33).as_str()] {
+            let mut c = base();
+            c.channels.beta_signing_key = bad.into();
+            let err = c.validate().expect_err("bad signing key").to_string();
+            assert!(err.contains("channels.beta_signing_key"), "{err}");
+        }
+        let mut c = base();
+        c.channels.beta_signing_key = "0a".repeat(32);
+        assert!(c.validate().is_ok());
     }
 
     #[test]

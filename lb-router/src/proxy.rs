@@ -197,10 +197,73 @@ impl HeaderLookup for [httparse::Header<'_>] {
     }
 }
 
+/// Lowercase or uppercase hex to bytes (`None` for an odd length or a non-hex digit).
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    let s = s.as_bytes();
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16);
+    s.chunks(2)
+        .map(|p| Some((digit(p[0])? * 16 + digit(p[1])?) as u8))
+        .collect()
+}
+
+fn hmac_of(key_hex: &str, msg: &str) -> Option<hmac::Hmac<sha2::Sha256>> {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&decode_hex(key_hex)?).ok()?;
+    mac.update(msg.as_bytes());
+    Some(mac)
+}
+
+/// A signed beta marker for `channels.beta_signing_key = key_hex`, valid until `expires` (Unix
+/// seconds): `<beta_value>.<expires>.<64 hex digits of HMAC-SHA256(key, "<beta_value>.<expires>")>`.
+pub fn sign_beta(key_hex: &str, beta_value: &str, expires: u64) -> Option<String> {
+    use hmac::Mac as _;
+    let msg = format!("{beta_value}.{expires}");
+    let tag = hmac_of(key_hex, &msg)?.finalize().into_bytes();
+    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("{msg}.{hex}"))
+}
+
+/// Whether `marker` is a valid signed beta marker (see [`sign_beta`]) at Unix time `now`; the tag
+/// is checked in constant time.
+pub fn verify_beta(key_hex: &str, beta_value: &str, marker: &[u8], now: u64) -> bool {
+    use hmac::Mac as _;
+    let Ok(marker) = std::str::from_utf8(marker) else {
+        return false;
+    };
+    let Some((msg, tag_hex)) = marker.rsplit_once('.') else {
+        return false;
+    };
+    let Some(expires) = msg
+        .strip_prefix(beta_value)
+        .and_then(|r| r.strip_prefix('.'))
+        .and_then(|e| e.parse::<u64>().ok())
+    else {
+        return false;
+    };
+    let (Some(tag), Some(mac)) = (decode_hex(tag_hex), hmac_of(key_hex, msg)) else {
+        return false;
+    };
+    mac.verify_slice(&tag).is_ok() && expires >= now
+}
+
+/// Whether a beta header value or cookie value marks a beta request.
+fn is_beta_marker(cfg: &ChannelConfig, value: &[u8]) -> bool {
+    if cfg.beta_signing_key.is_empty() {
+        return value == cfg.beta_value.as_bytes();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    verify_beta(&cfg.beta_signing_key, &cfg.beta_value, value, now)
+}
+
 /// Phase *classify channel*.
 pub fn classify_channel<H: HeaderLookup + ?Sized>(cfg: &ChannelConfig, headers: &H) -> Channel {
     if !cfg.beta_header.is_empty()
-        && headers.any_value(&cfg.beta_header, &mut |v| v == cfg.beta_value.as_bytes())
+        && headers.any_value(&cfg.beta_header, &mut |v| is_beta_marker(cfg, v))
     {
         return Channel::Beta;
     }
@@ -208,9 +271,9 @@ pub fn classify_channel<H: HeaderLookup + ?Sized>(cfg: &ChannelConfig, headers: 
         && headers.any_value(header::COOKIE.as_str(), &mut |v| {
             std::str::from_utf8(v).is_ok_and(|s| {
                 s.split(';').any(|pair| {
-                    pair.trim()
-                        .split_once('=')
-                        .is_some_and(|(k, v)| k == cfg.beta_cookie && v == cfg.beta_value)
+                    pair.trim().split_once('=').is_some_and(|(k, v)| {
+                        k == cfg.beta_cookie && is_beta_marker(cfg, v.as_bytes())
+                    })
                 })
             })
         })
@@ -672,6 +735,86 @@ mod tests {
             (500..700).contains(&beta),
             "beta share {beta}/2000 not near 30%"
         );
+    }
+
+    #[test]
+    fn hmac_sha256_matches_rfc_4231() {
+        use hmac::Mac as _;
+        // RFC 4231 test case 2: key "Jefe".
+        let tag = hmac_of("4a656665", "what do ya want for nothing?")
+            .expect("key")
+            .finalize()
+            .into_bytes();
+        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn signed_beta_markers() {
+        let key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+        let other = "ff0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+        let good = sign_beta(key, "beta", 2_000_000_000).expect("sign");
+        assert!(good.starts_with("beta.2000000000."), "{good}");
+        assert_eq!(good.len(), "beta.2000000000.".len() + 64);
+        let now = 1_900_000_000;
+        assert!(verify_beta(key, "beta", good.as_bytes(), now));
+        // Expired, wrong key, tampered tag, tampered expiry, missing or truncated tag.
+        assert!(!verify_beta(key, "beta", good.as_bytes(), 2_000_000_001));
+        assert!(!verify_beta(other, "beta", good.as_bytes(), now));
+        let mut flipped = good.clone().into_bytes();
+        let last = flipped.len() - 1;
+        flipped[last] = if flipped[last] == b'0' { b'1' } else { b'0' };
+        assert!(!verify_beta(key, "beta", &flipped, now));
+        let later = good.replace("2000000000", "2000000001");
+        assert!(!verify_beta(key, "beta", later.as_bytes(), now));
+        for bad in [
+            "beta",
+            "beta.2000000000",
+            "beta.2000000000.",
+            "beta..",
+            "",
+            "x.1.00",
+        ] {
+            assert!(!verify_beta(key, "beta", bad.as_bytes(), now), "{bad}");
+        }
+        assert!(!verify_beta(
+            key,
+            "beta",
+            &good.as_bytes()[..good.len() - 2],
+            now
+        ));
+        assert!(!verify_beta(key, "gamma", good.as_bytes(), now));
+
+        // Through classification: header and cookie need the signature once a key is set.
+        let mut cfg = ChannelConfig {
+            beta_signing_key: key.into(),
+            ..ChannelConfig::default()
+        };
+        let far = sign_beta(key, "beta", u64::MAX).expect("sign");
+        let mut h = HeaderMap::new();
+        h.insert("x-janus-channel", HeaderValue::from_str(&far).expect("v"));
+        assert_eq!(classify_channel(&cfg, &h), Channel::Beta);
+        let mut h = HeaderMap::new();
+        let cookie = format!("a=b; janus_channel={far}");
+        h.insert("cookie", HeaderValue::from_str(&cookie).expect("v"));
+        assert_eq!(classify_channel(&cfg, &h), Channel::Beta);
+        for unsigned in [
+            headers(&[("x-janus-channel", "beta")]),
+            headers(&[("cookie", "janus_channel=beta")]),
+        ] {
+            assert!(matches!(
+                classify_channel(&cfg, &unsigned),
+                Channel::Ordinary { .. }
+            ));
+        }
+        cfg.beta_signing_key = other.into();
+        assert!(matches!(
+            classify_channel(&cfg, &h),
+            Channel::Ordinary { .. }
+        ));
     }
 
     #[test]

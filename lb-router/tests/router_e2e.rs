@@ -929,3 +929,53 @@ async fn a_debug_node_panic_reaches_clients_without_its_message() {
     let ok = client.get(&router, "/kv/none", &[]).await;
     assert!(!ok.body.contains("the service failed"), "{ok:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_signing_key_only_signed_beta_markers_reach_debug() {
+    let dir = temp_dir("signed-beta");
+    let key = "8f3a1c0e9b7d6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa998877";
+    let (_s1, _d1, router) = stable_and_debug(
+        &dir,
+        NodeBehaviour::stable(),
+        NodeBehaviour::debug(),
+        config_head(
+            &dir,
+            &format!(
+                "[mix]\nstable_weight = 100\ndebug_weight = 0\n\n[channels]\nbeta_signing_key = \"{key}\"\n"
+            ),
+        ),
+    )
+    .await;
+    let client = HttpClient::new();
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let signed = lb_router::proxy::sign_beta(key, "beta", expires).expect("sign");
+    let wrong = lb_router::proxy::sign_beta(&key.replace('8', "9"), "beta", expires).expect("sign");
+    let expired = lb_router::proxy::sign_beta(key, "beta", expires - 7200).expect("sign");
+    let cookie = |v: &str| format!("a=1; janus_channel={v}");
+    for _ in 0..10 {
+        // Valid signature, by header and by cookie: beta, so the debug pool.
+        let r = client
+            .get(&router, "/hello", &[("x-janus-channel", &signed)])
+            .await;
+        assert_eq!(pool_of(&r), "debug", "{r:?}");
+        let r = client
+            .get(&router, "/hello", &[("cookie", &cookie(&signed))])
+            .await;
+        assert_eq!(pool_of(&r), "debug", "{r:?}");
+        // Wrong key, expired, or no signature at all: ordinary traffic (all stable here).
+        for marker in [wrong.as_str(), expired.as_str(), "beta"] {
+            let r = client
+                .get(&router, "/hello", &[("x-janus-channel", marker)])
+                .await;
+            assert_eq!(pool_of(&r), "stable", "{marker}: {r:?}");
+            let r = client
+                .get(&router, "/hello", &[("cookie", &cookie(marker))])
+                .await;
+            assert_eq!(pool_of(&r), "stable", "{marker}: {r:?}");
+        }
+    }
+}
