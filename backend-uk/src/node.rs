@@ -308,8 +308,11 @@ impl<S: Service> Node<S> {
         self.metrics.request_finished();
         let status = resp.status.as_u16();
         let mut out = janus_http1::Response::new(status);
+        // The service cannot forge the protocol headers added below, nor the framing.
         for (name, value) in resp.headers.iter() {
-            out = out.with_header(name, value.as_bytes());
+            if !runtime_abi::node::backend_owned(name) {
+                out = out.with_header(name, value.as_bytes());
+            }
         }
         out = out.with_body(resp.body);
         let out = self.protocol_headers(out, &trace_hex, seq);
@@ -671,7 +674,13 @@ mod tests {
         async fn handle(&self, req: Request) -> Response {
             match self.store.put("k", req.path.as_bytes()) {
                 Ok(seq) => {
-                    Response::text(StatusCode::OK, format!("{seq}")).with_header("x-app", "1")
+                    // The node drops the fields it owns, forged or not.
+                    Response::text(StatusCode::OK, format!("{seq}"))
+                        .with_header("X-Janus-Node", "forged")
+                        .with_header("x-janus-fault", "panic")
+                        .with_header("connection", "close")
+                        .with_header("content-length", "1")
+                        .with_header("x-app", "1")
                 }
                 Err(e) => Response::error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             }
@@ -759,6 +768,10 @@ mod tests {
         );
         assert_eq!(resp.headers.get_str("x-janus-state-seq"), Some("0"));
         assert_eq!(resp.headers.get_str("x-app"), Some("1"));
+        assert_eq!(resp.headers.get_all("x-janus-node").count(), 1);
+        for owned in ["x-janus-fault", "connection", "content-length"] {
+            assert_eq!(resp.headers.get_str(owned), None, "{owned}");
+        }
         let resp = block_on(node.handle_service(request(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")));
         assert_eq!(resp.headers.get_str("x-janus-state-seq"), Some("1"));
         assert_eq!(

@@ -313,11 +313,7 @@ fn to_hyper(response: Response, own: &NodeHeaders<'_>) -> hyper::Response<Full<B
         .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     let headers = out.headers_mut();
     for (name, value) in response.headers.iter() {
-        if matches!(
-            name,
-            "content-length" | "transfer-encoding" | "connection" | "keep-alive" | "upgrade"
-        ) || name.starts_with("x-janus-")
-        {
+        if runtime_abi::node::backend_owned(name) {
             continue;
         }
         match (

@@ -3,6 +3,9 @@
 //!
 //! MUST rules for backends: every answer on the service port carries [`FLAVOR`], [`NODE`] and
 //! [`TRACE_ID`], and [`STATE_SEQ`] for a service with a store; `/metrics` is [`Metrics::render`].
+//! A backend MUST drop every field of a service's answer that [`backend_owned`] names, so a
+//! service can neither forge the protocol headers (the router trusts `x-janus-fault`, the
+//! operator `x-janus-node`) nor break the framing.
 
 use alloc::string::String;
 use core::fmt::Write as _;
@@ -18,6 +21,23 @@ pub const TRACE_ID: &str = "x-janus-trace-id";
 pub const STATE_SEQ: &str = "x-janus-state-seq";
 /// Set on a caught fault (`panic`).
 pub const FAULT: &str = "x-janus-fault";
+
+/// Whether a response field belongs to the backend rather than the service: framing and connection
+/// management (`content-length`, `transfer-encoding`, `connection`, `keep-alive`, `upgrade`) and
+/// every `x-janus-*` field. Case-insensitive.
+pub fn backend_owned(name: &str) -> bool {
+    const FRAMING: [&str; 5] = [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+    ];
+    FRAMING.iter().any(|f| f.eq_ignore_ascii_case(name))
+        || name
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("x-janus-"))
+}
 
 /// Upper bounds (seconds) of the request latency histogram buckets.
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -207,6 +227,32 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_owned_fields() {
+        for name in [
+            "x-janus-node",
+            "X-Janus-Fault",
+            "x-janus-anything",
+            "Content-Length",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+            "upgrade",
+        ] {
+            assert!(backend_owned(name), "{name}");
+        }
+        for name in [
+            "x-janus",
+            "x-janusx",
+            "content-type",
+            "x-app",
+            "",
+            "é-janus-x",
+        ] {
+            assert!(!backend_owned(name), "{name}");
+        }
+    }
 
     #[test]
     fn histogram_is_cumulative_and_counts_match() {

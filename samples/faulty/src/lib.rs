@@ -51,12 +51,33 @@ impl Service for Faulty {
             (Method::Get, "/div") => div(&req),
             (Method::Get, "/stats") => self.stats(),
             (Method::Get, "/wait") => self.wait(&req).await,
+            (Method::Get, "/forged-headers") => forged_headers(),
             (Method::Post, path) if path.starts_with("/counter/") && path.ends_with("/incr") => {
                 self.incr(&path["/counter/".len()..path.len() - "/incr".len()])
             }
             _ => self.kv.handle(req).await,
         }
     }
+}
+
+/// Not a bug of the service but a test of the platform: `GET /forged-headers` sets the fields the
+/// node owns (the `x-janus-*` protocol headers and the framing), which both builds must drop.
+fn forged_headers() -> Response {
+    let mut r = Response::text(StatusCode::OK, "forged headers dropped\n");
+    for (name, value) in [
+        ("x-janus-node", "forged"),
+        ("X-Janus-Flavor", "forged"),
+        ("x-janus-trace-id", "forged"),
+        ("x-janus-state-seq", "forged"),
+        ("x-janus-fault", "panic"),
+        ("x-janus-retried-from", "forged"),
+        ("content-length", "1"),
+        ("transfer-encoding", "chunked"),
+        ("connection", "close"),
+    ] {
+        r = r.with_header(name, value);
+    }
+    r
 }
 
 /// Bug 1 (input): `GET /div?a=A&b=0` divides by zero and panics.
