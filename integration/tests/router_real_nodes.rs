@@ -117,6 +117,20 @@ fn faulty_panic_on_stable_is_answered_by_debug_and_recorded_with_its_trace() {
     );
     assert_eq!(resp.header("x-janus-flavor"), Some("unix"));
     assert_eq!(resp.header("x-janus-retried-from"), Some("stable-1"));
+    // The debug node panicked too: the client gets its status and trace id, not the panic message,
+    // which stays in the trace.
+    assert_eq!(resp.status, 500, "{}", resp.text());
+    assert!(
+        !resp.text().contains("divide") && !resp.text().contains("panicked"),
+        "the panic message reached the client: {}",
+        resp.text()
+    );
+    assert!(
+        resp.text()
+            .contains(resp.header("x-janus-trace-id").expect("trace id")),
+        "{}",
+        resp.text()
+    );
     let id = resp
         .header("x-janus-fault-id")
         .expect("fault id")
@@ -142,6 +156,7 @@ fn faulty_panic_on_stable_is_answered_by_debug_and_recorded_with_its_trace() {
             .contains(fault["trace_id"].as_str().expect("trace id")),
         "{trace}"
     );
+    assert!(trace.to_string().contains("divide by zero"), "{trace}");
     // The store is readable with the public API the janus CLI uses.
     let store = lb_router::FaultStore::open(r.dir.join("faults.db")).expect("open");
     assert!(store.get(id.parse().expect("id")).expect("get").is_some());
