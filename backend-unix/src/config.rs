@@ -161,7 +161,8 @@ pub struct Cli {
     /// Admin listener address.
     #[arg(long, value_name = "ADDR:PORT")]
     pub admin: Option<SocketAddr>,
-    /// Admin bearer token (generated and written to a file when absent).
+    /// Admin bearer token (generated and written to a file when absent). Visible to every user in
+    /// `ps`: prefer the JANUS_ADMIN_TOKEN environment variable or `admin_token` in the config file.
     #[arg(long, value_name = "TOKEN")]
     pub admin_token: Option<String>,
     /// Node id (default hostname-pid).
