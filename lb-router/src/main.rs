@@ -24,7 +24,8 @@ struct Args {
     /// Overrides `admin.listen`.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
-    /// Overrides `admin.token`.
+    /// Overrides `admin.token`. Visible to every user in `ps`: prefer the config file (0600) or
+    /// JANUS_ROUTER_ADMIN__TOKEN.
     #[arg(long)]
     admin_token: Option<String>,
     /// Only load and validate the config, then exit (0 if valid).
