@@ -45,6 +45,9 @@ pub struct NodeOpts {
     /// Accelerator (uk): kvm, tcg or auto (kvm when /dev/kvm opens).
     #[arg(long, default_value = "auto", value_parser = parse_accel)]
     pub accel: AccelArg,
+    /// (uk) Start QEMU's gdbstub on this Unix socket, for `janus debug --socket PATH`.
+    #[arg(long, value_name = "SOCKET")]
+    pub gdbstub: Option<std::path::PathBuf>,
 }
 
 /// Guest memory when nothing says otherwise.
@@ -64,6 +67,7 @@ impl Default for NodeOpts {
             memory_mib: DEFAULT_MEMORY_MIB,
             machine: MachineArg::default(),
             accel: AccelArg::default(),
+            gdbstub: None,
         }
     }
 }
@@ -181,6 +185,7 @@ impl NodeOpts {
             machine: self.machine.0,
             accel: self.accel.0,
             log_level: self.log_level.clone(),
+            gdbstub: self.gdbstub.clone(),
         }
     }
 }
@@ -189,6 +194,13 @@ impl NodeOpts {
 pub fn command(artifact: &Artifact, opts: &NodeOpts) -> anyhow::Result<Command> {
     match artifact.flavor {
         Flavor::Unix => {
+            if let Some(sock) = &opts.gdbstub {
+                anyhow::bail!(
+                    "--gdbstub {}: only a uk node runs under QEMU's gdbstub; attach gdb to a \
+                     unix node by its pid (`janus debug NODE` does)",
+                    sock.display()
+                );
+            }
             let mut cmd = Command::new(&artifact.path);
             cmd.args(opts.unix_args());
             Ok(cmd)
