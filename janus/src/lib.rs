@@ -18,6 +18,7 @@ pub mod demo;
 pub mod faults;
 pub mod flavor;
 pub mod node;
+pub mod progress;
 pub mod service;
 pub mod supervisor;
 pub mod top;

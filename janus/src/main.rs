@@ -192,7 +192,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Build { service, flavor } => {
-            let a = janus::build(&service, flavor)?;
+            let a = janus::progress::build(&service, flavor)?;
             eprintln!(
                 "janus: requirements written to {}",
                 a.requirements.display()
@@ -208,7 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             flavor,
             node,
         } => {
-            let a = janus::build(&service, flavor)?;
+            let a = janus::progress::build(&service, flavor)?;
             let mut cmd = janus::node::command(&a, &node)?;
             // Replace this process: signals and the exit status are the node's own.
             let err = cmd.exec();

@@ -212,6 +212,100 @@ fn operator_tools_on_a_running_cluster() {
         !out.contains('\u{1b}'),
         "escape codes in --once output:\n{out}"
     );
+
+    // ---- janus top in a terminal (tmux): redrawn in place, quits on q ------------------------
+    top_in_tmux(&c.name);
+}
+
+fn tmux(socket: &str, args: &[&str]) -> Output {
+    Command::new("tmux")
+        .args(["-L", socket])
+        .args(args)
+        .output()
+        .expect("tmux runs")
+}
+
+fn top_in_tmux(cluster: &str) {
+    let has_tmux = Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_tmux {
+        let deps = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-deps");
+        let ok = Command::new(deps)
+            .arg("tmux")
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "tmux is needed: scripts/install-deps tmux failed");
+    }
+    let socket = format!("janus-top-{}", std::process::id());
+    let cmd = format!("{} top --cluster {cluster}", env!("CARGO_BIN_EXE_janus"));
+    let o = tmux(
+        &socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            "120",
+            "-y",
+            "30",
+            &cmd,
+        ],
+    );
+    assert!(o.status.success(), "tmux: {}", text(&o));
+    let capture = || text(&tmux(&socket, &["capture-pane", "-p", "-t", "top"]));
+    let clock = |screen: &str| {
+        screen
+            .lines()
+            .find(|l| l.contains(" UTC"))
+            .map(|l| l.trim().to_string())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let screen = capture();
+        if screen.contains("stable-1") && clock(&screen).is_some() {
+            break screen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "janus top shows no nodes:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        first.contains("debug-0") && first.contains("q quits"),
+        "{first}"
+    );
+    // Redrawn in place: the same screen, a later clock.
+    loop {
+        let screen = capture();
+        if clock(&screen) != clock(&first) {
+            assert_eq!(screen.lines().count(), first.lines().count(), "{screen}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "janus top did not redraw:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = tmux(&socket, &["send-keys", "-t", "top", "q"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tmux(&socket, &["has-session", "-t", "top"])
+        .status
+        .success()
+    {
+        if Instant::now() > deadline {
+            let screen = capture();
+            let _ = tmux(&socket, &["kill-server"]);
+            panic!("janus top did not quit on q:\n{screen}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = tmux(&socket, &["kill-server"]);
 }
 
 /// Chromium with a fresh profile, driven over the DevTools protocol.

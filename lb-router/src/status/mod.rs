@@ -43,7 +43,7 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 /// A new sample is taken when the newest is older than this.
 const SAMPLE_EVERY: Duration = Duration::from_millis(900);
 /// How long a node's `/metrics` may take before its p99 is left out of a sample.
-const NODE_METRICS_TIMEOUT: Duration = Duration::from_millis(400);
+const NODE_METRICS_TIMEOUT: Duration = Duration::from_millis(1000);
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                    img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
