@@ -8,3 +8,12 @@ pub mod conformance;
 pub mod node;
 
 pub use node::{Node, artifact, free_addr, sample_dir};
+
+/// A finished command's stdout then stderr, as text (for assertion messages).
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

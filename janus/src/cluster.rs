@@ -11,6 +11,7 @@
 //! memory_mib = 128
 //! machine = "microvm"         # or q35
 //! accel = "auto"              # kvm when /dev/kvm opens, else tcg
+//! gdbstub = false             # true, or a list of node ids ["stable-0"]: QEMU's gdbstub for `janus debug`
 //!
 //! [debug]                     # instrumented process nodes
 //! count = 1
@@ -72,6 +73,28 @@ pub struct StableSpec {
     pub machine: String,
     /// `auto`, `kvm` or `tcg`.
     pub accel: String,
+    /// Which unikernel nodes run with QEMU's gdbstub (off by default).
+    pub gdbstub: GdbStubSpec,
+}
+
+/// Which nodes get a gdbstub: `gdbstub = true` (every stable node), `false`, or `["stable-0", ...]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum GdbStubSpec {
+    /// All or none.
+    All(bool),
+    /// These node ids.
+    Nodes(Vec<String>),
+}
+
+impl GdbStubSpec {
+    /// Whether node `id` runs with a gdbstub.
+    pub fn enabled_for(&self, id: &str) -> bool {
+        match self {
+            GdbStubSpec::All(on) => *on,
+            GdbStubSpec::Nodes(ids) => ids.iter().any(|n| n == id),
+        }
+    }
 }
 
 /// Process nodes.
@@ -147,6 +170,7 @@ impl Default for StableSpec {
             memory_mib: 128,
             machine: "microvm".into(),
             accel: "auto".into(),
+            gdbstub: GdbStubSpec::All(false),
         }
     }
 }
@@ -245,6 +269,25 @@ impl ClusterFile {
             "stable.memory_mib = {} is below 16",
             self.stable.memory_mib
         );
+        if let GdbStubSpec::Nodes(ids) = &self.stable.gdbstub {
+            for id in ids {
+                let known = id
+                    .strip_prefix("stable-")
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| n < self.stable.count);
+                anyhow::ensure!(
+                    known,
+                    "stable.gdbstub names {id:?}, which is not a stable node (stable-0 .. stable-{})",
+                    self.stable.count.saturating_sub(1)
+                );
+            }
+        }
+        anyhow::ensure!(
+            self.stable.gdbstub == GdbStubSpec::All(false)
+                || self.stable.flavor == crate::Flavor::Uk,
+            "stable.gdbstub: only unikernel nodes (stable.flavor = \"uk\") run under QEMU's gdbstub; \
+             `janus debug` attaches to a process node by its pid without it"
+        );
         for m in &self.router.mirror {
             anyhow::ensure!(
                 (0.0..=1.0).contains(&m.fraction),
@@ -294,6 +337,16 @@ mod tests {
             (c.name.as_str(), c.debug.count, c.stable.count),
             ("x", 2, 3)
         );
+        std::fs::write(&f, "[stable]\ncount = 2\ngdbstub = [\"stable-1\"]\n").expect("write");
+        let c = ClusterFile::load(Some(&f)).expect("valid");
+        assert!(c.stable.gdbstub.enabled_for("stable-1"));
+        assert!(!c.stable.gdbstub.enabled_for("stable-0"));
+        std::fs::write(&f, "[stable]\ncount = 2\ngdbstub = [\"stable-2\"]\n").expect("write");
+        let err = ClusterFile::load(Some(&f)).expect_err("no such node");
+        assert!(format!("{err:#}").contains("stable-2"), "{err:#}");
+        std::fs::write(&f, "[stable]\ngdbstub = true\n").expect("write");
+        let c = ClusterFile::load(Some(&f)).expect("valid");
+        assert!(c.stable.gdbstub.enabled_for("stable-0"));
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -14,13 +14,16 @@ pub mod build;
 pub mod client;
 pub mod cluster;
 pub mod conformance;
+pub mod debug;
 pub mod demo;
 pub mod faults;
 pub mod flavor;
 pub mod node;
+pub mod progress;
 pub mod secret;
 pub mod service;
 pub mod supervisor;
+pub mod top;
 pub mod up;
 
 pub use build::{Artifact, Flavor, build};

@@ -91,6 +91,35 @@ enum Cmd {
         #[arg(long, global = true, default_value = "default")]
         cluster: String,
     },
+    /// gdb on a running node: a unikernel through QEMU's gdbstub (enable it with `gdbstub` under
+    /// [stable] in the cluster file), a process node by its pid. With --exec, gdb runs the commands
+    /// in batch mode and detaches (the node keeps running); without, gdb is interactive.
+    Debug {
+        /// Node id (see `janus ps`); not needed with --socket.
+        #[arg(required_unless_present = "socket")]
+        node: Option<String>,
+        /// Cluster name.
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        /// A gdb command to run in batch mode (repeatable, run in order), e.g. --exec bt.
+        #[arg(long = "exec", short = 'e', value_name = "CMD")]
+        exec: Vec<String>,
+        /// Attach to this gdbstub socket instead (a node started with `janus run --gdbstub SOCKET`).
+        #[arg(long, requires = "elf", conflicts_with = "node")]
+        socket: Option<PathBuf>,
+        /// The unstripped ELF of that node's image (with --socket).
+        #[arg(long)]
+        elf: Option<PathBuf>,
+    },
+    /// A live terminal view of the cluster: nodes, req/s, errors, p99, faults in the last minute.
+    Top {
+        /// Cluster name.
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        /// Print one frame as plain text and exit (for scripts).
+        #[arg(long)]
+        once: bool,
+    },
     /// (internal) Run the supervisor of a run directory in the foreground.
     #[command(hide = true)]
     Supervise {
@@ -163,7 +192,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Build { service, flavor } => {
-            let a = janus::build(&service, flavor)?;
+            let a = janus::progress::build(&service, flavor)?;
             eprintln!(
                 "janus: requirements written to {}",
                 a.requirements.display()
@@ -179,7 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             flavor,
             node,
         } => {
-            let a = janus::build(&service, flavor)?;
+            let a = janus::progress::build(&service, flavor)?;
             let mut cmd = janus::node::command(&a, &node)?;
             // Replace this process: signals and the exit status are the node's own.
             let err = cmd.exec();
@@ -222,6 +251,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Cmd::Debug {
+            node,
+            cluster,
+            exec,
+            socket,
+            elf,
+        } => {
+            let (target, script_dir) = match (socket, elf, node) {
+                (Some(socket), Some(elf), _) => (
+                    janus::debug::Target::Qemu {
+                        socket,
+                        elf,
+                        accel: None,
+                    },
+                    std::env::temp_dir().join("janus-gdb"),
+                ),
+                (_, _, Some(node)) => janus::debug::cluster_target(&cluster, &node)?,
+                _ => anyhow::bail!("name a NODE, or give --socket and --elf"),
+            };
+            let code = janus::debug::run(&target, &exec, &script_dir)?;
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        Cmd::Top { cluster, once } => {
+            if once {
+                print!("{}", janus::top::once(&cluster)?);
+            } else {
+                janus::top::interactive(&cluster)?;
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Supervise { run_dir } => {
             janus::supervisor::supervise(&run_dir)?;

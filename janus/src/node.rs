@@ -52,6 +52,9 @@ pub struct NodeOpts {
     /// Directory for a uk node's token file (0700; default: see [`crate::secret::default_dir`]).
     #[arg(skip)]
     pub secret_dir: Option<PathBuf>,
+    /// (uk) Start QEMU's gdbstub on this Unix socket, for `janus debug --socket PATH`.
+    #[arg(long, value_name = "SOCKET")]
+    pub gdbstub: Option<std::path::PathBuf>,
 }
 
 /// The environment variable a unix node (backend-unix) and `janus run` take the admin token from.
@@ -75,6 +78,7 @@ impl Default for NodeOpts {
             machine: MachineArg::default(),
             accel: AccelArg::default(),
             secret_dir: None,
+            gdbstub: None,
         }
     }
 }
@@ -208,6 +212,7 @@ impl NodeOpts {
                 Some(d) => d.clone(),
                 None => crate::secret::default_dir()?,
             },
+            gdbstub: self.gdbstub.clone(),
         })
     }
 }
@@ -215,7 +220,16 @@ impl NodeOpts {
 /// The command that runs one node of a built artifact.
 pub fn command(artifact: &Artifact, opts: &NodeOpts) -> anyhow::Result<Command> {
     match artifact.flavor {
-        Flavor::Unix => Ok(opts.unix_command(&artifact.path)),
+        Flavor::Unix => {
+            if let Some(sock) = &opts.gdbstub {
+                anyhow::bail!(
+                    "--gdbstub {}: only a uk node runs under QEMU's gdbstub; attach gdb to a \
+                     unix node by its pid (`janus debug NODE` does)",
+                    sock.display()
+                );
+            }
+            Ok(opts.unix_command(&artifact.path))
+        }
         Flavor::Uk => {
             if let Some(f) = &opts.log_format {
                 anyhow::bail!(

@@ -61,7 +61,7 @@ pub fn ensure_qemu() -> anyhow::Result<()> {
     )
 }
 
-fn which(program: &str) -> bool {
+pub(crate) fn which(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
@@ -195,6 +195,10 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
             machine: crate::node::MachineArg(machine),
             accel: crate::node::AccelArg(accel),
             secret_dir: Some(secret_dir.clone()),
+            gdbstub: match flavor == Flavor::Uk && cluster.stable.gdbstub.enabled_for(&id) {
+                true => Some(crate::debug::prepare_gdbstub(&dir, &id)?),
+                false => None,
+            },
             ..NodeOpts::default()
         };
         let artifact = match flavor {

@@ -14,6 +14,9 @@
 //! | `POST /faults/{id}/replay?node=ID` | replay a captured request on a debug node                |
 //! | `GET /metrics`                   | Prometheus text                                            |
 //! | `POST /reload`                   | re-read the config (like SIGHUP); 400 names the bad key    |
+//!
+//! The status page (`GET /`, its login form and the data it polls) lives in [`crate::status`]; its
+//! cookie authorises GETs only.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -65,11 +68,7 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
     let Some(presented) = presented.strip_prefix("Bearer ") else {
         return false;
     };
-    let (a, b) = (presented.as_bytes(), token.as_bytes());
-    if a.len() != b.len() || token.is_empty() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::status::token_matches(presented, token)
 }
 
 fn query(req: &Request<Incoming>) -> HashMap<String, String> {
@@ -84,15 +83,18 @@ fn query(req: &Request<Incoming>) -> HashMap<String, String> {
 
 /// Serves the admin API forever.
 pub async fn serve_admin(router: Arc<Router>, listener: TcpListener) {
+    let status = crate::status::Status::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let router = router.clone();
+        let status = status.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let router = router.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(router, req).await) }
+                let status = status.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(router, &status, req).await) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -103,9 +105,20 @@ pub async fn serve_admin(router: Arc<Router>, listener: TcpListener) {
     }
 }
 
-async fn handle(router: Arc<Router>, req: Request<Incoming>) -> AdminResponse {
+async fn handle(
+    router: Arc<Router>,
+    status: &crate::status::Status,
+    req: Request<Incoming>,
+) -> AdminResponse {
     let cfg = router.config();
-    if !authorized(req.headers(), &cfg.admin.token) {
+    let bearer = authorized(req.headers(), &cfg.admin.token);
+    let req = match crate::status::handle(&router, status, req, bearer).await {
+        Ok(page) => return page,
+        Err(req) => req,
+    };
+    let cookie = req.method() == Method::GET
+        && crate::status::cookie_authorized(req.headers(), &cfg.admin.token);
+    if !bearer && !cookie {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
     let path = req.uri().path().to_owned();
@@ -324,7 +337,7 @@ async fn replay(router: &Arc<Router>, id: i64, node: Option<&str>) -> AdminRespo
     }
 }
 
-fn pools_json(router: &Router) -> serde_json::Value {
+pub(crate) fn pools_json(router: &Router) -> serde_json::Value {
     let topo = router.pools.current();
     let cfg = router.config();
     let pools: Vec<_> = Pool::ALL

@@ -41,6 +41,8 @@ pub mod rand;
 pub mod router;
 #[cfg(not(loom))]
 pub mod server;
+#[cfg(not(loom))]
+pub mod status;
 pub(crate) mod sync;
 #[cfg(not(loom))]
 pub mod upstream;

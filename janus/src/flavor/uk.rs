@@ -123,6 +123,8 @@ pub struct UkRunOpts {
     pub log_level: Option<String>,
     /// Private directory (0700) the admin token file is written to for QEMU to read.
     pub secret_dir: PathBuf,
+    /// QEMU's gdbstub on this Unix socket (`janus debug` attaches to it); None = no gdbstub.
+    pub gdbstub: Option<PathBuf>,
 }
 
 /// The fw_cfg file name the guest reads the admin token from (backend-uk `node::ADMIN_TOKEN_FILE`).
@@ -148,6 +150,9 @@ fn kernel_rustflags(linker_script: &Path) -> Vec<String> {
         "-no-pie",
         "-Wl,--build-id=none",
         "-Wl,-n",
+        // The unwind tables (kept for gdb, never loaded) name the personality routine of the
+        // precompiled `alloc`; panic = "abort" never calls it.
+        "-Wl,--defsym=rust_eh_personality=0",
     ] {
         flags.push(format!("-Clink-arg={arg}"));
     }
@@ -179,7 +184,7 @@ panic = "abort"
 opt-level = "s"
 lto = true
 codegen-units = 1
-debug = "line-tables-only"
+debug = "full"
 
 [profile.dev]
 panic = "abort"
@@ -292,6 +297,8 @@ fn strip(elf: &Path, out: &Path) -> anyhow::Result<()> {
     for tool in ["objcopy", "llvm-objcopy", "rust-objcopy"] {
         match Command::new(tool)
             .arg("--strip-all")
+            // The unwind tables are for gdb (the ELF kept beside the image), not for the guest.
+            .arg("--remove-section=.eh_frame")
             .arg(elf)
             .arg(out)
             .output()
@@ -519,7 +526,50 @@ pub fn qemu_command(image: &Path, opts: &UkRunOpts) -> anyhow::Result<Command> {
         cmd.arg("-fw_cfg")
             .arg(format!("name={FW_CFG_TOKEN},file={file}"));
     }
+    if let Some(sock) = &opts.gdbstub {
+        cmd.arg("-gdb").arg(gdbstub_arg(sock)?);
+    }
     Ok(cmd)
+}
+
+/// Longest Unix socket path the kernel accepts (`sun_path` is 108 bytes with its NUL).
+const UNIX_PATH_MAX: usize = 107;
+
+/// QEMU's `-gdb` value for a gdbstub on a Unix socket: listening, never waiting for gdb to boot.
+pub fn gdbstub_arg(sock: &Path) -> anyhow::Result<String> {
+    let path = sock
+        .to_str()
+        .with_context(|| format!("gdbstub socket {} is not UTF-8", sock.display()))?;
+    if path.len() > UNIX_PATH_MAX {
+        bail!(
+            "gdbstub socket {path} is {} bytes, longer than a Unix socket path may be \
+             ({UNIX_PATH_MAX}): use a shorter run directory (JANUS_RUN_DIR)",
+            path.len()
+        );
+    }
+    // QEMU's option syntax doubles a comma inside a value.
+    Ok(format!(
+        "unix:{},server=on,wait=off",
+        path.replace(',', ",,")
+    ))
+}
+
+/// The gdbstub socket of a QEMU command line made by [`qemu_command`], if it has one.
+pub fn gdbstub_of(args: &[String]) -> Option<PathBuf> {
+    let v = args.iter().skip_while(|a| *a != "-gdb").nth(1)?;
+    let path = v.strip_prefix("unix:")?;
+    let end = path
+        .match_indices(",server")
+        .map(|(i, _)| i)
+        .next()
+        .unwrap_or(path.len());
+    Some(PathBuf::from(path[..end].replace(",,", ",")))
+}
+
+/// The image and the accelerator of a QEMU command line made by [`qemu_command`].
+pub fn image_and_accel_of(args: &[String]) -> (Option<PathBuf>, Option<String>) {
+    let after = |flag: &str| args.iter().skip_while(|a| *a != flag).nth(1).cloned();
+    (after("-kernel").map(PathBuf::from), after("-accel"))
 }
 
 #[cfg(test)]
@@ -539,7 +589,34 @@ mod tests {
             accel: Accel::Tcg,
             log_level: Some("debug".into()),
             secret_dir: std::env::temp_dir().join(format!("janus-uk-test-{}", std::process::id())),
+            gdbstub: None,
         }
+    }
+
+    #[test]
+    fn gdbstub_socket_round_trips_through_the_command_line() {
+        let img = std::env::current_exe().expect("exe");
+        let mut o = opts();
+        let sock = PathBuf::from("/tmp/run,1/gdb/stable-0.sock");
+        o.gdbstub = Some(sock.clone());
+        let args: Vec<String> = qemu_command(&img, &o)
+            .expect("command")
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            args.iter()
+                .any(|a| a == "unix:/tmp/run,,1/gdb/stable-0.sock,server=on,wait=off"),
+            "{args:?}"
+        );
+        assert_eq!(gdbstub_of(&args), Some(sock));
+        let (image, accel) = image_and_accel_of(&args);
+        assert_eq!(image.as_deref(), Some(img.as_path()));
+        assert_eq!(accel.as_deref(), Some("tcg"));
+        assert_eq!(gdbstub_of(&args[..args.len() - 2]), None);
+        let long = PathBuf::from(format!("/{}/x.sock", "d".repeat(120)));
+        let e = gdbstub_arg(&long).expect_err("too long for a Unix socket");
+        assert!(e.to_string().contains("JANUS_RUN_DIR"), "{e}");
     }
 
     #[test]
