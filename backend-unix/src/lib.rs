@@ -4,9 +4,9 @@
 //! TOML file, `JANUS_*` environment, flags), then [`Node::start`] checks it against the service's
 //! manifest, grants the capabilities ([`providers`]: hyper upstream client, tokio clock,
 //! `/dev/urandom`, a mutex around the shared `MemStore`), builds the service and binds two listeners.
-//! The public listener runs hyper's HTTP/1.1 server over a head guard ([`conn`]) that answers
-//! 400/408/431 itself; each request ([`public`]) runs the service in its own task inside a `request`
-//! span, so panics become 500s with `x-janus-fault: panic`. Tracing ([`telemetry`]) feeds both the log
+//! The public listener serves HTTP/1.1 with janus-http1's codec, the one the uk build runs ([`conn`]),
+//! so both builds give every request the same verdict; each request ([`public`]) runs the service
+//! inside a `request` span with panics caught, so a panic becomes a 500 with `x-janus-fault: panic`. Tracing ([`telemetry`]) feeds both the log
 //! (human or JSON, filter reloadable at run time) and the flight recorder ([`recorder`]) that keeps
 //! whole traces. The admin listener ([`admin`]) serves health, metrics ([`metrics`]), log level,
 //! traces and store state behind a bearer token. SIGTERM/SIGINT stop accepting and drain.

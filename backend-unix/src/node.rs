@@ -23,11 +23,11 @@ use tracing::instrument::WithSubscriber;
 
 use crate::admin::{self, AdminCtx};
 use crate::config::NodeConfig;
-use crate::conn::{self, ConnLimits, ConnShared};
+use crate::conn::{self, ConnLimits};
 use crate::error::{ConfigError, NodeError};
 use crate::metrics::Metrics;
-use crate::providers::{HyperTransport, NodeStore, TokioClock, Urandom};
-use crate::public::{self, PublicCtx};
+use crate::providers::{HyperTransport, NodeStore, TokioClock, TraceIds, Urandom};
+use crate::public::PublicCtx;
 use crate::recorder::FlightRecorder;
 use crate::telemetry::Telemetry;
 
@@ -197,9 +197,10 @@ impl Node {
             node_id: node_id.clone(),
             store: store.clone(),
             metrics: Arc::clone(&metrics),
-            entropy,
+            trace_ids: TraceIds::new(),
             dispatch: dispatch.clone(),
             max_body_bytes: config.max_body_bytes,
+            max_header_bytes: config.max_header_bytes,
         });
         let admin_ctx = Arc::new(AdminCtx {
             token: admin_token.clone(),
@@ -212,6 +213,7 @@ impl Node {
         });
         let limits = ConnLimits {
             max_header_bytes: config.max_header_bytes,
+            max_body_bytes: config.max_body_bytes,
             header_timeout: Duration::from_millis(config.header_timeout_ms),
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
         };
@@ -350,19 +352,8 @@ async fn run<S: Service>(
             accepted = public.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let shared = Arc::new(ConnShared::default());
-                    let ctx = Arc::clone(&public_ctx);
-                    let svc_shared = Arc::clone(&shared);
-                    let service = service_fn(move |req| {
-                        public::handle(Arc::clone(&ctx), Arc::clone(&svc_shared), req)
-                    });
-                    let fault_ctx = Arc::clone(&public_ctx);
-                    let answer: conn::FaultAnswer = Box::new(move |fault| {
-                        let status = fault.status()?;
-                        Some(fault_ctx.raw_error(status, &fault.reason(&limits)))
-                    });
                     conns.spawn(
-                        conn::serve(stream, limits, shared, service, answer, stop.clone())
+                        conn::serve(stream, limits, Arc::clone(&public_ctx), stop.clone())
                             .with_subscriber(dispatch.clone()),
                     );
                 }
