@@ -22,8 +22,8 @@ use tokio::time::Instant;
 
 use crate::public::{self, PublicCtx};
 
-/// Most header fields in one request head.
-pub const MAX_HEADERS: usize = 128;
+/// Most header fields in one request head (the codec's default, as on the uk build).
+pub const MAX_HEADERS: usize = janus_http1::Limits::DEFAULT.max_headers;
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
 /// Time allowed for a request body, from the end of its head.
