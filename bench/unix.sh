@@ -3,8 +3,8 @@
 # 1 and 64 connections) with tracing at info and with tracing off, next to a static nginx measured in
 # the same run (the ratio is what to compare; this machine has 2 cores shared by wrk and the server).
 #
-#   bench/unix.sh                 # 10 s per run
-#   DURATION=20 bench/unix.sh
+#   bench/unix.sh                 # 3 rounds of 10 s per run, medians compared
+#   DURATION=20 ROUNDS=5 bench/unix.sh
 set -euo pipefail
 DURATION="${DURATION:-10}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -38,29 +38,37 @@ CONF
 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & PIDS+=($!)
 wait_http "http://127.0.0.1:$NGINX_PORT/"
 
+# One node per log level, started once; ROUNDS rounds of (nginx, info, off) per connection count,
+# interleaved so that load from elsewhere on the machine hits all three alike; medians are compared.
+declare -A PORT
+for level in info off; do
+  PORT[$level]=$(free_port); ADMIN=$(free_port)
+  "$BIN" --listen "127.0.0.1:${PORT[$level]}" --admin "127.0.0.1:$ADMIN" --admin-token bench --node-id bench \
+    --log-level "$level" >"$WORK/node-$level.log" 2>&1 & PIDS+=($!)
+  wait_http "http://127.0.0.1:${PORT[$level]}/"
+done
+PORT[nginx]=$NGINX_PORT
+ROUNDS="${ROUNDS:-3}"
 printf '%-26s %12s %10s %10s\n' "target" "req/s" "p50" "p99"
 declare -A R
 for conns in 1 64; do
   threads=$([ "$conns" = 1 ] && echo 1 || echo 2)
-  read -r r p50 p99 <<<"$(rps "http://127.0.0.1:$NGINX_PORT/" "$conns" "$threads")"
-  R[nginx-$conns]=$r; printf '%-26s %12s %10s %10s\n' "nginx static, c=$conns" "$r" "$p50" "$p99"
-  for level in info off; do
-    PORT=$(free_port); ADMIN=$(free_port)
-    "$BIN" --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --admin-token bench --node-id bench \
-      --log-level "$level" >"$WORK/node-$level-$conns.log" 2>&1 & PID=$!
-    wait_http "http://127.0.0.1:$PORT/"
-    read -r r p50 p99 <<<"$(rps "http://127.0.0.1:$PORT/" "$conns" "$threads")"
-    kill "$PID"; wait "$PID" 2>/dev/null || true
-    R[$level-$conns]=$r
-    printf '%-26s %12s %10s %10s\n' "hello unix, log $level, c=$conns" "$r" "$p50" "$p99"
+  for round in $(seq 1 "$ROUNDS"); do
+    for t in nginx info off; do
+      read -r r p50 p99 <<<"$(rps "http://127.0.0.1:${PORT[$t]}/" "$conns" "$threads")"
+      R[$t-$conns]="${R[$t-$conns]:-} $r"
+      label=$([ "$t" = nginx ] && echo "nginx static" || echo "hello unix, log $t")
+      printf '%-26s %12s %10s %10s\n' "$label, c=$conns #$round" "$r" "$p50" "$p99"
+    done
   done
 done
 echo
-echo "binary: $SIZE bytes ($STRIPPED stripped)"
+echo "binary: $SIZE bytes ($STRIPPED stripped); medians of $ROUNDS rounds:"
 for conns in 1 64; do
   python3 - "$conns" "${R[info-$conns]}" "${R[off-$conns]}" "${R[nginx-$conns]}" <<'PY'
-import sys
-c, info, off, ngx = sys.argv[1], *map(float, sys.argv[2:])
-print(f"c={c}: tracing info/off = {info/off:.2f}x; hello(info)/nginx = {info/ngx:.2f}x; hello(off)/nginx = {off/ngx:.2f}x")
+import statistics, sys
+c = sys.argv[1]
+info, off, ngx = (statistics.median(map(float, a.split())) for a in sys.argv[2:])
+print(f"c={c}: nginx {ngx:.0f}, info {info:.0f}, off {off:.0f} req/s; tracing info/off = {info/off:.2f}x; hello(info)/nginx = {info/ngx:.2f}x; hello(off)/nginx = {off/ngx:.2f}x")
 PY
 done

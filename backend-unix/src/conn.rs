@@ -58,6 +58,94 @@ impl ConnLimits {
     }
 }
 
+/// The sans-IO part of a connection: the codec plus the bytes read that it has not taken yet
+/// (its buffer was full). [`serve`] drives it from a tokio socket; the differential fuzz target in
+/// `http1/fuzz` drives it the way the uk build drives a bare `ServerConn`, and compares.
+#[derive(Debug)]
+pub struct Front {
+    conn: ServerConn,
+    pending: Vec<u8>,
+    eof: bool,
+    refused: bool,
+}
+
+impl Front {
+    /// A connection with these codec limits.
+    pub fn new(limits: janus_http1::Limits) -> Front {
+        Front {
+            conn: ServerConn::new(limits),
+            pending: Vec::new(),
+            eof: false,
+            refused: false,
+        }
+    }
+
+    /// The codec (to set the error answer, respond, and read the output).
+    pub fn conn(&mut self) -> &mut ServerConn {
+        &mut self.conn
+    }
+
+    /// Bytes read from the socket.
+    pub fn on_bytes(&mut self, bytes: &[u8]) {
+        if self.pending.is_empty() {
+            let taken = self.conn.feed(bytes);
+            if let Some(rest) = bytes.get(taken..) {
+                self.pending.extend_from_slice(rest);
+            }
+        } else {
+            self.pending.extend_from_slice(bytes);
+            self.refeed();
+        }
+    }
+
+    /// The peer closed its sending side.
+    pub fn on_eof(&mut self) {
+        self.eof = true;
+        self.conn.feed_eof();
+    }
+
+    fn refeed(&mut self) -> usize {
+        if self.pending.is_empty() {
+            return 0;
+        }
+        let taken = self.conn.feed(&self.pending);
+        self.pending.drain(..taken);
+        taken
+    }
+
+    /// The next event (answer a request with `conn().respond` before asking again).
+    pub fn next_event(&mut self, now_ms: u64) -> Option<Event> {
+        loop {
+            if let Some(event) = self.conn.poll(now_ms) {
+                if matches!(event, Event::Error(_)) {
+                    self.refused = true;
+                }
+                self.refeed();
+                return Some(event);
+            }
+            if self.refeed() == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Whether the connection is done (everything answered and written, or the peer is gone and
+    /// nothing more can come).
+    pub fn done(&self) -> bool {
+        self.conn.should_close() || (self.eof && self.pending.is_empty())
+    }
+
+    /// Whether to read from the socket now (not while unread bytes wait for room in the codec).
+    pub fn wants_read(&self) -> bool {
+        self.pending.is_empty() && !self.eof
+    }
+
+    /// Whether a request was refused (the close then lingers to let the client read the answer).
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+}
+
 /// Serves one connection until it closes, the client misbehaves, or shutdown is signalled (then the
 /// request in progress completes, its answer says `Connection: close`, and the connection closes).
 pub async fn serve<S: Service>(
@@ -68,41 +156,32 @@ pub async fn serve<S: Service>(
 ) {
     let clock = Instant::now();
     let now_ms = || u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let mut conn = ServerConn::new(limits.codec());
+    let mut front = Front::new(limits.codec());
     let refused_ctx = Arc::clone(&ctx);
-    conn.set_error_response(Box::new(move |e| refused_ctx.refused(e)));
+    front
+        .conn()
+        .set_error_response(Box::new(move |e| refused_ctx.refused(e)));
     let mut buf = vec![0u8; READ_CHUNK];
-    // Bytes read that the codec has not taken yet (its buffer was full).
-    let mut pending: Vec<u8> = Vec::new();
-    let mut eof = false;
-    let mut refused = false;
     let mut timer = Box::pin(tokio::time::sleep_until(clock));
     let mut timer_at: Option<u64> = None;
     loop {
-        while let Some(event) = conn.poll(now_ms()) {
-            match event {
-                Event::Request(req) => {
-                    let closing = *shutdown.borrow();
-                    let resp = public::handle(&ctx, req, closing).await;
-                    if let Err(e) = conn.respond(&resp) {
-                        tracing::error!(error = %e, "answer could not be encoded");
-                        let fallback = janus_http1::Response::text(
-                            500,
-                            "the service's answer could not be encoded\n",
-                        );
-                        if conn.respond(&fallback).is_err() {
-                            return;
-                        }
+        while let Some(event) = front.next_event(now_ms()) {
+            if let Event::Request(req) = event {
+                let closing = *shutdown.borrow();
+                let resp = public::handle(&ctx, req, closing).await;
+                if let Err(e) = front.conn().respond(&resp) {
+                    tracing::error!(error = %e, "answer could not be encoded");
+                    let fallback = janus_http1::Response::text(
+                        500,
+                        "the service's answer could not be encoded\n",
+                    );
+                    if front.conn().respond(&fallback).is_err() {
+                        return;
                     }
                 }
-                Event::Error(_) => refused = true,
-                Event::IdleTimeout => {}
-            }
-            if !pending.is_empty() {
-                let taken = conn.feed(&pending);
-                pending.drain(..taken);
             }
         }
+        let conn = front.conn();
         if !conn.output().is_empty() {
             if write_out(&mut stream, conn.output()).await.is_err() {
                 return;
@@ -110,17 +189,10 @@ pub async fn serve<S: Service>(
             let n = conn.output().len();
             conn.consume_output(n);
         }
-        if conn.should_close() || (eof && pending.is_empty()) {
+        if front.done() {
             break;
         }
-        if !pending.is_empty() {
-            let taken = conn.feed(&pending);
-            pending.drain(..taken);
-            if taken > 0 {
-                continue;
-            }
-        }
-        match conn.next_deadline() {
+        match front.conn().next_deadline() {
             Some(at) if timer_at != Some(at) => {
                 timer_at = Some(at);
                 timer
@@ -132,28 +204,20 @@ pub async fn serve<S: Service>(
         }
         tokio::select! {
             biased;
-            read = stream.read(&mut buf), if pending.is_empty() => match read {
-                Ok(0) => {
-                    eof = true;
-                    conn.feed_eof();
-                }
-                Ok(n) => {
-                    let taken = conn.feed(&buf[..n]);
-                    if let Some(rest) = buf.get(taken..n) {
-                        pending.extend_from_slice(rest);
-                    }
-                }
+            read = stream.read(&mut buf), if front.wants_read() => match read {
+                Ok(0) => front.on_eof(),
+                Ok(n) => front.on_bytes(&buf[..n]),
                 Err(_) => return,
             },
             () = &mut timer, if timer_at.is_some() => timer_at = None,
             () = crate::conn::stopped(&mut shutdown), if !*shutdown.borrow() => {}
         }
-        if *shutdown.borrow() && conn.pending_responses() == 0 {
+        if *shutdown.borrow() && front.conn().pending_responses() == 0 {
             // Draining: no request is being answered; close (an answer already sent stays sent).
             break;
         }
     }
-    if refused {
+    if front.refused() {
         linger_close(&mut stream).await;
     } else {
         let _ = stream.shutdown().await;

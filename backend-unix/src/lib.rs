@@ -110,12 +110,15 @@ async fn run_process<S: Service>(config: NodeConfig) -> ExitCode {
     };
     tracing::info!(signal = signal_name, "shutdown requested");
     node.shutdown();
+    let sink = node.log_sink();
     // A second signal skips the rest of the drain (exit 1: requests may have been cut off).
-    tokio::select! {
+    let code = tokio::select! {
         _ = node.wait() => ExitCode::SUCCESS,
         _ = term.recv() => forced("SIGTERM"),
         _ = int.recv() => forced("SIGINT"),
-    }
+    };
+    sink.flush();
+    code
 }
 
 fn forced(signal: &str) -> ExitCode {

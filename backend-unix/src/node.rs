@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::providers::{HyperTransport, NodeStore, TokioClock, TraceIds, Urandom};
 use crate::public::PublicCtx;
 use crate::recorder::FlightRecorder;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{LogSink, Telemetry};
 
 /// Time an admin client has to send a request head (hyper closes the connection after it).
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +43,7 @@ pub struct Node {
     node_id: String,
     dispatch: Dispatch,
     recorder: FlightRecorder,
+    log_sink: LogSink,
     metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -127,6 +128,7 @@ impl Node {
             &config.log_level,
             config.log_to_stderr,
             config.trace_capacity,
+            Duration::from_millis(config.log_flush_ms),
         )
         .map_err(|e| NodeError::Logging(e.to_string()))?;
         let dispatch = telemetry.dispatch.clone();
@@ -248,6 +250,7 @@ impl Node {
             node_id,
             dispatch,
             recorder: telemetry.recorder,
+            log_sink: telemetry.sink,
             metrics,
             stop,
             task,
@@ -289,6 +292,11 @@ impl Node {
         &self.recorder
     }
 
+    /// Where the log lines go (flush it before the process exits).
+    pub fn log_sink(&self) -> LogSink {
+        self.log_sink.clone()
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
@@ -306,6 +314,7 @@ impl Node {
                 tracing::error!(error = %e, "node task failed");
             });
         }
+        self.log_sink.flush();
         // The generated token dies with the node; so does its file.
         if let Some(path) = &self.token_file {
             let _ = std::fs::remove_file(path);

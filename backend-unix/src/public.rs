@@ -80,9 +80,10 @@ impl<S> PublicCtx<S> {
             other => other.to_string(),
         };
         let trace_id = self.new_trace_id();
+        let hex = trace_hex(&trace_id);
         let span = tracing::info_span!(
             "request",
-            trace_id = %trace_id,
+            trace_id = std::str::from_utf8(&hex).unwrap_or_default(),
             method = "-",
             path = "-",
             node = self.node_id.as_str(),
@@ -154,9 +155,10 @@ pub async fn handle<S: Service>(
     let seq = ctx.seq();
     let headers = service_headers(&req);
     let trace_id = TraceId::from_request_headers(&headers).unwrap_or_else(|| ctx.new_trace_id());
+    let hex = trace_hex(&trace_id);
     let span = tracing::info_span!(
         "request",
-        trace_id = %trace_id,
+        trace_id = std::str::from_utf8(&hex).unwrap_or_default(),
         method = req.method.as_str(),
         path = req.path.as_str(),
         node = ctx.node_id.as_str(),

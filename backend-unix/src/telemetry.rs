@@ -6,11 +6,13 @@
 //! node spawns runs under it with `WithSubscriber`.
 
 use std::backtrace::Backtrace;
-use std::io::IsTerminal;
-use std::sync::{Mutex, Once, PoisonError};
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex, Once, PoisonError, Weak};
+use std::time::Duration;
 
 use tracing::Dispatch;
 use tracing_subscriber::filter::{LevelFilter, filter_fn};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, reload};
 
@@ -72,6 +74,130 @@ impl LogControl {
     }
 }
 
+/// Bytes gathered before a writer writes them out itself.
+const LOG_BUFFER_BYTES: usize = 64 * 1024;
+
+#[derive(Default)]
+struct SinkInner {
+    /// Lines made and not yet written.
+    pending: Mutex<Vec<u8>>,
+    /// Held while writing to stderr, so batches go out in the order they were taken.
+    out: Mutex<()>,
+}
+
+impl SinkInner {
+    fn flush(&self) {
+        let _out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        let batch =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        if !batch.is_empty() {
+            let _ = std::io::stderr().lock().write_all(&batch);
+        }
+    }
+}
+
+/// Where log lines go: stderr, through an in-memory batch that a background thread writes every
+/// `--log-flush-ms` (and that a writer writes itself once 64 KiB gather), so a request does not pay
+/// a `write` system call for its log line. No line is dropped or reordered; [`LogSink::flush`]
+/// writes what is pending (the node calls it when it stops). With a flush interval of 0 every line
+/// is written when it is made.
+#[derive(Clone)]
+pub struct LogSink {
+    inner: Arc<SinkInner>,
+    direct: bool,
+}
+
+impl std::fmt::Debug for LogSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogSink")
+            .field("direct", &self.direct)
+            .finish()
+    }
+}
+
+impl LogSink {
+    /// A sink flushed every `interval` (0: no batching).
+    pub fn new(interval: Duration) -> LogSink {
+        let inner = Arc::new(SinkInner::default());
+        let direct = interval.is_zero();
+        if !direct {
+            let weak: Weak<SinkInner> = Arc::downgrade(&inner);
+            let spawned = std::thread::Builder::new()
+                .name("janus-log".to_string())
+                .spawn(move || {
+                    while let Some(sink) = {
+                        std::thread::sleep(interval);
+                        weak.upgrade()
+                    } {
+                        sink.flush();
+                    }
+                });
+            if spawned.is_err() {
+                // No flusher thread: write each line as it is made.
+                return LogSink {
+                    inner,
+                    direct: true,
+                };
+            }
+        }
+        LogSink { inner, direct }
+    }
+
+    /// Writes every pending line now.
+    pub fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+impl Drop for SinkInner {
+    fn drop(&mut self) {
+        let batch = std::mem::take(
+            self.pending
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if !batch.is_empty() {
+            let _ = std::io::stderr().lock().write_all(&batch);
+        }
+    }
+}
+
+/// One log line being written to a [`LogSink`].
+pub struct SinkWriter<'a>(&'a LogSink);
+
+impl Write for SinkWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.direct {
+            return std::io::stderr().lock().write(buf);
+        }
+        let full = {
+            let mut pending = self
+                .0
+                .inner
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            pending.extend_from_slice(buf);
+            pending.len() >= LOG_BUFFER_BYTES
+        };
+        if full {
+            self.0.inner.flush();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogSink {
+    type Writer = SinkWriter<'a>;
+    fn make_writer(&'a self) -> Self::Writer {
+        SinkWriter(self)
+    }
+}
+
 /// A node's tracing setup.
 pub struct Telemetry {
     /// The node's dispatcher.
@@ -80,6 +206,8 @@ pub struct Telemetry {
     pub recorder: FlightRecorder,
     /// The log level control.
     pub log: LogControl,
+    /// Where the log lines go.
+    pub sink: LogSink,
 }
 
 impl Telemetry {
@@ -89,24 +217,26 @@ impl Telemetry {
         directive: &str,
         to_stderr: bool,
         trace_capacity: usize,
+        flush: Duration,
     ) -> Result<Telemetry, LogLevelError> {
         let filter = EnvFilter::try_new(directive).map_err(|e| LogLevelError::Invalid {
             directive: directive.to_string(),
             reason: e.to_string(),
         })?;
         let (filter, handle) = reload::Layer::new(filter);
+        let sink = LogSink::new(if to_stderr { flush } else { Duration::ZERO });
         let fmt_layer: Box<dyn Layer<Registry> + Send + Sync> = match (format, to_stderr) {
             (_, false) => Box::new(fmt::layer().with_writer(std::io::sink)),
             (LogFormat::Human, true) => Box::new(
                 fmt::layer()
                     .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr),
+                    .with_writer(sink.clone()),
             ),
             (LogFormat::Json, true) => Box::new(
                 fmt::layer()
                     .json()
                     .with_current_span(true)
-                    .with_writer(std::io::stderr),
+                    .with_writer(sink.clone()),
             ),
         };
         let recorder = FlightRecorder::new(trace_capacity);
@@ -124,6 +254,7 @@ impl Telemetry {
                 handle,
                 current: Mutex::new(directive.to_string()),
             },
+            sink,
         })
     }
 }
