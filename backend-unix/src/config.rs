@@ -61,6 +61,10 @@ pub struct NodeConfig {
     pub upstream_timeout_ms: u64,
     /// Whether logs are written to stderr at all (tests turn this off).
     pub log_to_stderr: bool,
+    /// Make the node's tracing dispatcher the process-wide default (a node binary does: its tasks
+    /// then need no per-poll dispatcher switch; tests running several nodes in one process do not).
+    #[serde(skip)]
+    pub global_dispatch: bool,
 }
 
 impl Default for NodeConfig {
@@ -83,6 +87,7 @@ impl Default for NodeConfig {
             drain_timeout_ms: 10_000,
             upstream_timeout_ms: 10_000,
             log_to_stderr: true,
+            global_dispatch: false,
         }
     }
 }

@@ -53,7 +53,7 @@ pub fn main<S: Service>() -> ExitCode {
         println!("{}", S::MANIFEST.to_json());
         return ExitCode::SUCCESS;
     }
-    let config = match cli.node_config() {
+    let mut config = match cli.node_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -70,6 +70,7 @@ pub fn main<S: Service>() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    config.global_dispatch = true;
     runtime.block_on(run_process::<S>(config))
 }
 
@@ -93,7 +94,6 @@ async fn run_process<S: Service>(config: NodeConfig) -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
-    let _ = tracing::dispatcher::set_global_default(node.dispatch().clone());
     if let Some(path) = node.token_file() {
         println!("admin token written to {}", path.display());
     }

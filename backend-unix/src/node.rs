@@ -132,6 +132,8 @@ impl Node {
         )
         .map_err(|e| NodeError::Logging(e.to_string()))?;
         let dispatch = telemetry.dispatch.clone();
+        let global = config.global_dispatch
+            && tracing::dispatcher::set_global_default(dispatch.clone()).is_ok();
         let entropy = Arc::new(Urandom::open().map_err(NodeError::Entropy)?);
         let node_id = config.node_id.clone().unwrap_or_else(default_node_id);
         let admin_token = match &config.admin_token {
@@ -201,6 +203,7 @@ impl Node {
             metrics: Arc::clone(&metrics),
             trace_ids: TraceIds::new(),
             dispatch: dispatch.clone(),
+            global_dispatch: global,
             max_body_bytes: config.max_body_bytes,
             max_header_bytes: config.max_header_bytes,
         });
@@ -348,6 +351,7 @@ async fn run<S: Service>(
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
+    let global = public_ctx.global_dispatch;
     let dispatch = public_ctx.dispatch.clone();
     let (admin_stop, admin_stop_rx) = watch::channel(false);
     let admin_task = tokio::spawn(
@@ -361,10 +365,14 @@ async fn run<S: Service>(
             accepted = public.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
-                    conns.spawn(
-                        conn::serve(stream, limits, Arc::clone(&public_ctx), stop.clone())
-                            .with_subscriber(dispatch.clone()),
-                    );
+                    let serve =
+                        conn::serve(stream, limits, Arc::clone(&public_ctx), stop.clone());
+                    if global {
+                        // The node's dispatcher is the process default: no switch per poll.
+                        conns.spawn(serve);
+                    } else {
+                        conns.spawn(serve.with_subscriber(dispatch.clone()));
+                    }
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.

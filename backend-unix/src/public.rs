@@ -40,6 +40,8 @@ pub struct PublicCtx<S> {
     pub trace_ids: TraceIds,
     /// The node's tracing dispatcher (connection tasks run under it).
     pub dispatch: Dispatch,
+    /// Whether that dispatcher is the process-wide default (then tasks need no switch to it).
+    pub global_dispatch: bool,
     /// Largest request body (for the 413 message).
     pub max_body_bytes: usize,
     /// Largest request head (for the 431 message).
