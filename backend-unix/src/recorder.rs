@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::{self, Write as _};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +29,100 @@ pub const MAX_SPANS_PER_TRACE: usize = 2000;
 /// Most events kept per trace.
 pub const MAX_EVENTS_PER_TRACE: usize = 2000;
 
+/// Bytes of text kept inline (without an allocation): trace ids, methods, paths, node ids and
+/// most messages fit.
+const INLINE: usize = 46;
+
+/// Recorded text: inline when short, else on the heap.
+#[derive(Clone)]
+pub enum Text {
+    /// Up to [`INLINE`] bytes of UTF-8.
+    Inline(u8, [u8; INLINE]),
+    /// Longer text.
+    Heap(String),
+}
+
+impl Text {
+    fn new(s: &str) -> Text {
+        match u8::try_from(s.len()) {
+            Ok(n) if s.len() <= INLINE => {
+                let mut buf = [0u8; INLINE];
+                buf[..s.len()].copy_from_slice(s.as_bytes());
+                Text::Inline(n, buf)
+            }
+            _ => Text::Heap(s.to_string()),
+        }
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Text::Inline(n, buf) => {
+                std::str::from_utf8(&buf[..usize::from(*n)]).unwrap_or_default()
+            }
+            Text::Heap(s) => s,
+        }
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        **self == **other
+    }
+}
+
+impl Serialize for Text {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self)
+    }
+}
+
+/// Formats a `Debug` value into [`Text`], inline when it fits.
+struct TextWriter {
+    len: usize,
+    buf: [u8; INLINE],
+    heap: Option<String>,
+}
+
+impl fmt::Write for TextWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if let Some(h) = &mut self.heap {
+            h.push_str(s);
+        } else if self.len + s.len() <= INLINE {
+            self.buf[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
+            self.len += s.len();
+        } else {
+            let mut h = String::with_capacity(self.len + s.len() + 16);
+            h.push_str(std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default());
+            h.push_str(s);
+            self.heap = Some(h);
+        }
+        Ok(())
+    }
+}
+
+fn debug_text(value: &dyn fmt::Debug) -> Text {
+    let mut w = TextWriter {
+        len: 0,
+        buf: [0u8; INLINE],
+        heap: None,
+    };
+    let _ = write!(w, "{value:?}");
+    match w.heap {
+        Some(h) => Text::Heap(h),
+        // Whole `write_str` pieces only, so the inline bytes are UTF-8.
+        None => Text::Inline(u8::try_from(w.len).unwrap_or(0), w.buf),
+    }
+}
+
 /// One recorded field value (kept as recorded; turned into JSON only when a trace is read).
 #[derive(Debug, Clone, PartialEq)]
 pub enum FieldValue {
@@ -40,7 +135,7 @@ pub enum FieldValue {
     /// A boolean.
     Bool(bool),
     /// A string, or the `Debug`/`Display` text of any other value.
-    Str(String),
+    Str(Text),
 }
 
 impl FieldValue {
@@ -51,7 +146,7 @@ impl FieldValue {
             FieldValue::U64(v) => Value::from(*v),
             FieldValue::F64(v) => Value::from(*v),
             FieldValue::Bool(v) => Value::from(*v),
-            FieldValue::Str(v) => Value::from(v.as_str()),
+            FieldValue::Str(v) => Value::from(&**v),
         }
     }
 }
@@ -148,7 +243,7 @@ pub struct EventRecord {
     /// Target (module path).
     pub target: &'static str,
     /// The `message` field.
-    pub message: Option<String>,
+    pub message: Option<Text>,
     /// The other fields.
     pub fields: Fields,
     /// Microseconds from the trace start.
@@ -277,7 +372,7 @@ impl FlightRecorder {
 #[derive(Default)]
 struct FieldVisitor {
     fields: Fields,
-    message: Option<String>,
+    message: Option<Text>,
 }
 
 impl Visit for FieldVisitor {
@@ -295,15 +390,14 @@ impl Visit for FieldVisitor {
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            self.message = Some(value.to_string());
+            self.message = Some(Text::new(value));
         } else {
             self.fields
-                .set(field.name(), FieldValue::Str(value.to_string()));
+                .set(field.name(), FieldValue::Str(Text::new(value)));
         }
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let mut text = String::new();
-        let _ = write!(text, "{value:?}");
+        let text = debug_text(value);
         if field.name() == "message" {
             self.message = Some(text);
         } else {
@@ -369,10 +463,11 @@ where
                     .0
                     .iter()
                     .find(|(n, _)| *n == "trace_id")
-                    .map(|(_, v)| v.clone())
+                    .map(|(_, v)| v)
                 else {
                     return;
                 };
+                let trace_id = trace_id.to_string();
                 let key = self.next_key.fetch_add(1, Ordering::Relaxed);
                 let trace = Arc::new(Mutex::new(TraceRecord {
                     trace_id,
@@ -520,6 +615,42 @@ mod tests {
         assert_eq!(t.events[0].message.as_deref(), Some("inside"));
         assert_eq!(t.events[0].fields.get("answer"), Some(42.into()));
         assert_eq!(recorder.last(10).len(), 2);
+    }
+
+    #[test]
+    fn short_and_long_text_is_kept_whole() {
+        let long = "x".repeat(200);
+        for s in [
+            "",
+            "GET",
+            &"y".repeat(INLINE),
+            &"z".repeat(INLINE + 1),
+            &long,
+        ] {
+            assert_eq!(&*Text::new(s), s);
+        }
+        assert_eq!(&*debug_text(&"quoted"), "\"quoted\"");
+        let v: Vec<u32> = (0..100).collect();
+        assert_eq!(&*debug_text(&v), format!("{v:?}"));
+        assert_eq!(
+            &*debug_text(&"é".repeat(30)),
+            format!("{:?}", "é".repeat(30))
+        );
+        let recorder = FlightRecorder::new(2);
+        let subscriber = tracing_subscriber::registry().with(recorder.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let root = tracing::info_span!("request", trace_id = "t1", long = long.as_str());
+            root.in_scope(|| tracing::info!(list = ?v, "{}", long));
+        });
+        let t = recorder.get("t1").expect("kept");
+        assert_eq!(t.spans[0].fields.get("long"), Some(long.clone().into()));
+        assert_eq!(t.events[0].message.as_deref(), Some(long.as_str()));
+        assert_eq!(
+            t.events[0].fields.get("list"),
+            Some(format!("{v:?}").into())
+        );
+        let json = serde_json::to_value(&t).expect("serializes");
+        assert_eq!(json["spans"][0]["fields"]["long"], long.as_str());
     }
 
     #[tokio::test]
