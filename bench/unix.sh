@@ -3,8 +3,8 @@
 # 1 and 64 connections) with tracing at info and with tracing off, next to a static nginx measured in
 # the same run (the ratio is what to compare; this machine has 2 cores shared by wrk and the server).
 #
-#   bench/unix.sh                 # 10 s per run
-#   DURATION=20 bench/unix.sh
+#   bench/unix.sh                 # 3 rounds of 10 s per run, medians compared
+#   DURATION=20 ROUNDS=5 bench/unix.sh
 set -euo pipefail
 DURATION="${DURATION:-10}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -15,10 +15,21 @@ cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || 
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_http() { for _ in $(seq 1 300); do curl -fsS -o /dev/null -m 1 "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "bench: $1 not ready" >&2; exit 1; }
-rps() { # url connections threads -> "req/s p50 p99"
+rps() { # url connections threads -> "req/s p50 p99 requests"
   wrk -t"$3" -c"$2" -d"${DURATION}s" --latency "$1" 2>/dev/null | awk '
-    /Requests\/sec/ {r=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} END {printf "%s %s %s", r, p50, p99}'
+    /Requests\/sec/ {r=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} / requests in / {n=$1}
+    END {printf "%s %s %s %s", r, p50, p99, n}'
 }
+# CPU time (user+system, clock ticks) used so far by process $1 and its child processes (nginx's
+# worker): the server's own cost per request, which other load on the machine does not inflate.
+cpu_ticks() {
+  local total=0 p
+  for p in "$1" $(ps -o pid= --ppid "$1" 2>/dev/null); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 echo "building samples/hello (unix, release)..." >&2
 BIN="$(cd "$ROOT" && cargo run -q -p janus -- build samples/hello --flavor unix 2>/dev/null | tail -n1)"
@@ -36,31 +47,49 @@ http { access_log off; keepalive_requests 1000000; client_body_temp_path $WORK/n
   server { listen 127.0.0.1:$NGINX_PORT; location / { return 200 "Hello from Janus!\n"; } } }
 CONF
 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & PIDS+=($!)
+declare -A SPID
+SPID[nginx]=$!
 wait_http "http://127.0.0.1:$NGINX_PORT/"
 
-printf '%-26s %12s %10s %10s\n' "target" "req/s" "p50" "p99"
-declare -A R
+# The hello nodes run tokio with as many workers as CPUs; nginx runs one worker process.
+# One node per log level, started once; ROUNDS rounds of (nginx, info, off) per connection count,
+# interleaved so that load from elsewhere on the machine hits all three alike; medians are compared.
+declare -A PORT
+for level in info off; do
+  PORT[$level]=$(free_port); ADMIN=$(free_port)
+  "$BIN" --listen "127.0.0.1:${PORT[$level]}" --admin "127.0.0.1:$ADMIN" --admin-token bench --node-id bench \
+    --log-level "$level" >"$WORK/node-$level.log" 2>&1 & PIDS+=($!)
+  SPID[$level]=$!
+  wait_http "http://127.0.0.1:${PORT[$level]}/"
+done
+PORT[nginx]=$NGINX_PORT
+ROUNDS="${ROUNDS:-3}"
+printf '%-30s %12s %10s %10s %12s\n' "target" "req/s" "p50" "p99" "cpu us/req"
+declare -A R C
 for conns in 1 64; do
   threads=$([ "$conns" = 1 ] && echo 1 || echo 2)
-  read -r r p50 p99 <<<"$(rps "http://127.0.0.1:$NGINX_PORT/" "$conns" "$threads")"
-  R[nginx-$conns]=$r; printf '%-26s %12s %10s %10s\n' "nginx static, c=$conns" "$r" "$p50" "$p99"
-  for level in info off; do
-    PORT=$(free_port); ADMIN=$(free_port)
-    "$BIN" --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --admin-token bench --node-id bench \
-      --log-level "$level" >"$WORK/node-$level-$conns.log" 2>&1 & PID=$!
-    wait_http "http://127.0.0.1:$PORT/"
-    read -r r p50 p99 <<<"$(rps "http://127.0.0.1:$PORT/" "$conns" "$threads")"
-    kill "$PID"; wait "$PID" 2>/dev/null || true
-    R[$level-$conns]=$r
-    printf '%-26s %12s %10s %10s\n' "hello unix, log $level, c=$conns" "$r" "$p50" "$p99"
+  for round in $(seq 1 "$ROUNDS"); do
+    for t in nginx info off; do
+      before=$(cpu_ticks "${SPID[$t]}")
+      read -r r p50 p99 n <<<"$(rps "http://127.0.0.1:${PORT[$t]}/" "$conns" "$threads")"
+      used=$(( ($(cpu_ticks "${SPID[$t]}") - before) * TICK_US ))
+      cpu=$(python3 -c "print(f'{$used / max($n, 1):.2f}')")
+      R[$t-$conns]="${R[$t-$conns]:-} $r"
+      C[$t-$conns]="${C[$t-$conns]:-} $cpu"
+      label=$([ "$t" = nginx ] && echo "nginx static" || echo "hello unix, log $t")
+      printf '%-30s %12s %10s %10s %12s\n' "$label, c=$conns #$round" "$r" "$p50" "$p99" "$cpu"
+    done
   done
 done
 echo
-echo "binary: $SIZE bytes ($STRIPPED stripped)"
+echo "binary: $SIZE bytes ($STRIPPED stripped); medians of $ROUNDS rounds:"
 for conns in 1 64; do
-  python3 - "$conns" "${R[info-$conns]}" "${R[off-$conns]}" "${R[nginx-$conns]}" <<'PY'
-import sys
-c, info, off, ngx = sys.argv[1], *map(float, sys.argv[2:])
-print(f"c={c}: tracing info/off = {info/off:.2f}x; hello(info)/nginx = {info/ngx:.2f}x; hello(off)/nginx = {off/ngx:.2f}x")
+  python3 - "$conns" "${R[info-$conns]}" "${R[off-$conns]}" "${R[nginx-$conns]}" \
+    "${C[info-$conns]}" "${C[off-$conns]}" "${C[nginx-$conns]}" <<'PY'
+import statistics, sys
+c = sys.argv[1]
+info, off, ngx, cinfo, coff, cngx = (statistics.median(map(float, a.split())) for a in sys.argv[2:])
+print(f"c={c}: nginx {ngx:.0f}, info {info:.0f}, off {off:.0f} req/s; tracing info/off = {info/off:.2f}x; hello(info)/nginx = {info/ngx:.2f}x; hello(off)/nginx = {off/ngx:.2f}x")
+print(f"c={c}: server CPU per request: nginx {cngx:.1f} us, off {coff:.1f} us, info {cinfo:.1f} us; nginx/off = {cngx/coff:.2f}x, off/info = {coff/cinfo:.2f}x (the same ratios by CPU cost, not disturbed by other load)")
 PY
 done

@@ -43,6 +43,10 @@ pub struct NodeConfig {
     pub log_level: String,
     /// Completed traces the flight recorder keeps.
     pub trace_capacity: usize,
+    /// Log lines are gathered in memory and written to stderr at most this long after they were
+    /// made (or at once when 64 KiB gather); 0 writes every line when it is made. No line is ever
+    /// dropped either way.
+    pub log_flush_ms: u64,
     /// Largest request head (request line plus headers) in bytes.
     pub max_header_bytes: usize,
     /// Largest request body in bytes.
@@ -57,6 +61,10 @@ pub struct NodeConfig {
     pub upstream_timeout_ms: u64,
     /// Whether logs are written to stderr at all (tests turn this off).
     pub log_to_stderr: bool,
+    /// Make the node's tracing dispatcher the process-wide default (a node binary does: its tasks
+    /// then need no per-poll dispatcher switch; tests running several nodes in one process do not).
+    #[serde(skip)]
+    pub global_dispatch: bool,
 }
 
 impl Default for NodeConfig {
@@ -71,13 +79,15 @@ impl Default for NodeConfig {
             log_format: LogFormat::Human,
             log_level: "info".to_string(),
             trace_capacity: 1024,
-            max_header_bytes: 16 * 1024,
+            log_flush_ms: 20,
+            max_header_bytes: janus_http1::Limits::DEFAULT.max_head_bytes,
             max_body_bytes: 1 << 20,
             header_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             drain_timeout_ms: 10_000,
             upstream_timeout_ms: 10_000,
             log_to_stderr: true,
+            global_dispatch: false,
         }
     }
 }
@@ -183,6 +193,10 @@ pub struct Cli {
     /// Completed traces kept by the flight recorder (default 1024).
     #[arg(long, value_name = "N")]
     pub trace_capacity: Option<usize>,
+    /// Longest time a log line waits in memory before it is written to stderr (default 20; 0:
+    /// write each line as it is made).
+    #[arg(long, value_name = "MS")]
+    pub log_flush_ms: Option<u64>,
     /// Largest request head in bytes.
     #[arg(long, value_name = "BYTES")]
     pub max_header_bytes: Option<usize>,
@@ -242,6 +256,8 @@ struct FlagLayer {
     #[serde(skip_serializing_if = "Option::is_none")]
     trace_capacity: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    log_flush_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_header_bytes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_body_bytes: Option<usize>,
@@ -266,6 +282,7 @@ const ENV_KEYS: &[&str] = &[
     "log_format",
     "log_level",
     "trace_capacity",
+    "log_flush_ms",
     "max_header_bytes",
     "max_body_bytes",
     "header_timeout_ms",
@@ -296,6 +313,7 @@ impl Cli {
             log_format: self.log_format,
             log_level: self.log_level.clone(),
             trace_capacity: self.trace_capacity,
+            log_flush_ms: self.log_flush_ms,
             max_header_bytes: self.max_header_bytes,
             max_body_bytes: self.max_body_bytes,
             header_timeout_ms: self.header_timeout_ms,

@@ -4,9 +4,9 @@
 //! TOML file, `JANUS_*` environment, flags), then [`Node::start`] checks it against the service's
 //! manifest, grants the capabilities ([`providers`]: hyper upstream client, tokio clock,
 //! `/dev/urandom`, a mutex around the shared `MemStore`), builds the service and binds two listeners.
-//! The public listener runs hyper's HTTP/1.1 server over a head guard ([`conn`]) that answers
-//! 400/408/431 itself; each request ([`public`]) runs the service in its own task inside a `request`
-//! span, so panics become 500s with `x-janus-fault: panic`. Tracing ([`telemetry`]) feeds both the log
+//! The public listener serves HTTP/1.1 with janus-http1's codec, the one the uk build runs ([`conn`]),
+//! so both builds give every request the same verdict; each request ([`public`]) runs the service
+//! inside a `request` span with panics caught, so a panic becomes a 500 with `x-janus-fault: panic`. Tracing ([`telemetry`]) feeds both the log
 //! (human or JSON, filter reloadable at run time) and the flight recorder ([`recorder`]) that keeps
 //! whole traces. The admin listener ([`admin`]) serves health, metrics ([`metrics`]), log level,
 //! traces and store state behind a bearer token. SIGTERM/SIGINT stop accepting and drain.
@@ -53,7 +53,7 @@ pub fn main<S: Service>() -> ExitCode {
         println!("{}", S::MANIFEST.to_json());
         return ExitCode::SUCCESS;
     }
-    let config = match cli.node_config() {
+    let mut config = match cli.node_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -70,6 +70,7 @@ pub fn main<S: Service>() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    config.global_dispatch = true;
     runtime.block_on(run_process::<S>(config))
 }
 
@@ -93,7 +94,6 @@ async fn run_process<S: Service>(config: NodeConfig) -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
-    let _ = tracing::dispatcher::set_global_default(node.dispatch().clone());
     if let Some(path) = node.token_file() {
         println!("admin token written to {}", path.display());
     }
@@ -110,12 +110,15 @@ async fn run_process<S: Service>(config: NodeConfig) -> ExitCode {
     };
     tracing::info!(signal = signal_name, "shutdown requested");
     node.shutdown();
+    let sink = node.log_sink();
     // A second signal skips the rest of the drain (exit 1: requests may have been cut off).
-    tokio::select! {
+    let code = tokio::select! {
         _ = node.wait() => ExitCode::SUCCESS,
         _ = term.recv() => forced("SIGTERM"),
         _ = int.recv() => forced("SIGINT"),
-    }
+    };
+    sink.flush();
+    code
 }
 
 fn forced(signal: &str) -> ExitCode {

@@ -23,13 +23,13 @@ use tracing::instrument::WithSubscriber;
 
 use crate::admin::{self, AdminCtx};
 use crate::config::NodeConfig;
-use crate::conn::{self, ConnLimits, ConnShared};
+use crate::conn::{self, ConnLimits};
 use crate::error::{ConfigError, NodeError};
 use crate::metrics::Metrics;
-use crate::providers::{HyperTransport, NodeStore, TokioClock, Urandom};
-use crate::public::{self, PublicCtx};
+use crate::providers::{HyperTransport, NodeStore, TokioClock, TraceIds, Urandom};
+use crate::public::PublicCtx;
 use crate::recorder::FlightRecorder;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{LogSink, Telemetry};
 
 /// Time an admin client has to send a request head (hyper closes the connection after it).
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +43,7 @@ pub struct Node {
     node_id: String,
     dispatch: Dispatch,
     recorder: FlightRecorder,
+    log_sink: LogSink,
     metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -127,9 +128,12 @@ impl Node {
             &config.log_level,
             config.log_to_stderr,
             config.trace_capacity,
+            Duration::from_millis(config.log_flush_ms),
         )
         .map_err(|e| NodeError::Logging(e.to_string()))?;
         let dispatch = telemetry.dispatch.clone();
+        let global = config.global_dispatch
+            && tracing::dispatcher::set_global_default(dispatch.clone()).is_ok();
         let entropy = Arc::new(Urandom::open().map_err(NodeError::Entropy)?);
         let node_id = config.node_id.clone().unwrap_or_else(default_node_id);
         let admin_token = match &config.admin_token {
@@ -198,9 +202,11 @@ impl Node {
             node_id: node_id.clone(),
             store: store.clone(),
             metrics: Arc::clone(&metrics),
-            entropy,
+            trace_ids: TraceIds::new(),
             dispatch: dispatch.clone(),
+            global_dispatch: global,
             max_body_bytes: config.max_body_bytes,
+            max_header_bytes: config.max_header_bytes,
         });
         let admin_ctx = Arc::new(AdminCtx {
             token: admin_token.clone(),
@@ -213,6 +219,7 @@ impl Node {
         });
         let limits = ConnLimits {
             max_header_bytes: config.max_header_bytes,
+            max_body_bytes: config.max_body_bytes,
             header_timeout: Duration::from_millis(config.header_timeout_ms),
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
         };
@@ -247,6 +254,7 @@ impl Node {
             node_id,
             dispatch,
             recorder: telemetry.recorder,
+            log_sink: telemetry.sink,
             metrics,
             stop,
             task,
@@ -288,6 +296,11 @@ impl Node {
         &self.recorder
     }
 
+    /// Where the log lines go (flush it before the process exits).
+    pub fn log_sink(&self) -> LogSink {
+        self.log_sink.clone()
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
@@ -305,6 +318,7 @@ impl Node {
                 tracing::error!(error = %e, "node task failed");
             });
         }
+        self.log_sink.flush();
         // The generated token dies with the node; so does its file.
         if let Some(path) = &self.token_file {
             let _ = std::fs::remove_file(path);
@@ -338,6 +352,7 @@ async fn run<S: Service>(
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
+    let global = public_ctx.global_dispatch;
     let dispatch = public_ctx.dispatch.clone();
     let (admin_stop, admin_stop_rx) = watch::channel(false);
     let admin_task = tokio::spawn(
@@ -351,21 +366,14 @@ async fn run<S: Service>(
             accepted = public.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let shared = Arc::new(ConnShared::default());
-                    let ctx = Arc::clone(&public_ctx);
-                    let svc_shared = Arc::clone(&shared);
-                    let service = service_fn(move |req| {
-                        public::handle(Arc::clone(&ctx), Arc::clone(&svc_shared), req)
-                    });
-                    let fault_ctx = Arc::clone(&public_ctx);
-                    let answer: conn::FaultAnswer = Box::new(move |fault| {
-                        let status = fault.status()?;
-                        Some(fault_ctx.raw_error(status, &fault.reason(&limits)))
-                    });
-                    conns.spawn(
-                        conn::serve(stream, limits, shared, service, answer, stop.clone())
-                            .with_subscriber(dispatch.clone()),
-                    );
+                    let serve =
+                        conn::serve(stream, limits, Arc::clone(&public_ctx), stop.clone());
+                    if global {
+                        // The node's dispatcher is the process default: no switch per poll.
+                        conns.spawn(serve);
+                    } else {
+                        conns.spawn(serve.with_subscriber(dispatch.clone()));
+                    }
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.

@@ -194,6 +194,44 @@ impl EntropySource for Urandom {
     }
 }
 
+/// Trace ids for requests that bring none: SipHash-1-3 (keyed once from the OS, as
+/// `std::collections::hash_map::RandomState` is) over a counter. Unique per node and unpredictable
+/// without the key, at ~20 ns instead of a `/dev/urandom` read (a system call and a lock) per request.
+/// The services' entropy capability stays [`Urandom`].
+pub struct TraceIds {
+    key: std::collections::hash_map::RandomState,
+    counter: AtomicU64,
+}
+
+impl Default for TraceIds {
+    fn default() -> Self {
+        TraceIds::new()
+    }
+}
+
+impl TraceIds {
+    /// A generator with a fresh OS-seeded key.
+    pub fn new() -> TraceIds {
+        TraceIds {
+            key: std::collections::hash_map::RandomState::new(),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    /// The next id.
+    pub fn next(&self) -> TraceId {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut bytes = [0u8; 16];
+        for (half, lane) in bytes.chunks_exact_mut(8).zip([0u64, 1]) {
+            let mut h = self.key.build_hasher();
+            h.write_u64(n);
+            h.write_u64(lane);
+            half.copy_from_slice(&h.finish().to_le_bytes());
+        }
+        TraceId::from_random(bytes)
+    }
+}
+
 /// The store provider: one [`MemStore`] behind a std mutex, counting operations for the metrics.
 ///
 /// Poisoning: a panic can happen under the lock only inside a service's `update` closure, which

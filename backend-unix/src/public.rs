@@ -1,25 +1,17 @@
-//! The public (downstream) request path: hyper request -> body limits -> `request` span -> the service
-//! in its own task (so a panic is caught) -> response with the node headers -> metrics.
+//! The public (downstream) request path: a request the codec delivered -> `request` span -> the
+//! service (panics caught) -> response with the node headers -> metrics. Requests the codec refuses
+//! are answered by [`PublicCtx::refused`].
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::HeaderValue;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use runtime_abi::{Headers, Method, Request, Response, Service, StatusCode, TraceId};
-use tokio::task::JoinHandle;
-use tracing::instrument::WithSubscriber;
-use tracing::{Dispatch, Instrument};
+use tracing::Dispatch;
 
-use crate::conn::ConnShared;
 use crate::metrics::Metrics;
-use crate::providers::{NodeStore, Urandom};
+use crate::providers::{NodeStore, TraceIds};
 
 /// Header naming the build flavour.
 pub const FLAVOR_HEADER: &str = "x-janus-flavor";
@@ -45,19 +37,21 @@ pub struct PublicCtx<S> {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Trace id source.
-    pub entropy: Arc<Urandom>,
-    /// The node's tracing dispatcher (handler tasks run under it).
+    pub trace_ids: TraceIds,
+    /// The node's tracing dispatcher (connection tasks run under it).
     pub dispatch: Dispatch,
-    /// Largest request body.
+    /// Whether that dispatcher is the process-wide default (then tasks need no switch to it).
+    pub global_dispatch: bool,
+    /// Largest request body (for the 413 message).
     pub max_body_bytes: usize,
+    /// Largest request head (for the 431 message).
+    pub max_header_bytes: usize,
 }
 
 impl<S> PublicCtx<S> {
     /// A fresh trace id.
     pub fn new_trace_id(&self) -> TraceId {
-        let mut b = [0u8; 16];
-        runtime_abi::EntropySource::fill(&*self.entropy, &mut b);
-        TraceId::from_random(b)
+        self.trace_ids.next()
     }
 
     /// The store's sequence number now.
@@ -67,124 +61,121 @@ impl<S> PublicCtx<S> {
             .map(|s| runtime_abi::StoreBackend::seq(&**s))
     }
 
-    /// The raw bytes of an answer the connection layer writes itself (400/408/431).
-    pub fn raw_error(&self, status: u16, reason: &str) -> Vec<u8> {
+    /// The answer to a request the codec refused (its status is the codec's, and the connection
+    /// closes after it): `{"error", "trace_id"}` with the node headers. Logged as a `request` trace
+    /// with one WARN event, and counted.
+    pub fn refused(&self, e: &janus_http1::Error) -> janus_http1::Response {
+        let status = e.status();
+        let reason = match e {
+            janus_http1::Error::BodyTooLarge => format!(
+                "{e}: request body exceeds the limit of {} bytes",
+                self.max_body_bytes
+            ),
+            janus_http1::Error::HeadTooLarge => format!(
+                "{e}: request head larger than {} bytes",
+                self.max_header_bytes
+            ),
+            janus_http1::Error::TooManyHeaders => format!(
+                "{e}: request head has more than {} header fields",
+                crate::conn::MAX_HEADERS
+            ),
+            other => other.to_string(),
+        };
         let trace_id = self.new_trace_id();
-        let body =
-            serde_json::json!({ "error": reason, "trace_id": trace_id.to_hex() }).to_string();
-        let phrase = StatusCode::new(status).map_or("", StatusCode::reason);
-        let mut out = format!(
-            "HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{FLAVOR_HEADER}: {FLAVOR}\r\n{NODE_HEADER}: {}\r\n{TRACE_HEADER}: {trace_id}\r\n",
-            body.len(),
-            self.node_id,
-        );
-        if let Some(seq) = self.seq() {
-            out.push_str(&format!("{SEQ_HEADER}: {seq}\r\n"));
-        }
-        out.push_str("\r\n");
-        out.push_str(&body);
+        let hex = trace_hex(&trace_id);
         let span = tracing::info_span!(
             "request",
-            trace_id = %trace_id,
+            trace_id = std::str::from_utf8(&hex).unwrap_or_default(),
             method = "-",
             path = "-",
+            node = self.node_id.as_str(),
             status,
         );
-        span.in_scope(|| tracing::warn!(status, reason, "request head refused"));
+        span.in_scope(|| tracing::warn!(status, reason = reason.as_str(), "request refused"));
         self.metrics.record_request(status, 0);
-        out.into_bytes()
+        let own = NodeHeaders {
+            node_id: &self.node_id,
+            trace_id,
+            seq: self.seq(),
+            fault: None,
+            close: true,
+        };
+        to_wire(backend_error(status, &reason, trace_id), &own)
     }
 }
 
-/// Aborts the handler task when the request is dropped (client gone, drain timed out).
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Future for AbortOnDrop<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx)
+/// 32 lowercase hex digits of a trace id, without allocating.
+pub fn trace_hex(id: &TraceId) -> [u8; 32] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (pair, b) in out.chunks_exact_mut(2).zip(id.0) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    out
 }
 
 /// Decrements the in-flight gauge however the request ends.
-struct InFlight(Arc<Metrics>);
+struct InFlight<'a>(&'a Metrics);
 
-impl InFlight {
-    fn new(metrics: &Arc<Metrics>) -> InFlight {
+impl<'a> InFlight<'a> {
+    fn new(metrics: &'a Metrics) -> InFlight<'a> {
         metrics.request_started();
-        InFlight(Arc::clone(metrics))
+        InFlight(metrics)
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.request_finished();
     }
 }
 
-/// Answers one request.
-pub async fn handle<S: Service>(
-    ctx: Arc<PublicCtx<S>>,
-    conn: Arc<ConnShared>,
-    req: hyper::Request<Incoming>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
-    let started = Instant::now();
-    conn.request_started();
-    let _in_flight = InFlight::new(&ctx.metrics);
-    let seq = ctx.seq();
-    let (parts, body) = req.into_parts();
+/// The service's view of the request's header fields. A value that is not UTF-8 (obs-text, which
+/// RFC 9110 §5.5 allows) reaches the service with U+FFFD in place of the bad bytes, as on the uk
+/// build.
+fn service_headers(req: &janus_http1::Request) -> Headers {
     let mut headers = Headers::new();
-    let mut bad_header = None;
-    for (name, value) in &parts.headers {
-        match value.to_str() {
-            Ok(v) => headers.append(name.as_str(), v),
-            Err(_) => bad_header = Some(name.as_str().to_string()),
+    for field in req.headers.iter() {
+        match std::str::from_utf8(&field.value) {
+            Ok(v) => headers.append(&field.name, v),
+            Err(_) => headers.append(&field.name, &String::from_utf8_lossy(&field.value)),
         }
     }
+    headers
+}
+
+/// Answers one request the codec delivered (the same `janus_http1::Request` the uk build's
+/// service loop gets). `closing`: the node is draining, so the answer closes the connection.
+pub async fn handle<S: Service>(
+    ctx: &PublicCtx<S>,
+    req: janus_http1::Request,
+    closing: bool,
+) -> janus_http1::Response {
+    let started = Instant::now();
+    let _in_flight = InFlight::new(&ctx.metrics);
+    let seq = ctx.seq();
+    let headers = service_headers(&req);
     let trace_id = TraceId::from_request_headers(&headers).unwrap_or_else(|| ctx.new_trace_id());
-    let path = parts.uri.path().to_string();
+    let hex = trace_hex(&trace_id);
     let span = tracing::info_span!(
         "request",
-        trace_id = %trace_id,
-        method = parts.method.as_str(),
-        path = path.as_str(),
+        trace_id = std::str::from_utf8(&hex).unwrap_or_default(),
+        method = req.method.as_str(),
+        path = req.path.as_str(),
         node = ctx.node_id.as_str(),
         status = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
     );
-
-    let (response, close, fault) = match bad_header {
-        Some(name) => (
-            backend_error(
-                400,
-                &format!("header '{name}' is not visible ASCII"),
-                trace_id,
-            ),
-            true,
-            None,
-        ),
-        None => match read_body(&ctx, &parts.headers, body).await {
-            Err((status, reason)) => (backend_error(status, &reason, trace_id), true, None),
-            Ok(body) => {
-                let request = Request {
-                    method: Method::parse(parts.method.as_str()),
-                    path,
-                    query: parts.uri.query().map(str::to_string),
-                    headers,
-                    body,
-                    trace_id,
-                };
-                let (response, fault) = run_service(&ctx, request, &span).await;
-                (response, false, fault)
-            }
-        },
+    let request = Request {
+        method: Method::parse(req.method.as_str()),
+        path: req.path,
+        query: req.query,
+        headers,
+        body: req.body,
+        trace_id,
     };
+    let (response, fault) = run_service(ctx, request, &span).await;
 
     let status = response.status.as_u16();
     let latency = started.elapsed();
@@ -199,72 +190,41 @@ pub async fn handle<S: Service>(
     });
     ctx.metrics
         .record_request(status, crate::metrics::micros(latency));
-    if close {
-        conn.body_left_unread();
-    }
-    let node_headers = NodeHeaders {
+    let own = NodeHeaders {
         node_id: &ctx.node_id,
         trace_id,
         seq,
         fault,
-        close,
+        close: closing,
     };
-    let out = to_hyper(response, &node_headers);
+    let out = to_wire(response, &own);
     drop(span);
-    conn.request_finished();
-    Ok(out)
+    out
 }
 
-/// Reads the whole body within the limit: 413 when it is larger, 400 when it is broken.
-async fn read_body<S>(
-    ctx: &PublicCtx<S>,
-    headers: &http::HeaderMap,
-    body: Incoming,
-) -> Result<Vec<u8>, (u16, String)> {
-    let limit = ctx.max_body_bytes;
-    if let Some(len) = headers.get(http::header::CONTENT_LENGTH) {
-        // hyper has already refused unparsable or conflicting lengths with 400.
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or((400, "invalid content-length".to_string()))?;
-        if len > limit as u64 {
-            return Err((
-                413,
-                format!("request body of {len} bytes exceeds the limit of {limit} bytes"),
-            ));
-        }
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes().to_vec()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err((
-            413,
-            format!("request body exceeds the limit of {limit} bytes"),
-        )),
-        Err(e) => Err((400, format!("request body could not be read: {e}"))),
-    }
-}
-
-/// Runs the service in its own task under the request span; a panic becomes a 500 marked with the
-/// fault kind (returned separately: only the backend sets `x-janus-fault`).
+/// Runs the service under the request span, catching a panic (which becomes a 500 marked with the
+/// fault kind, returned separately: only the backend sets `x-janus-fault`). The service future is
+/// polled in the connection's task: no task is spawned per request.
 async fn run_service<S: Service>(
-    ctx: &Arc<PublicCtx<S>>,
+    ctx: &PublicCtx<S>,
     request: Request,
     span: &tracing::Span,
 ) -> (Response, Option<&'static str>) {
     let trace_id = request.trace_id;
-    let service = Arc::clone(&ctx.service);
-    let task = tokio::spawn(
-        async move { service.handle(request).await }
-            .instrument(span.clone())
-            .with_subscriber(ctx.dispatch.clone()),
-    );
-    match AbortOnDrop(task).await {
+    let mut future = std::pin::pin!(ctx.service.handle(request));
+    let outcome = std::future::poll_fn(|cx| {
+        let _entered = span.enter();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(response)) => Poll::Ready(Ok(response)),
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    })
+    .await;
+    match outcome {
         Ok(response) => (response, None),
-        Err(e) if e.is_panic() => {
+        Err(payload) => {
             ctx.metrics.panic();
-            let payload = e.into_panic();
             let message = payload
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
@@ -280,10 +240,6 @@ async fn run_service<S: Service>(
                 Some("panic"),
             )
         }
-        Err(e) => (
-            backend_error(500, &format!("handler task failed: {e}"), trace_id),
-            Some("cancelled"),
-        ),
     }
 }
 
@@ -305,42 +261,41 @@ struct NodeHeaders<'a> {
     close: bool,
 }
 
-/// Converts a service response: drops the headers the backend owns (framing, `x-janus-*`) and adds
-/// the node headers.
-fn to_hyper(response: Response, own: &NodeHeaders<'_>) -> hyper::Response<Full<Bytes>> {
-    let mut out = hyper::Response::new(Full::new(Bytes::from(response.body)));
-    *out.status_mut() = http::StatusCode::from_u16(response.status.as_u16())
-        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    let headers = out.headers_mut();
+/// Converts a service response for the codec: drops the headers the backend owns (framing,
+/// `x-janus-*`) and those that cannot be sent, and adds the node headers.
+fn to_wire(response: Response, own: &NodeHeaders<'_>) -> janus_http1::Response {
+    let status = response.status.as_u16();
+    let mut out = janus_http1::Response::new(status);
     for (name, value) in response.headers.iter() {
         if runtime_abi::node::backend_owned(name) {
             continue;
         }
-        match (
-            http::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            (Ok(n), Ok(v)) => {
-                headers.append(n, v);
-            }
-            _ => tracing::warn!(header = name, "service set an invalid header; dropped"),
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || http::HeaderValue::from_str(value).is_err()
+        {
+            tracing::warn!(header = name, "service set an invalid header; dropped");
+            continue;
         }
+        out.headers.push(name, value.as_bytes());
     }
-    headers.insert(FLAVOR_HEADER, HeaderValue::from_static(FLAVOR));
-    if let Ok(v) = HeaderValue::from_str(own.node_id) {
-        headers.insert(NODE_HEADER, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&own.trace_id.to_hex()) {
-        headers.insert(TRACE_HEADER, v);
-    }
+    push_node_headers(&mut out.headers, own);
+    out.body = response.body;
+    out
+}
+
+fn push_node_headers(headers: &mut janus_http1::Headers, own: &NodeHeaders<'_>) {
+    headers.push(FLAVOR_HEADER, FLAVOR);
+    headers.push(NODE_HEADER, own.node_id);
+    headers.push(TRACE_HEADER, &trace_hex(&own.trace_id)[..]);
     if let Some(seq) = own.seq {
-        headers.insert(SEQ_HEADER, HeaderValue::from(seq));
+        let mut v = Vec::with_capacity(20);
+        janus_http1::push_decimal(&mut v, seq);
+        headers.push(SEQ_HEADER, v);
     }
     if let Some(fault) = own.fault {
-        headers.insert(FAULT_HEADER, HeaderValue::from_static(fault));
+        headers.push(FAULT_HEADER, fault);
     }
     if own.close {
-        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        headers.push("connection", "close");
     }
-    out
 }

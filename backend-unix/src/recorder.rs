@@ -7,16 +7,18 @@
 //! recorded into that trace. The trace completes when its `request` span closes.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
+use std::fmt::{self, Write as _};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Subscriber};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -26,6 +28,189 @@ pub const ROOT_SPAN: &str = "request";
 pub const MAX_SPANS_PER_TRACE: usize = 2000;
 /// Most events kept per trace.
 pub const MAX_EVENTS_PER_TRACE: usize = 2000;
+
+/// Bytes of text kept inline (without an allocation): trace ids, methods, paths, node ids and
+/// most messages fit.
+const INLINE: usize = 46;
+
+/// Recorded text: inline when short, else on the heap.
+#[derive(Clone)]
+pub enum Text {
+    /// Up to [`INLINE`] bytes of UTF-8.
+    Inline(u8, [u8; INLINE]),
+    /// Longer text.
+    Heap(String),
+}
+
+impl Text {
+    fn new(s: &str) -> Text {
+        match u8::try_from(s.len()) {
+            Ok(n) if s.len() <= INLINE => {
+                let mut buf = [0u8; INLINE];
+                buf[..s.len()].copy_from_slice(s.as_bytes());
+                Text::Inline(n, buf)
+            }
+            _ => Text::Heap(s.to_string()),
+        }
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Text::Inline(n, buf) => {
+                std::str::from_utf8(&buf[..usize::from(*n)]).unwrap_or_default()
+            }
+            Text::Heap(s) => s,
+        }
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        **self == **other
+    }
+}
+
+impl Serialize for Text {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self)
+    }
+}
+
+/// Formats a `Debug` value into [`Text`], inline when it fits.
+struct TextWriter {
+    len: usize,
+    buf: [u8; INLINE],
+    heap: Option<String>,
+}
+
+impl fmt::Write for TextWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if let Some(h) = &mut self.heap {
+            h.push_str(s);
+        } else if self.len + s.len() <= INLINE {
+            self.buf[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
+            self.len += s.len();
+        } else {
+            let mut h = String::with_capacity(self.len + s.len() + 16);
+            h.push_str(std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default());
+            h.push_str(s);
+            self.heap = Some(h);
+        }
+        Ok(())
+    }
+}
+
+fn debug_text(value: &dyn fmt::Debug) -> Text {
+    let mut w = TextWriter {
+        len: 0,
+        buf: [0u8; INLINE],
+        heap: None,
+    };
+    let _ = write!(w, "{value:?}");
+    match w.heap {
+        Some(h) => Text::Heap(h),
+        // Whole `write_str` pieces only, so the inline bytes are UTF-8.
+        None => Text::Inline(u8::try_from(w.len).unwrap_or(0), w.buf),
+    }
+}
+
+/// One recorded field value (kept as recorded; turned into JSON only when a trace is read).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    /// A signed integer.
+    I64(i64),
+    /// An unsigned integer.
+    U64(u64),
+    /// A float.
+    F64(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A string, or the `Debug`/`Display` text of any other value.
+    Str(Text),
+}
+
+impl FieldValue {
+    /// The value as JSON.
+    pub fn to_json(&self) -> Value {
+        match self {
+            FieldValue::I64(v) => Value::from(*v),
+            FieldValue::U64(v) => Value::from(*v),
+            FieldValue::F64(v) => Value::from(*v),
+            FieldValue::Bool(v) => Value::from(*v),
+            FieldValue::Str(v) => Value::from(&**v),
+        }
+    }
+}
+
+impl Serialize for FieldValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            FieldValue::I64(v) => s.serialize_i64(*v),
+            FieldValue::U64(v) => s.serialize_u64(*v),
+            FieldValue::F64(v) if v.is_finite() => s.serialize_f64(*v),
+            FieldValue::F64(_) => s.serialize_none(),
+            FieldValue::Bool(v) => s.serialize_bool(*v),
+            FieldValue::Str(v) => s.serialize_str(v),
+        }
+    }
+}
+
+/// The fields of a span or event, in the order first recorded (a field recorded again keeps its
+/// place and takes the new value). Serialized as a JSON object.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fields(Vec<(&'static str, FieldValue)>);
+
+impl Fields {
+    /// The value of a field, as JSON.
+    pub fn get(&self, name: &str) -> Option<Value> {
+        self.0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_json())
+    }
+
+    fn set(&mut self, name: &'static str, value: FieldValue) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    fn merge(&mut self, other: Fields) {
+        for (name, value) in other.0 {
+            self.set(name, value);
+        }
+    }
+}
+
+impl Serialize for Fields {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+fn level_str(level: &Level) -> &'static str {
+    match *level {
+        Level::ERROR => "ERROR",
+        Level::WARN => "WARN",
+        Level::INFO => "INFO",
+        Level::DEBUG => "DEBUG",
+        Level::TRACE => "TRACE",
+    }
+}
 
 /// One recorded span.
 #[derive(Debug, Clone, Serialize)]
@@ -39,9 +224,9 @@ pub struct SpanRecord {
     /// Target (module path).
     pub target: &'static str,
     /// Level.
-    pub level: String,
+    pub level: &'static str,
     /// Fields, as recorded so far.
-    pub fields: Map<String, Value>,
+    pub fields: Fields,
     /// Microseconds from the trace start to the span's creation.
     pub start_us: u64,
     /// Microseconds from the trace start to the span's close; `None` while open.
@@ -54,19 +239,19 @@ pub struct EventRecord {
     /// Index of the span it happened in.
     pub span: usize,
     /// Level.
-    pub level: String,
+    pub level: &'static str,
     /// Target (module path).
     pub target: &'static str,
     /// The `message` field.
-    pub message: Option<String>,
+    pub message: Option<Text>,
     /// The other fields.
-    pub fields: Map<String, Value>,
+    pub fields: Fields,
     /// Microseconds from the trace start.
     pub at_us: u64,
 }
 
 /// Everything recorded for one request.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct TraceRecord {
     /// The trace id (32 hex digits).
     pub trace_id: String,
@@ -94,10 +279,19 @@ impl TraceRecord {
     }
 }
 
+/// One trace being recorded: its own lock, so the spans and events of concurrent requests do not
+/// contend; the recorder's lock is taken only when a trace starts and when it completes.
+type LiveTrace = Arc<Mutex<TraceRecord>>;
+
+fn lock_trace(t: &LiveTrace) -> MutexGuard<'_, TraceRecord> {
+    // Nothing under this lock calls foreign code, so a poisoned lock holds consistent data.
+    t.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[derive(Debug)]
 struct Inner {
     capacity: usize,
-    in_flight: HashMap<u64, TraceRecord>,
+    in_flight: HashMap<u64, LiveTrace>,
     completed: VecDeque<TraceRecord>,
 }
 
@@ -109,9 +303,10 @@ pub struct FlightRecorder {
 }
 
 /// Where a span's records go: which in-flight trace, and its index there.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct SpanLink {
-    trace: u64,
+    key: u64,
+    trace: LiveTrace,
     index: usize,
 }
 
@@ -133,19 +328,22 @@ impl FlightRecorder {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The newest trace with this id (in-flight ones first: they are the newest).
-    pub fn get(&self, trace_id: &str) -> Option<TraceRecord> {
-        let inner = self.lock();
+    fn live(inner: &Inner) -> Vec<TraceRecord> {
         inner
             .in_flight
             .values()
+            .map(|t| lock_trace(t).clone())
+            .filter(|t| t.in_flight)
+            .collect()
+    }
+
+    /// The newest trace with this id (in-flight ones first: they are the newest).
+    pub fn get(&self, trace_id: &str) -> Option<TraceRecord> {
+        let inner = self.lock();
+        Self::live(&inner)
+            .into_iter()
             .filter(|t| t.trace_id == trace_id)
             .max_by_key(|t| t.started)
-            .cloned()
-            .map(|mut t| {
-                t.duration_us = None;
-                t
-            })
             .or_else(|| {
                 inner
                     .completed
@@ -159,7 +357,7 @@ impl FlightRecorder {
     /// Every in-flight trace, then the last `n` completed ones, newest first.
     pub fn last(&self, n: usize) -> Vec<TraceRecord> {
         let inner = self.lock();
-        let mut live: Vec<TraceRecord> = inner.in_flight.values().cloned().collect();
+        let mut live = Self::live(&inner);
         live.sort_by_key(|t| std::cmp::Reverse(t.started));
         live.extend(inner.completed.iter().rev().take(n).cloned());
         live
@@ -172,41 +370,38 @@ impl FlightRecorder {
 }
 
 #[derive(Default)]
-struct JsonVisitor {
-    fields: Map<String, Value>,
-    message: Option<String>,
+struct FieldVisitor {
+    fields: Fields,
+    message: Option<Text>,
 }
 
-impl Visit for JsonVisitor {
+impl Visit for FieldVisitor {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.put(field, Value::from(value));
+        self.fields.set(field.name(), FieldValue::F64(value));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, Value::from(value));
+        self.fields.set(field.name(), FieldValue::I64(value));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, Value::from(value));
+        self.fields.set(field.name(), FieldValue::U64(value));
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, Value::from(value));
+        self.fields.set(field.name(), FieldValue::Bool(value));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, Value::from(value));
+        if field.name() == "message" {
+            self.message = Some(Text::new(value));
+        } else {
+            self.fields
+                .set(field.name(), FieldValue::Str(Text::new(value)));
+        }
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.put(field, Value::from(format!("{value:?}")));
-    }
-}
-
-impl JsonVisitor {
-    fn put(&mut self, field: &Field, value: Value) {
+        let text = debug_text(value);
         if field.name() == "message" {
-            self.message = Some(match value {
-                Value::String(s) => s,
-                other => other.to_string(),
-            });
+            self.message = Some(text);
         } else {
-            self.fields.insert(field.name().to_string(), value);
+            self.fields.set(field.name(), FieldValue::Str(text));
         }
     }
 }
@@ -226,16 +421,19 @@ where
         let Some(span) = ctx.span(id) else { return };
         let parent_link = span
             .parent()
-            .and_then(|p| p.extensions().get::<SpanLink>().copied());
-        let mut visitor = JsonVisitor::default();
-        attrs.record(&mut visitor);
+            .and_then(|p| p.extensions().get::<SpanLink>().cloned());
         let meta = attrs.metadata();
-        let mut inner = self.lock();
+        if parent_link.is_none() && meta.name() != ROOT_SPAN {
+            return;
+        }
+        let mut visitor = FieldVisitor::default();
+        attrs.record(&mut visitor);
         let link = match parent_link {
             Some(parent) => {
-                let Some(trace) = inner.in_flight.get_mut(&parent.trace) else {
+                let mut trace = lock_trace(&parent.trace);
+                if !trace.in_flight {
                     return;
-                };
+                }
                 if trace.spans.len() >= MAX_SPANS_PER_TRACE {
                     trace.dropped += 1;
                     return;
@@ -247,89 +445,89 @@ where
                     parent: Some(parent.index),
                     name: meta.name(),
                     target: meta.target(),
-                    level: meta.level().to_string(),
+                    level: level_str(meta.level()),
                     fields: visitor.fields,
                     start_us,
                     end_us: None,
                 });
+                drop(trace);
                 SpanLink {
+                    key: parent.key,
                     trace: parent.trace,
                     index,
                 }
             }
             None => {
-                if meta.name() != ROOT_SPAN {
-                    return;
-                }
-                let Some(Value::String(trace_id)) = visitor.fields.get("trace_id").cloned() else {
+                let Some(FieldValue::Str(trace_id)) = visitor
+                    .fields
+                    .0
+                    .iter()
+                    .find(|(n, _)| *n == "trace_id")
+                    .map(|(_, v)| v)
+                else {
                     return;
                 };
+                let trace_id = trace_id.to_string();
                 let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-                inner.in_flight.insert(
-                    key,
-                    TraceRecord {
-                        trace_id,
-                        in_flight: true,
-                        started_unix_ms: unix_ms(),
-                        duration_us: None,
-                        spans: vec![SpanRecord {
-                            id: 0,
-                            parent: None,
-                            name: meta.name(),
-                            target: meta.target(),
-                            level: meta.level().to_string(),
-                            fields: visitor.fields,
-                            start_us: 0,
-                            end_us: None,
-                        }],
-                        events: Vec::new(),
-                        dropped: 0,
-                        started: Some(Instant::now()),
-                    },
-                );
+                let trace = Arc::new(Mutex::new(TraceRecord {
+                    trace_id,
+                    in_flight: true,
+                    started_unix_ms: unix_ms(),
+                    duration_us: None,
+                    spans: vec![SpanRecord {
+                        id: 0,
+                        parent: None,
+                        name: meta.name(),
+                        target: meta.target(),
+                        level: level_str(meta.level()),
+                        fields: visitor.fields,
+                        start_us: 0,
+                        end_us: None,
+                    }],
+                    events: Vec::new(),
+                    dropped: 0,
+                    started: Some(Instant::now()),
+                }));
+                self.lock().in_flight.insert(key, Arc::clone(&trace));
                 SpanLink {
-                    trace: key,
+                    key,
+                    trace,
                     index: 0,
                 }
             }
         };
-        drop(inner);
         span.extensions_mut().insert(link);
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         let Some(link) = ctx
             .span(id)
-            .and_then(|s| s.extensions().get::<SpanLink>().copied())
+            .and_then(|s| s.extensions().get::<SpanLink>().cloned())
         else {
             return;
         };
-        let mut visitor = JsonVisitor::default();
+        let mut visitor = FieldVisitor::default();
         values.record(&mut visitor);
-        let mut inner = self.lock();
-        if let Some(span) = inner
-            .in_flight
-            .get_mut(&link.trace)
-            .and_then(|t| t.spans.get_mut(link.index))
-        {
-            span.fields.extend(visitor.fields);
+        let mut trace = lock_trace(&link.trace);
+        if let Some(span) = trace.spans.get_mut(link.index) {
+            span.fields.merge(visitor.fields);
         }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let Some(link) = ctx
             .event_span(event)
-            .and_then(|s| s.extensions().get::<SpanLink>().copied())
+            .and_then(|s| s.extensions().get::<SpanLink>().cloned())
         else {
             return;
         };
-        let mut visitor = JsonVisitor::default();
+        let mut visitor = FieldVisitor::default();
         event.record(&mut visitor);
         let meta = event.metadata();
-        let mut inner = self.lock();
-        let Some(trace) = inner.in_flight.get_mut(&link.trace) else {
+        let mut trace = lock_trace(&link.trace);
+        if !trace.in_flight {
             return;
-        };
+        }
         if trace.events.len() >= MAX_EVENTS_PER_TRACE {
             trace.dropped += 1;
             return;
@@ -337,7 +535,7 @@ where
         let at_us = trace.elapsed_us();
         trace.events.push(EventRecord {
             span: link.index,
-            level: meta.level().to_string(),
+            level: level_str(meta.level()),
             target: meta.target(),
             message: visitor.message,
             fields: visitor.fields,
@@ -348,28 +546,31 @@ where
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
         let Some(link) = ctx
             .span(&id)
-            .and_then(|s| s.extensions().get::<SpanLink>().copied())
+            .and_then(|s| s.extensions().get::<SpanLink>().cloned())
         else {
             return;
         };
-        let mut inner = self.lock();
-        let Some(trace) = inner.in_flight.get_mut(&link.trace) else {
-            return;
-        };
+        let mut trace = lock_trace(&link.trace);
         let now = trace.elapsed_us();
         if let Some(span) = trace.spans.get_mut(link.index) {
             span.end_us = Some(now);
         }
-        if link.index == 0
-            && let Some(mut done) = inner.in_flight.remove(&link.trace)
-        {
-            done.in_flight = false;
-            done.duration_us = Some(now);
-            inner.completed.push_back(done);
-            while inner.completed.len() > inner.capacity {
-                inner.completed.pop_front();
-            }
+        if link.index != 0 || !trace.in_flight {
+            return;
         }
+        let mut done = std::mem::take(&mut *trace);
+        drop(trace);
+        done.in_flight = false;
+        done.duration_us = Some(now);
+        let evicted = {
+            let mut inner = self.lock();
+            inner.in_flight.remove(&link.key);
+            inner.completed.push_back(done);
+            let over = inner.completed.len().saturating_sub(inner.capacity);
+            inner.completed.drain(..over).collect::<Vec<_>>()
+        };
+        // Freed outside the lock.
+        drop(evicted);
     }
 }
 
@@ -404,16 +605,52 @@ mod tests {
         let t = recorder.get("a3").expect("kept");
         assert!(!t.in_flight);
         assert_eq!(t.spans.len(), 2);
-        assert_eq!(t.spans[0].fields["status"], 200);
+        assert_eq!(t.spans[0].fields.get("status"), Some(200.into()));
         assert_eq!(t.spans[1].name, "store.get");
         assert_eq!(t.spans[1].parent, Some(0));
-        assert_eq!(t.spans[1].fields["key"], "k");
+        assert_eq!(t.spans[1].fields.get("key"), Some("k".into()));
         assert!(t.spans[1].end_us.is_some());
         assert_eq!(t.events.len(), 1);
         assert_eq!(t.events[0].span, 1);
         assert_eq!(t.events[0].message.as_deref(), Some("inside"));
-        assert_eq!(t.events[0].fields["answer"], 42);
+        assert_eq!(t.events[0].fields.get("answer"), Some(42.into()));
         assert_eq!(recorder.last(10).len(), 2);
+    }
+
+    #[test]
+    fn short_and_long_text_is_kept_whole() {
+        let long = "x".repeat(200);
+        for s in [
+            "",
+            "GET",
+            &"y".repeat(INLINE),
+            &"z".repeat(INLINE + 1),
+            &long,
+        ] {
+            assert_eq!(&*Text::new(s), s);
+        }
+        assert_eq!(&*debug_text(&"quoted"), "\"quoted\"");
+        let v: Vec<u32> = (0..100).collect();
+        assert_eq!(&*debug_text(&v), format!("{v:?}"));
+        assert_eq!(
+            &*debug_text(&"é".repeat(30)),
+            format!("{:?}", "é".repeat(30))
+        );
+        let recorder = FlightRecorder::new(2);
+        let subscriber = tracing_subscriber::registry().with(recorder.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let root = tracing::info_span!("request", trace_id = "t1", long = long.as_str());
+            root.in_scope(|| tracing::info!(list = ?v, "{}", long));
+        });
+        let t = recorder.get("t1").expect("kept");
+        assert_eq!(t.spans[0].fields.get("long"), Some(long.clone().into()));
+        assert_eq!(t.events[0].message.as_deref(), Some(long.as_str()));
+        assert_eq!(
+            t.events[0].fields.get("list"),
+            Some(format!("{v:?}").into())
+        );
+        let json = serde_json::to_value(&t).expect("serializes");
+        assert_eq!(json["spans"][0]["fields"]["long"], long.as_str());
     }
 
     #[tokio::test]

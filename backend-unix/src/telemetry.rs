@@ -6,11 +6,16 @@
 //! node spawns runs under it with `WithSubscriber`.
 
 use std::backtrace::Backtrace;
-use std::io::IsTerminal;
-use std::sync::{Mutex, Once, PoisonError};
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex, Once, PoisonError, Weak};
+use std::time::Duration;
 
 use tracing::Dispatch;
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::filter::{LevelFilter, filter_fn};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, reload};
 
@@ -72,6 +77,280 @@ impl LogControl {
     }
 }
 
+/// Bytes gathered before a writer writes them out itself.
+const LOG_BUFFER_BYTES: usize = 64 * 1024;
+
+#[derive(Default)]
+struct SinkInner {
+    /// Lines made and not yet written.
+    pending: Mutex<Vec<u8>>,
+    /// Held while writing to stderr, so batches go out in the order they were taken.
+    out: Mutex<()>,
+}
+
+impl SinkInner {
+    fn flush(&self) {
+        let _out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        let batch =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        if !batch.is_empty() {
+            let _ = std::io::stderr().lock().write_all(&batch);
+        }
+    }
+}
+
+/// Where log lines go: stderr, through an in-memory batch that a background thread writes every
+/// `--log-flush-ms` (and that a writer writes itself once 64 KiB gather), so a request does not pay
+/// a `write` system call for its log line. No line is dropped or reordered; [`LogSink::flush`]
+/// writes what is pending (the node calls it when it stops). With a flush interval of 0 every line
+/// is written when it is made.
+#[derive(Clone)]
+pub struct LogSink {
+    inner: Arc<SinkInner>,
+    direct: bool,
+}
+
+impl std::fmt::Debug for LogSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogSink")
+            .field("direct", &self.direct)
+            .finish()
+    }
+}
+
+impl LogSink {
+    /// A sink flushed every `interval` (0: no batching).
+    pub fn new(interval: Duration) -> LogSink {
+        let inner = Arc::new(SinkInner::default());
+        let direct = interval.is_zero();
+        if !direct {
+            let weak: Weak<SinkInner> = Arc::downgrade(&inner);
+            let spawned = std::thread::Builder::new()
+                .name("janus-log".to_string())
+                .spawn(move || {
+                    while let Some(sink) = {
+                        std::thread::sleep(interval);
+                        weak.upgrade()
+                    } {
+                        sink.flush();
+                    }
+                });
+            if spawned.is_err() {
+                // No flusher thread: write each line as it is made.
+                return LogSink {
+                    inner,
+                    direct: true,
+                };
+            }
+        }
+        LogSink { inner, direct }
+    }
+
+    /// Writes every pending line now.
+    pub fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+impl Drop for SinkInner {
+    fn drop(&mut self) {
+        let batch = std::mem::take(
+            self.pending
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if !batch.is_empty() {
+            let _ = std::io::stderr().lock().write_all(&batch);
+        }
+    }
+}
+
+/// One log line being written to a [`LogSink`].
+pub struct SinkWriter<'a>(&'a LogSink);
+
+impl Write for SinkWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.direct {
+            return std::io::stderr().lock().write(buf);
+        }
+        let full = {
+            let mut pending = self
+                .0
+                .inner
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            pending.extend_from_slice(buf);
+            pending.len() >= LOG_BUFFER_BYTES
+        };
+        if full {
+            self.0.inner.flush();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogSink {
+    type Writer = SinkWriter<'a>;
+    fn make_writer(&'a self) -> Self::Writer {
+        SinkWriter(self)
+    }
+}
+
+/// Field formatter of the human log without colours: `name=value` pairs separated by spaces, the
+/// message first and bare, strings quoted (as tracing-subscriber's default, minus its styling).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlainFields;
+
+struct PlainVisitor<'a> {
+    writer: Writer<'a>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl PlainVisitor<'_> {
+    fn sep(&mut self) {
+        if !self.first && self.result.is_ok() {
+            self.result = self.writer.write_char(' ');
+        }
+        self.first = false;
+    }
+    fn field(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Display) {
+        if field.name().starts_with("log.") || self.result.is_err() {
+            return;
+        }
+        self.sep();
+        if self.result.is_ok() {
+            self.result = write!(self.writer, "{}={}", field.name(), value);
+        }
+    }
+}
+
+impl tracing::field::Visit for PlainVisitor<'_> {
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.field(field, &value);
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.field(field, &value);
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.field(field, &value);
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.field(field, &value);
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.record_debug(field, &value);
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name().starts_with("log.") || self.result.is_err() {
+            return;
+        }
+        self.sep();
+        if self.result.is_ok() {
+            self.result = if field.name() == "message" {
+                write!(self.writer, "{value:?}")
+            } else {
+                write!(self.writer, "{}={value:?}", field.name())
+            };
+        }
+    }
+}
+
+impl<'writer> fmt::FormatFields<'writer> for PlainFields {
+    fn format_fields<R: RecordFields>(
+        &self,
+        writer: Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut v = PlainVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut v);
+        v.result
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut fmt::FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let first = current.fields.is_empty();
+        let mut v = PlainVisitor {
+            writer: current.as_writer(),
+            first,
+            result: Ok(()),
+        };
+        fields.record(&mut v);
+        v.result
+    }
+}
+
+/// RFC 3339 UTC timestamps with microseconds (as tracing-subscriber's default timer prints them),
+/// the date and time of day formatted once per second per thread.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CachedTime;
+
+thread_local! {
+    static LAST_SECOND: std::cell::RefCell<(u64, [u8; 19])> = const { std::cell::RefCell::new((u64::MAX, [0; 19])) };
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix time (UTC, proleptic Gregorian; H. Hinnant's civil_from_days).
+pub fn civil_time(secs: u64) -> [u8; 19] {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    let mut out = [0u8; 19];
+    let mut put = |at: usize, n: u64, width: usize| {
+        let mut n = n;
+        for i in (0..width).rev() {
+            out[at + i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, year, 4);
+    put(5, month, 2);
+    put(8, day, 2);
+    put(11, rem / 3600, 2);
+    put(14, rem / 60 % 60, 2);
+    put(17, rem % 60, 2);
+    for (i, c) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')] {
+        out[i] = c;
+    }
+    out
+}
+
+impl FormatTime for CachedTime {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let secs = now.as_secs();
+        LAST_SECOND.with(|last| {
+            let mut last = last.borrow_mut();
+            if last.0 != secs {
+                *last = (secs, civil_time(secs));
+            }
+            w.write_str(std::str::from_utf8(&last.1).unwrap_or_default())
+        })?;
+        write!(w, ".{:06}Z", now.subsec_micros())
+    }
+}
+
 /// A node's tracing setup.
 pub struct Telemetry {
     /// The node's dispatcher.
@@ -80,6 +359,8 @@ pub struct Telemetry {
     pub recorder: FlightRecorder,
     /// The log level control.
     pub log: LogControl,
+    /// Where the log lines go.
+    pub sink: LogSink,
 }
 
 impl Telemetry {
@@ -89,24 +370,33 @@ impl Telemetry {
         directive: &str,
         to_stderr: bool,
         trace_capacity: usize,
+        flush: Duration,
     ) -> Result<Telemetry, LogLevelError> {
         let filter = EnvFilter::try_new(directive).map_err(|e| LogLevelError::Invalid {
             directive: directive.to_string(),
             reason: e.to_string(),
         })?;
         let (filter, handle) = reload::Layer::new(filter);
+        let sink = LogSink::new(if to_stderr { flush } else { Duration::ZERO });
         let fmt_layer: Box<dyn Layer<Registry> + Send + Sync> = match (format, to_stderr) {
             (_, false) => Box::new(fmt::layer().with_writer(std::io::sink)),
+            (LogFormat::Human, true) if std::io::stderr().is_terminal() => {
+                Box::new(fmt::layer().with_ansi(true).with_writer(sink.clone()))
+            }
+            // Not a terminal: the same text without colours, made with plain field and time
+            // formatters (no ANSI styling calls, the date formatted once per second).
             (LogFormat::Human, true) => Box::new(
                 fmt::layer()
-                    .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr),
+                    .with_ansi(false)
+                    .fmt_fields(PlainFields)
+                    .with_timer(CachedTime)
+                    .with_writer(sink.clone()),
             ),
             (LogFormat::Json, true) => Box::new(
                 fmt::layer()
                     .json()
                     .with_current_span(true)
-                    .with_writer(std::io::stderr),
+                    .with_writer(sink.clone()),
             ),
         };
         let recorder = FlightRecorder::new(trace_capacity);
@@ -124,6 +414,7 @@ impl Telemetry {
                 handle,
                 current: Mutex::new(directive.to_string()),
             },
+            sink,
         })
     }
 }
@@ -215,6 +506,64 @@ pub fn trim_backtrace(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn civil_time_matches_the_calendar() {
+        for (secs, want) in [
+            (0, "1970-01-01T00:00:00"),
+            (951_782_400, "2000-02-29T00:00:00"),
+            (1_764_534_326, "2025-11-30T20:25:26"),
+            (4_102_444_799, "2099-12-31T23:59:59"),
+        ] {
+            assert_eq!(std::str::from_utf8(&civil_time(secs)).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn plain_fields_read_like_the_default_ones() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let out = Arc::clone(&buf);
+        let make = move || Capture(Arc::clone(&out));
+        let subscriber = Registry::default().with(
+            fmt::layer()
+                .with_ansi(false)
+                .fmt_fields(PlainFields)
+                .with_timer(CachedTime)
+                .with_writer(make),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request", trace_id = "ab", n = tracing::field::Empty);
+            span.record("n", 3u64);
+            span.in_scope(|| {
+                tracing::info!(status = 200u64, ok = true, x = 1.5, "request completed")
+            });
+        });
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains(
+                "INFO request{trace_id=\"ab\" n=3}: backend_unix::telemetry::tests: request completed status=200 ok=true x=1.5"
+            ),
+            "{text}"
+        );
+        let stamp = &text[..27];
+        assert_eq!(stamp.len(), 27, "{text}");
+        assert!(
+            stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+            "{stamp}"
+        );
+    }
+
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 
     #[test]
     fn backtrace_starts_at_the_panicking_code_and_is_bounded() {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the janus-http1 fuzz targets for a while.
-#   usage: http1/fuzz/run.sh [seconds-per-target=30] [target...]   (targets: server client)
+#   usage: http1/fuzz/run.sh [seconds-per-target=30] [target...]   (targets: server client differential)
 #   env:   JANUS_FUZZ_TOOLCHAIN=stable  force stable + RUSTC_BOOTSTRAP=1 even if nightly exists
 # Uses `cargo +nightly fuzz` when a nightly toolchain exists, else stable with
 # RUSTC_BOOTSTRAP=1. Exits 0 with a SKIP message when cargo-fuzz or a usable toolchain is
@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 secs="${1:-30}"
 shift || true
 targets=("$@")
-if [ "${#targets[@]}" -eq 0 ]; then targets=(server client); fi
+if [ "${#targets[@]}" -eq 0 ]; then targets=(server client differential); fi
 
 skip() { echo "SKIP: http1 fuzz: $*"; exit 0; }
 

@@ -14,9 +14,11 @@ pub enum Error {
     MalformedHead(&'static str),
     /// A version other than HTTP/1.0 or HTTP/1.1. (505)
     UnsupportedVersion,
-    /// The request target is not origin-form (`/path?query`), absolute-form or `*`. (400)
+    /// The request target is not origin-form (`/path?query`), absolute-form (`http(s)://authority`)
+    /// or `*` for `OPTIONS`, or the method is `CONNECT`. (400)
     InvalidTarget,
-    /// An HTTP/1.1 request without a `Host` header, or with more than one. (400)
+    /// An HTTP/1.1 request without a `Host` header, more than one `Host`, or a `Host` value that is
+    /// not `host[:port]`. (400)
     InvalidHost,
     /// A `Content-Length` that is not a decimal number, or several that disagree. (400)
     InvalidContentLength,
@@ -25,7 +27,8 @@ pub enum Error {
     /// A `Transfer-Encoding` whose final coding is not `chunked`, a repeated `chunked`, an empty
     /// coding, or any `Transfer-Encoding` in an HTTP/1.0 message. (400)
     InvalidTransferEncoding,
-    /// A transfer coding other than `chunked` (e.g. `gzip, chunked`). (501)
+    /// A transfer coding other than `chunked` (e.g. `gzip, chunked`). (400: refused like every
+    /// other `Transfer-Encoding` that is not exactly `chunked`, see docs/HTTP.md)
     UnsupportedTransferEncoding,
     /// A malformed chunk-size line, chunk extension, or missing CRLF after chunk data. (400)
     InvalidChunk(&'static str),
@@ -58,9 +61,9 @@ impl Error {
             | Error::ConflictingFraming
             | Error::InvalidTransferEncoding
             | Error::InvalidChunk(_)
+            | Error::UnsupportedTransferEncoding
             | Error::UnexpectedEof => 400,
             Error::UnsupportedVersion => 505,
-            Error::UnsupportedTransferEncoding => 501,
             Error::HeadTooLarge | Error::TooManyHeaders => 431,
             Error::BodyTooLarge => 413,
             Error::HeadTimeout | Error::BodyTimeout => 408,
@@ -78,7 +81,7 @@ impl fmt::Display for Error {
                 f.write_str("unsupported HTTP version (only HTTP/1.0 and HTTP/1.1)")
             }
             Error::InvalidTarget => f.write_str("invalid request target"),
-            Error::InvalidHost => f.write_str("missing or repeated Host header"),
+            Error::InvalidHost => f.write_str("missing, repeated or invalid Host header"),
             Error::InvalidContentLength => f.write_str("invalid Content-Length"),
             Error::ConflictingFraming => {
                 f.write_str("both Content-Length and Transfer-Encoding present")

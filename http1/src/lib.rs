@@ -43,11 +43,11 @@
 //! }
 //! ```
 //!
-//! Timers: the head timer ([`Limits::head_timeout_ms`]) runs from the first `poll` while the
-//! connection waits for a request head and owes no answer (so a slow handler never causes a
-//! 408); the body timer ([`Limits::body_timeout_ms`]) runs from the end of the head. A connection
-//! that received nothing after at least one exchange gets [`Event::IdleTimeout`] (closed
-//! silently) instead of a 408.
+//! Timers: the idle timer ([`Limits::idle_timeout_ms`]) runs while the connection waits for the
+//! first byte of a request and owes no answer (so a slow handler never causes a timeout); when
+//! it expires [`Event::IdleTimeout`] closes the connection silently. The head timer
+//! ([`Limits::head_timeout_ms`]) runs from the first byte of a head (408); the body timer
+//! ([`Limits::body_timeout_ms`]) from the end of the head (408).
 //!
 //! # Client usage (calls to upstream services)
 //!
@@ -80,8 +80,8 @@
 //!
 //! # What is not supported
 //!
-//! Upgrades/`101 Switching Protocols`, `CONNECT`, transfer codings other than `chunked`
-//! (answered with 501), obsolete line folding (400), streaming bodies (a body is delivered whole,
+//! Upgrades/`101 Switching Protocols`, `CONNECT` (400), transfer codings other than `chunked`
+//! (400), obsolete line folding (400), streaming bodies (a body is delivered whole,
 //! bounded by the limits), percent-decoding of the path (the path is delivered as sent).
 #![no_std]
 #![forbid(unsafe_code)]
@@ -118,6 +118,6 @@ pub use error::{EncodeError, Error, RespondError};
 pub use headers::{HeaderField, Headers};
 pub use limits::Limits;
 pub use response::{Response, ResponseContext, encode_error, push_decimal, push_field};
-pub use server::{Event, ServerConn};
+pub use server::{ErrorResponseFn, Event, ServerConn};
 pub use status::reason_phrase;
-pub use wire::{Method, Request, RequestHead, Version};
+pub use wire::{Method, Request, RequestHead, Version, valid_host};

@@ -16,9 +16,11 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Longest chunk-size line (size, extensions and CRLF). Over it: 400.
     pub max_chunk_line_bytes: usize,
-    /// Time allowed for a head to arrive completely, counted from when the connection started
-    /// waiting for it (connection start, or when the previous exchange finished). Over it: 408.
+    /// Time allowed for a head to arrive completely, counted from its first byte. Over it: 408.
     pub head_timeout_ms: u64,
+    /// Time a connection may wait for the first byte of a request (from its start, or from when
+    /// the previous exchange finished). Over it the connection closes without an answer.
+    pub idle_timeout_ms: u64,
     /// Time allowed for a body to arrive completely, counted from the end of its head. Over it: 408.
     pub body_timeout_ms: u64,
     /// Most unparsed input bytes held at once; `feed` takes fewer bytes beyond it (back-pressure).
@@ -33,13 +35,15 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The defaults: 8 KiB heads, 64 headers, 1 MiB bodies, 10 s head / 30 s body timeouts.
+    /// The defaults: 8 KiB heads, 64 headers, 1 MiB bodies, 10 s idle / 10 s head / 30 s body
+    /// timeouts.
     pub const DEFAULT: Limits = Limits {
         max_head_bytes: 8192,
         max_headers: 64,
         max_body_bytes: 1024 * 1024,
         max_chunk_line_bytes: 1024,
         head_timeout_ms: 10_000,
+        idle_timeout_ms: 10_000,
         body_timeout_ms: 30_000,
         max_buffer_bytes: 64 * 1024,
         max_pipelined: 16,

@@ -33,9 +33,13 @@ pub enum Event {
 
 #[derive(Debug)]
 enum State {
-    /// Waiting for a request head. `since` is when the head timer was armed (lazily, at the
-    /// first `poll` in this state while nothing is owed to the client).
-    Head { since: Option<u64> },
+    /// Waiting for a request head. `since` is when the idle timer was armed (lazily, at the
+    /// first `poll` in this state while nothing is owed and no byte is buffered); `first_byte`
+    /// when the head timer was (at the first `poll` that saw a byte of the head).
+    Head {
+        since: Option<u64>,
+        first_byte: Option<u64>,
+    },
     /// Head received; reading the body.
     Body {
         head: Box<RequestHead>,
@@ -72,6 +76,19 @@ pub struct ServerConn {
     eof: bool,
     /// Where the head parser got to (avoids re-parsing per byte).
     scan: HeadScan,
+    /// Builds the answer to a refused request (see [`ServerConn::set_error_response`]).
+    error_response: Option<ErrorResponder>,
+}
+
+/// The embedder's builder of error answers.
+pub type ErrorResponseFn = dyn FnMut(&Error) -> Response + Send;
+
+struct ErrorResponder(Box<ErrorResponseFn>);
+
+impl core::fmt::Debug for ErrorResponder {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("ErrorResponder")
+    }
 }
 
 impl ServerConn {
@@ -81,14 +98,26 @@ impl ServerConn {
             limits,
             input: Vec::new(),
             output: Vec::new(),
-            state: State::Head { since: None },
+            state: State::Head {
+                since: None,
+                first_byte: None,
+            },
             owed: VecDeque::new(),
             pending_error: None,
             pending_continue: false,
             served: 0,
             eof: false,
             scan: HeadScan::default(),
+            error_response: None,
         }
+    }
+
+    /// Lets the embedder add header fields and a body to the answers to refused requests (e.g.
+    /// its own trace id). The verdict stays the codec's: the status is always [`Error::status`]
+    /// and the connection closes after it (`Connection: close`), whatever `f` returns. Should the
+    /// returned response not encode (an invalid header), the plain error answer is sent instead.
+    pub fn set_error_response(&mut self, f: Box<ErrorResponseFn>) {
+        self.error_response = Some(ErrorResponder(f));
     }
 
     /// The limits in force.
@@ -139,23 +168,34 @@ impl ServerConn {
         loop {
             match &mut self.state {
                 State::Closing => return None,
-                State::Head { since } => {
-                    if self.input.is_empty() && self.eof {
-                        self.state = State::Closing;
-                        return None;
-                    }
+                State::Head { since, first_byte } => {
                     if self.owed.len() >= self.limits.max_pipelined.max(1) {
                         return None;
                     }
-                    if self.input.is_empty() && !self.owed.is_empty() {
-                        // The client waits for our answer: do not count that time.
-                        *since = None;
-                        return None;
-                    }
-                    let started = *since.get_or_insert(now_ms);
                     if strip_leading_empty_lines(&mut self.input) {
                         self.scan = HeadScan::default();
                     }
+                    if self.input.is_empty() {
+                        // No byte of the next head yet: the idle timer runs (unless an answer is
+                        // owed: the client waits for us, so that time does not count).
+                        *first_byte = None;
+                        if self.eof {
+                            self.state = State::Closing;
+                            return None;
+                        }
+                        if !self.owed.is_empty() {
+                            *since = None;
+                            return None;
+                        }
+                        let idle_start = *since.get_or_insert(now_ms);
+                        if elapsed(idle_start, now_ms) >= self.limits.idle_timeout_ms {
+                            self.state = State::Closing;
+                            return Some(Event::IdleTimeout);
+                        }
+                        return None;
+                    }
+                    // The head timer runs from the head's first byte.
+                    let started = *first_byte.get_or_insert(now_ms);
                     let parsed = if self.scan.worth_parsing(&self.input, &self.limits) {
                         parse_request_head(&self.input, &self.limits)
                     } else {
@@ -172,10 +212,6 @@ impl ServerConn {
                                 return None;
                             }
                             if elapsed(started, now_ms) >= self.limits.head_timeout_ms {
-                                if self.input.is_empty() && self.served > 0 {
-                                    self.state = State::Closing;
-                                    return Some(Event::IdleTimeout);
-                                }
                                 return Some(self.fail(Error::HeadTimeout));
                             }
                             return None;
@@ -224,9 +260,13 @@ impl ServerConn {
                         return None;
                     }
                     self.pending_continue = false;
-                    let State::Body { head, decoder, .. } =
-                        core::mem::replace(&mut self.state, State::Head { since: None })
-                    else {
+                    let State::Body { head, decoder, .. } = core::mem::replace(
+                        &mut self.state,
+                        State::Head {
+                            since: None,
+                            first_byte: None,
+                        },
+                    ) else {
                         return None;
                     };
                     let (body, trailers) = decoder.finish();
@@ -257,7 +297,19 @@ impl ServerConn {
             return;
         }
         if let Some(e) = self.pending_error.take() {
-            encode_error(&e, &mut self.output);
+            let custom = self.error_response.as_mut().map(|f| (f.0)(&e));
+            let ctx = ResponseContext {
+                version: crate::wire::Version::Http11,
+                is_head: false,
+                keep_alive: false,
+            };
+            let written = custom.is_some_and(|mut resp| {
+                resp.status = e.status();
+                resp.encode(&ctx, &mut self.output).is_ok()
+            });
+            if !written {
+                encode_error(&e, &mut self.output);
+            }
         } else if self.pending_continue {
             self.pending_continue = false;
             self.output.extend_from_slice(CONTINUE_RESPONSE);
@@ -318,8 +370,14 @@ impl ServerConn {
     /// when no timer runs. Sleep until then (or until input arrives).
     pub fn next_deadline(&self) -> Option<u64> {
         match &self.state {
-            State::Head { since: Some(s) } => Some(s.saturating_add(self.limits.head_timeout_ms)),
-            State::Head { since: None } => None,
+            State::Head {
+                first_byte: Some(s),
+                ..
+            } => Some(s.saturating_add(self.limits.head_timeout_ms)),
+            State::Head { since: Some(s), .. } => {
+                Some(s.saturating_add(self.limits.idle_timeout_ms))
+            }
+            State::Head { .. } => None,
             State::Body { since, .. } => Some(since.saturating_add(self.limits.body_timeout_ms)),
             State::Closing => None,
         }

@@ -381,7 +381,7 @@ pub fn parse_request_head(
         Version::Http11 => hosts == 1 || (!limits.require_host && hosts == 0),
         Version::Http10 => hosts <= 1,
     };
-    if !host_ok {
+    if !host_ok || !headers.get_all("host").all(valid_host) {
         return Err(Error::InvalidHost);
     }
 
@@ -401,6 +401,10 @@ pub fn split_target(method: &Method, target: &str) -> Result<(String, Option<Str
     if target.contains('#') || target.is_empty() {
         return Err(Error::InvalidTarget);
     }
+    if *method == Method::Connect {
+        // authority-form is CONNECT's only form (RFC 9112 §3.2.3); tunnels are not served.
+        return Err(Error::InvalidTarget);
+    }
     if target == "*" {
         return if *method == Method::Options {
             Ok(("*".to_string(), None))
@@ -416,7 +420,7 @@ pub fn split_target(method: &Method, target: &str) -> Result<(String, Option<Str
             .ok_or(Error::InvalidTarget)?;
         let end = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, pq) = rest.split_at_checked(end).ok_or(Error::InvalidTarget)?;
-        if authority.is_empty() {
+        if authority.is_empty() || !valid_host(authority.as_bytes()) {
             return Err(Error::InvalidTarget);
         }
         pq
@@ -427,6 +431,64 @@ pub fn split_target(method: &Method, target: &str) -> Result<(String, Option<Str
     };
     let path = if path.is_empty() { "/" } else { path };
     Ok((path.to_string(), query))
+}
+
+/// Whether `v` is a valid `Host` value or absolute-form authority: `uri-host [ ":" port ]`
+/// (RFC 9110 §7.2, RFC 3986 §3.2.2): a reg-name (unreserved, pct-encoded, sub-delims), an IPv4
+/// address (a reg-name by syntax) or an IP-literal in brackets, then an optional decimal port. No
+/// userinfo (`@`), whitespace, path or control bytes. An empty value is valid (RFC 9112 §3.2).
+pub fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let Some((literal, after)) = rest.split_at_checked(end) else {
+            return false;
+        };
+        let literal_ok = !literal.is_empty()
+            && literal.iter().all(|&b| {
+                b.is_ascii_hexdigit() || b":.vV".contains(&b) || is_sub_delim(b) || is_unreserved(b)
+            });
+        if !literal_ok {
+            return false;
+        }
+        (&b""[..], after.get(1..).unwrap_or_default())
+    } else {
+        match v.iter().position(|&b| b == b':') {
+            Some(i) => (
+                v.get(..i).unwrap_or_default(),
+                v.get(i..).unwrap_or_default(),
+            ),
+            None => (v, &b""[..]),
+        }
+    };
+    let mut i = 0usize;
+    while let Some(&b) = host.get(i) {
+        if b == b'%' {
+            let hex = host.get(i.saturating_add(1)..i.saturating_add(3));
+            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                return false;
+            }
+            i = i.saturating_add(3);
+        } else if is_unreserved(b) || is_sub_delim(b) {
+            i = i.saturating_add(1);
+        } else {
+            return false;
+        }
+    }
+    match port {
+        [] => true,
+        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~".contains(&b)
+}
+
+fn is_sub_delim(b: u8) -> bool {
+    b"!$&'()*+,;=".contains(&b)
 }
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
@@ -615,6 +677,68 @@ mod tests {
             assert_eq!(split_target(&get, bad), Err(Error::InvalidTarget), "{bad}");
         }
         assert_eq!(split_target(&Method::Options, "*"), Ok(("*".into(), None)));
+    }
+
+    #[test]
+    fn host_values() {
+        for ok in [
+            "",
+            "h",
+            "example.com",
+            "example.com:8080",
+            "h:",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:80",
+            "a%41b",
+            "xn--bcher-kva.example",
+            "a_b~c!$&'()*+,;=",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "a b",
+            "user@h",
+            "u:p@h:80",
+            "h/x",
+            "h?x",
+            "h#x",
+            "h:80:80",
+            "h:8x",
+            "h:123456",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "a%4",
+            "a%zz",
+            "h\t",
+            " h",
+            "\u{e9}t\u{e9}",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+        assert!(!valid_host(b"h\x80"));
+        assert!(!valid_host(b"h\t"));
+    }
+
+    #[test]
+    fn connect_and_absolute_form_authorities() {
+        assert_eq!(
+            split_target(&Method::Connect, "h:443"),
+            Err(Error::InvalidTarget)
+        );
+        assert_eq!(
+            split_target(&Method::Connect, "/x"),
+            Err(Error::InvalidTarget)
+        );
+        assert_eq!(
+            split_target(&Method::Get, "http://u@h/x"),
+            Err(Error::InvalidTarget)
+        );
+        assert_eq!(
+            split_target(&Method::Get, "http://a b/x"),
+            Err(Error::InvalidTarget)
+        );
     }
 
     #[test]

@@ -349,6 +349,7 @@ fn random_bytes_and_random_clocks_never_panic() {
             max_body_bytes: rng.below(300),
             max_chunk_line_bytes: rng.below(40),
             head_timeout_ms: rng.below(100) as u64,
+            idle_timeout_ms: rng.below(100) as u64,
             body_timeout_ms: rng.below(100) as u64,
             max_buffer_bytes: rng.below(500),
             max_pipelined: rng.below(4),

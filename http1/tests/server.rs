@@ -420,10 +420,23 @@ fn head_timeout_is_408() {
 }
 
 #[test]
-fn silent_connection_times_out_with_408_and_idle_keepalive_closes_quietly() {
+fn silent_connections_close_quietly_and_the_head_timer_starts_at_the_first_byte() {
+    // A connection that never sends a byte is closed without an answer.
     let mut conn = ServerConn::new(L);
     assert_eq!(conn.poll(0), None);
-    assert_eq!(conn.poll(10_000), Some(Event::Error(Error::HeadTimeout)));
+    assert_eq!(conn.next_deadline(), Some(10_000));
+    assert_eq!(conn.poll(10_000), Some(Event::IdleTimeout));
+    assert!(conn.output().is_empty());
+    assert!(conn.should_close());
+
+    // The head timer starts with the head's first byte, not when the connection went idle.
+    let mut conn = ServerConn::new(L);
+    assert_eq!(conn.poll(0), None);
+    conn.feed(b"GET / HT");
+    assert_eq!(conn.poll(9_000), None);
+    assert_eq!(conn.next_deadline(), Some(19_000));
+    assert_eq!(conn.poll(18_999), None);
+    assert_eq!(conn.poll(19_000), Some(Event::Error(Error::HeadTimeout)));
 
     let mut conn = ServerConn::new(L);
     conn.feed(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
@@ -656,7 +669,7 @@ fn smuggling_attempts_are_refused() {
         (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\n\r\n", 400),
         (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: \r\n\r\n", 400),
         (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked,\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400),
         (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
         (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400),
         (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 6\r\n\r\nhello!", 400),
@@ -829,6 +842,7 @@ fn extreme_limits_do_not_panic_or_allocate_hugely() {
         max_body_bytes: usize::MAX,
         max_chunk_line_bytes: usize::MAX,
         head_timeout_ms: u64::MAX,
+        idle_timeout_ms: u64::MAX,
         body_timeout_ms: u64::MAX,
         max_buffer_bytes: usize::MAX,
         max_pipelined: usize::MAX,
@@ -851,13 +865,48 @@ fn extreme_limits_do_not_panic_or_allocate_hugely() {
         max_body_bytes: 0,
         max_chunk_line_bytes: 0,
         head_timeout_ms: 0,
+        idle_timeout_ms: 0,
         body_timeout_ms: 0,
         max_buffer_bytes: 0,
         max_pipelined: 0,
         require_host: false,
     };
     let mut conn = ServerConn::new(zero);
-    assert_eq!(conn.poll(0), Some(Event::Error(Error::HeadTimeout)));
+    assert_eq!(conn.poll(0), Some(Event::IdleTimeout));
     let out = run_whole(zero, b"GET / HTTP/1.1\r\n\r\n", false);
     assert_eq!(errors(&out.events), [Error::HeadTooLarge]);
+}
+
+#[test]
+fn embedder_error_answers_keep_the_codec_status_and_close() {
+    let mut conn = ServerConn::new(L);
+    conn.set_error_response(Box::new(|e: &Error| {
+        // Tries to change the status and keep the connection open: both are ignored.
+        Response::text(200, &format!("refused: {e}\n"))
+            .with_header("x-trace", "t1")
+            .with_header("Connection", "keep-alive")
+    }));
+    conn.feed(b"GET / HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost: a b\r\n\r\n");
+    let Some(Event::Request(_)) = conn.poll(0) else {
+        panic!("first request delivered")
+    };
+    assert_eq!(conn.poll(0), Some(Event::Error(Error::InvalidHost)));
+    conn.respond(&Response::new(204)).unwrap();
+    let out = String::from_utf8(conn.take_output()).unwrap();
+    assert_eq!(statuses(out.as_bytes()), [204, 400], "{out}");
+    assert!(out.contains("x-trace: t1\r\n"), "{out}");
+    assert!(out.contains("Connection: close\r\n"), "{out}");
+    assert!(!out.contains("keep-alive"), "{out}");
+    assert!(conn.should_close());
+
+    // An answer that does not encode falls back to the plain one.
+    let mut conn = ServerConn::new(L);
+    conn.set_error_response(Box::new(|_: &Error| {
+        Response::new(400).with_header("bad name", "x")
+    }));
+    conn.feed(b"GET * HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_eq!(conn.poll(0), Some(Event::Error(Error::InvalidTarget)));
+    let out = String::from_utf8(conn.take_output()).unwrap();
+    assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    assert!(out.contains("invalid request target"), "{out}");
 }

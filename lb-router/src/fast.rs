@@ -371,7 +371,13 @@ fn prepare(cfg: &Config, head: &[u8], peer_ip: &str, fwd: &mut Vec<u8>) -> Optio
         _ => return None,
     }
     let (method, target) = (parsed.method?, parsed.path?);
-    if parsed.version != Some(1) || !target.starts_with('/') || method == "CONNECT" {
+    // Anything else (other forms, fragments, CONNECT) goes to the general path, which refuses what
+    // the nodes refuse (`proxy::check_request`).
+    if parsed.version != Some(1)
+        || !target.starts_with('/')
+        || target.contains('#')
+        || method == "CONNECT"
+    {
         return None;
     }
     let headers: &[httparse::Header<'_>] = parsed.headers;
@@ -405,6 +411,10 @@ fn prepare(cfg: &Config, head: &[u8], peer_ip: &str, fwd: &mut Vec<u8>) -> Optio
                 }
             }
         } else if name.eq_ignore_ascii_case("host") {
+            // A second or invalid Host: the general path answers 400, as the nodes do.
+            if has_host || !janus_http1::valid_host(h.value.trim_ascii()) {
+                return None;
+            }
             has_host = true;
         } else if name.eq_ignore_ascii_case(crate::upstream::X_TRACE_ID.as_str()) {
             trace = trace.or_else(|| std::str::from_utf8(h.value).ok().and_then(TraceId::parse));

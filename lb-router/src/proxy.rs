@@ -43,6 +43,8 @@ pub enum ProxyError {
     BodyTimeout { timeout_ms: u64 },
     #[error("downstream: malformed request body: {0} (not retryable as is)")]
     BadBody(String),
+    #[error("downstream: {1} (not retryable as is)")]
+    BadRequest(StatusCode, String),
     #[error("internal: no available node in either pool (retry later is safe)")]
     NoNode,
     #[error(
@@ -59,6 +61,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(status, _) => *status,
             ProxyError::NoNode => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamNotReplayed { failure, .. } | ProxyError::Upstream(failure) => {
                 if failure.contains("no complete response within") {
@@ -75,6 +78,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BodyTimeout { .. } => "body_timeout",
             ProxyError::BadBody(_) => "bad_body",
+            ProxyError::BadRequest(..) => "bad_request",
             ProxyError::NoNode => "no_node",
             ProxyError::UpstreamNotReplayed { .. } => "upstream_not_replayed",
             ProxyError::Upstream(_) => "upstream",
@@ -98,6 +102,10 @@ pub fn router_response(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(X_ROUTER_ERROR, HeaderValue::from_static(err.code()));
+    if matches!(err, ProxyError::BadRequest(..)) {
+        // What follows a refused request cannot be framed safely: close, as the nodes do.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(t) = trace_id.and_then(|t| HeaderValue::from_str(t.as_str()).ok()) {
         h.insert(X_TRACE_ID, t);
     }
@@ -112,6 +120,9 @@ pub async fn read_request(
 ) -> Result<BufferedRequest, (ProxyError, TraceId)> {
     let (parts, body) = req.into_parts();
     let trace_id = trace_id_of(&parts.headers);
+    if let Err((status, reason)) = check_request(&parts) {
+        return Err((ProxyError::BadRequest(status, reason), trace_id));
+    }
     let limit = cfg.downstream.max_body_bytes;
     let declared = parts
         .headers
@@ -140,6 +151,7 @@ pub async fn read_request(
         Ok(Err(e)) => return Err((ProxyError::BadBody(e.to_string()), trace_id)),
         Ok(Ok(b)) => b.to_bytes(),
     };
+    // `check_request` let only origin-form and absolute-form targets through: both have a path.
     let path = parts
         .uri
         .path_and_query()
@@ -152,6 +164,79 @@ pub async fn read_request(
         trace_id,
         client_ip,
     })
+}
+
+/// The request rules of the nodes (janus-http1, docs/HTTP.md) applied to a request hyper accepted,
+/// so the router refuses at least what the nodes refuse and never forwards a target it would have to
+/// rewrite: HTTP/1.1 needs exactly one `Host` (at most one in HTTP/1.0), each `host[:port]`; the
+/// target is origin-form or `http(s)` absolute-form with a valid authority (no `*`, no authority-form,
+/// no `CONNECT`); a `Transfer-Encoding` must be exactly `chunked`, never with `Content-Length` nor in
+/// HTTP/1.0; `Expect` may only be `100-continue` (else 417).
+pub fn check_request(parts: &http::request::Parts) -> Result<(), (StatusCode, String)> {
+    let bad = |why: &str| Err((StatusCode::BAD_REQUEST, why.to_owned()));
+    let http10 = parts.version == http::Version::HTTP_10;
+    let hosts: Vec<&HeaderValue> = parts.headers.get_all(header::HOST).iter().collect();
+    let host_count_ok = if http10 {
+        hosts.len() <= 1
+    } else {
+        hosts.len() == 1
+    };
+    if !host_count_ok
+        || !hosts
+            .iter()
+            .all(|h| janus_http1::valid_host(h.as_bytes().trim_ascii()))
+    {
+        return bad("missing, repeated or invalid Host header");
+    }
+    if parts.method == Method::CONNECT {
+        return bad("invalid request target (CONNECT is not served)");
+    }
+    let uri = &parts.uri;
+    let target_ok = match uri.scheme_str() {
+        Some(scheme) => {
+            (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+                && uri.authority().is_some_and(|a| {
+                    !a.as_str().is_empty() && janus_http1::valid_host(a.as_str().as_bytes())
+                })
+        }
+        None => uri.authority().is_none() && uri.path().starts_with('/'),
+    };
+    if !target_ok {
+        return bad("invalid request target (origin-form or absolute-form only)");
+    }
+    let te: Vec<&HeaderValue> = parts
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .collect();
+    if !te.is_empty() {
+        if parts.headers.contains_key(header::CONTENT_LENGTH) {
+            return bad("both Content-Length and Transfer-Encoding present");
+        }
+        let codings: Vec<&[u8]> = te
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .collect();
+        if http10 || codings.len() != 1 || !codings[0].eq_ignore_ascii_case(b"chunked") {
+            return bad("invalid Transfer-Encoding (only one chunked is accepted)");
+        }
+    }
+    for expect in parts.headers.get_all(header::EXPECT) {
+        let all_continue = expect
+            .as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .filter(|e| !e.is_empty())
+            .all(|e| e.eq_ignore_ascii_case(b"100-continue"));
+        if !all_continue {
+            return Err((
+                StatusCode::EXPECTATION_FAILED,
+                "unsupported Expect value".to_owned(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The trace id of a request: `x-janus-trace-id`, else the one in `traceparent`, else a new one.
@@ -694,6 +779,70 @@ impl FaultKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parts(raw: &str) -> http::request::Parts {
+        // Builds the parts hyper would hand over: request line, then `name: value` lines.
+        let mut lines = raw.split("\r\n");
+        let line = lines.next().unwrap_or_default();
+        let mut it = line.split(' ');
+        let (m, t, v) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        let mut b = http::Request::builder()
+            .method(m)
+            .uri(t)
+            .version(if v == "HTTP/1.0" {
+                http::Version::HTTP_10
+            } else {
+                http::Version::HTTP_11
+            });
+        for l in lines.filter(|l| !l.is_empty()) {
+            let (n, v) = l.split_once(':').unwrap();
+            b = b.header(n, v.trim());
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn requests_the_nodes_refuse_are_refused_and_targets_never_rewritten() {
+        for ok in [
+            "GET / HTTP/1.1\r\nhost: h",
+            "GET /a?b HTTP/1.1\r\nhost: h:80",
+            "GET http://h/x HTTP/1.1\r\nhost: h",
+            "GET / HTTP/1.0",
+            "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked",
+            "POST / HTTP/1.1\r\nhost: h\r\nexpect: 100-continue\r\ncontent-length: 1",
+            "GET / HTTP/1.1\r\nhost: [::1]:8080",
+        ] {
+            assert_eq!(check_request(&parts(ok)), Ok(()), "{ok}");
+        }
+        for bad in [
+            "GET / HTTP/1.1",
+            "GET / HTTP/1.1\r\nhost: a\r\nhost: a",
+            "GET / HTTP/1.1\r\nhost: u@h",
+            "GET / HTTP/1.0\r\nhost: a\r\nhost: b",
+            "GET * HTTP/1.1\r\nhost: h",
+            "OPTIONS * HTTP/1.1\r\nhost: h",
+            "GET h:80 HTTP/1.1\r\nhost: h",
+            "CONNECT h:443 HTTP/1.1\r\nhost: h",
+            "GET ftp://h/ HTTP/1.1\r\nhost: h",
+            "GET http://u@h/ HTTP/1.1\r\nhost: h",
+            "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked, chunked",
+            "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: gzip, chunked",
+            "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked",
+            "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\ncontent-length: 3",
+            "POST / HTTP/1.0\r\ntransfer-encoding: chunked",
+        ] {
+            let r = check_request(&parts(bad));
+            assert!(
+                matches!(r, Err((StatusCode::BAD_REQUEST, _))),
+                "{bad}: {r:?}"
+            );
+        }
+        let r = check_request(&parts("GET / HTTP/1.1\r\nhost: h\r\nexpect: teapot"));
+        assert!(
+            matches!(r, Err((StatusCode::EXPECTATION_FAILED, _))),
+            "{r:?}"
+        );
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

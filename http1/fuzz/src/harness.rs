@@ -28,6 +28,7 @@ const SMALL: Limits = Limits {
     max_body_bytes: 100,
     max_chunk_line_bytes: 24,
     head_timeout_ms: 10,
+    idle_timeout_ms: 10,
     body_timeout_ms: 10,
     max_buffer_bytes: 0,
     max_pipelined: 2,
