@@ -65,6 +65,11 @@ impl UkStore {
         self.inner.lock().restore(bytes)
     }
 
+    /// The store's size limit (keys plus values).
+    pub fn max_total_bytes(&self) -> usize {
+        self.inner.lock().limits().max_total_bytes
+    }
+
     /// Non-blocking snapshot as of `seq` for the panic path (None if the lock is held).
     pub fn try_snapshot_at(&self, seq: u64) -> Option<Result<Vec<u8>, StoreError>> {
         self.inner.try_lock().map(|s| s.snapshot_at(seq))
@@ -369,6 +374,25 @@ impl<S: Service> Node<S> {
         }
     }
 
+    /// The admin listener's codec limits: `PUT /state` takes a snapshot of a full store (the same
+    /// cap as the unix build: the data plus 8 bytes of lengths per entry and a small frame, bounded
+    /// by twice the store's size plus 1 MiB), but never more than a third of the heap, so an
+    /// oversized body is refused with 413 instead of exhausting memory.
+    pub fn admin_limits(&self, heap_bytes: usize) -> janus_http1::Limits {
+        let mut limits = janus_http1::Limits::DEFAULT;
+        if let Some(store) = &self.store {
+            let cap = store
+                .max_total_bytes()
+                .saturating_mul(2)
+                .saturating_add(1 << 20)
+                .min(heap_bytes / 3);
+            limits.max_body_bytes = limits.max_body_bytes.max(cap);
+            // 16 MiB at a slow 1 MiB/s still arrives.
+            limits.body_timeout_ms = 120_000;
+        }
+        limits
+    }
+
     fn put_state(&self, req: &janus_http1::Request) -> janus_http1::Response {
         let Some(store) = &self.store else {
             return text(404, "this service has no store\n");
@@ -533,7 +557,10 @@ mod kernel {
     }
 
     async fn serve_conn<S: Service>(node: &'static Node<S>, mut stream: TcpStream, kind: Kind) {
-        let mut conn = ServerConn::new(Limits::DEFAULT);
+        let mut conn = ServerConn::new(match kind {
+            Kind::Service => Limits::DEFAULT,
+            Kind::Admin => node.admin_limits(crate::mm::heap::size() as usize),
+        });
         let mut buf = vec![0u8; 8192];
         let mut pending: alloc::vec::Vec<u8> = alloc::vec::Vec::new();
         let timers = rt::timers();
@@ -821,6 +848,49 @@ mod tests {
                     .body
             )
             .contains("janus_store_ops_total{op=\"put\"} 3")
+        );
+    }
+
+    #[test]
+    fn admin_takes_a_snapshot_of_a_full_store_within_the_heap() {
+        let node = node();
+        // The store holds 1 MiB: a snapshot may be up to twice that plus 1 MiB.
+        let limits = node.admin_limits(1 << 30);
+        assert_eq!(limits.max_body_bytes, 3 << 20);
+        // Never more than a third of the heap, never less than the default.
+        assert_eq!(node.admin_limits(6 << 20).max_body_bytes, 2 << 20);
+        assert_eq!(
+            node.admin_limits(1 << 20).max_body_bytes,
+            janus_http1::Limits::DEFAULT.max_body_bytes
+        );
+        // A full store of small entries: its snapshot (1.3 MiB, lengths included) is over the
+        // service listener's 1 MiB and goes through the admin codec and restores.
+        let mut entries = alloc::collections::BTreeMap::new();
+        for i in 0..40_000u32 {
+            entries.insert(format!("k{i:05}"), i.to_le_bytes().repeat(5));
+        }
+        let snapshot = runtime_abi::store::encode_snapshot(41, &entries);
+        assert!(snapshot.len() > janus_http1::Limits::DEFAULT.max_body_bytes);
+        let mut raw = format!(
+            "PUT /state HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\nContent-Length: {}\r\n\r\n",
+            snapshot.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&snapshot);
+        let mut conn = janus_http1::ServerConn::new(limits);
+        let mut fed = 0;
+        let req = loop {
+            fed += conn.feed(&raw[fed..]);
+            match conn.poll(0) {
+                Some(janus_http1::Event::Request(r)) => break r,
+                None => assert!(fed < raw.len(), "the codec stalled"),
+                Some(other) => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(node.handle_admin(&req).status, 204);
+        assert_eq!(
+            node.store.as_ref().expect("store").snapshot(),
+            (41, snapshot)
         );
     }
 

@@ -337,6 +337,66 @@ fn state_snapshots_and_restore() {
     assert_eq!(get(node.listen, "/kv/a", &[]).status, 200);
 }
 
+/// A 10 MiB state mirrors into and out of a unikernel byte for byte (the store holds 16 MiB; the
+/// service listener's 1 MiB body limit does not apply to the admin port's `PUT /state`).
+#[test]
+fn ten_mib_state_in_and_out() {
+    let node = start("kv", Machine::Microvm, Accel::Auto);
+    // In: a snapshot made here, of 10 values of 1,000,000 bytes plus 5,000 small ones.
+    let mut entries = std::collections::BTreeMap::new();
+    for i in 0..10u32 {
+        let v: Vec<u8> = (0..1_000_000u32)
+            .map(|j| (j.wrapping_mul(2_654_435_761) ^ i) as u8)
+            .collect();
+        entries.insert(format!("big{i}"), v);
+    }
+    for i in 0..5_000u32 {
+        entries.insert(format!("small{i:05}"), i.to_be_bytes().to_vec());
+    }
+    let snapshot = runtime_abi::store::encode_snapshot(1234, &entries);
+    assert!(snapshot.len() > 10_000_000);
+    let put = node.admin("PUT", "/state", &snapshot).expect("put state");
+    assert_eq!(put.status, 204, "{}", put.text());
+    assert_eq!(put.header("x-janus-state-seq"), Some("1234"));
+    let big7 = get(node.listen, "/kv/big7", &[]);
+    assert!(
+        big7.body == entries["big7"],
+        "the service reads the restored value"
+    );
+    let back = node.admin("GET", "/state", b"").expect("get state");
+    assert_eq!(back.status, 200);
+    assert!(
+        back.body == snapshot,
+        "{} bytes back, not the {} put",
+        back.body.len(),
+        snapshot.len()
+    );
+
+    // Out: a state the service wrote (one more value) comes out as exactly that state.
+    let v: Vec<u8> = (0..900_000u32).map(|j| (j % 251) as u8).collect();
+    let r = client::request(node.listen, "PUT", "/kv/fresh", &[], &v).expect("put");
+    assert!(r.status == 200 || r.status == 201, "{}", r.text());
+    let out = node.admin("GET", "/state", b"").expect("get state");
+    assert_eq!(out.header("x-janus-state-seq"), Some("1235"));
+    entries.insert("fresh".into(), v);
+    assert!(
+        out.body == runtime_abi::store::encode_snapshot(1235, &entries),
+        "the state out differs from the state in plus the write ({} bytes)",
+        out.body.len()
+    );
+    // Over the cap: refused with 413, the state unchanged.
+    let cap = 16 * 2 * 1024 * 1024 + 1024 * 1024;
+    let head = format!(
+        "PUT /state HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
+        node.token,
+        cap + 1
+    );
+    let refused =
+        client::send_raw(node.admin, head.as_bytes(), Duration::from_secs(10)).expect("answered");
+    assert_eq!(refused.status, 413);
+    assert_eq!(get(node.listen, "/kv/fresh", &[]).status, 200);
+}
+
 /// faulty's bug 2 on a uk node: the VM prints the panic report with the in-flight trace id and
 /// the state as of the request's start, then exits with the documented status. The dump restores
 /// into a fresh node, which reproduces the fault.
