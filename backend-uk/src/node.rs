@@ -98,7 +98,22 @@ impl StoreBackend for UkStore {
         f: &mut dyn FnMut(Option<&[u8]>) -> Update,
     ) -> Result<(Option<Vec<u8>>, Option<u64>), StoreError> {
         self.metrics.store_op(StoreOp::Update);
-        self.inner.lock().update(key, f)
+        // The closure is service code: it runs without the lock held, on a copy of the value, so
+        // a panic inside it leaves the store unlocked for the panic's state dump, and a closure
+        // that calls the store does not deadlock the only CPU. Nothing else runs meanwhile (one
+        // CPU, the closure is synchronous), so the read and the write are still one atomic step
+        // unless the closure itself wrote to the store, which is refused.
+        let (current, seq) = {
+            let store = self.inner.lock();
+            (store.get(key).map(<[u8]>::to_vec), store.seq())
+        };
+        let mut decision = Some(f(current.as_deref()));
+        let mut store = self.inner.lock();
+        if store.seq() != seq {
+            drop(store);
+            panic!("store: the update closure of key {key:?} wrote to the store itself");
+        }
+        store.update(key, &mut |_| decision.take().unwrap_or(Update::Keep))
     }
 
     fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -150,10 +165,12 @@ impl EntropySource for UkEntropy {
     }
 }
 
-/// Standard base64 (with padding), for the `JANUS-STATE` panic line.
-pub fn base64(data: &[u8]) -> String {
+/// Standard base64 (with padding) of `data`, handed to `out` in pieces of at most 256 bytes
+/// (no allocation: the panic path streams a state of many MiB through it).
+pub fn base64_to(data: &[u8], out: &mut dyn FnMut(&[u8])) {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    let mut buf = [0u8; 256];
+    let mut len = 0;
     for chunk in data.chunks(3) {
         let b = [
             chunk[0],
@@ -162,18 +179,53 @@ pub fn base64(data: &[u8]) -> String {
         ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            buf[len + i] = if i <= chunk.len() {
+                ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]
             } else {
-                out.push('=');
-            }
+                b'='
+            };
+        }
+        len += 4;
+        if len == buf.len() {
+            out(&buf);
+            len = 0;
         }
     }
-    out
+    if len > 0 {
+        out(&buf[..len]);
+    }
 }
 
-/// Largest state printed on the console when the service panics.
-pub const PANIC_STATE_LIMIT: usize = 64 * 1024;
+/// Standard base64 (with padding).
+pub fn base64(data: &[u8]) -> String {
+    let mut text = String::with_capacity(data.len().div_ceil(3) * 4);
+    base64_to(data, &mut |piece| {
+        text.extend(piece.iter().map(|&b| char::from(b)));
+    });
+    text
+}
+
+/// Most snapshot bytes per console line of the panic state dump (a multiple of 3, so the
+/// lines' base64 texts concatenate; 64 KiB of base64 per line). A state up to this size is
+/// one `JANUS-STATE seq=<N> <base64>` line; a larger one is `JANUS-STATE-PART seq=<N> <i>/<K>
+/// <base64>` lines, i = 1..=K, each holding the next piece (the store's 16 MiB is 342 lines).
+pub const STATE_LINE_BYTES: usize = 48 * 1024;
+
+/// Writes the console lines of a state dump of `snapshot` (taken at `seq`) through `out`.
+pub fn write_state_dump(seq: u64, snapshot: &[u8], out: &mut dyn FnMut(&[u8])) {
+    if snapshot.len() <= STATE_LINE_BYTES {
+        out(format!("JANUS-STATE seq={seq} ").as_bytes());
+        base64_to(snapshot, out);
+        out(b"\n");
+        return;
+    }
+    let parts = snapshot.len().div_ceil(STATE_LINE_BYTES);
+    for (i, piece) in snapshot.chunks(STATE_LINE_BYTES).enumerate() {
+        out(format!("JANUS-STATE-PART seq={seq} {}/{parts} ", i + 1).as_bytes());
+        base64_to(piece, out);
+        out(b"\n");
+    }
+}
 
 /// What the panic path reports about the request being handled.
 #[derive(Debug, Clone)]
@@ -192,14 +244,24 @@ pub fn current_request() -> Option<InFlight> {
     CURRENT.try_lock().and_then(|c| c.clone())
 }
 
-/// The `JANUS-STATE seq=<N> <base64>` line for the in-flight request, when the service has a
-/// store and the snapshot is at most [`PANIC_STATE_LIMIT`] bytes.
-pub fn panic_state_line() -> Option<String> {
-    let seq = current_request()?.seq?;
-    let store = PANIC_STORE.try_lock()?.clone()?;
-    let snapshot = store.try_snapshot_at(seq)?.ok()?;
-    (snapshot.len() <= PANIC_STATE_LIMIT)
-        .then(|| format!("JANUS-STATE seq={seq} {}", base64(&snapshot)))
+/// The panic path's state dump: for a request in flight on a service with a store, the state as
+/// of the request's start (see [`write_state_dump`]); when it cannot be produced, one
+/// `JANUS-PANIC state not dumped: <why>` line instead.
+pub fn write_panic_state(out: &mut dyn FnMut(&[u8])) {
+    let Some(seq) = current_request().and_then(|r| r.seq) else {
+        return;
+    };
+    let Some(store) = PANIC_STORE.try_lock().and_then(|s| s.clone()) else {
+        return;
+    };
+    // Service code never runs with the store locked (see `UkStore::update`): a held lock means
+    // the panic is inside the store engine itself, whose state may be half changed.
+    let why = match store.try_snapshot_at(seq) {
+        Some(Ok(snapshot)) => return write_state_dump(seq, &snapshot, out),
+        Some(Err(e)) => format!("{e}"),
+        None => String::from("the store engine panicked with its lock held"),
+    };
+    out(format!("JANUS-PANIC state not dumped: {why}\n").as_bytes());
 }
 
 /// The node: a service plus the protocol state around it.
@@ -472,7 +534,7 @@ mod kernel {
         super::set_panic_store(store.clone());
         rt::set_fatal_hooks(rt::FatalHooks {
             trace_id: || super::current_request().map(|c| c.trace_id),
-            extra: super::panic_state_line,
+            extra: super::write_panic_state,
         });
         let executor = Executor::new();
         let timers = executor.timers();
@@ -894,6 +956,78 @@ mod tests {
         );
     }
 
+    /// A panic inside an `update` closure (the store engine calling service code) finds the
+    /// store unlocked: the dump is the state as of the request's start.
+    #[test]
+    fn panic_dump_from_inside_an_update_closure() {
+        let node = node();
+        let store = Arc::clone(node.store.as_ref().expect("store"));
+        store.put("a", b"1").expect("put");
+        set_panic_store(Some(Arc::clone(&store)));
+        *CURRENT.lock() = Some(InFlight {
+            trace_id: "t".into(),
+            seq: Some(1),
+        });
+        let mut dump = Vec::new();
+        store
+            .update("a", &mut |_| {
+                write_panic_state(&mut |b| dump.extend_from_slice(b));
+                Update::Set(b"2".to_vec())
+            })
+            .expect("update");
+        *CURRENT.lock() = None;
+        set_panic_store(None);
+        let at1 = store.snapshot_at(1).expect("seq 1");
+        assert_eq!(
+            String::from_utf8(dump).expect("text"),
+            format!("JANUS-STATE seq=1 {}\n", base64(&at1))
+        );
+        // A closure that panics leaves the store unlocked and unchanged.
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = store.update("a", &mut |_| panic!("bug in the closure"));
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(store.try_snapshot_at(2).map(|r| r.is_ok()), Some(true));
+        assert_eq!(store.get("a").expect("get"), Some(b"2".to_vec()));
+        // A closure that writes to the store itself is refused instead of deadlocking.
+        let reentrant = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = store.update("a", &mut |_| {
+                let _ = store.put("b", b"x");
+                Update::Keep
+            });
+        }));
+        assert!(reentrant.is_err());
+    }
+
+    /// A state above one line's worth is streamed as numbered parts whose base64 texts
+    /// concatenate to the whole state's.
+    #[test]
+    fn large_state_dump_is_split_into_parts() {
+        let snapshot: Vec<u8> = (0..STATE_LINE_BYTES * 3 + 100)
+            .map(|i| (i * 7 % 256) as u8)
+            .collect();
+        let mut out = Vec::new();
+        write_state_dump(9, &snapshot, &mut |b| out.extend_from_slice(b));
+        let text = String::from_utf8(out).expect("text");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        let mut joined = String::new();
+        for (i, line) in lines.iter().enumerate() {
+            let prefix = format!("JANUS-STATE-PART seq=9 {}/4 ", i + 1);
+            let b64 = line.strip_prefix(&prefix).expect("part prefix");
+            assert!(b64.len() <= STATE_LINE_BYTES / 3 * 4);
+            joined.push_str(b64);
+        }
+        assert_eq!(joined, base64(&snapshot));
+        // Up to one line's worth: the single-line form.
+        let mut out = Vec::new();
+        write_state_dump(3, &snapshot[..STATE_LINE_BYTES], &mut |b| {
+            out.extend_from_slice(b)
+        });
+        assert!(out.starts_with(b"JANUS-STATE seq=3 "));
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+    }
+
     #[test]
     fn base64_vectors() {
         assert_eq!(base64(b""), "");
@@ -901,5 +1035,12 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        let long: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let text = base64(&long);
+        assert_eq!(text.len(), 1336);
+        assert!(
+            text.starts_with("AAECAwQF") && text.ends_with("5OXm5w=="),
+            "{text}"
+        );
     }
 }

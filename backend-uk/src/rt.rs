@@ -4,12 +4,15 @@ use alloc::string::String;
 
 use crate::drivers::exit::{self, ExitCode};
 
+/// Where a fatal hook writes its lines (the serial port, without allocating).
+pub type ConsoleSink<'a> = &'a mut dyn FnMut(&[u8]);
+
 /// Hooks run when the kernel dies (set by the node runtime; e.g. the trace id and state dump).
 pub struct FatalHooks {
     /// Trace id of the request in flight, if any.
     pub trace_id: fn() -> Option<String>,
-    /// Extra lines to print (e.g. `JANUS-STATE ...`).
-    pub extra: fn() -> Option<String>,
+    /// Writes extra lines (e.g. the `JANUS-STATE` dump) through the given writer.
+    pub extra: fn(ConsoleSink<'_>),
 }
 
 static HOOKS: spinning_top::Spinlock<Option<FatalHooks>> = spinning_top::Spinlock::new(None);
@@ -65,9 +68,7 @@ pub fn fatal_fmt(code: ExitCode, msg: core::fmt::Arguments<'_>) -> ! {
             if let Some(id) = trace_id() {
                 let _ = writeln!(SerialWriter, "JANUS-PANIC trace_id={id}");
             }
-            if let Some(text) = extra() {
-                let _ = writeln!(SerialWriter, "{text}");
-            }
+            extra(&mut crate::drivers::serial::write_bytes);
         }
     }
     let _ = writeln!(SerialWriter, "JANUS-EXIT status={}", code.qemu_status());

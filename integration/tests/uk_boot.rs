@@ -454,6 +454,48 @@ fn panic_reports_and_exits_with_state_dump() {
     assert_eq!(status.code(), Some(EXIT_PANIC));
 }
 
+/// A state larger than one console line's worth is dumped at the panic as numbered parts; the
+/// supervisor's reader reassembles exactly the state the admin API gave for that sequence number.
+#[test]
+fn a_large_state_is_dumped_in_parts() {
+    let mut node = start("faulty", Machine::Microvm, Accel::Auto);
+    let big: Vec<u8> = (0..400_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let r = client::request(node.listen, "PUT", "/kv/big", &[], &big).expect("put");
+    assert!(r.status == 200 || r.status == 201, "{}", r.text());
+    for i in 1..=7 {
+        let r =
+            client::request(node.listen, "POST", "/counter/visits/incr", &[], b"").expect("incr");
+        assert_eq!(r.status, 200, "increment {i}: {}", r.text());
+    }
+    let expected = node.admin("GET", "/state?seq=8", b"").expect("state");
+    assert_eq!(expected.status, 200);
+    assert!(expected.body.len() > 400_000);
+    let fatal = client::request(node.listen, "POST", "/counter/visits/incr", &[], b"");
+    assert!(fatal.is_err(), "the VM stops instead of answering");
+    let status = node.wait_exit(Duration::from_secs(120)).expect("VM exits");
+    assert_eq!(status.code(), Some(EXIT_PANIC));
+    let out = node.output();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("JANUS-STATE-PART seq=8 "))
+            .count()
+            >= 8,
+        "a 400 kB state in parts of 48 KiB"
+    );
+    let (seq, snapshot) = janus::supervisor::parse_state_dump(&lines).expect("reassembled");
+    assert_eq!(seq, 8);
+    assert!(
+        snapshot == expected.body,
+        "{} bytes reassembled, {} expected",
+        snapshot.len(),
+        expected.body.len()
+    );
+}
+
 /// `--log-level` reaches the kernel's console: at `warn` the service's info events are not
 /// printed, while the panic report still is.
 #[test]
