@@ -439,31 +439,68 @@ impl TcpStream {
         .await
     }
 
+    /// Writes some of `data`, waiting for buffer space; the number of bytes taken.
+    pub async fn write(&mut self, data: &[u8]) -> Result<usize, NetError> {
+        let handle = self.handle;
+        poll_fn(|cx| {
+            let mut guard = NET.lock();
+            let Some(net) = guard.as_mut() else {
+                return Poll::Ready(Err(NetError::Down));
+            };
+            let s = net.sockets.get_mut::<tcp::Socket>(handle);
+            if s.can_send() {
+                return Poll::Ready(s.send_slice(data).map_err(|_| NetError::Closed));
+            }
+            match s.state() {
+                tcp::State::SynSent | tcp::State::SynReceived => {}
+                _ if !s.may_send() => return Poll::Ready(Err(NetError::Closed)),
+                _ => {}
+            }
+            s.register_send_waker(cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Writes all of `data` (waits for buffer space as needed).
     pub async fn write_all(&mut self, mut data: &[u8]) -> Result<(), NetError> {
-        let handle = self.handle;
         while !data.is_empty() {
-            let n = poll_fn(|cx| {
-                let mut guard = NET.lock();
-                let Some(net) = guard.as_mut() else {
-                    return Poll::Ready(Err(NetError::Down));
-                };
-                let s = net.sockets.get_mut::<tcp::Socket>(handle);
-                if s.can_send() {
-                    return Poll::Ready(s.send_slice(data).map_err(|_| NetError::Closed));
-                }
-                match s.state() {
-                    tcp::State::SynSent | tcp::State::SynReceived => {}
-                    _ if !s.may_send() => return Poll::Ready(Err(NetError::Closed)),
-                    _ => {}
-                }
-                s.register_send_waker(cx.waker());
-                Poll::Pending
-            })
-            .await?;
+            let n = self.write(data).await?;
             data = &data[n..];
         }
         Ok(())
+    }
+
+    /// Completes once the peer has closed its side or reset the connection: a request being
+    /// handled has nobody left to answer (as hyper without half-close). Data the peer sent
+    /// before is left unread.
+    pub async fn peer_closed(&self) {
+        let handle = self.handle;
+        poll_fn(|cx| {
+            let mut guard = NET.lock();
+            let Some(net) = guard.as_mut() else {
+                return Poll::Ready(());
+            };
+            let s = net.sockets.get_mut::<tcp::Socket>(handle);
+            if !s.may_recv()
+                && !matches!(
+                    s.state(),
+                    tcp::State::Listen | tcp::State::SynSent | tcp::State::SynReceived
+                )
+            {
+                return Poll::Ready(());
+            }
+            s.register_recv_waker(cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Resets the connection now (its socket is freed at the next turn of the kernel loop).
+    pub fn abort(&mut self) {
+        if let Some(net) = NET.lock().as_mut() {
+            net.sockets.get_mut::<tcp::Socket>(self.handle).abort();
+        }
     }
 
     /// Waits until the connection is established (for outgoing connections).

@@ -264,6 +264,15 @@ pub fn write_panic_state(out: &mut dyn FnMut(&[u8])) {
     out(format!("JANUS-PANIC state not dumped: {why}\n").as_bytes());
 }
 
+/// Takes a request out of the in-flight gauge when dropped.
+struct Finished<'a>(&'a Metrics);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
 /// The node: a service plus the protocol state around it.
 pub struct Node<S: Service> {
     /// The service.
@@ -336,6 +345,8 @@ impl<S: Service> Node<S> {
             trace_id,
         };
         self.metrics.request_started();
+        // Counted out however the handler ends: answered, or dropped when its client left.
+        let _finished = Finished(&self.metrics);
         let in_flight = InFlight {
             trace_id: trace_hex.clone(),
             seq,
@@ -348,7 +359,6 @@ impl<S: Service> Node<S> {
             r
         })
         .await;
-        self.metrics.request_finished();
         let status = resp.status.as_u16();
         let mut out = janus_http1::Response::new(status);
         for (name, value) in resp.headers.iter() {
@@ -490,7 +500,7 @@ mod kernel {
     use crate::boot::BootInfo;
     use crate::drivers::exit::ExitCode;
     use crate::executor::Executor;
-    use crate::metrics::Metrics;
+    use crate::metrics::{KERNEL, KernelCounters, Metrics};
     use crate::net::{self, TcpStream};
     use crate::{clock, kprintln, rt};
 
@@ -618,6 +628,32 @@ mod kernel {
         rt::run_loop(executor, env.nic_irq)
     }
 
+    /// How long a client may take none of an answer before its connection is reset.
+    const WRITE_STALL_MS: u64 = 10_000;
+
+    /// Writes `data`; a client that takes none of it for [`WRITE_STALL_MS`] (it stopped reading,
+    /// its window stays shut) has its connection reset. A slow reader that keeps taking bytes is
+    /// never cut.
+    async fn write_out(
+        stream: &mut TcpStream,
+        mut data: &[u8],
+        timers: &alloc::sync::Arc<crate::executor::Timers>,
+    ) -> Result<(), ()> {
+        while !data.is_empty() {
+            let deadline = now_ms() + WRITE_STALL_MS;
+            match crate::executor::timeout(timers, deadline, stream.write(data)).await {
+                Some(Ok(n)) => data = &data[n..],
+                Some(Err(_)) => return Err(()),
+                None => {
+                    KernelCounters::bump(&KERNEL.write_timeouts);
+                    stream.abort();
+                    return Err(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn serve_conn<S: Service>(node: &'static Node<S>, mut stream: TcpStream, kind: Kind) {
         let mut conn = ServerConn::new(match kind {
             Kind::Service => Limits::DEFAULT,
@@ -636,7 +672,21 @@ mod kernel {
                 match event {
                     Event::Request(req) => {
                         let resp = match kind {
-                            Kind::Service => node.handle_service(req).await,
+                            Kind::Service => {
+                                // A client that leaves takes its handler with it (and frees
+                                // this task and its socket), however long the handler would run.
+                                let answer = crate::executor::unless(
+                                    stream.peer_closed(),
+                                    node.handle_service(req),
+                                );
+                                match answer.await {
+                                    Some(resp) => resp,
+                                    None => {
+                                        KernelCounters::bump(&KERNEL.abandoned);
+                                        return;
+                                    }
+                                }
+                            }
                             Kind::Admin => node.handle_admin(&req),
                         };
                         if let Err(e) = conn.respond(&resp) {
@@ -661,7 +711,7 @@ mod kernel {
             }
             if !conn.output().is_empty() {
                 let out = conn.take_output();
-                if stream.write_all(&out).await.is_err() {
+                if write_out(&mut stream, &out, &timers).await.is_err() {
                     return;
                 }
             }

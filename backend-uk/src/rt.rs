@@ -289,6 +289,10 @@ pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) ->
         net::poll_ingress(now);
         executor.fire_timers(now);
         let ran = executor.run_ready();
+        KERNEL.tasks.store(
+            executor.live_tasks() as u64,
+            core::sync::atomic::Ordering::Relaxed,
+        );
         net::poll_egress(now_ms());
         if ran > 0 {
             continue;

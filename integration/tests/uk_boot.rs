@@ -250,6 +250,88 @@ fn many_connections_and_a_stalled_client() {
     assert_eq!(get(node.listen, "/", &[]).status, 200);
 }
 
+/// Polls `metric` until `ok` holds (or panics with the last value after `secs`).
+fn wait_metric(node: &Node, name: &str, secs: u64, ok: impl Fn(u64) -> bool) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = metric(node, name);
+        if ok(v) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} stayed at {v}; console:\n{}",
+            node.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One slow handler (faulty's `/wait`, which polls the store until a key exists) does not hold up
+/// other connections; clients that leave while their handler still runs take the handler, its
+/// task and its socket with them; a client that stops reading an answer is cut off after the
+/// write timeout.
+#[test]
+fn slow_handlers_gone_clients_and_stalled_readers() {
+    let node = start("faulty", Machine::Microvm, Accel::Auto);
+    let base_tasks = metric(&node, "janus_uk_tasks");
+    let base_sockets = metric(&node, "janus_uk_tcp_sockets");
+
+    let mut slow = TcpStream::connect(node.listen).expect("connect");
+    slow.write_all(b"GET /wait?key=go HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    for i in 0..5 {
+        let r = client::request(node.listen, "PUT", &format!("/kv/x{i}"), &[], b"v").expect("put");
+        assert!(r.status == 200 || r.status == 201, "{}", r.text());
+    }
+    slow.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    assert!(
+        std::io::Read::read(&mut slow, &mut byte).is_err(),
+        "/wait answered before its key existed"
+    );
+    client::request(node.listen, "PUT", "/kv/go", &[], b"yes").expect("put");
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let reply = client::read_response(&mut slow, &mut Vec::new(), false).expect("answer");
+    assert_eq!((reply.status, reply.text()), (200, "yes".to_string()));
+    drop(slow);
+
+    // 20 clients whose handlers would wait forever, then leave.
+    let gone: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut c = TcpStream::connect(node.listen).expect("connect");
+            c.write_all(b"GET /wait?key=never HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("write");
+            c
+        })
+        .collect();
+    wait_metric(&node, "janus_uk_tasks", 30, |t| t >= base_tasks + 20);
+    drop(gone);
+    wait_metric(&node, "janus_uk_requests_abandoned_total", 30, |n| n == 20);
+    wait_metric(&node, "janus_uk_tasks", 30, |t| t == base_tasks);
+    wait_metric(&node, "janus_uk_tcp_sockets", 30, |n| n <= base_sockets);
+
+    // A client that asks for 40 large answers and reads none of them.
+    let big = vec![b'b'; 900_000];
+    let r = client::request(node.listen, "PUT", "/kv/big", &[], &big).expect("put");
+    assert!(r.status == 200 || r.status == 201, "{}", r.text());
+    let mut stuck = TcpStream::connect(node.listen).expect("connect");
+    stuck
+        .write_all(
+            b"GET /kv/big HTTP/1.1\r\nHost: x\r\n\r\n"
+                .repeat(40)
+                .as_slice(),
+        )
+        .expect("write");
+    wait_metric(&node, "janus_uk_write_timeouts_total", 90, |n| n == 1);
+    wait_metric(&node, "janus_uk_tasks", 30, |t| t == base_tasks);
+    wait_metric(&node, "janus_uk_tcp_sockets", 30, |n| n <= base_sockets);
+    drop(stuck);
+    assert_eq!(get(node.listen, "/kv/go", &[]).text(), "yes");
+}
+
 /// Hostile input gets the codec's status codes, and the node keeps serving.
 #[test]
 fn bad_input_gets_clear_errors() {
