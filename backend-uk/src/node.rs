@@ -518,10 +518,16 @@ mod kernel {
         clock::monotonic_ns() / 1_000_000
     }
 
+    /// Listening sockets kept ready per port. The pools are refilled after every received frame
+    /// (`net::poll_ingress`), so a burst of SYNs never finds the pool empty with a few; each
+    /// socket costs 32 KiB of buffers, touched (and so faulted in by the host) at boot.
+    const SERVICE_BACKLOG: usize = 4;
+    const ADMIN_BACKLOG: usize = 2;
+
     /// Boots service `S`: brings the kernel up, builds the service from its capabilities and
     /// serves it until the VM stops.
     pub fn run<S: Service>(boot: BootInfo) -> ! {
-        let env = rt::bring_up(&boot);
+        let mut env = rt::bring_up(&boot);
         let cfg = env.config.clone();
         let manifest = S::MANIFEST;
         if let Err(e) = manifest.check_upstreams(cfg.upstreams.iter().map(|(n, _)| n.as_str())) {
@@ -569,6 +575,7 @@ mod kernel {
                 &alloc::format!("service {} failed to start: {e}", manifest.name),
             ),
         };
+        env.marks.mark("service");
         let node: &'static Node<S> = Box::leak(Box::new(Node {
             service,
             node_id: cfg.node_id.clone(),
@@ -580,7 +587,7 @@ mod kernel {
         }));
         let port = cfg.port.unwrap_or(manifest.listener.port);
         let spawner = executor.spawner();
-        match net::listen(port, 16) {
+        match net::listen(port, SERVICE_BACKLOG) {
             Ok(listener) => {
                 let sp = spawner.clone();
                 spawner.spawn(async move {
@@ -596,7 +603,7 @@ mod kernel {
             ),
         }
         let admin = if cfg.admin_token.is_some() {
-            match net::listen(cfg.admin_port, 4) {
+            match net::listen(cfg.admin_port, ADMIN_BACKLOG) {
                 Ok(listener) => {
                     let sp = spawner.clone();
                     spawner.spawn(async move {
@@ -615,6 +622,7 @@ mod kernel {
         } else {
             alloc::string::String::from("off (no janus.token)")
         };
+        env.marks.mark("listen");
         let boot_us = rt::since_entry_us();
         kprintln!("janus-uk: {}", env.summary);
         kprintln!(
@@ -625,6 +633,7 @@ mod kernel {
             boot_us / 1000,
             boot_us % 1000
         );
+        kprintln!("janus-uk: {}", env.marks.text());
         rt::run_loop(executor, env.nic_irq)
     }
 

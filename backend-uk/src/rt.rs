@@ -139,6 +139,8 @@ pub struct KernelEnv {
     pub nic_irq: Option<u8>,
     /// One line describing the machine (printed with the listening line).
     pub summary: alloc::string::String,
+    /// When each bring-up step ended (the node runtime adds its own).
+    pub marks: BootMarks,
 }
 
 static TIMERS: spinning_top::Spinlock<Option<alloc::sync::Arc<crate::executor::Timers>>> =
@@ -155,18 +157,66 @@ pub fn since_entry_us() -> u64 {
     crate::clock::monotonic_ns() / 1000
 }
 
+/// TSC stamps of the bring-up steps (printed at debug level: where the boot time goes).
+#[cfg(not(test))]
+#[derive(Debug)]
+pub struct BootMarks {
+    entry: u64,
+    marks: [(&'static str, u64); 16],
+    len: usize,
+}
+
+#[cfg(not(test))]
+impl BootMarks {
+    fn start() -> Self {
+        let mut m = BootMarks {
+            entry: crate::arch::start::entry_tsc(),
+            marks: [("", 0); 16],
+            len: 0,
+        };
+        m.mark("pre-rust");
+        m
+    }
+
+    /// Records the end of step `what`.
+    pub fn mark(&mut self, what: &'static str) {
+        if self.len < self.marks.len() {
+            self.marks[self.len] = (what, crate::arch::cpu::rdtsc());
+            self.len += 1;
+        }
+    }
+}
+
+#[cfg(not(test))]
+impl BootMarks {
+    /// `boot steps (us): <step> <duration> ...`, from the PVH entry point.
+    pub fn text(&self) -> alloc::string::String {
+        let tsc_hz = crate::clock::CLOCK.tsc_hz().max(1);
+        let mut text = alloc::string::String::from("boot steps (us):");
+        let mut prev = self.entry;
+        for &(what, tsc) in &self.marks[..self.len] {
+            let us = tsc.saturating_sub(prev) * 1_000_000 / tsc_hz;
+            text.push_str(&alloc::format!(" {what} {us}"));
+            prev = tsc;
+        }
+        text
+    }
+}
+
 /// Brings the machine up: command line, PIC, clocks, entropy, logging, NIC and network.
 #[cfg(not(test))]
 pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
     use crate::drivers::{pic, pit, rtc};
     use crate::{clock, cmdline, entropy, net};
 
+    let mut marks = BootMarks::start();
     let config = match cmdline::parse(&boot.cmdline) {
         Ok(c) => c,
         Err(e) => fatal(ExitCode::BootFailure, &alloc::format!("{e}")),
     };
     pic::init();
     crate::drivers::lapic::route_pic();
+    marks.mark("pic");
     let (mut tsc_hz, mut tsc_source) = match crate::drivers::kvmclock::tsc_hz() {
         Some(hz) => (hz, "kvmclock"),
         None => (pit::calibrate_tsc(10), "pit"),
@@ -185,7 +235,9 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
         };
         tsc_source = "assumed";
     }
+    marks.mark("tsc");
     let wall = rtc::unix_seconds();
+    marks.mark("rtc");
     let entry_tsc = crate::arch::start::entry_tsc();
     let elapsed_ns = (u128::from(crate::arch::cpu::rdtsc().saturating_sub(entry_tsc))
         * 1_000_000_000
@@ -195,12 +247,14 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
     let (material, entropy_source) = entropy::gather_seed(&config.seed, clock::wall_ns());
     entropy::init(&material);
     crate::log::init(&config.log_level);
+    marks.mark("entropy");
     let Some(nic) = crate::drivers::virtio::find_nic(&config.mmio_devices) else {
         fatal(
             ExitCode::BootFailure,
             "no virtio-net device found (virtio-mmio or PCI)",
         )
     };
+    marks.mark("find-nic");
     let location = nic.location.clone();
     let irq = nic.irq;
     let level_triggered = nic.level_triggered;
@@ -211,6 +265,7 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
             &alloc::format!("virtio-net init at {location}: {e}"),
         ),
     };
+    marks.mark("nic-init");
     net::init(
         device,
         config.ip,
@@ -225,6 +280,7 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
         pic::unmask(irq);
     }
     pic::unmask(0);
+    marks.mark("net");
     let summary = alloc::format!(
         "heap {} MiB, tsc {} MHz ({tsc_source}), wall clock {}, entropy {entropy_source}, virtio-net {location} irq {}, ip {}",
         crate::mm::heap::size() >> 20,
@@ -243,6 +299,7 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
         config,
         nic_irq: irq,
         summary,
+        marks,
     }
 }
 
