@@ -418,7 +418,8 @@ impl<S: Service> Node<S> {
     }
 
     fn get_state(&self, req: &janus_http1::Request) -> janus_http1::Response {
-        let Some(store) = &self.store else {
+        // A constant per service: a service without a store has no state code in its image.
+        let Some(store) = self.store.as_ref().filter(|_| S::MANIFEST.store.is_some()) else {
             return text(404, "this service has no store\n");
         };
         let wanted = req
@@ -466,7 +467,8 @@ impl<S: Service> Node<S> {
     }
 
     fn put_state(&self, req: &janus_http1::Request) -> janus_http1::Response {
-        let Some(store) = &self.store else {
+        // A constant per service: a service without a store has no state code in its image.
+        let Some(store) = self.store.as_ref().filter(|_| S::MANIFEST.store.is_some()) else {
             return text(404, "this service has no store\n");
         };
         match store.restore(&req.body) {
@@ -550,7 +552,11 @@ mod kernel {
         super::set_panic_store(store.clone());
         rt::set_fatal_hooks(rt::FatalHooks {
             trace_id: || super::current_request().map(|c| c.trace_id),
-            extra: super::write_panic_state,
+            extra: if S::MANIFEST.store.is_some() {
+                super::write_panic_state
+            } else {
+                |_| {}
+            },
         });
         let executor = Executor::new();
         let timers = executor.timers();

@@ -282,8 +282,8 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
     pic::unmask(0);
     marks.mark("net");
     let summary = alloc::format!(
-        "heap {} MiB, tsc {} MHz ({tsc_source}), wall clock {}, entropy {entropy_source}, virtio-net {location} irq {}, ip {}",
-        crate::mm::heap::size() >> 20,
+        "heap {} KiB, tsc {} MHz ({tsc_source}), wall clock {}, entropy {entropy_source}, virtio-net {location} irq {}, ip {}",
+        crate::mm::heap::size() >> 10,
         tsc_hz / 1_000_000,
         if wall.is_some() { "rtc" } else { "unavailable" },
         irq.map_or(

@@ -44,7 +44,7 @@ pub const EXIT_OUT_OF_MEMORY: i32 = 39;
 
 /// The least guest memory an image boots and serves with (measured by bench/uk.sh; below it the
 /// guest exits with [`EXIT_OUT_OF_MEMORY`]).
-pub const MIN_MEMORY_MIB: u32 = 4;
+pub const MIN_MEMORY_MIB: u32 = 2;
 
 /// Guest port of the service listener.
 pub const GUEST_SERVICE_PORT: u16 = 80;
