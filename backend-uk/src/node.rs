@@ -543,7 +543,9 @@ mod kernel {
             Err(e) => rt::fatal(ExitCode::BootFailure, &alloc::format!("config: {e}")),
         };
         let metrics = Arc::new(Metrics::default());
-        let store = manifest.store.map(|spec| {
+        // `S::MANIFEST.store` is a constant: for a service without a store the store engine is
+        // not in the image at all.
+        let store = const { S::MANIFEST.store }.map(|spec| {
             Arc::new(UkStore::new(
                 MemStore::new(StoreLimits::from_spec(&spec)),
                 Arc::clone(&metrics),
@@ -565,7 +567,11 @@ mod kernel {
                 cfg.upstreams.clone(),
                 Arc::clone(&timers),
             )),
-            store: store.clone().map(|s| s as Arc<dyn StoreBackend>),
+            store: if const { S::MANIFEST.store.is_some() } {
+                store.clone().map(|s| s as Arc<dyn StoreBackend>)
+            } else {
+                None
+            },
             clock: Arc::new(UkClock {
                 timers: Arc::clone(&timers),
                 monotonic_ns: clock::monotonic_ns,
