@@ -236,13 +236,18 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
         tsc_source = "assumed";
     }
     marks.mark("tsc");
-    let wall = rtc::unix_seconds();
-    marks.mark("rtc");
+    // kvmclock's wall clock when present (no CMOS port exits), else the RTC; a kvmclock time
+    // before 2020 is not believed.
+    let (wall_ns, wall_source) = match crate::drivers::kvmclock::wall_ns() {
+        Some(ns) if ns > 1_577_836_800_000_000_000 => (Some(ns), "kvmclock"),
+        _ => (rtc::unix_seconds().map(|s| s * 1_000_000_000), "rtc"),
+    };
+    marks.mark("wall");
     let entry_tsc = crate::arch::start::entry_tsc();
     let elapsed_ns = (u128::from(crate::arch::cpu::rdtsc().saturating_sub(entry_tsc))
         * 1_000_000_000
         / u128::from(tsc_hz.max(1))) as u64;
-    let wall_at_entry = wall.map_or(0, |s| (s * 1_000_000_000).saturating_sub(elapsed_ns));
+    let wall_at_entry = wall_ns.map_or(0, |ns| ns.saturating_sub(elapsed_ns));
     clock::CLOCK.calibrate(tsc_hz, entry_tsc, wall_at_entry);
     let (material, entropy_source) = entropy::gather_seed(&config.seed, clock::wall_ns());
     entropy::init(&material);
@@ -285,7 +290,11 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
         "heap {} KiB, tsc {} MHz ({tsc_source}), wall clock {}, entropy {entropy_source}, virtio-net {location} irq {}, ip {}",
         crate::mm::heap::size() >> 10,
         tsc_hz / 1_000_000,
-        if wall.is_some() { "rtc" } else { "unavailable" },
+        if wall_ns.is_some() {
+            wall_source
+        } else {
+            "unavailable"
+        },
         irq.map_or(
             alloc::string::String::from("none (polling)"),
             |i| alloc::format!("{i}")
