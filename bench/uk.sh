@@ -31,7 +31,8 @@ IDLE="${IDLE:-10}"
 ACCEL="${ACCEL:-kvm}"
 NETNS="${NETNS:-1}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-for tool in qemu-system-x86_64 wrk curl python3 as ld bc; do
+"$ROOT/scripts/install-deps" wrk curl bc python3 iproute2
+for tool in qemu-system-x86_64 wrk curl python3 as ld bc ip; do
   command -v "$tool" >/dev/null || { echo "bench: $tool missing (run scripts/install-deps)" >&2; exit 1; }
 done
 if [ "$ACCEL" = kvm ] && ! [ -r /dev/kvm -a -w /dev/kvm ]; then echo "bench: /dev/kvm unusable; run with ACCEL=tcg" >&2; exit 1; fi
