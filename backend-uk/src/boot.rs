@@ -51,6 +51,22 @@ pub fn pick_heap(regions: &[MemoryRegion], kernel_end: u64, limit: u64) -> Optio
     best
 }
 
+/// Conventional memory the heap may also use: the RAM of `[64 KiB, 636 KiB)` (below the EBDA;
+/// the first 64 KiB are left alone), page-aligned, if at least 64 KiB of it is RAM. The PVH start
+/// info, memory map and command line that QEMU puts there are read before the heap exists.
+pub fn low_heap(regions: &[MemoryRegion]) -> Option<(u64, u64)> {
+    const LOW: (u64, u64) = (0x1_0000, 0x9_f000);
+    let mut best: Option<(u64, u64)> = None;
+    for region in regions.iter().filter(|r| r.kind == RAM) {
+        let start = (region.addr.max(LOW.0).checked_add(0xfff)?) & !0xfff;
+        let end = region.addr.saturating_add(region.size).min(LOW.1) & !0xfff;
+        if end >= start + 0x1_0000 && best.is_none_or(|(_, size)| end - start > size) {
+            best = Some((start, end - start));
+        }
+    }
+    best
+}
+
 /// Human name of an x86 exception vector.
 pub fn exception_name(vector: u64) -> &'static str {
     match vector {
@@ -102,6 +118,15 @@ mod tests {
         let (base, size) = pick_heap(&regions, 0x123456, MAPPED_LIMIT).expect("heap");
         assert_eq!(base, 0x124000);
         assert_eq!(base + size, 0x8000000);
+        // Conventional memory: 64 KiB up to the page below the EBDA.
+        assert_eq!(low_heap(&regions), Some((0x10000, 0x9f000 - 0x10000)));
+        assert_eq!(low_heap(&regions[1..]), None);
+        let tiny = [MemoryRegion {
+            addr: 0x90000,
+            size: 0x8000,
+            kind: RAM,
+        }];
+        assert_eq!(low_heap(&tiny), None, "under 64 KiB is not worth an arena");
     }
 
     #[test]

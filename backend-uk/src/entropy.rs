@@ -116,9 +116,11 @@ pub fn gather_seed(host_seed: &[u8], wall_ns: u64) -> (Vec<u8>, &'static str) {
     } else if !host_seed.is_empty() {
         source = "host-seed";
     }
-    // TSC jitter across port I/O exits (each exit costs tens of microseconds on nested KVM, so
-    // only a few rounds when the CPU already gave hardware randomness).
-    let rounds = if hw == 8 { 4 } else { 64 };
+    // TSC jitter across port I/O exits (each exit costs tens of microseconds on nested KVM: a
+    // third of a millisecond of boot for four rounds), only when the CPU gave no hardware
+    // randomness; with RDRAND the TSC itself is mixed in.
+    let rounds = if hw == 8 { 0 } else { 64 };
+    material.extend_from_slice(&crate::arch::cpu::rdtsc().to_le_bytes());
     for _ in 0..rounds {
         let t = crate::arch::cpu::rdtsc();
         crate::drivers::pit::latch_read();

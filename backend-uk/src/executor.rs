@@ -357,6 +357,23 @@ pub async fn timeout<F: Future>(
     .await
 }
 
+/// Runs `future` until `cancel` completes first: `None` then (and `future` is dropped by the
+/// caller). Used to drop a request's handler when its client has gone.
+pub async fn unless<F: Future, C: Future<Output = ()>>(cancel: C, future: F) -> Option<F::Output> {
+    let mut future = core::pin::pin!(future);
+    let mut cancel = core::pin::pin!(cancel);
+    core::future::poll_fn(move |cx| {
+        if let Poll::Ready(v) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        match cancel.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
 /// A one-slot wake-up signal between tasks (or from the kernel loop to a task).
 #[derive(Default)]
 pub struct Notify {
@@ -552,5 +569,23 @@ mod tests {
         }
         assert_eq!(*count.borrow(), 1000);
         assert!(ex.slots.len() <= 100);
+    }
+
+    #[test]
+    fn unless_drops_the_future_when_cancelled() {
+        let poll = |f: &mut Pin<&mut dyn Future<Output = Option<u32>>>| {
+            f.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+        };
+        let notify = Notify::default();
+        let mut answered = core::pin::pin!(unless(notify.wait(), async { 5u32 }));
+        assert_eq!(
+            poll(&mut (answered.as_mut() as Pin<&mut dyn Future<Output = _>>)),
+            Poll::Ready(Some(5))
+        );
+        let mut left = core::pin::pin!(unless(notify.wait(), core::future::pending::<u32>()));
+        let mut left = left.as_mut() as Pin<&mut dyn Future<Output = _>>;
+        assert_eq!(poll(&mut left), Poll::Pending);
+        notify.notify();
+        assert_eq!(poll(&mut left), Poll::Ready(None));
     }
 }

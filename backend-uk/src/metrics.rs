@@ -18,6 +18,13 @@ pub struct KernelCounters {
     pub halt_poll_hits: AtomicU64,
     /// The halt-polling window now (see [`crate::idle`]).
     pub halt_poll_window_ns: AtomicU64,
+    /// Tasks alive (the accept loops, one per connection, upstream calls).
+    pub tasks: AtomicU64,
+    /// Requests whose client closed or reset the connection before the answer: their handler
+    /// was dropped.
+    pub abandoned: AtomicU64,
+    /// Connections aborted because the client took none of an answer for the write timeout.
+    pub write_timeouts: AtomicU64,
 }
 
 /// The kernel loop's counters.
@@ -26,6 +33,9 @@ pub static KERNEL: KernelCounters = KernelCounters {
     halts: AtomicU64::new(0),
     halt_poll_hits: AtomicU64::new(0),
     halt_poll_window_ns: AtomicU64::new(crate::idle::HaltPoll::new().window_ns()),
+    tasks: AtomicU64::new(0),
+    abandoned: AtomicU64::new(0),
+    write_timeouts: AtomicU64::new(0),
 };
 
 /// The kernel's counters as `/metrics` text (the network stack's figures are zero in host tests,
@@ -79,13 +89,26 @@ impl KernelCounters {
             "Ethernet frames sent.",
             frames.1,
         );
+        counter(
+            "janus_uk_requests_abandoned_total",
+            "Requests dropped because their client closed the connection before the answer.",
+            self.abandoned.load(Ordering::Relaxed),
+        );
+        counter(
+            "janus_uk_write_timeouts_total",
+            "Connections aborted because the client stopped taking the answer.",
+            self.write_timeouts.load(Ordering::Relaxed),
+        );
         let _ = write!(
             out,
-            "# HELP janus_uk_tcp_sockets TCP sockets open (listening, connected, closing).\n\
+            "# HELP janus_uk_tasks Tasks alive (accept loops, connections, upstream calls).\n\
+             # TYPE janus_uk_tasks gauge\njanus_uk_tasks {}\n\
+             # HELP janus_uk_tcp_sockets TCP sockets open (listening, connected, closing).\n\
              # TYPE janus_uk_tcp_sockets gauge\njanus_uk_tcp_sockets {tcp_sockets}\n\
              # HELP janus_uk_halt_poll_window_seconds How long the kernel polls before halting.\n\
              # TYPE janus_uk_halt_poll_window_seconds gauge\n\
              janus_uk_halt_poll_window_seconds {}\n",
+            self.tasks.load(Ordering::Relaxed),
             self.halt_poll_window_ns.load(Ordering::Relaxed) as f64 / 1e9
         );
         out
@@ -103,6 +126,9 @@ mod tests {
             halts: AtomicU64::new(0),
             halt_poll_hits: AtomicU64::new(0),
             halt_poll_window_ns: AtomicU64::new(50_000),
+            tasks: AtomicU64::new(3),
+            abandoned: AtomicU64::new(0),
+            write_timeouts: AtomicU64::new(0),
         };
         KernelCounters::bump(&k.loops);
         KernelCounters::bump(&k.loops);
@@ -124,6 +150,15 @@ mod tests {
             text.contains("\njanus_uk_halt_poll_window_seconds 0.00005\n"),
             "{text}"
         );
-        assert_eq!(text.matches("# TYPE").count(), 7);
+        assert!(text.contains("\njanus_uk_tasks 3\n"), "{text}");
+        assert!(
+            text.contains("\njanus_uk_requests_abandoned_total 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\njanus_uk_write_timeouts_total 0\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE").count(), 10);
     }
 }

@@ -34,11 +34,11 @@ const TX_BUF: usize = 16 * 1024;
 pub const MAX_SOCKETS: usize = 512;
 
 /// The socket cap for a heap of `heap_bytes`: socket buffers may use at most a quarter of the
-/// heap (so a connection flood is refused instead of exhausting memory), between 24 (the
+/// heap (so a connection flood is refused instead of exhausting memory), between 12 (the
 /// listener pools) and [`MAX_SOCKETS`].
 pub fn socket_cap(heap_bytes: u64) -> usize {
     let per_socket = (RX_BUF + TX_BUF) as u64;
-    ((heap_bytes / 4 / per_socket) as usize).clamp(24, MAX_SOCKETS)
+    ((heap_bytes / 4 / per_socket) as usize).clamp(12, MAX_SOCKETS)
 }
 /// A closed stream's socket is aborted if the peer has not finished closing after this long.
 const LINGER_MS: u64 = 5_000;
@@ -91,7 +91,8 @@ struct NetStack {
     now_ms: u64,
 }
 
-static NET: Spinlock<Option<NetStack>> = Spinlock::new(None);
+/// Boxed, so the static is all zeroes (.bss) instead of 4 KiB of image (.data).
+static NET: Spinlock<Option<alloc::boxed::Box<NetStack>>> = Spinlock::new(None);
 
 fn new_tcp_socket() -> tcp::Socket<'static> {
     let mut s = tcp::Socket::new(
@@ -134,7 +135,7 @@ pub fn init(device: NetDevice, ip: IpConfig, seed: u64, now_ms: u64) {
             address = Some(addr);
         }
     }
-    *NET.lock() = Some(NetStack {
+    *NET.lock() = Some(alloc::boxed::Box::new(NetStack {
         iface,
         device,
         sockets,
@@ -146,36 +147,36 @@ pub fn init(device: NetDevice, ip: IpConfig, seed: u64, now_ms: u64) {
         next_port: 49152 + (seed % 8192) as u16,
         address,
         now_ms,
-    });
+    }));
 }
 
 /// The configured IPv4 address (None while DHCP is pending).
 pub fn address() -> Option<Ipv4Addr> {
-    NET.lock().as_ref().and_then(|n| n.address)
+    NET.lock().as_deref().and_then(|n| n.address)
 }
 
 /// Acknowledges a NIC interrupt.
 pub fn ack_interrupt() {
-    if let Some(net) = NET.lock().as_ref() {
+    if let Some(net) = NET.lock().as_deref() {
         net.device.ack_interrupt();
     }
 }
 
 /// Enables NIC interrupts.
 pub fn enable_interrupts() {
-    if let Some(net) = NET.lock().as_ref() {
+    if let Some(net) = NET.lock().as_deref() {
         net.device.enable_interrupts();
     }
 }
 
 /// Whether a frame is waiting in the receive ring.
 pub fn rx_pending() -> bool {
-    NET.lock().as_ref().is_some_and(|n| n.device.can_recv())
+    NET.lock().as_deref().is_some_and(|n| n.device.can_recv())
 }
 
 /// TCP sockets open (listening, connected, closing).
 pub fn tcp_sockets() -> usize {
-    NET.lock().as_ref().map_or(0, |n| n.tcp_count)
+    NET.lock().as_deref().map_or(0, |n| n.tcp_count)
 }
 
 /// Frames received and sent so far.
@@ -298,7 +299,7 @@ impl NetStack {
 /// send, instead of a bare ACK and then the answer).
 pub fn poll_ingress(now_ms: u64) -> bool {
     let mut guard = NET.lock();
-    let Some(net) = guard.as_mut() else {
+    let Some(net) = guard.as_deref_mut() else {
         return false;
     };
     net.now_ms = now_ms;
@@ -331,7 +332,7 @@ pub fn poll_ingress(now_ms: u64) -> bool {
 /// recycles closed sockets. Returns whether anything was sent.
 pub fn poll_egress(now_ms: u64) -> bool {
     let mut guard = NET.lock();
-    let Some(net) = guard.as_mut() else {
+    let Some(net) = guard.as_deref_mut() else {
         return false;
     };
     net.now_ms = now_ms;
@@ -352,7 +353,7 @@ pub fn poll_egress(now_ms: u64) -> bool {
 /// Milliseconds until the stack needs [`poll_egress`] again (None = only when packets arrive).
 pub fn poll_delay_ms(now_ms: u64) -> Option<u64> {
     let mut guard = NET.lock();
-    let net = guard.as_mut()?;
+    let net = guard.as_deref_mut()?;
     net.iface
         .poll_delay(Instant::from_millis(now_ms as i64), &net.sockets)
         .map(|d| d.total_millis())
@@ -368,7 +369,7 @@ pub struct Listener {
 /// Starts listening on `port` with `backlog` sockets ready for simultaneous handshakes.
 pub fn listen(port: u16, backlog: usize) -> Result<Listener, NetError> {
     let mut guard = NET.lock();
-    let net = guard.as_mut().ok_or(NetError::Down)?;
+    let net = guard.as_deref_mut().ok_or(NetError::Down)?;
     net.pools.push(ListenPool {
         port,
         backlog: backlog.max(1),
@@ -393,7 +394,7 @@ impl Listener {
     pub async fn accept(&self) -> TcpStream {
         poll_fn(|cx| {
             let mut guard = NET.lock();
-            let Some(net) = guard.as_mut() else {
+            let Some(net) = guard.as_deref_mut() else {
                 return Poll::Pending;
             };
             let pool = &mut net.pools[self.index];
@@ -421,7 +422,7 @@ impl TcpStream {
         let handle = self.handle;
         poll_fn(|cx| {
             let mut guard = NET.lock();
-            let Some(net) = guard.as_mut() else {
+            let Some(net) = guard.as_deref_mut() else {
                 return Poll::Ready(Err(NetError::Down));
             };
             let s = net.sockets.get_mut::<tcp::Socket>(handle);
@@ -439,31 +440,68 @@ impl TcpStream {
         .await
     }
 
+    /// Writes some of `data`, waiting for buffer space; the number of bytes taken.
+    pub async fn write(&mut self, data: &[u8]) -> Result<usize, NetError> {
+        let handle = self.handle;
+        poll_fn(|cx| {
+            let mut guard = NET.lock();
+            let Some(net) = guard.as_deref_mut() else {
+                return Poll::Ready(Err(NetError::Down));
+            };
+            let s = net.sockets.get_mut::<tcp::Socket>(handle);
+            if s.can_send() {
+                return Poll::Ready(s.send_slice(data).map_err(|_| NetError::Closed));
+            }
+            match s.state() {
+                tcp::State::SynSent | tcp::State::SynReceived => {}
+                _ if !s.may_send() => return Poll::Ready(Err(NetError::Closed)),
+                _ => {}
+            }
+            s.register_send_waker(cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Writes all of `data` (waits for buffer space as needed).
     pub async fn write_all(&mut self, mut data: &[u8]) -> Result<(), NetError> {
-        let handle = self.handle;
         while !data.is_empty() {
-            let n = poll_fn(|cx| {
-                let mut guard = NET.lock();
-                let Some(net) = guard.as_mut() else {
-                    return Poll::Ready(Err(NetError::Down));
-                };
-                let s = net.sockets.get_mut::<tcp::Socket>(handle);
-                if s.can_send() {
-                    return Poll::Ready(s.send_slice(data).map_err(|_| NetError::Closed));
-                }
-                match s.state() {
-                    tcp::State::SynSent | tcp::State::SynReceived => {}
-                    _ if !s.may_send() => return Poll::Ready(Err(NetError::Closed)),
-                    _ => {}
-                }
-                s.register_send_waker(cx.waker());
-                Poll::Pending
-            })
-            .await?;
+            let n = self.write(data).await?;
             data = &data[n..];
         }
         Ok(())
+    }
+
+    /// Completes once the peer has closed its side or reset the connection: a request being
+    /// handled has nobody left to answer (as hyper without half-close). Data the peer sent
+    /// before is left unread.
+    pub async fn peer_closed(&self) {
+        let handle = self.handle;
+        poll_fn(|cx| {
+            let mut guard = NET.lock();
+            let Some(net) = guard.as_deref_mut() else {
+                return Poll::Ready(());
+            };
+            let s = net.sockets.get_mut::<tcp::Socket>(handle);
+            if !s.may_recv()
+                && !matches!(
+                    s.state(),
+                    tcp::State::Listen | tcp::State::SynSent | tcp::State::SynReceived
+                )
+            {
+                return Poll::Ready(());
+            }
+            s.register_recv_waker(cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Resets the connection now (its socket is freed at the next turn of the kernel loop).
+    pub fn abort(&mut self) {
+        if let Some(net) = NET.lock().as_deref_mut() {
+            net.sockets.get_mut::<tcp::Socket>(self.handle).abort();
+        }
     }
 
     /// Waits until the connection is established (for outgoing connections).
@@ -471,7 +509,7 @@ impl TcpStream {
         let handle = self.handle;
         poll_fn(|cx| {
             let mut guard = NET.lock();
-            let Some(net) = guard.as_mut() else {
+            let Some(net) = guard.as_deref_mut() else {
                 return Poll::Ready(Err(NetError::Down));
             };
             let s = net.sockets.get_mut::<tcp::Socket>(handle);
@@ -492,7 +530,7 @@ impl TcpStream {
     /// Remote endpoint, for logs.
     pub fn peer(&self) -> Option<String> {
         let guard = NET.lock();
-        let net = guard.as_ref()?;
+        let net = guard.as_deref()?;
         net.sockets
             .get::<tcp::Socket>(self.handle)
             .remote_endpoint()
@@ -503,7 +541,7 @@ impl TcpStream {
 impl Drop for TcpStream {
     fn drop(&mut self) {
         let mut guard = NET.lock();
-        if let Some(net) = guard.as_mut() {
+        if let Some(net) = guard.as_deref_mut() {
             net.sockets.get_mut::<tcp::Socket>(self.handle).close();
             let now = net.now_ms;
             net.released.push((self.handle, now));
@@ -515,7 +553,7 @@ impl Drop for TcpStream {
 /// [`TcpStream::established`] to wait for it).
 pub fn connect(addr: SocketAddrV4) -> Result<TcpStream, NetError> {
     let mut guard = NET.lock();
-    let net = guard.as_mut().ok_or(NetError::Down)?;
+    let net = guard.as_deref_mut().ok_or(NetError::Down)?;
     let handle = net.add_tcp().ok_or(NetError::NoSockets)?;
     let port = net.next_port;
     net.next_port = if net.next_port >= 65000 {
@@ -537,5 +575,5 @@ pub fn connect(addr: SocketAddrV4) -> Result<TcpStream, NetError> {
 
 /// Number of TCP sockets in use.
 pub fn socket_count() -> usize {
-    NET.lock().as_ref().map_or(0, |n| n.tcp_count)
+    NET.lock().as_deref().map_or(0, |n| n.tcp_count)
 }

@@ -65,6 +65,11 @@ impl UkStore {
         self.inner.lock().restore(bytes)
     }
 
+    /// The store's size limit (keys plus values).
+    pub fn max_total_bytes(&self) -> usize {
+        self.inner.lock().limits().max_total_bytes
+    }
+
     /// Non-blocking snapshot as of `seq` for the panic path (None if the lock is held).
     pub fn try_snapshot_at(&self, seq: u64) -> Option<Result<Vec<u8>, StoreError>> {
         self.inner.try_lock().map(|s| s.snapshot_at(seq))
@@ -93,7 +98,22 @@ impl StoreBackend for UkStore {
         f: &mut dyn FnMut(Option<&[u8]>) -> Update,
     ) -> Result<(Option<Vec<u8>>, Option<u64>), StoreError> {
         self.metrics.store_op(StoreOp::Update);
-        self.inner.lock().update(key, f)
+        // The closure is service code: it runs without the lock held, on a copy of the value, so
+        // a panic inside it leaves the store unlocked for the panic's state dump, and a closure
+        // that calls the store does not deadlock the only CPU. Nothing else runs meanwhile (one
+        // CPU, the closure is synchronous), so the read and the write are still one atomic step
+        // unless the closure itself wrote to the store, which is refused.
+        let (current, seq) = {
+            let store = self.inner.lock();
+            (store.get(key).map(<[u8]>::to_vec), store.seq())
+        };
+        let mut decision = Some(f(current.as_deref()));
+        let mut store = self.inner.lock();
+        if store.seq() != seq {
+            drop(store);
+            panic!("store: the update closure of key {key:?} wrote to the store itself");
+        }
+        store.update(key, &mut |_| decision.take().unwrap_or(Update::Keep))
     }
 
     fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -145,10 +165,12 @@ impl EntropySource for UkEntropy {
     }
 }
 
-/// Standard base64 (with padding), for the `JANUS-STATE` panic line.
-pub fn base64(data: &[u8]) -> String {
+/// Standard base64 (with padding) of `data`, handed to `out` in pieces of at most 256 bytes
+/// (no allocation: the panic path streams a state of many MiB through it).
+pub fn base64_to(data: &[u8], out: &mut dyn FnMut(&[u8])) {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    let mut buf = [0u8; 256];
+    let mut len = 0;
     for chunk in data.chunks(3) {
         let b = [
             chunk[0],
@@ -157,18 +179,53 @@ pub fn base64(data: &[u8]) -> String {
         ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            buf[len + i] = if i <= chunk.len() {
+                ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]
             } else {
-                out.push('=');
-            }
+                b'='
+            };
+        }
+        len += 4;
+        if len == buf.len() {
+            out(&buf);
+            len = 0;
         }
     }
-    out
+    if len > 0 {
+        out(&buf[..len]);
+    }
 }
 
-/// Largest state printed on the console when the service panics.
-pub const PANIC_STATE_LIMIT: usize = 64 * 1024;
+/// Standard base64 (with padding).
+pub fn base64(data: &[u8]) -> String {
+    let mut text = String::with_capacity(data.len().div_ceil(3) * 4);
+    base64_to(data, &mut |piece| {
+        text.extend(piece.iter().map(|&b| char::from(b)));
+    });
+    text
+}
+
+/// Most snapshot bytes per console line of the panic state dump (a multiple of 3, so the
+/// lines' base64 texts concatenate; 64 KiB of base64 per line). A state up to this size is
+/// one `JANUS-STATE seq=<N> <base64>` line; a larger one is `JANUS-STATE-PART seq=<N> <i>/<K>
+/// <base64>` lines, i = 1..=K, each holding the next piece (the store's 16 MiB is 342 lines).
+pub const STATE_LINE_BYTES: usize = 48 * 1024;
+
+/// Writes the console lines of a state dump of `snapshot` (taken at `seq`) through `out`.
+pub fn write_state_dump(seq: u64, snapshot: &[u8], out: &mut dyn FnMut(&[u8])) {
+    if snapshot.len() <= STATE_LINE_BYTES {
+        out(format!("JANUS-STATE seq={seq} ").as_bytes());
+        base64_to(snapshot, out);
+        out(b"\n");
+        return;
+    }
+    let parts = snapshot.len().div_ceil(STATE_LINE_BYTES);
+    for (i, piece) in snapshot.chunks(STATE_LINE_BYTES).enumerate() {
+        out(format!("JANUS-STATE-PART seq={seq} {}/{parts} ", i + 1).as_bytes());
+        base64_to(piece, out);
+        out(b"\n");
+    }
+}
 
 /// What the panic path reports about the request being handled.
 #[derive(Debug, Clone)]
@@ -187,14 +244,33 @@ pub fn current_request() -> Option<InFlight> {
     CURRENT.try_lock().and_then(|c| c.clone())
 }
 
-/// The `JANUS-STATE seq=<N> <base64>` line for the in-flight request, when the service has a
-/// store and the snapshot is at most [`PANIC_STATE_LIMIT`] bytes.
-pub fn panic_state_line() -> Option<String> {
-    let seq = current_request()?.seq?;
-    let store = PANIC_STORE.try_lock()?.clone()?;
-    let snapshot = store.try_snapshot_at(seq)?.ok()?;
-    (snapshot.len() <= PANIC_STATE_LIMIT)
-        .then(|| format!("JANUS-STATE seq={seq} {}", base64(&snapshot)))
+/// The panic path's state dump: for a request in flight on a service with a store, the state as
+/// of the request's start (see [`write_state_dump`]); when it cannot be produced, one
+/// `JANUS-PANIC state not dumped: <why>` line instead.
+pub fn write_panic_state(out: &mut dyn FnMut(&[u8])) {
+    let Some(seq) = current_request().and_then(|r| r.seq) else {
+        return;
+    };
+    let Some(store) = PANIC_STORE.try_lock().and_then(|s| s.clone()) else {
+        return;
+    };
+    // Service code never runs with the store locked (see `UkStore::update`): a held lock means
+    // the panic is inside the store engine itself, whose state may be half changed.
+    let why = match store.try_snapshot_at(seq) {
+        Some(Ok(snapshot)) => return write_state_dump(seq, &snapshot, out),
+        Some(Err(e)) => format!("{e}"),
+        None => String::from("the store engine panicked with its lock held"),
+    };
+    out(format!("JANUS-PANIC state not dumped: {why}\n").as_bytes());
+}
+
+/// Takes a request out of the in-flight gauge when dropped.
+struct Finished<'a>(&'a Metrics);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
 }
 
 /// The node: a service plus the protocol state around it.
@@ -293,6 +369,8 @@ impl<S: Service> Node<S> {
             trace_id,
         };
         self.metrics.request_started();
+        // Counted out however the handler ends: answered, or dropped when its client left.
+        let _finished = Finished(&self.metrics);
         let in_flight = InFlight {
             trace_id: trace_hex.clone(),
             seq,
@@ -305,7 +383,6 @@ impl<S: Service> Node<S> {
             r
         })
         .await;
-        self.metrics.request_finished();
         let status = resp.status.as_u16();
         let mut out = janus_http1::Response::new(status);
         // The service cannot forge the protocol headers added below, nor the framing.
@@ -368,7 +445,8 @@ impl<S: Service> Node<S> {
     }
 
     fn get_state(&self, req: &janus_http1::Request) -> janus_http1::Response {
-        let Some(store) = &self.store else {
+        // A constant per service: a service without a store has no state code in its image.
+        let Some(store) = self.store.as_ref().filter(|_| S::MANIFEST.store.is_some()) else {
             return text(404, "this service has no store\n");
         };
         let wanted = req
@@ -396,8 +474,28 @@ impl<S: Service> Node<S> {
         }
     }
 
+    /// The admin listener's codec limits: `PUT /state` takes a snapshot of a full store (the same
+    /// cap as the unix build: the data plus 8 bytes of lengths per entry and a small frame, bounded
+    /// by twice the store's size plus 1 MiB), but never more than a third of the heap, so an
+    /// oversized body is refused with 413 instead of exhausting memory.
+    pub fn admin_limits(&self, heap_bytes: usize) -> janus_http1::Limits {
+        let mut limits = janus_http1::Limits::DEFAULT;
+        if let Some(store) = &self.store {
+            let cap = store
+                .max_total_bytes()
+                .saturating_mul(2)
+                .saturating_add(1 << 20)
+                .min(heap_bytes / 3);
+            limits.max_body_bytes = limits.max_body_bytes.max(cap);
+            // 16 MiB at a slow 1 MiB/s still arrives.
+            limits.body_timeout_ms = 120_000;
+        }
+        limits
+    }
+
     fn put_state(&self, req: &janus_http1::Request) -> janus_http1::Response {
-        let Some(store) = &self.store else {
+        // A constant per service: a service without a store has no state code in its image.
+        let Some(store) = self.store.as_ref().filter(|_| S::MANIFEST.store.is_some()) else {
             return text(404, "this service has no store\n");
         };
         match store.restore(&req.body) {
@@ -431,7 +529,7 @@ mod kernel {
     use crate::boot::BootInfo;
     use crate::drivers::exit::ExitCode;
     use crate::executor::Executor;
-    use crate::metrics::Metrics;
+    use crate::metrics::{KERNEL, KernelCounters, Metrics};
     use crate::net::{self, TcpStream};
     use crate::{clock, kprintln, rt};
 
@@ -449,10 +547,16 @@ mod kernel {
         clock::monotonic_ns() / 1_000_000
     }
 
+    /// Listening sockets kept ready per port. The pools are refilled after every received frame
+    /// (`net::poll_ingress`), so a burst of SYNs never finds the pool empty with a few; each
+    /// socket costs 32 KiB of buffers, touched (and so faulted in by the host) at boot.
+    const SERVICE_BACKLOG: usize = 4;
+    const ADMIN_BACKLOG: usize = 2;
+
     /// Boots service `S`: brings the kernel up, builds the service from its capabilities and
     /// serves it until the VM stops.
     pub fn run<S: Service>(boot: BootInfo) -> ! {
-        let env = rt::bring_up(&boot);
+        let mut env = rt::bring_up(&boot);
         let mut cfg = env.config.clone();
         // The token from fw_cfg (kept off the command line) wins over a `janus.token` word.
         if let Some(bytes) = crate::drivers::fw_cfg::read_file(super::ADMIN_TOKEN_FILE) {
@@ -476,7 +580,9 @@ mod kernel {
             Err(e) => rt::fatal(ExitCode::BootFailure, &alloc::format!("config: {e}")),
         };
         let metrics = Arc::new(Metrics::default());
-        let store = manifest.store.map(|spec| {
+        // `S::MANIFEST.store` is a constant: for a service without a store the store engine is
+        // not in the image at all.
+        let store = const { S::MANIFEST.store }.map(|spec| {
             Arc::new(UkStore::new(
                 MemStore::new(StoreLimits::from_spec(&spec)),
                 Arc::clone(&metrics),
@@ -485,7 +591,11 @@ mod kernel {
         super::set_panic_store(store.clone());
         rt::set_fatal_hooks(rt::FatalHooks {
             trace_id: || super::current_request().map(|c| c.trace_id),
-            extra: super::panic_state_line,
+            extra: if S::MANIFEST.store.is_some() {
+                super::write_panic_state
+            } else {
+                |_| {}
+            },
         });
         let executor = Executor::new();
         let timers = executor.timers();
@@ -494,7 +604,11 @@ mod kernel {
                 cfg.upstreams.clone(),
                 Arc::clone(&timers),
             )),
-            store: store.clone().map(|s| s as Arc<dyn StoreBackend>),
+            store: if const { S::MANIFEST.store.is_some() } {
+                store.clone().map(|s| s as Arc<dyn StoreBackend>)
+            } else {
+                None
+            },
             clock: Arc::new(UkClock {
                 timers: Arc::clone(&timers),
                 monotonic_ns: clock::monotonic_ns,
@@ -510,6 +624,7 @@ mod kernel {
                 &alloc::format!("service {} failed to start: {e}", manifest.name),
             ),
         };
+        env.marks.mark("service");
         let node: &'static Node<S> = Box::leak(Box::new(Node {
             service,
             node_id: cfg.node_id.clone(),
@@ -521,7 +636,7 @@ mod kernel {
         }));
         let port = cfg.port.unwrap_or(manifest.listener.port);
         let spawner = executor.spawner();
-        match net::listen(port, 16) {
+        match net::listen(port, SERVICE_BACKLOG) {
             Ok(listener) => {
                 let sp = spawner.clone();
                 spawner.spawn(async move {
@@ -537,7 +652,7 @@ mod kernel {
             ),
         }
         let admin = if cfg.admin_token.is_some() {
-            match net::listen(cfg.admin_port, 4) {
+            match net::listen(cfg.admin_port, ADMIN_BACKLOG) {
                 Ok(listener) => {
                     let sp = spawner.clone();
                     spawner.spawn(async move {
@@ -558,6 +673,7 @@ mod kernel {
                 "off (no admin token: fw_cfg opt/janus/token or janus.token)",
             )
         };
+        env.marks.mark("listen");
         let boot_us = rt::since_entry_us();
         kprintln!("janus-uk: {}", env.summary);
         kprintln!(
@@ -568,11 +684,41 @@ mod kernel {
             boot_us / 1000,
             boot_us % 1000
         );
+        kprintln!("janus-uk: {}", env.marks.text());
         rt::run_loop(executor, env.nic_irq)
     }
 
+    /// How long a client may take none of an answer before its connection is reset.
+    const WRITE_STALL_MS: u64 = 10_000;
+
+    /// Writes `data`; a client that takes none of it for [`WRITE_STALL_MS`] (it stopped reading,
+    /// its window stays shut) has its connection reset. A slow reader that keeps taking bytes is
+    /// never cut.
+    async fn write_out(
+        stream: &mut TcpStream,
+        mut data: &[u8],
+        timers: &alloc::sync::Arc<crate::executor::Timers>,
+    ) -> Result<(), ()> {
+        while !data.is_empty() {
+            let deadline = now_ms() + WRITE_STALL_MS;
+            match crate::executor::timeout(timers, deadline, stream.write(data)).await {
+                Some(Ok(n)) => data = &data[n..],
+                Some(Err(_)) => return Err(()),
+                None => {
+                    KernelCounters::bump(&KERNEL.write_timeouts);
+                    stream.abort();
+                    return Err(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn serve_conn<S: Service>(node: &'static Node<S>, mut stream: TcpStream, kind: Kind) {
-        let mut conn = ServerConn::new(Limits::DEFAULT);
+        let mut conn = ServerConn::new(match kind {
+            Kind::Service => Limits::DEFAULT,
+            Kind::Admin => node.admin_limits(crate::mm::heap::size() as usize),
+        });
         let mut buf = vec![0u8; 8192];
         let mut pending: alloc::vec::Vec<u8> = alloc::vec::Vec::new();
         let timers = rt::timers();
@@ -586,7 +732,21 @@ mod kernel {
                 match event {
                     Event::Request(req) => {
                         let resp = match kind {
-                            Kind::Service => node.handle_service(req).await,
+                            Kind::Service => {
+                                // A client that leaves takes its handler with it (and frees
+                                // this task and its socket), however long the handler would run.
+                                let answer = crate::executor::unless(
+                                    stream.peer_closed(),
+                                    node.handle_service(req),
+                                );
+                                match answer.await {
+                                    Some(resp) => resp,
+                                    None => {
+                                        KernelCounters::bump(&KERNEL.abandoned);
+                                        return;
+                                    }
+                                }
+                            }
                             Kind::Admin => node.handle_admin(&req),
                         };
                         if let Err(e) = conn.respond(&resp) {
@@ -611,7 +771,7 @@ mod kernel {
             }
             if !conn.output().is_empty() {
                 let out = conn.take_output();
-                if stream.write_all(&out).await.is_err() {
+                if write_out(&mut stream, &out, &timers).await.is_err() {
                     return;
                 }
             }
@@ -874,6 +1034,121 @@ mod tests {
     }
 
     #[test]
+    fn admin_takes_a_snapshot_of_a_full_store_within_the_heap() {
+        let node = node();
+        // The store holds 1 MiB: a snapshot may be up to twice that plus 1 MiB.
+        let limits = node.admin_limits(1 << 30);
+        assert_eq!(limits.max_body_bytes, 3 << 20);
+        // Never more than a third of the heap, never less than the default.
+        assert_eq!(node.admin_limits(6 << 20).max_body_bytes, 2 << 20);
+        assert_eq!(
+            node.admin_limits(1 << 20).max_body_bytes,
+            janus_http1::Limits::DEFAULT.max_body_bytes
+        );
+        // A full store of small entries: its snapshot (1.3 MiB, lengths included) is over the
+        // service listener's 1 MiB and goes through the admin codec and restores.
+        let mut entries = alloc::collections::BTreeMap::new();
+        for i in 0..40_000u32 {
+            entries.insert(format!("k{i:05}"), i.to_le_bytes().repeat(5));
+        }
+        let snapshot = runtime_abi::store::encode_snapshot(41, &entries);
+        assert!(snapshot.len() > janus_http1::Limits::DEFAULT.max_body_bytes);
+        let mut raw = format!(
+            "PUT /state HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\nContent-Length: {}\r\n\r\n",
+            snapshot.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&snapshot);
+        let mut conn = janus_http1::ServerConn::new(limits);
+        let mut fed = 0;
+        let req = loop {
+            fed += conn.feed(&raw[fed..]);
+            match conn.poll(0) {
+                Some(janus_http1::Event::Request(r)) => break r,
+                None => assert!(fed < raw.len(), "the codec stalled"),
+                Some(other) => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(node.handle_admin(&req).status, 204);
+        assert_eq!(
+            node.store.as_ref().expect("store").snapshot(),
+            (41, snapshot)
+        );
+    }
+
+    /// A panic inside an `update` closure (the store engine calling service code) finds the
+    /// store unlocked: the dump is the state as of the request's start.
+    #[test]
+    fn panic_dump_from_inside_an_update_closure() {
+        let node = node();
+        let store = Arc::clone(node.store.as_ref().expect("store"));
+        store.put("a", b"1").expect("put");
+        set_panic_store(Some(Arc::clone(&store)));
+        *CURRENT.lock() = Some(InFlight {
+            trace_id: "t".into(),
+            seq: Some(1),
+        });
+        let mut dump = Vec::new();
+        store
+            .update("a", &mut |_| {
+                write_panic_state(&mut |b| dump.extend_from_slice(b));
+                Update::Set(b"2".to_vec())
+            })
+            .expect("update");
+        *CURRENT.lock() = None;
+        set_panic_store(None);
+        let at1 = store.snapshot_at(1).expect("seq 1");
+        assert_eq!(
+            String::from_utf8(dump).expect("text"),
+            format!("JANUS-STATE seq=1 {}\n", base64(&at1))
+        );
+        // A closure that panics leaves the store unlocked and unchanged.
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = store.update("a", &mut |_| panic!("bug in the closure"));
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(store.try_snapshot_at(2).map(|r| r.is_ok()), Some(true));
+        assert_eq!(store.get("a").expect("get"), Some(b"2".to_vec()));
+        // A closure that writes to the store itself is refused instead of deadlocking.
+        let reentrant = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = store.update("a", &mut |_| {
+                let _ = store.put("b", b"x");
+                Update::Keep
+            });
+        }));
+        assert!(reentrant.is_err());
+    }
+
+    /// A state above one line's worth is streamed as numbered parts whose base64 texts
+    /// concatenate to the whole state's.
+    #[test]
+    fn large_state_dump_is_split_into_parts() {
+        let snapshot: Vec<u8> = (0..STATE_LINE_BYTES * 3 + 100)
+            .map(|i| (i * 7 % 256) as u8)
+            .collect();
+        let mut out = Vec::new();
+        write_state_dump(9, &snapshot, &mut |b| out.extend_from_slice(b));
+        let text = String::from_utf8(out).expect("text");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        let mut joined = String::new();
+        for (i, line) in lines.iter().enumerate() {
+            let prefix = format!("JANUS-STATE-PART seq=9 {}/4 ", i + 1);
+            let b64 = line.strip_prefix(&prefix).expect("part prefix");
+            assert!(b64.len() <= STATE_LINE_BYTES / 3 * 4);
+            joined.push_str(b64);
+        }
+        assert_eq!(joined, base64(&snapshot));
+        // Up to one line's worth: the single-line form.
+        let mut out = Vec::new();
+        write_state_dump(3, &snapshot[..STATE_LINE_BYTES], &mut |b| {
+            out.extend_from_slice(b)
+        });
+        assert!(out.starts_with(b"JANUS-STATE seq=3 "));
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+    }
+
+    #[test]
     fn token_file_contents() {
         assert_eq!(admin_token_from_file(b"abc123\n"), Ok("abc123".into()));
         assert_eq!(admin_token_from_file(b"  t0k "), Ok("t0k".into()));
@@ -908,5 +1183,12 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        let long: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let text = base64(&long);
+        assert_eq!(text.len(), 1336);
+        assert!(
+            text.starts_with("AAECAwQF") && text.ends_with("5OXm5w=="),
+            "{text}"
+        );
     }
 }

@@ -4,12 +4,15 @@ use alloc::string::String;
 
 use crate::drivers::exit::{self, ExitCode};
 
+/// Where a fatal hook writes its lines (the serial port, without allocating).
+pub type ConsoleSink<'a> = &'a mut dyn FnMut(&[u8]);
+
 /// Hooks run when the kernel dies (set by the node runtime; e.g. the trace id and state dump).
 pub struct FatalHooks {
     /// Trace id of the request in flight, if any.
     pub trace_id: fn() -> Option<String>,
-    /// Extra lines to print (e.g. `JANUS-STATE ...`).
-    pub extra: fn() -> Option<String>,
+    /// Writes extra lines (e.g. the `JANUS-STATE` dump) through the given writer.
+    pub extra: fn(ConsoleSink<'_>),
 }
 
 static HOOKS: spinning_top::Spinlock<Option<FatalHooks>> = spinning_top::Spinlock::new(None);
@@ -65,9 +68,7 @@ pub fn fatal_fmt(code: ExitCode, msg: core::fmt::Arguments<'_>) -> ! {
             if let Some(id) = trace_id() {
                 let _ = writeln!(SerialWriter, "JANUS-PANIC trace_id={id}");
             }
-            if let Some(text) = extra() {
-                let _ = writeln!(SerialWriter, "{text}");
-            }
+            extra(&mut crate::drivers::serial::write_bytes);
         }
     }
     let _ = writeln!(SerialWriter, "JANUS-EXIT status={}", code.qemu_status());
@@ -138,6 +139,8 @@ pub struct KernelEnv {
     pub nic_irq: Option<u8>,
     /// One line describing the machine (printed with the listening line).
     pub summary: alloc::string::String,
+    /// When each bring-up step ended (the node runtime adds its own).
+    pub marks: BootMarks,
 }
 
 static TIMERS: spinning_top::Spinlock<Option<alloc::sync::Arc<crate::executor::Timers>>> =
@@ -154,18 +157,66 @@ pub fn since_entry_us() -> u64 {
     crate::clock::monotonic_ns() / 1000
 }
 
+/// TSC stamps of the bring-up steps (printed at debug level: where the boot time goes).
+#[cfg(not(test))]
+#[derive(Debug)]
+pub struct BootMarks {
+    entry: u64,
+    marks: [(&'static str, u64); 16],
+    len: usize,
+}
+
+#[cfg(not(test))]
+impl BootMarks {
+    fn start() -> Self {
+        let mut m = BootMarks {
+            entry: crate::arch::start::entry_tsc(),
+            marks: [("", 0); 16],
+            len: 0,
+        };
+        m.mark("pre-rust");
+        m
+    }
+
+    /// Records the end of step `what`.
+    pub fn mark(&mut self, what: &'static str) {
+        if self.len < self.marks.len() {
+            self.marks[self.len] = (what, crate::arch::cpu::rdtsc());
+            self.len += 1;
+        }
+    }
+}
+
+#[cfg(not(test))]
+impl BootMarks {
+    /// `boot steps (us): <step> <duration> ...`, from the PVH entry point.
+    pub fn text(&self) -> alloc::string::String {
+        let tsc_hz = crate::clock::CLOCK.tsc_hz().max(1);
+        let mut text = alloc::string::String::from("boot steps (us):");
+        let mut prev = self.entry;
+        for &(what, tsc) in &self.marks[..self.len] {
+            let us = tsc.saturating_sub(prev) * 1_000_000 / tsc_hz;
+            text.push_str(&alloc::format!(" {what} {us}"));
+            prev = tsc;
+        }
+        text
+    }
+}
+
 /// Brings the machine up: command line, PIC, clocks, entropy, logging, NIC and network.
 #[cfg(not(test))]
 pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
     use crate::drivers::{pic, pit, rtc};
     use crate::{clock, cmdline, entropy, net};
 
+    let mut marks = BootMarks::start();
     let config = match cmdline::parse(&boot.cmdline) {
         Ok(c) => c,
         Err(e) => fatal(ExitCode::BootFailure, &alloc::format!("{e}")),
     };
     pic::init();
     crate::drivers::lapic::route_pic();
+    marks.mark("pic");
     let (mut tsc_hz, mut tsc_source) = match crate::drivers::kvmclock::tsc_hz() {
         Some(hz) => (hz, "kvmclock"),
         None => (pit::calibrate_tsc(10), "pit"),
@@ -184,22 +235,31 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
         };
         tsc_source = "assumed";
     }
-    let wall = rtc::unix_seconds();
+    marks.mark("tsc");
+    // kvmclock's wall clock when present (no CMOS port exits), else the RTC; a kvmclock time
+    // before 2020 is not believed.
+    let (wall_ns, wall_source) = match crate::drivers::kvmclock::wall_ns() {
+        Some(ns) if ns > 1_577_836_800_000_000_000 => (Some(ns), "kvmclock"),
+        _ => (rtc::unix_seconds().map(|s| s * 1_000_000_000), "rtc"),
+    };
+    marks.mark("wall");
     let entry_tsc = crate::arch::start::entry_tsc();
     let elapsed_ns = (u128::from(crate::arch::cpu::rdtsc().saturating_sub(entry_tsc))
         * 1_000_000_000
         / u128::from(tsc_hz.max(1))) as u64;
-    let wall_at_entry = wall.map_or(0, |s| (s * 1_000_000_000).saturating_sub(elapsed_ns));
+    let wall_at_entry = wall_ns.map_or(0, |ns| ns.saturating_sub(elapsed_ns));
     clock::CLOCK.calibrate(tsc_hz, entry_tsc, wall_at_entry);
     let (material, entropy_source) = entropy::gather_seed(&config.seed, clock::wall_ns());
     entropy::init(&material);
     crate::log::init(&config.log_level);
+    marks.mark("entropy");
     let Some(nic) = crate::drivers::virtio::find_nic(&config.mmio_devices) else {
         fatal(
             ExitCode::BootFailure,
             "no virtio-net device found (virtio-mmio or PCI)",
         )
     };
+    marks.mark("find-nic");
     let location = nic.location.clone();
     let irq = nic.irq;
     let level_triggered = nic.level_triggered;
@@ -210,6 +270,7 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
             &alloc::format!("virtio-net init at {location}: {e}"),
         ),
     };
+    marks.mark("nic-init");
     net::init(
         device,
         config.ip,
@@ -224,11 +285,16 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
         pic::unmask(irq);
     }
     pic::unmask(0);
+    marks.mark("net");
     let summary = alloc::format!(
-        "heap {} MiB, tsc {} MHz ({tsc_source}), wall clock {}, entropy {entropy_source}, virtio-net {location} irq {}, ip {}",
-        crate::mm::heap::size() >> 20,
+        "heap {} KiB, tsc {} MHz ({tsc_source}), wall clock {}, entropy {entropy_source}, virtio-net {location} irq {}, ip {}",
+        crate::mm::heap::size() >> 10,
         tsc_hz / 1_000_000,
-        if wall.is_some() { "rtc" } else { "unavailable" },
+        if wall_ns.is_some() {
+            wall_source
+        } else {
+            "unavailable"
+        },
         irq.map_or(
             alloc::string::String::from("none (polling)"),
             |i| alloc::format!("{i}")
@@ -242,6 +308,7 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
         config,
         nic_irq: irq,
         summary,
+        marks,
     }
 }
 
@@ -288,6 +355,10 @@ pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) ->
         net::poll_ingress(now);
         executor.fire_timers(now);
         let ran = executor.run_ready();
+        KERNEL.tasks.store(
+            executor.live_tasks() as u64,
+            core::sync::atomic::Ordering::Relaxed,
+        );
         net::poll_egress(now_ms());
         if ran > 0 {
             continue;

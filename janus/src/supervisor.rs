@@ -456,7 +456,7 @@ pub fn panic_report(lines: &[String]) -> Vec<String> {
     };
     lines[start..]
         .iter()
-        .filter(|l| !l.starts_with("JANUS-STATE "))
+        .filter(|l| !l.starts_with("JANUS-STATE"))
         .take(40)
         .cloned()
         .collect()
@@ -464,7 +464,7 @@ pub fn panic_report(lines: &[String]) -> Vec<String> {
 
 /// Saves the `JANUS-STATE seq=N <base64>` dump of a console, if any; returns (seq, file).
 fn save_state_dump(run_dir: &Path, id: &str, n: u32, lines: &[String]) -> Option<(u64, PathBuf)> {
-    let (seq, bytes) = lines.iter().rev().find_map(|l| parse_state_line(l))?;
+    let (seq, bytes) = parse_state_dump(lines)?;
     let file = run_dir.join("crashes").join(format!("{id}-{n}.state"));
     std::fs::write(&file, bytes).ok()?;
     Some((seq, file))
@@ -476,6 +476,50 @@ pub fn parse_state_line(line: &str) -> Option<(u64, Vec<u8>)> {
     let (seq, b64) = rest.split_once(' ')?;
     let seq = seq.strip_prefix("seq=")?.parse().ok()?;
     Some((seq, base64_decode(b64.trim())?))
+}
+
+/// The last complete state dump in a console: a `JANUS-STATE seq=N <base64>` line, or the
+/// `JANUS-STATE-PART seq=N i/K <base64>` lines i = 1..=K in order (a large state), whose pieces
+/// are concatenated. An incomplete or out-of-order set of parts is no dump.
+pub fn parse_state_dump<S: AsRef<str>>(lines: &[S]) -> Option<(u64, Vec<u8>)> {
+    let mut found = None;
+    // (seq, parts, next part expected, bytes so far)
+    let mut partial: Option<(u64, u64, u64, Vec<u8>)> = None;
+    for line in lines {
+        let line = line.as_ref().trim();
+        if let Some(dump) = parse_state_line(line) {
+            found = Some(dump);
+            partial = None;
+            continue;
+        }
+        let Some(rest) = line.strip_prefix("JANUS-STATE-PART ") else {
+            continue;
+        };
+        let part = (|| {
+            let mut fields = rest.splitn(3, ' ');
+            let seq: u64 = fields.next()?.strip_prefix("seq=")?.parse().ok()?;
+            let (i, k) = fields.next()?.split_once('/')?;
+            let (i, k): (u64, u64) = (i.parse().ok()?, k.parse().ok()?);
+            Some((seq, i, k, base64_decode(fields.next()?.trim())?))
+        })();
+        partial = match (part, partial.take()) {
+            (Some((seq, 1, k, bytes)), _) if k >= 1 => Some((seq, k, 2, bytes)),
+            (Some((seq, i, k, bytes)), Some((s, pk, next, mut acc)))
+                if seq == s && k == pk && i == next =>
+            {
+                acc.extend_from_slice(&bytes);
+                Some((seq, k, next + 1, acc))
+            }
+            _ => None,
+        };
+        if let Some((seq, k, next, _)) = &partial
+            && *next == k + 1
+        {
+            let seq = *seq;
+            found = partial.take().map(|(_, _, _, bytes)| (seq, bytes));
+        }
+    }
+    found
 }
 
 /// Standard base64 (with or without padding).
@@ -534,5 +578,43 @@ mod tests {
         assert_eq!(panic_report(&lines).len(), 2);
         assert_eq!(parse_state_line(&lines[3]), Some((7, b"hello".to_vec())));
         assert_eq!(parse_state_line("JANUS-STATE seq=x aGVs"), None);
+        assert_eq!(parse_state_dump(&lines), Some((7, b"hello".to_vec())));
+    }
+
+    #[test]
+    fn a_state_dump_in_parts_is_reassembled() {
+        // "hello world!" in parts of 3 bytes, with other console lines around them.
+        let parts = [
+            "JANUS-PANIC panicked at src/lib.rs:1:1: boom",
+            "JANUS-STATE-PART seq=5 1/4 aGVs",
+            "JANUS-STATE-PART seq=5 2/4 bG8g",
+            "JANUS-STATE-PART seq=5 3/4 d29y",
+            "JANUS-STATE-PART seq=5 4/4 bGQh",
+            "JANUS-EXIT status=33",
+        ];
+        assert_eq!(
+            parse_state_dump(&parts),
+            Some((5, b"hello world!".to_vec()))
+        );
+        assert_eq!(panic_report(&parts.map(String::from)).len(), 2);
+        // A missing, repeated or foreign part is no dump.
+        for broken in [
+            vec![parts[1], parts[2], parts[4]],
+            vec![parts[1], parts[2], parts[2], parts[3], parts[4]],
+            vec![
+                parts[1],
+                parts[2],
+                "JANUS-STATE-PART seq=6 3/4 d29y",
+                parts[4],
+            ],
+            vec![parts[1], parts[2], parts[3]],
+            vec![parts[2], parts[3], parts[4]],
+        ] {
+            assert_eq!(parse_state_dump(&broken), None, "{broken:?}");
+        }
+        // The last complete dump wins.
+        let mut two = vec!["JANUS-STATE seq=1 aGk="];
+        two.extend_from_slice(&parts[1..5]);
+        assert_eq!(parse_state_dump(&two).map(|d| d.0), Some(5));
     }
 }

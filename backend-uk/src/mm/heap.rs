@@ -13,10 +13,11 @@ static ALLOCATOR: TalcLock<RawSpinlock, Manual> = TalcLock::new(Manual);
 
 static HEAP_SIZE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
-/// Hands `[base, base + size)` to the allocator. Called once by the boot path.
+/// Hands `[base, base + size)` to the allocator (one call per RAM range, by the boot path).
 #[cfg(not(test))]
 pub fn init(base: u64, size: u64) {
-    // SAFETY: the range comes from the PVH memory map (RAM), lies above the kernel image and
+    // SAFETY: the range comes from the PVH memory map (RAM), lies outside the kernel image
+    // (above it, or conventional memory below 1 MiB whose boot data was already read) and
     // below the identity-mapped limit, and is claimed exactly once; nothing else uses it.
     let claimed = unsafe {
         ALLOCATOR
@@ -29,7 +30,7 @@ pub fn init(base: u64, size: u64) {
             "heap claim failed",
         );
     }
-    HEAP_SIZE.store(size, core::sync::atomic::Ordering::Relaxed);
+    HEAP_SIZE.fetch_add(size, core::sync::atomic::Ordering::Relaxed);
 }
 
 /// Host builds use the system allocator.

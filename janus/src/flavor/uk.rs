@@ -20,7 +20,7 @@
 //!
 //! Exit status of the QEMU process (isa-debug-exit maps guest code v to `(v << 1) | 1`):
 //! [`EXIT_SHUTDOWN`] 1, [`EXIT_PANIC`] 33 (service or kernel panic; the console holds the
-//! `JANUS-PANIC` report and, for a service with a small store, a `JANUS-STATE` line),
+//! `JANUS-PANIC` report and, for a service with a store, the `JANUS-STATE` dump),
 //! [`EXIT_CPU_EXCEPTION`] 35, [`EXIT_BOOT_FAILURE`] 37, [`EXIT_OUT_OF_MEMORY`] 39; 253 = fault in
 //! a CPL0 stub; 0 or a signal = QEMU itself stopped (killed, or `-no-reboot` after a triple fault).
 
@@ -47,7 +47,7 @@ pub const EXIT_OUT_OF_MEMORY: i32 = 39;
 
 /// The least guest memory an image boots and serves with (measured by bench/uk.sh; below it the
 /// guest exits with [`EXIT_OUT_OF_MEMORY`]).
-pub const MIN_MEMORY_MIB: u32 = 4;
+pub const MIN_MEMORY_MIB: u32 = 2;
 
 /// Guest port of the service listener.
 pub const GUEST_SERVICE_PORT: u16 = 80;

@@ -828,6 +828,6 @@ janus_trap_stack_top:
     .p2align 4
     .global janus_user_stack_bottom
 janus_user_stack_bottom:
-janus_user_stack: .skip 1048576
+janus_user_stack: .skip 262144
     .global janus_user_stack_top
 janus_user_stack_top:

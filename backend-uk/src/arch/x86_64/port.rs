@@ -52,3 +52,23 @@ pub unsafe fn inl(port: u16) -> u32 {
     }
     value
 }
+
+/// Writes `bytes` to an I/O port with one `rep outsb` (KVM forwards a string write to the device
+/// model in one exit instead of one per byte).
+///
+/// # Safety
+/// As for [`outb`].
+#[inline]
+pub unsafe fn outsb(port: u16, bytes: &[u8]) {
+    // SAFETY: as for `outb`; `outsb` only reads `bytes` (RSI..RSI+RCX, direction flag clear as
+    // the ABI guarantees).
+    unsafe {
+        core::arch::asm!(
+            "rep outsb",
+            in("dx") port,
+            inout("rsi") bytes.as_ptr() => _,
+            inout("rcx") bytes.len() => _,
+            options(readonly, nostack, preserves_flags)
+        )
+    }
+}

@@ -82,12 +82,15 @@ extern "C" fn janus_rust_start(start_info: u64) -> ! {
     }
     let kernel_end = core::ptr::addr_of!(__kernel_end) as u64;
     let heap = crate::boot::pick_heap(&regions[..count], kernel_end, crate::boot::MAPPED_LIMIT);
-    match heap {
-        Some((base, size)) => crate::mm::heap::init(base, size),
-        None => crate::drivers::exit::exit_with(
+    let low = crate::boot::low_heap(&regions[..count]);
+    if heap.is_none() && low.is_none() {
+        crate::drivers::exit::exit_with(
             crate::drivers::exit::ExitCode::BootFailure,
             "no usable RAM for the heap",
-        ),
+        );
+    }
+    for (base, size) in [heap, low].into_iter().flatten() {
+        crate::mm::heap::init(base, size);
     }
     let cmdline = core::str::from_utf8(&cmdline[..cmdline_len]).unwrap_or("");
     let info = BootInfo {
