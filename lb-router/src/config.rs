@@ -174,12 +174,18 @@ impl Default for ChannelConfig {
     }
 }
 
-/// Active checks and passive ejection.
+/// Active checks and passive ejection (see `health`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
+    /// Period of the active checks, plus a random `0..=interval_jitter_ms` per round.
     pub interval_ms: u64,
+    pub interval_jitter_ms: u64,
     pub timeout_ms: u64,
+    /// Failed active checks in a row that make a node unhealthy (never capped).
+    pub unhealthy_threshold: u32,
+    /// Passing active checks in a row that make an unhealthy node healthy again.
+    pub healthy_threshold: u32,
     pub consecutive_failures: u32,
     pub eject_base_ms: u64,
     pub eject_max_ms: u64,
@@ -189,8 +195,13 @@ pub struct HealthConfig {
 impl Default for HealthConfig {
     fn default() -> Self {
         Self {
-            interval_ms: 1_000,
-            timeout_ms: 500,
+            // A wedged node (accepts, never answers) is out within interval + jitter + 2 timeouts +
+            // interval + jitter in the worst case: ~1 s.
+            interval_ms: 200,
+            interval_jitter_ms: 50,
+            timeout_ms: 250,
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
             consecutive_failures: 3,
             eject_base_ms: 1_000,
             eject_max_ms: 30_000,
@@ -458,6 +469,12 @@ impl Config {
                 "health.interval_ms",
                 "interval_ms and timeout_ms must be > 0",
             ));
+        }
+        if h.unhealthy_threshold == 0 {
+            return Err(invalid("health.unhealthy_threshold", "must be > 0"));
+        }
+        if h.healthy_threshold == 0 {
+            return Err(invalid("health.healthy_threshold", "must be > 0"));
         }
         if h.consecutive_failures == 0 {
             return Err(invalid("health.consecutive_failures", "must be > 0"));

@@ -148,6 +148,9 @@ pub struct RouterMetrics {
     pub mirror_dropped: Counter,
     pub mirror_errors: Counter,
     pub channel_fallbacks: Counter,
+    /// Active health changes: to unhealthy, to healthy.
+    pub turned_unhealthy: Counter,
+    pub turned_healthy: Counter,
     pub downstream_rejected: Counter,
     /// Requests answered on a lane (pipelined to a stable node), and the batches they went in.
     pub pipelined_requests: Counter,
@@ -186,6 +189,8 @@ impl RouterMetrics {
             mirror_dropped: Counter::new(),
             mirror_errors: Counter::new(),
             channel_fallbacks: Counter::new(),
+            turned_unhealthy: Counter::new(),
+            turned_healthy: Counter::new(),
             downstream_rejected: Counter::new(),
             pipelined_requests: Counter::new(),
             pipelined_batches: Counter::new(),
@@ -296,6 +301,18 @@ impl RouterMetrics {
             let _ = writeln!(
                 out,
                 "janus_router_mirror_total{{result=\"{result}\"}} {}",
+                c.get()
+            );
+        }
+        out.push_str("# HELP janus_router_health_transitions_total Nodes turned unhealthy or healthy by active checks.\n");
+        out.push_str("# TYPE janus_router_health_transitions_total counter\n");
+        for (to, c) in [
+            ("unhealthy", &self.turned_unhealthy),
+            ("healthy", &self.turned_healthy),
+        ] {
+            let _ = writeln!(
+                out,
+                "janus_router_health_transitions_total{{to=\"{to}\"}} {}",
                 c.get()
             );
         }

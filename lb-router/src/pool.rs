@@ -28,6 +28,8 @@ pub struct Node {
     pub failures: Counter,
     in_flight: AtomicU64,
     last_seq: AtomicU64,
+    /// Woken when the node turns unhealthy: its in-flight requests stop waiting for it.
+    turned_unhealthy: tokio::sync::Notify,
 }
 
 impl Node {
@@ -45,7 +47,26 @@ impl Node {
             failures: Counter::new(),
             in_flight: AtomicU64::new(0),
             last_seq: AtomicU64::new(NO_SEQ),
+            turned_unhealthy: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Resolves once the node is unhealthy (at once if it already is): raced against every forward,
+    /// so a request in flight on a node found wedged is abandoned (and retried elsewhere if safe)
+    /// instead of waiting for `upstream.request_timeout_ms`.
+    pub async fn until_unhealthy(&self) {
+        let notified = self.turned_unhealthy.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        if self.health.is_unhealthy() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Called by the checker when this node turned unhealthy.
+    pub fn abandon_in_flight(&self) {
+        self.turned_unhealthy.notify_waiters();
     }
 
     pub fn weight(&self) -> u32 {

@@ -340,6 +340,7 @@ pub fn account(
                 &router.pools.policy(),
                 router.pools.ejections(node.pool),
                 router.now_ms(),
+                kind.ejects_at_once(),
             );
             crate::checks::log_effect(&node, effect, &kind.outcome());
         }

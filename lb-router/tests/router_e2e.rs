@@ -274,7 +274,9 @@ async fn killed_stable_node_costs_no_get_is_ejected_and_readmitted() {
         .await
         .expect("pools")
         .json();
-    assert_eq!(node_state(pools, "s1"), "ejected");
+    // Out of rotation: ejected by the failed request at once, and unhealthy by its failed checks.
+    let state = node_state(pools, "s1");
+    assert!(state == "ejected" || state == "unhealthy", "{state}");
     s1.restart().await;
     wait_for(Duration::from_secs(10), || async {
         let pools = client
