@@ -343,8 +343,8 @@ fn node_states(r: &Router) -> std::collections::HashMap<String, String> {
 /// Stable nodes wedged by SIGSTOP (they accept connections and never answer, like a frozen QEMU):
 /// active checks take them out whatever the ejection cap (2 of 3, then all 3, where the cap of 50%
 /// would allow one), requests in flight on them are abandoned and answered by the debug node instead
-/// of waiting for `upstream.request_timeout_ms`, later requests never reach them, and they come back
-/// once they answer again.
+/// of waiting for `upstream.request_timeout_ms`, later requests never reach them (the stable pool's
+/// lost share spills over to the debug pool), and they come back once they answer again.
 #[test]
 fn wedged_stable_nodes_are_taken_out_whatever_the_cap_and_in_flight_gets_are_retried() {
     let stable: Vec<Node> = (1..=3)
@@ -405,12 +405,21 @@ fn wedged_stable_nodes_are_taken_out_whatever_the_cap_and_in_flight_gets_are_ret
         let s = node_states(&r);
         wedged.iter().all(|id| s[*id] == "unhealthy").then_some(())
     });
-    for _ in 0..100 {
+    // Nothing reaches a wedged node any more; the stable pool's lost share spills to the debug pool
+    // (health score 1/3 * 1.4: about 47% stay on stable-3).
+    let mut by_node = std::collections::HashMap::<String, u32>::new();
+    for _ in 0..200 {
         let resp = get();
         assert_eq!(resp.status, 200);
-        assert_eq!(resp.header("x-janus-node"), Some("wedge-stable-3"));
         assert!(resp.header("x-janus-retried-from").is_none());
+        let node = resp.header("x-janus-node").expect("node").to_owned();
+        assert!(
+            node == "wedge-stable-3" || node == "wedge-debug-1",
+            "{node}"
+        );
+        *by_node.entry(node).or_default() += 1;
     }
+    assert!(by_node.len() == 2, "spill-over: {by_node:?}");
 
     // The whole stable pool wedged: all three out, traffic goes to the debug pool.
     stable[2].signal("STOP").expect("stop");

@@ -356,6 +356,7 @@ fn pools_json(router: &Router) -> serde_json::Value {
                 "pool": pool,
                 "mix_weight": if pool == Pool::Stable { cfg.mix.stable_weight } else { cfg.mix.debug_weight },
                 "ejected": router.pools.ejections(pool).ejected(),
+                "health_score": crate::proxy::health_score(topo.pool_capacity(pool), cfg.mix.overprovisioning_factor),
                 "nodes": nodes,
             })
         })

@@ -130,12 +130,19 @@ impl Default for AdminConfig {
     }
 }
 
-/// Weighted mixing of ordinary traffic across the two pools.
+/// Weighted mixing of ordinary traffic across the two pools, and spill-over between them by health
+/// (formula in `proxy::spill` and `lb-router/README.md`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MixConfig {
     pub stable_weight: u32,
     pub debug_weight: u32,
+    /// A pool's health score is its available share (by node weight) times this, capped at 1: with
+    /// 1.4 a pool keeps all its traffic until fewer than ~72% of it are available (Envoy's default).
+    pub overprovisioning_factor: f64,
+    /// Panic mode when the two pools' summed health scores (capped at 1) fall below this percentage:
+    /// traffic is spread over all nodes of its pool whatever their health. 0 disables it.
+    pub panic_threshold_percent: f64,
 }
 
 impl Default for MixConfig {
@@ -143,6 +150,8 @@ impl Default for MixConfig {
         Self {
             stable_weight: 90,
             debug_weight: 10,
+            overprovisioning_factor: 1.4,
+            panic_threshold_percent: 50.0,
         }
     }
 }
@@ -455,6 +464,18 @@ impl Config {
             return Err(invalid(
                 "mix",
                 "stable_weight and debug_weight cannot both be 0",
+            ));
+        }
+        if !(1.0..=10.0).contains(&self.mix.overprovisioning_factor) {
+            return Err(invalid(
+                "mix.overprovisioning_factor",
+                "must be within 1.0..=10.0",
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.mix.panic_threshold_percent) {
+            return Err(invalid(
+                "mix.panic_threshold_percent",
+                "must be within 0..=100",
             ));
         }
         if !(0.0..=100.0).contains(&self.channels.beta_user_percent) {

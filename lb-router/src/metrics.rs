@@ -148,6 +148,8 @@ pub struct RouterMetrics {
     pub mirror_dropped: Counter,
     pub mirror_errors: Counter,
     pub channel_fallbacks: Counter,
+    /// Requests routed in panic mode (both pools too degraded: health ignored).
+    pub panic_routed: Counter,
     /// Active health changes: to unhealthy, to healthy.
     pub turned_unhealthy: Counter,
     pub turned_healthy: Counter,
@@ -189,6 +191,7 @@ impl RouterMetrics {
             mirror_dropped: Counter::new(),
             mirror_errors: Counter::new(),
             channel_fallbacks: Counter::new(),
+            panic_routed: Counter::new(),
             turned_unhealthy: Counter::new(),
             turned_healthy: Counter::new(),
             downstream_rejected: Counter::new(),
@@ -321,6 +324,7 @@ impl RouterMetrics {
                 "janus_router_channel_fallbacks_total",
                 &self.channel_fallbacks,
             ),
+            ("janus_router_panic_routed_total", &self.panic_routed),
             (
                 "janus_router_downstream_rejected_total",
                 &self.downstream_rejected,

@@ -138,11 +138,24 @@ impl Topology {
         self.nodes.iter().find(|n| n.id.as_str() == id)
     }
 
-    /// Phase *pick node*: weighted random among the available nodes of `pool`, never `exclude`.
+    /// Phase *pick node*: weighted random among the available nodes of `pool` (in panic mode among
+    /// all its nodes, whatever their health), never `exclude`. Draining and weight-0 nodes never.
     pub fn pick_node(&self, pool: Pool, exclude: Option<&NodeId>, rnd: u64) -> Option<Arc<Node>> {
+        self.pick_node_in(pool, exclude, rnd, false)
+    }
+
+    pub fn pick_node_in(
+        &self,
+        pool: Pool,
+        exclude: Option<&NodeId>,
+        rnd: u64,
+        panic: bool,
+    ) -> Option<Arc<Node>> {
         let eligible = || {
             self.pool(pool).filter(move |n| {
-                n.health.is_available() && n.weight() > 0 && Some(&n.id) != exclude
+                (n.health.is_available() || (panic && !n.health.is_draining()))
+                    && n.weight() > 0
+                    && Some(&n.id) != exclude
             })
         };
         let total: u64 = eligible().map(|n| u64::from(n.weight())).sum();
@@ -163,6 +176,17 @@ impl Topology {
     pub fn has_available(&self, pool: Pool) -> bool {
         self.pool(pool)
             .any(|n| n.health.is_available() && n.weight() > 0)
+    }
+
+    /// The weight of `pool`'s available nodes and of all its nodes in service (not draining), for its
+    /// health score (see `proxy::spill`).
+    pub fn pool_capacity(&self, pool: Pool) -> (u64, u64) {
+        self.pool(pool)
+            .filter(|n| !n.health.is_draining())
+            .fold((0, 0), |(up, all), n| {
+                let w = u64::from(n.weight());
+                (up + if n.health.is_available() { w } else { 0 }, all + w)
+            })
     }
 }
 
