@@ -93,6 +93,9 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_node: usize,
     /// Most requests pipelined on one connection to a stable node (0: none, each request has its own).
     pub pipeline_depth: usize,
+    /// A pipelined answer this late hands the requests queued behind it on the same connection back,
+    /// to be sent again on connections of their own (a slow request holds up only itself).
+    pub pipeline_stall_ms: u64,
     /// Bearer token for nodes' admin APIs, unless a node sets its own `admin_token`.
     pub admin_token: String,
 }
@@ -106,6 +109,7 @@ impl Default for UpstreamConfig {
             pool_idle_timeout_ms: 30_000,
             pool_max_idle_per_node: 256,
             pipeline_depth: 16,
+            pipeline_stall_ms: 25,
             admin_token: String::new(),
         }
     }
@@ -441,6 +445,9 @@ impl Config {
         }
         if u.request_timeout_ms == 0 {
             return Err(invalid("upstream.request_timeout_ms", "must be > 0"));
+        }
+        if u.pipeline_stall_ms == 0 {
+            return Err(invalid("upstream.pipeline_stall_ms", "must be > 0"));
         }
         if u.pipeline_depth > 1024 {
             return Err(invalid(

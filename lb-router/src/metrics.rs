@@ -157,6 +157,9 @@ pub struct RouterMetrics {
     /// Requests answered on a lane (pipelined to a stable node), and the batches they went in.
     pub pipelined_requests: Counter,
     pub pipelined_batches: Counter,
+    /// Requests a lane handed back unsent (stalled behind a slow answer, or the node closed the
+    /// connection) and sent again on a connection of their own.
+    pub lane_resent: Counter,
     pub reloads_ok: Counter,
     pub reloads_failed: Counter,
 }
@@ -197,6 +200,7 @@ impl RouterMetrics {
             downstream_rejected: Counter::new(),
             pipelined_requests: Counter::new(),
             pipelined_batches: Counter::new(),
+            lane_resent: Counter::new(),
             reloads_ok: Counter::new(),
             reloads_failed: Counter::new(),
         }
@@ -337,6 +341,7 @@ impl RouterMetrics {
                 "janus_router_upstream_pipelined_batches_total",
                 &self.pipelined_batches,
             ),
+            ("janus_router_upstream_lane_resent_total", &self.lane_resent),
             ("janus_router_reloads_ok_total", &self.reloads_ok),
             ("janus_router_reloads_failed_total", &self.reloads_failed),
         ] {
