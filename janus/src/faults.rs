@@ -49,15 +49,16 @@ pub fn list(cluster: &str, filter: &FaultFilter, json: bool) -> anyhow::Result<S
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>4}  {:<12} {:<10} {:<6} {:<28} {:<9} {:<14} {:<8} {:<10}",
-        "ID", "TIME", "KIND", "METHOD", "PATH", "STABLE", "OUTCOME", "DEBUG", "ANSWER"
+        "{:>4}  {:<12} {:>5} {:<11} {:<6} {:<28} {:<9} {:<14} {:<8} {:<10}",
+        "ID", "TIME", "COUNT", "KIND", "METHOD", "PATH", "STABLE", "OUTCOME", "DEBUG", "ANSWER"
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "{:>4}  {:<12} {:<10} {:<6} {:<28} {:<9} {:<14} {:<8} {:<10}",
+            "{:>4}  {:<12} {:>5} {:<11} {:<6} {:<28} {:<9} {:<14} {:<8} {:<10}",
             r.id,
             clock(r.time_ms),
+            r.count,
             r.kind,
             r.method,
             cut(&r.path, 28),

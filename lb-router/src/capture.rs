@@ -1,4 +1,5 @@
-//! Fault capture (phase *record*): writes a fault row durably before the client is answered, then
+//! Fault capture (phase *record*): writes a fault row durably before the client is answered (group
+//! commit; a repeat of the same node and outcome is counted into its row, see `faults`), then
 //! attaches, in the background, the debug node's trace (`GET /traces/{trace_id}` on its admin API) and
 //! the stable node's state snapshot as of the request (`GET /state?seq=N`).
 
@@ -8,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 
 use crate::config::Config;
-use crate::faults::NewFault;
+use crate::faults::{NewFault, Recorded, WriteOp};
 use crate::pool::Node;
 use crate::proxy::{Attempt, RetryOutcome};
 use crate::router::Router;
@@ -131,7 +132,12 @@ pub async fn record_fault(router: &Arc<Router>, ctx: FaultContext<'_>) -> Option
             f.detail = Some(format!("{prev}not replayed: {why}"));
         }
     }
-    let id = insert(router, f.clone()).await?;
+    let rec = insert(router, f.clone()).await?;
+    let id = rec.id;
+    if rec.merged {
+        // Counted into the row of the first occurrence, which has its own trace and state.
+        return Some(id);
+    }
     spawn_enrichment(
         router.clone(),
         id,
@@ -143,27 +149,36 @@ pub async fn record_fault(router: &Arc<Router>, ctx: FaultContext<'_>) -> Option
     Some(id)
 }
 
-/// Inserts one row on the blocking pool; `None` (and a metric) if the store failed.
-pub async fn insert(router: &Arc<Router>, f: NewFault) -> Option<i64> {
-    let store = router.faults.clone();
+/// Records one fault (group commit, see `faults`); `None` (and a metric) if the store failed. When
+/// this returns the row (or the count of the row it was counted into) is committed.
+pub async fn insert(router: &Arc<Router>, f: NewFault) -> Option<Recorded> {
     let kind = f.kind.clone();
-    match tokio::task::spawn_blocking(move || store.insert(&f)).await {
-        Ok(Ok(id)) => {
+    match router.faults.submit(WriteOp::Insert(Box::new(f))).await {
+        Ok(Ok(rec)) => {
             router.metrics.fault_recorded(&kind);
-            tracing::info!(fault_id = id, kind, "fault recorded");
-            Some(id)
+            if rec.merged {
+                tracing::debug!(fault_id = rec.id, kind, "fault counted into its row");
+            } else {
+                tracing::info!(fault_id = rec.id, kind, "fault recorded");
+            }
+            Some(rec)
         }
         Ok(Err(e)) => {
             router.metrics.fault_store_errors.inc();
             tracing::error!(error = %e, "could not record fault");
             None
         }
-        Err(e) => {
+        Err(_) => {
             router.metrics.fault_store_errors.inc();
-            tracing::error!(error = %e, "fault store task failed");
+            tracing::error!("fault store writer is gone");
             None
         }
     }
+}
+
+/// Queues an attachment to a row (committed with the next batch; nobody waits for it).
+fn attach(router: &Router, op: WriteOp) {
+    drop(router.faults.submit(op));
 }
 
 /// What to attach to a fault row after it is written.
@@ -183,8 +198,7 @@ pub fn spawn_enrichment(router: Arc<Router>, id: i64, what: Enrich) {
             && let Some((node, trace_id)) = &what.debug
         {
             let trace = fetch_trace(&router, node, &token, trace_id, timeout).await;
-            let store = router.faults.clone();
-            let _ = tokio::task::spawn_blocking(move || store.attach_trace(id, trace)).await;
+            attach(&router, WriteOp::AttachTrace(id, trace));
         }
         if cfg.faults.fetch_state
             && let Some((node, seq, may_be_alive)) = &what.stable
@@ -211,8 +225,7 @@ pub fn spawn_enrichment(router: Arc<Router>, id: i64, what: Enrich) {
                     )),
                 }
             };
-            let store = router.faults.clone();
-            let _ = tokio::task::spawn_blocking(move || store.attach_state(id, state)).await;
+            attach(&router, WriteOp::AttachState(id, state));
         }
     });
 }

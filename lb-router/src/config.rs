@@ -261,6 +261,13 @@ pub struct FaultsConfig {
     /// `full` (default: fsync at every commit, survives power loss) or `normal` (survives a process
     /// crash such as SIGKILL, may lose the last commits on power loss).
     pub synchronous: String,
+    /// The same (kind, node, outcome) within this long of a row's first occurrence is counted into
+    /// that row (`count`, `last_ms`). 0: a row per fault.
+    pub dedupe_window_ms: u64,
+    /// Retention: most rows, and most bytes of stored bodies/headers/traces/states; oldest dropped
+    /// first.
+    pub max_rows: u64,
+    pub max_bytes: u64,
 }
 
 impl Default for FaultsConfig {
@@ -277,6 +284,9 @@ impl Default for FaultsConfig {
             fetch_trace: true,
             fetch_state: true,
             synchronous: "full".to_owned(),
+            dedupe_window_ms: 60_000,
+            max_rows: 50_000,
+            max_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -525,6 +535,12 @@ impl Config {
         }
         if self.faults.path.as_os_str().is_empty() {
             return Err(invalid("faults.path", "must be set"));
+        }
+        if self.faults.max_rows == 0 || self.faults.max_bytes == 0 {
+            return Err(invalid(
+                "faults.max_rows",
+                "max_rows and max_bytes must be > 0",
+            ));
         }
         if !matches!(self.faults.synchronous.as_str(), "full" | "normal") {
             return Err(invalid(
