@@ -287,3 +287,106 @@ fn faults_of_stable_nodes_are_captured_and_reproduced() {
         assert!(!alive, "pid {pid} still running after janus down");
     }
 }
+
+// --- process lifetime: port allocation and orphans --------------------------------------------------
+// Process nodes in the stable pool (`[stable] flavor = "unix"`): port allocation and process lifetime
+// do not depend on the node flavour, and 20 cycles of unikernel boots would cost minutes.
+
+/// A cluster file with every port 0; returns its path and the cluster's name.
+fn port0_cluster(tag: &str) -> (PathBuf, String) {
+    let name = format!("lifetime-{tag}-{}", std::process::id());
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let file = dir.join("cluster.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"{name}\"\nservice = \"{}\"\n[stable]\ncount = 2\nflavor = \"unix\"\n\
+             [debug]\ncount = 1\nspare = 0\n[router]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n",
+            janus_integration::sample_dir("hello").display()
+        ),
+    )
+    .expect("write cluster file");
+    (file, name)
+}
+
+fn up(file: &PathBuf) -> ClusterState {
+    let o = janus(&["up", file.to_str().expect("utf8")]);
+    assert!(o.status.success(), "janus up failed:\n{}", text(&o));
+    let name = std::fs::read_to_string(file)
+        .expect("cluster file")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("name = \"")
+                .map(|n| n.trim_end_matches('"').to_owned())
+        })
+        .expect("name");
+    ClusterState::read(&janus::cluster::run_dir(&name)).expect("state.json")
+}
+
+fn down(name: &str) {
+    let o = janus(&["down", "--cluster", name]);
+    assert!(o.status.success(), "janus down failed:\n{}", text(&o));
+}
+
+fn alive_not_zombie(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped by its parent) counts as gone.
+    janus::up::pid_alive(pid) && !janus::up::is_zombie(pid)
+}
+
+/// Port 0 everywhere, up and down 20 times in a row: every cycle comes up healthy with no two
+/// listeners of the cluster on one port, and answers through the router.
+#[test]
+fn a_port_0_cluster_comes_up_and_down_20_times() {
+    let (file, name) = port0_cluster("ports");
+    for cycle in 0..20 {
+        let state = up(&file);
+        let mut addrs: Vec<_> = state
+            .procs
+            .iter()
+            .flat_map(|p| [p.spec.listen, p.spec.admin])
+            .collect();
+        let n = addrs.len();
+        addrs.sort_unstable();
+        addrs.dedup();
+        assert_eq!(
+            addrs.len(),
+            n,
+            "cycle {cycle}: a port given twice: {addrs:?}"
+        );
+        let router = state.proc("router").expect("router").spec.listen;
+        let r = client::get(router, "/", &[]).expect("GET through the router");
+        assert_eq!(r.status, 200, "cycle {cycle}: {}", r.text());
+        down(&name);
+    }
+}
+
+/// The supervisor killed with SIGKILL: its nodes and router die with it (no orphans), and the next
+/// `janus up` of the cluster comes up.
+#[test]
+fn a_killed_supervisor_leaves_no_orphans() {
+    let (file, name) = port0_cluster("orphans");
+    let state = up(&file);
+    let pids: Vec<u32> = state.procs.iter().filter_map(|p| p.pid).collect();
+    assert_eq!(pids.len(), state.procs.len(), "{state:?}");
+    assert!(pids.iter().all(|p| alive_not_zombie(*p)));
+    let st = Command::new("kill")
+        .args(["-KILL", &state.supervisor_pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| alive_not_zombie(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "orphans left: {:?}",
+            pids.iter()
+                .filter(|p| alive_not_zombie(**p))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let again = up(&file);
+    assert_ne!(again.supervisor_pid, state.supervisor_pid);
+    down(&name);
+}
