@@ -292,8 +292,13 @@ fn faults_of_stable_nodes_are_captured_and_reproduced() {
 // Process nodes in the stable pool (`[stable] flavor = "unix"`): port allocation and process lifetime
 // do not depend on the node flavour, and 20 cycles of unikernel boots would cost minutes.
 
-/// A cluster file with every port 0; returns its path and the cluster's name.
+/// A cluster file of `hello` with every port 0; returns its path and the cluster's name.
 fn port0_cluster(tag: &str) -> (PathBuf, String) {
+    port0_cluster_of(tag, "hello", 0)
+}
+
+/// A cluster file of `sample` (2 unix stable nodes, 1 debug, `spare` spares) with every port 0.
+fn port0_cluster_of(tag: &str, sample: &str, spare: u32) -> (PathBuf, String) {
     let name = format!("lifetime-{tag}-{}", std::process::id());
     let dir = std::env::temp_dir().join(&name);
     std::fs::create_dir_all(&dir).expect("mkdir");
@@ -302,8 +307,8 @@ fn port0_cluster(tag: &str) -> (PathBuf, String) {
         &file,
         format!(
             "name = \"{name}\"\nservice = \"{}\"\n[stable]\ncount = 2\nflavor = \"unix\"\n\
-             [debug]\ncount = 1\nspare = 0\n[router]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n",
-            janus_integration::sample_dir("hello").display()
+             [debug]\ncount = 1\nspare = {spare}\n[router]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n",
+            janus_integration::sample_dir(sample).display()
         ),
     )
     .expect("write cluster file");
@@ -388,5 +393,32 @@ fn a_killed_supervisor_leaves_no_orphans() {
     }
     let again = up(&file);
     assert_ne!(again.supervisor_pid, state.supervisor_pid);
+    down(&name);
+}
+
+/// A debug node's own fault (a beta request, which always goes to the debug pool, hits faulty's
+/// divide-by-zero panic there): listed by `janus faults list` as a `debug_fault` and reproduced by
+/// `janus faults repro` on a spare debug node.
+#[test]
+fn a_debug_nodes_fault_is_listed_and_reproduced() {
+    let (file, name) = port0_cluster_of("debug-fault", "faulty", 1);
+    let state = up(&file);
+    let router = state.proc("router").expect("router").spec.listen;
+    let r = client::get(router, "/div?a=1&b=0", &[("x-janus-channel", "beta")]).expect("GET");
+    assert_eq!(r.header("x-janus-node"), Some("debug-0"), "{}", r.text());
+    let id = r.header("x-janus-fault-id").expect("fault id").to_owned();
+    let o = janus(&["faults", "list", "--json", "--cluster", &name]);
+    assert!(o.status.success(), "{}", text(&o));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).expect("json");
+    let f = list
+        .iter()
+        .find(|f| f["id"].as_i64().map(|v| v.to_string()).as_deref() == Some(id.as_str()))
+        .unwrap_or_else(|| panic!("fault {id} not listed: {list:?}"));
+    assert_eq!(f["kind"], "debug_fault", "{f}");
+    assert_eq!(f["debug_node"], "debug-0", "{f}");
+    assert_eq!(f["debug_outcome"], "panic", "{f}");
+    let o = janus(&["faults", "repro", &id, "--cluster", &name]);
+    assert!(o.status.success(), "not reproduced:\n{}", text(&o));
+    assert!(text(&o).contains("REPRODUCED"), "{}", text(&o));
     down(&name);
 }

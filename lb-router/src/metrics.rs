@@ -126,7 +126,7 @@ impl Flavor {
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Fault kinds counted by `janus_router_faults_total`.
-pub const FAULT_KINDS: [&str; 2] = ["fault", "divergence"];
+pub const FAULT_KINDS: [&str; 3] = ["fault", "divergence", "debug_fault"];
 
 /// All router metrics.
 #[derive(Debug)]
@@ -140,7 +140,7 @@ pub struct RouterMetrics {
     pub retries_denied_budget: Counter,
     pub retries_not_replayable: Counter,
     pub retries_no_debug_node: Counter,
-    pub faults: [Counter; 2],
+    pub faults: [Counter; 3],
     pub fault_store_errors: Counter,
     pub mirror_sent: Counter,
     pub mirror_match: Counter,

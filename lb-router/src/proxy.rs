@@ -490,13 +490,18 @@ pub async fn finish(
     };
 
     if primary.node.pool == Pool::Debug {
-        // A debug node failed: nothing more instrumented to go to. Pass its answer on honestly.
+        // A debug node failed a request it was picked for first: nothing more instrumented to go to.
+        // Recorded (kind `debug_fault`, with its trace and state), and its answer passed on honestly.
+        let fault_id = capture::record_debug_fault(&router, &cfg, &req, &primary, kind).await;
         return match primary.result {
-            Ok(resp) => respond(&router, resp, &primary.node, None, None, started),
-            Err(e) => router_response(
-                &router,
-                &ProxyError::Upstream(e.to_string()),
-                Some(&req.trace_id),
+            Ok(resp) => respond(&router, resp, &primary.node, None, fault_id, started),
+            Err(e) => with_fault_id(
+                router_response(
+                    &router,
+                    &ProxyError::Upstream(e.to_string()),
+                    Some(&req.trace_id),
+                ),
+                fault_id,
             ),
         };
     }

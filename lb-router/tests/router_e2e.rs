@@ -1004,3 +1004,57 @@ async fn read_answer(s: &mut tokio::net::TcpStream) -> String {
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// A debug node that fails a request it was picked for first (here the beta channel) is recorded as
+/// a `debug_fault`, with its trace and its state as of the request; a repeat is counted into the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debug_node_failing_a_beta_request_is_recorded_with_trace_and_state() {
+    let dir = temp_dir("debug-fault");
+    let (_s1, _d1, router) = stable_and_debug(
+        &dir,
+        NodeBehaviour::stable(),
+        // An instrumented node that panics on /panic (500 + x-janus-fault: panic).
+        NodeBehaviour::stable_unix(),
+        config_head(&dir, ""),
+    )
+    .await;
+    let client = HttpClient::new();
+    let beta = [("x-janus-channel", "beta")];
+    let r = client.get(&router, "/panic", &beta).await;
+    assert_eq!(r.status, 500, "{r:?}");
+    assert_eq!(r.header("x-janus-node"), Some("d1"));
+    let id = r.header("x-janus-fault-id").expect("fault id").to_owned();
+    let fault = wait_value(Duration::from_secs(10), || async {
+        let f = client
+            .admin(&router, Method::GET, &format!("/faults/{id}"), "")
+            .await
+            .expect("get")
+            .json();
+        (f["debug_trace"].is_string() && f["stable_state"].is_string()).then_some(f)
+    })
+    .await;
+    assert_eq!(fault["kind"], "debug_fault", "{fault}");
+    assert_eq!(fault["debug_node"], "d1");
+    assert_eq!(fault["debug_outcome"], "panic");
+    assert!(fault["stable_node"].is_null(), "{fault}");
+    assert!(
+        fault["debug_trace"]
+            .as_str()
+            .is_some_and(|t| t.contains("/panic")),
+        "{fault}"
+    );
+    assert!(
+        fault["stable_state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("state-of-d1@")),
+        "{fault}"
+    );
+    let again = client.get(&router, "/panic", &beta).await;
+    assert_eq!(again.header("x-janus-fault-id"), Some(id.as_str()));
+    let row = client
+        .admin(&router, Method::GET, &format!("/faults/{id}"), "")
+        .await
+        .expect("get")
+        .json();
+    assert_eq!(row["count"], 2, "{row}");
+}
