@@ -1,5 +1,5 @@
 //! Fault capture (phase *record*): writes a fault row durably before the client is answered (group
-//! commit; a repeat of the same node and outcome is counted into its row, see `faults`), then
+//! commit; a repeat of the same failure is counted into its row, see `faults`), then
 //! attaches, in the background, the debug node's trace (`GET /traces/{trace_id}` on its admin API) and
 //! the stable node's state snapshot as of the request (`GET /state?seq=N`).
 

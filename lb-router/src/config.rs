@@ -261,8 +261,8 @@ pub struct FaultsConfig {
     /// `full` (default: fsync at every commit, survives power loss) or `normal` (survives a process
     /// crash such as SIGKILL, may lose the last commits on power loss).
     pub synchronous: String,
-    /// The same (kind, node, outcome) within this long of a row's first occurrence is counted into
-    /// that row (`count`, `last_ms`). 0: a row per fault.
+    /// The same (kind, node, outcome, method, path without query) within this long of a row's first
+    /// occurrence is counted into that row (`count`, `last_ms`). 0: a row per fault.
     pub dedupe_window_ms: u64,
     /// Retention: most rows, and most bytes of stored bodies/headers/traces/states; oldest dropped
     /// first.

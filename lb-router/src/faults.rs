@@ -5,8 +5,8 @@
 //! Writes go through one writer thread that commits whatever is queued in one transaction (group
 //! commit): a fault storm costs one fsync per batch, not one per fault, and the request path never
 //! waits on a lock held by another request's fsync. Hygiene, in the writer: the same (kind, node,
-//! outcome) within `dedupe_window_ms` of a row's first occurrence is counted into that row (`count`,
-//! `last_ms`) instead of a new one; retention drops the oldest rows past `max_rows` or `max_bytes`;
+//! outcome, method, path) within `dedupe_window_ms` of a row's first occurrence is counted into that
+//! row (`count`, `last_ms`) instead of a new one; retention drops the oldest rows past `max_rows` or `max_bytes`;
 //! state snapshots are stored once per content (SHA-256) in `states`.
 //!
 //! This is also the read API for the `janus faults list|show|repro` command: [`FaultStore::open`],
@@ -528,6 +528,9 @@ impl Drop for FaultStore {
     }
 }
 
+/// Kind, node, outcome, method, path without query.
+type DedupeKey = [String; 5];
+
 /// Most writes taken into one transaction.
 const MAX_BATCH: usize = 512;
 
@@ -535,8 +538,8 @@ const MAX_BATCH: usize = 512;
 struct Writer {
     conn: Connection,
     opts: StoreOptions,
-    /// (kind, node, outcome) -> (row id, first occurrence ms).
-    windows: HashMap<(String, String, String), (i64, i64)>,
+    /// Dedupe key -> (row id, first occurrence ms).
+    windows: HashMap<DedupeKey, (i64, i64)>,
     rows: u64,
     bytes: u64,
     commits: std::sync::Arc<AtomicU64>,
@@ -675,14 +678,23 @@ impl Writer {
         }
     }
 
-    /// The (kind, node, outcome) a fault is deduplicated by, for the kinds that are.
-    fn dedupe_key(f: &NewFault) -> Option<(String, String, String)> {
+    /// What a fault is deduplicated by, for the kinds that are: kind, node, outcome, and the request's
+    /// method and path without its query (two bugs that fail the same way on one node stay apart;
+    /// one bug hit with different arguments is one).
+    fn dedupe_key(f: &NewFault) -> Option<DedupeKey> {
         let (node, outcome) = match f.kind.as_str() {
             "fault" => (f.stable_node.as_ref()?, f.stable_outcome.as_ref()?),
             "debug_fault" => (f.debug_node.as_ref()?, f.debug_outcome.as_ref()?),
             _ => return None,
         };
-        Some((f.kind.clone(), node.clone(), outcome.clone()))
+        let path = f.path.split('?').next().unwrap_or("");
+        Some([
+            f.kind.clone(),
+            node.clone(),
+            outcome.clone(),
+            f.method.clone(),
+            path.to_owned(),
+        ])
     }
 
     fn insert(&mut self, f: &NewFault) -> Result<Recorded, FaultStoreError> {
@@ -889,9 +901,15 @@ mod tests {
             );
         }
         // Another outcome, another node, or past the window: rows of their own.
+        let mut other_path = fault("s1", "panic", 20);
+        other_path.path = "/y".into();
+        let mut same_path_other_query = fault("s1", "panic", 30);
+        same_path_other_query.path = "/x?a=1".into();
+        assert!(store.record(&same_path_other_query).expect("record").merged);
         let other = [
             fault("s1", "timeout", 20),
             fault("s2", "panic", 20),
+            other_path,
             fault("s1", "panic", 1000),
         ];
         for f in &other {
@@ -902,9 +920,9 @@ mod tests {
         d.kind = "divergence".into();
         assert!(!store.record(&d).expect("record").merged);
         assert!(!store.record(&d).expect("record").merged);
-        assert_eq!(store.count().expect("count"), 6);
+        assert_eq!(store.count().expect("count"), 7);
         let row = store.get(first.id).expect("get").expect("row");
-        assert_eq!((row.summary.count, row.summary.last_ms), (4, 999));
+        assert_eq!((row.summary.count, row.summary.last_ms), (5, 999));
     }
 
     #[test]
