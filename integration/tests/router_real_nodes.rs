@@ -45,12 +45,17 @@ struct Router {
 }
 
 fn start_router(name: &str, extra: &str, nodes: &[(&Node, &str)]) -> Router {
+    start_router_with(name, "", extra, nodes)
+}
+
+/// [`start_router`] with more `[upstream]` keys (`upstream`, lines of TOML).
+fn start_router_with(name: &str, upstream: &str, extra: &str, nodes: &[(&Node, &str)]) -> Router {
     let dir = std::env::temp_dir().join(format!("janus-router-real-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let mut cfg = format!(
         "[downstream]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{ADMIN_TOKEN}\"\n\
-         [upstream]\nadmin_token = \"{TOKEN}\"\n[faults]\npath = \"{}\"\n{extra}\n",
+         [upstream]\nadmin_token = \"{TOKEN}\"\n{upstream}\n[faults]\npath = \"{}\"\n{extra}\n",
         dir.join("faults.db").display()
     );
     for (n, pool) in nodes {
@@ -316,7 +321,8 @@ fn killed_stable_node_costs_no_get_and_is_ejected_then_readmitted() {
             .expect("listed")
             .to_owned()
     };
-    assert_eq!(state_of("kill-stable-1"), "ejected");
+    let state = state_of("kill-stable-1");
+    assert!(state == "ejected" || state == "unhealthy", "{state}");
     let opts = NodeOpts {
         listen: Some(listen),
         admin: Some(admin_addr),
@@ -328,6 +334,128 @@ fn killed_stable_node_costs_no_get_and_is_ejected_then_readmitted() {
         Node::start(&artifact("faulty", stable_flavor()), opts).expect("restart on the same ports");
     poll(Duration::from_secs(15), || {
         (state_of("kill-stable-1") == "healthy").then_some(())
+    });
+    r.running.shutdown();
+    drop(r.rt);
+}
+
+/// State of every node, by id, from the router's `/pools`.
+fn node_states(r: &Router) -> std::collections::HashMap<String, String> {
+    admin(r, "/pools")["pools"]
+        .as_array()
+        .expect("pools")
+        .iter()
+        .flat_map(|p| p["nodes"].as_array().expect("nodes").iter())
+        .map(|n| {
+            (
+                n["id"].as_str().expect("id").to_owned(),
+                n["state"].as_str().expect("state").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Stable nodes wedged by SIGSTOP (they accept connections and never answer, like a frozen QEMU):
+/// active checks take them out whatever the ejection cap (2 of 3, then all 3, where the cap of 50%
+/// would allow one), requests in flight on them are abandoned and answered by the debug node instead
+/// of waiting for `upstream.request_timeout_ms`, later requests never reach them (the stable pool's
+/// lost share spills over to the debug pool), and they come back once they answer again.
+#[test]
+fn wedged_stable_nodes_are_taken_out_whatever_the_cap_and_in_flight_gets_are_retried() {
+    let stable: Vec<Node> = (1..=3)
+        .map(|i| node("faulty", Flavor::Unix, &format!("wedge-stable-{i}")))
+        .collect();
+    let debug = node("faulty", Flavor::Unix, "wedge-debug-1");
+    let mut nodes: Vec<(&Node, &str)> = stable.iter().map(|n| (n, "stable")).collect();
+    nodes.push((&debug, "debug"));
+    let r = start_router_with(
+        "wedge",
+        "request_timeout_ms = 20000",
+        "[mix]\nstable_weight = 100\ndebug_weight = 0\n[retry]\nbudget_min_per_sec = 100\n",
+        &nodes,
+    );
+    let addr = r.running.downstream_addr;
+    let get = move || client::get(addr, "/div?a=6&b=3", &[]).expect("get");
+    for _ in 0..30 {
+        assert_eq!(get().status, 200);
+    }
+    let wedged = ["wedge-stable-1", "wedge-stable-2"];
+    struct Cont<'a>(&'a [Node]);
+    impl Drop for Cont<'_> {
+        fn drop(&mut self) {
+            for n in self.0 {
+                let _ = n.signal("CONT");
+            }
+        }
+    }
+    let _cont = Cont(&stable);
+    stable[0].signal("STOP").expect("stop");
+    stable[1].signal("STOP").expect("stop");
+
+    // Requests sent at once: some land on a wedged node before any check noticed.
+    let in_flight: Vec<_> = (0..12).map(|_| std::thread::spawn(get)).collect();
+    let replies: Vec<_> = in_flight
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .collect();
+    let mut abandoned = 0;
+    for resp in &replies {
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        if let Some(from) = resp.header("x-janus-retried-from") {
+            assert!(wedged.contains(&from), "retried from {from}");
+            assert_eq!(resp.header("x-janus-node"), Some("wedge-debug-1"));
+            let id = resp.header("x-janus-fault-id").expect("fault id");
+            let fault = admin(&r, &format!("/faults/{id}"));
+            // Abandoned when the node was found wedged, not after the 20 s request timeout.
+            assert_eq!(fault["stable_outcome"], "abandoned_unhealthy", "{fault}");
+            abandoned += 1;
+        }
+    }
+    assert!(
+        abandoned >= 1,
+        "no request reached a wedged node: {replies:?}"
+    );
+
+    poll(Duration::from_secs(10), || {
+        let s = node_states(&r);
+        wedged.iter().all(|id| s[*id] == "unhealthy").then_some(())
+    });
+    // Nothing reaches a wedged node any more; the stable pool's lost share spills to the debug pool
+    // (health score 1/3 * 1.4: about 47% stay on stable-3).
+    let mut by_node = std::collections::HashMap::<String, u32>::new();
+    for _ in 0..200 {
+        let resp = get();
+        assert_eq!(resp.status, 200);
+        assert!(resp.header("x-janus-retried-from").is_none());
+        let node = resp.header("x-janus-node").expect("node").to_owned();
+        assert!(
+            node == "wedge-stable-3" || node == "wedge-debug-1",
+            "{node}"
+        );
+        *by_node.entry(node).or_default() += 1;
+    }
+    assert!(by_node.len() == 2, "spill-over: {by_node:?}");
+
+    // The whole stable pool wedged: all three out, traffic goes to the debug pool.
+    stable[2].signal("STOP").expect("stop");
+    poll(Duration::from_secs(10), || {
+        (node_states(&r)["wedge-stable-3"] == "unhealthy").then_some(())
+    });
+    for _ in 0..20 {
+        let resp = get();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("x-janus-node"), Some("wedge-debug-1"));
+    }
+
+    for n in &stable {
+        n.signal("CONT").expect("cont");
+    }
+    poll(Duration::from_secs(15), || {
+        let s = node_states(&r);
+        s.values().all(|v| v == "healthy").then_some(())
+    });
+    poll(Duration::from_secs(5), || {
+        (get().header("x-janus-pool") == Some("stable")).then_some(())
     });
     r.running.shutdown();
     drop(r.rt);

@@ -49,15 +49,16 @@ pub fn list(cluster: &str, filter: &FaultFilter, json: bool) -> anyhow::Result<S
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>4}  {:<12} {:<10} {:<6} {:<28} {:<9} {:<14} {:<8} {:<10}",
-        "ID", "TIME", "KIND", "METHOD", "PATH", "STABLE", "OUTCOME", "DEBUG", "ANSWER"
+        "{:>4}  {:<12} {:>5} {:<11} {:<6} {:<28} {:<9} {:<14} {:<8} {:<10}",
+        "ID", "TIME", "COUNT", "KIND", "METHOD", "PATH", "STABLE", "OUTCOME", "DEBUG", "ANSWER"
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "{:>4}  {:<12} {:<10} {:<6} {:<28} {:<9} {:<14} {:<8} {:<10}",
+            "{:>4}  {:<12} {:>5} {:<11} {:<6} {:<28} {:<9} {:<14} {:<8} {:<10}",
             r.id,
             clock(r.time_ms),
+            r.count,
             r.kind,
             r.method,
             cut(&r.path, 28),
@@ -315,7 +316,7 @@ pub enum OutcomeClass {
 pub fn stable_class(outcome: &str) -> OutcomeClass {
     match outcome {
         "panic" | "reset" | "body_cut_off" => OutcomeClass::Panic,
-        "timeout" => OutcomeClass::Hang,
+        "timeout" | "abandoned_unhealthy" => OutcomeClass::Hang,
         "connect_error" => OutcomeClass::Unavailable,
         o => match o.strip_prefix("status_").or_else(|| o.strip_prefix("ok_")) {
             Some(code) => {
@@ -589,7 +590,15 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
     let started = Instant::now();
     let (dir, store) = open(&opts.cluster)?;
     let f = get(&store, id)?;
-    let stable = stable_class(f.summary.stable_outcome.as_deref().unwrap_or(""));
+    // The outcome to reproduce: the stable node's, or for a `debug_fault` the debug node's (its state
+    // is in the same `stable_state*` columns: the state of the node that failed).
+    let debug_fault = f.summary.kind == "debug_fault";
+    let failed = if debug_fault {
+        &f.summary.debug_outcome
+    } else {
+        &f.summary.stable_outcome
+    };
+    let stable = stable_class(failed.as_deref().unwrap_or(""));
     let mirrored = if opts.without_state {
         MirroredState::empty("none: a fresh, empty state (--without-state)")
     } else {
@@ -617,10 +626,13 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
         Ok(r) => OutcomeClass::Answered(r.status),
     };
     let replay_answer = result.as_ref().ok().map(|r| r.text());
-    let stable_answer = f
-        .stable_response_body
-        .as_ref()
-        .map(|b| String::from_utf8_lossy(b).into_owned());
+    let stable_answer = if debug_fault {
+        &f.debug_response_body
+    } else {
+        &f.stable_response_body
+    }
+    .as_ref()
+    .map(|b| String::from_utf8_lossy(b).into_owned());
     let reproduced = if f.summary.kind == "divergence" {
         matches!(replay_class, OutcomeClass::Answered(c) if Some(c) == f.stable_status)
             && replay_answer.is_some()

@@ -242,9 +242,7 @@ fn keep_running(shared: &Shared, spec: &ProcSpec, (initial, max): (u64, u64)) {
     while !shared.stopping.load(Ordering::SeqCst) {
         let ring = Arc::new(Mutex::new(VecDeque::with_capacity(RING_LINES)));
         let started = Instant::now();
-        let child = Command::new(&spec.program)
-            .args(&spec.args)
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        let child = supervised_command(spec)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -320,6 +318,37 @@ fn keep_running(shared: &Shared, spec: &ProcSpec, (initial, max): (u64, u64)) {
         p.state = "stopped".into();
         p.pid = None;
     });
+}
+
+/// The command for a supervised process. Under `setpriv --pdeathsig KILL` (util-linux) when it is
+/// installed: the kernel kills the process when the supervisor's thread that started it ends, so a
+/// supervisor killed by SIGKILL leaves no orphans (nodes, QEMU) behind; `setpriv` execs the program,
+/// which keeps its pid and command line. Without `setpriv`, `janus up`/`down` reap the processes a
+/// dead supervisor recorded.
+fn supervised_command(spec: &ProcSpec) -> Command {
+    static SETPRIV: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let setpriv = SETPRIV.get_or_init(|| {
+        ["/usr/bin/setpriv", "/bin/setpriv"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+    });
+    match setpriv {
+        Some(setpriv) => {
+            let mut cmd = Command::new(setpriv);
+            cmd.args(["--pdeathsig", "KILL"])
+                .arg(&spec.program)
+                .args(&spec.args)
+                .envs(spec.env.iter().map(|(k, v)| (k, v)));
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new(&spec.program);
+            cmd.args(&spec.args)
+                .envs(spec.env.iter().map(|(k, v)| (k, v)));
+            cmd
+        }
+    }
 }
 
 fn exit_record(

@@ -26,6 +26,69 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// The ports of one cluster, each bound (and held) from the moment it is chosen until the cluster's
+/// processes are about to start: no two listeners of a cluster can be given the same port (binding
+/// `:0` and closing at once let the kernel hand the same port out again). They are taken below the
+/// kernel's ephemeral range (`net.ipv4.ip_local_port_range`), where the outgoing connections of a
+/// loaded machine (the router's own, a benchmark's) never land on them between release and use.
+pub struct PortSet {
+    held: Vec<std::net::TcpListener>,
+    next: u16,
+    low: u16,
+}
+
+impl PortSet {
+    pub fn new() -> Self {
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+            .unwrap_or(32768u16);
+        let low = (ephemeral_low / 2).max(1024);
+        let span = ephemeral_low.saturating_sub(low).max(1);
+        // A random start, so clusters brought up one after another do not probe the same ports.
+        let start = random_token()
+            .ok()
+            .and_then(|t| u16::from_str_radix(t.get(..4)?, 16).ok())
+            .unwrap_or(0)
+            % span;
+        Self {
+            held: Vec::new(),
+            next: low + start,
+            low,
+        }
+    }
+
+    /// A port on `ip` nobody (this cluster included) listens on, held until [`PortSet::release`].
+    pub fn take(&mut self, ip: std::net::IpAddr) -> anyhow::Result<SocketAddr> {
+        let high = self.low.saturating_add(self.low);
+        for _ in 0..4096 {
+            let port = self.next;
+            self.next = if port + 1 >= high { self.low } else { port + 1 };
+            if let Ok(l) = std::net::TcpListener::bind((ip, port)) {
+                let addr = l.local_addr()?;
+                self.held.push(l);
+                return Ok(addr);
+            }
+        }
+        // Below the ephemeral range is full: any port the kernel gives, still held.
+        let l = std::net::TcpListener::bind((ip, 0))?;
+        let addr = l.local_addr()?;
+        self.held.push(l);
+        Ok(addr)
+    }
+
+    /// Closes the held sockets: their owners are about to bind them.
+    pub fn release(&mut self) {
+        self.held.clear();
+    }
+}
+
+impl Default for PortSet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 fn spinner(mp: &MultiProgress, msg: String) -> ProgressBar {
     let pb = mp.add(ProgressBar::new_spinner());
     pb.set_style(
@@ -103,31 +166,36 @@ pub fn up(cluster_file: Option<&Path>) -> anyhow::Result<UpResult> {
 /// `janus up` of an already loaded cluster.
 pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
     let mut cluster = cluster.clone();
-    for addr in [&mut cluster.router.listen, &mut cluster.router.admin] {
+    let dir = run_dir(&cluster.name);
+    if let Ok(state) = ClusterState::read(&dir) {
+        if pid_alive(state.supervisor_pid) && !is_zombie(state.supervisor_pid) {
+            bail!(
+                "cluster '{}' is already up (supervisor pid {}); run `janus down{}` first",
+                cluster.name,
+                state.supervisor_pid,
+                cluster_flag(&cluster.name)
+            );
+        }
+        // A supervisor that died without stopping its processes (SIGKILL): reap what it left.
+        reap_leftovers(&state);
+    }
+    let mut ports = PortSet::new();
+    for (key, addr) in [
+        ("router.listen", &mut cluster.router.listen),
+        ("router.admin", &mut cluster.router.admin),
+    ] {
         if addr.port() == 0 {
-            *addr = SocketAddr::new(addr.ip(), free_addr()?.port());
+            *addr = ports.take(addr.ip())?;
+        } else {
+            match std::net::TcpListener::bind(*addr) {
+                Ok(l) => ports.held.push(l),
+                Err(_) => {
+                    bail!("{key} = {addr} is in use: pick another address in the cluster file")
+                }
+            }
         }
     }
     let cluster = &cluster;
-    let dir = run_dir(&cluster.name);
-    if let Ok(state) = ClusterState::read(&dir)
-        && pid_alive(state.supervisor_pid)
-    {
-        bail!(
-            "cluster '{}' is already up (supervisor pid {}); run `janus down{}` first",
-            cluster.name,
-            state.supervisor_pid,
-            cluster_flag(&cluster.name)
-        );
-    }
-    for (key, addr) in [
-        ("router.listen", cluster.router.listen),
-        ("router.admin", cluster.router.admin),
-    ] {
-        if std::net::TcpListener::bind(addr).is_err() {
-            bail!("{key} = {addr} is in use: pick another address in the cluster file");
-        }
-    }
     let uk_nodes = cluster.stable.count > 0 && cluster.stable.flavor == Flavor::Uk;
     if uk_nodes {
         ensure_qemu()?;
@@ -178,12 +246,13 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
         _ => Accel::Auto,
     };
     let mut procs = Vec::new();
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
     // uk nodes' token files, for QEMU to read at every (re)start.
     let secret_dir = dir.join("secrets");
     crate::secret::private_dir(&secret_dir)?;
-    let node_spec = |id: String, role: Role, flavor: Flavor| -> anyhow::Result<ProcSpec> {
-        let listen = free_addr()?;
-        let admin = free_addr()?;
+    let mut node_spec = |id: String, role: Role, flavor: Flavor| -> anyhow::Result<ProcSpec> {
+        let listen = ports.take(loopback)?;
+        let admin = ports.take(loopback)?;
         let token = random_token()?;
         let opts = NodeOpts {
             listen: Some(listen),
@@ -264,6 +333,7 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
         backoff_max_ms: cluster.restart.backoff_max_ms,
     };
     write_json_atomic(&dir.join("plan.json"), &plan)?;
+    ports.release();
     start_supervisor(&dir)?;
     wait_healthy(&mp, &dir, &plan, Duration::from_secs(120))?;
     Ok(UpResult { run_dir: dir, plan })
@@ -588,20 +658,7 @@ pub fn down(cluster: &str) -> anyhow::Result<String> {
         }
     }
     // Anything still alive after the supervisor is gone is killed, so nothing leaks.
-    let mut leftovers = Vec::new();
-    for p in &state.procs {
-        if let Some(pid) = p.pid
-            && pid_alive(pid)
-            && !is_zombie(pid)
-            && cmdline_matches(pid, &p.spec.program)
-        {
-            let _ = kill(
-                Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)),
-                Signal::SIGKILL,
-            );
-            leftovers.push(p.spec.id.clone());
-        }
-    }
+    let leftovers = reap_leftovers(&state);
     if pid_alive(sup) && !is_zombie(sup) {
         let _ = kill(
             Pid::from_raw(i32::try_from(sup).unwrap_or(i32::MAX)),
@@ -617,7 +674,28 @@ pub fn down(cluster: &str) -> anyhow::Result<String> {
     Ok(s)
 }
 
-fn is_zombie(pid: u32) -> bool {
+/// Kills the processes of a cluster whose supervisor is gone (their pid and program as recorded in
+/// its state); returns their ids.
+fn reap_leftovers(state: &ClusterState) -> Vec<String> {
+    let mut leftovers = Vec::new();
+    for p in &state.procs {
+        if let Some(pid) = p.pid
+            && pid_alive(pid)
+            && !is_zombie(pid)
+            && cmdline_matches(pid, &p.spec.program)
+        {
+            let _ = kill(
+                Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)),
+                Signal::SIGKILL,
+            );
+            leftovers.push(p.spec.id.clone());
+        }
+    }
+    leftovers
+}
+
+/// Whether `pid` has exited and waits to be reaped by its parent.
+pub fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {

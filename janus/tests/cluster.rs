@@ -362,3 +362,138 @@ fn faults_of_stable_nodes_are_captured_and_reproduced() {
         assert!(!alive, "pid {pid} still running after janus down");
     }
 }
+
+// --- process lifetime: port allocation and orphans --------------------------------------------------
+// Process nodes in the stable pool (`[stable] flavor = "unix"`): port allocation and process lifetime
+// do not depend on the node flavour, and 20 cycles of unikernel boots would cost minutes.
+
+/// A cluster file of `hello` with every port 0; returns its path and the cluster's name.
+fn port0_cluster(tag: &str) -> (PathBuf, String) {
+    port0_cluster_of(tag, "hello", 0)
+}
+
+/// A cluster file of `sample` (2 unix stable nodes, 1 debug, `spare` spares) with every port 0.
+fn port0_cluster_of(tag: &str, sample: &str, spare: u32) -> (PathBuf, String) {
+    let name = format!("lifetime-{tag}-{}", std::process::id());
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let file = dir.join("cluster.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"{name}\"\nservice = \"{}\"\n[stable]\ncount = 2\nflavor = \"unix\"\n\
+             [debug]\ncount = 1\nspare = {spare}\n[router]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n",
+            janus_integration::sample_dir(sample).display()
+        ),
+    )
+    .expect("write cluster file");
+    (file, name)
+}
+
+fn up(file: &PathBuf) -> ClusterState {
+    let o = janus(&["up", file.to_str().expect("utf8")]);
+    assert!(o.status.success(), "janus up failed:\n{}", text(&o));
+    let name = std::fs::read_to_string(file)
+        .expect("cluster file")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("name = \"")
+                .map(|n| n.trim_end_matches('"').to_owned())
+        })
+        .expect("name");
+    ClusterState::read(&janus::cluster::run_dir(&name)).expect("state.json")
+}
+
+fn down(name: &str) {
+    let o = janus(&["down", "--cluster", name]);
+    assert!(o.status.success(), "janus down failed:\n{}", text(&o));
+}
+
+fn alive_not_zombie(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped by its parent) counts as gone.
+    janus::up::pid_alive(pid) && !janus::up::is_zombie(pid)
+}
+
+/// Port 0 everywhere, up and down 20 times in a row: every cycle comes up healthy with no two
+/// listeners of the cluster on one port, and answers through the router.
+#[test]
+fn a_port_0_cluster_comes_up_and_down_20_times() {
+    let (file, name) = port0_cluster("ports");
+    for cycle in 0..20 {
+        let state = up(&file);
+        let mut addrs: Vec<_> = state
+            .procs
+            .iter()
+            .flat_map(|p| [p.spec.listen, p.spec.admin])
+            .collect();
+        let n = addrs.len();
+        addrs.sort_unstable();
+        addrs.dedup();
+        assert_eq!(
+            addrs.len(),
+            n,
+            "cycle {cycle}: a port given twice: {addrs:?}"
+        );
+        let router = state.proc("router").expect("router").spec.listen;
+        let r = client::get(router, "/", &[]).expect("GET through the router");
+        assert_eq!(r.status, 200, "cycle {cycle}: {}", r.text());
+        down(&name);
+    }
+}
+
+/// The supervisor killed with SIGKILL: its nodes and router die with it (no orphans), and the next
+/// `janus up` of the cluster comes up.
+#[test]
+fn a_killed_supervisor_leaves_no_orphans() {
+    let (file, name) = port0_cluster("orphans");
+    let state = up(&file);
+    let pids: Vec<u32> = state.procs.iter().filter_map(|p| p.pid).collect();
+    assert_eq!(pids.len(), state.procs.len(), "{state:?}");
+    assert!(pids.iter().all(|p| alive_not_zombie(*p)));
+    let st = Command::new("kill")
+        .args(["-KILL", &state.supervisor_pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| alive_not_zombie(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "orphans left: {:?}",
+            pids.iter()
+                .filter(|p| alive_not_zombie(**p))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let again = up(&file);
+    assert_ne!(again.supervisor_pid, state.supervisor_pid);
+    down(&name);
+}
+
+/// A debug node's own fault (a beta request, which always goes to the debug pool, hits faulty's
+/// divide-by-zero panic there): listed by `janus faults list` as a `debug_fault` and reproduced by
+/// `janus faults repro` on a spare debug node.
+#[test]
+fn a_debug_nodes_fault_is_listed_and_reproduced() {
+    let (file, name) = port0_cluster_of("debug-fault", "faulty", 1);
+    let state = up(&file);
+    let router = state.proc("router").expect("router").spec.listen;
+    let r = client::get(router, "/div?a=1&b=0", &[("x-janus-channel", "beta")]).expect("GET");
+    assert_eq!(r.header("x-janus-node"), Some("debug-0"), "{}", r.text());
+    let id = r.header("x-janus-fault-id").expect("fault id").to_owned();
+    let o = janus(&["faults", "list", "--json", "--cluster", &name]);
+    assert!(o.status.success(), "{}", text(&o));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).expect("json");
+    let f = list
+        .iter()
+        .find(|f| f["id"].as_i64().map(|v| v.to_string()).as_deref() == Some(id.as_str()))
+        .unwrap_or_else(|| panic!("fault {id} not listed: {list:?}"));
+    assert_eq!(f["kind"], "debug_fault", "{f}");
+    assert_eq!(f["debug_node"], "debug-0", "{f}");
+    assert_eq!(f["debug_outcome"], "panic", "{f}");
+    let o = janus(&["faults", "repro", &id, "--cluster", &name]);
+    assert!(o.status.success(), "not reproduced:\n{}", text(&o));
+    assert!(text(&o).contains("REPRODUCED"), "{}", text(&o));
+    down(&name);
+}

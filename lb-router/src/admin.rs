@@ -346,7 +346,9 @@ pub(crate) fn pools_json(router: &Router) -> serde_json::Value {
             let nodes: Vec<_> = topo
                 .pool(pool)
                 .map(|n| {
-                    let state = if n.health.is_ejected() {
+                    let state = if n.health.is_unhealthy() {
+                        "unhealthy"
+                    } else if n.health.is_ejected() {
                         "ejected"
                     } else if n.health.is_draining() {
                         "draining"
@@ -367,6 +369,7 @@ pub(crate) fn pools_json(router: &Router) -> serde_json::Value {
                 "pool": pool,
                 "mix_weight": if pool == Pool::Stable { cfg.mix.stable_weight } else { cfg.mix.debug_weight },
                 "ejected": router.pools.ejections(pool).ejected(),
+                "health_score": crate::proxy::health_score(topo.pool_capacity(pool), cfg.mix.overprovisioning_factor),
                 "nodes": nodes,
             })
         })
@@ -399,15 +402,28 @@ pub fn render_metrics(router: &Router) -> String {
             n.failures.get()
         );
     }
-    out.push_str("# TYPE janus_router_node_ejected gauge\n");
-    for n in &topo.nodes {
-        let _ = writeln!(
-            out,
-            "janus_router_node_ejected{{node=\"{}\",pool=\"{}\"}} {}",
-            n.id,
-            n.pool,
-            u8::from(n.health.is_ejected())
-        );
+    type Flag = fn(&crate::health::NodeHealth) -> bool;
+    let flags: [(&str, Flag); 2] = [
+        (
+            "janus_router_node_ejected",
+            crate::health::NodeHealth::is_ejected,
+        ),
+        (
+            "janus_router_node_unhealthy",
+            crate::health::NodeHealth::is_unhealthy,
+        ),
+    ];
+    for (name, flag) in flags {
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for n in &topo.nodes {
+            let _ = writeln!(
+                out,
+                "{name}{{node=\"{}\",pool=\"{}\"}} {}",
+                n.id,
+                n.pool,
+                u8::from(flag(&n.health))
+            );
+        }
     }
     out.push_str("# TYPE janus_router_node_weight gauge\n");
     for n in &topo.nodes {

@@ -1,11 +1,13 @@
-//! Active health checks: every `health.interval_ms`, each admitted node (and each ejected node whose
-//! backoff is over) gets `GET /health` on its admin listener. A pass readmits an ejected node; a
-//! failure counts like a failed request.
+//! Active health checks: every `health.interval_ms` (jittered), each node (ejected ones once their
+//! backoff is over) gets `GET /health` on its admin listener, at most one check per node at a time.
+//! `health.unhealthy_threshold` failures in a row make a node unhealthy (no traffic, in-flight
+//! requests abandoned; never capped), `health.healthy_threshold` passes healthy again; a pass after the
+//! backoff also readmits a passively ejected node.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::health::FailureEffect;
+use crate::health::{ActiveEffect, FailureEffect};
 use crate::pool::Node;
 use crate::router::Router;
 
@@ -38,42 +40,58 @@ pub async fn probe(router: &Router, node: &Node) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one round of checks over the current topology.
-pub async fn check_round(router: &Arc<Router>) {
+/// Starts one round of checks over the current topology and returns without waiting for them: each
+/// due node not already being checked gets its probe in a task of its own, so a wedged node's check
+/// (waiting for `health.timeout_ms`) never delays another node's.
+pub fn check_round(router: &Arc<Router>, set: &mut tokio::task::JoinSet<()>) {
     let topo = router.pools.current();
     let now = router.now_ms();
-    let mut set = tokio::task::JoinSet::new();
-    for node in topo
-        .nodes
-        .iter()
-        .filter(|n| n.health.due_for_check(now))
-        .cloned()
-    {
-        let router = router.clone();
+    for node in topo.nodes.iter().filter(|n| n.health.due_for_check(now)) {
+        if !node.health.begin_probe() {
+            continue;
+        }
+        let (router, node) = (router.clone(), node.clone());
         set.spawn(async move {
             let result = probe(&router, &node).await;
-            let now = router.now_ms();
-            let ejections = router.pools.ejections(node.pool);
-            match result {
-                Ok(()) => {
-                    if node.health.check_passed(ejections, now) {
-                        tracing::info!(node = %node.id, pool = %node.pool, "node readmitted after passing a health check");
-                    }
-                }
-                Err(reason) => {
-                    let policy = router.pools.policy();
-                    let effect = if node.health.is_ejected() {
-                        // Still failing after its backoff: stays ejected, with a longer backoff.
-                        node.health.extend_ejection(&policy, now)
-                    } else {
-                        node.health.record_failure(&policy, ejections, now)
-                    };
-                    log_effect(&node, effect, &reason);
-                }
-            }
+            node.health.end_probe();
+            judge_probe(&router, &node, result);
         });
     }
-    while set.join_next().await.is_some() {}
+}
+
+/// What one probe's result does to the node: the active state (thresholds, uncapped) and, for a
+/// passively ejected node, readmission or a longer backoff.
+fn judge_probe(router: &Router, node: &Node, result: Result<(), String>) {
+    let now = router.now_ms();
+    let cfg = router.config();
+    let ejections = router.pools.ejections(node.pool);
+    match result {
+        Ok(()) => {
+            if node.health.active_passed(cfg.health.healthy_threshold)
+                == ActiveEffect::BecameHealthy
+            {
+                router.metrics.turned_healthy.inc();
+                tracing::info!(node = %node.id, pool = %node.pool, "node healthy again (active checks)");
+            }
+            if node.health.check_passed(ejections, now) {
+                tracing::info!(node = %node.id, pool = %node.pool, "node readmitted after passing a health check");
+            }
+        }
+        Err(reason) => {
+            if node.health.active_failed(cfg.health.unhealthy_threshold)
+                == ActiveEffect::BecameUnhealthy
+            {
+                router.metrics.turned_unhealthy.inc();
+                node.abandon_in_flight();
+                tracing::warn!(node = %node.id, pool = %node.pool, reason, in_flight = node.in_flight(), "node unhealthy (active checks): no new requests, in-flight ones abandoned");
+            }
+            if node.health.is_ejected() {
+                // Still failing after its backoff: stays ejected, with a longer backoff.
+                let effect = node.health.extend_ejection(&router.pools.policy(), now);
+                log_effect(node, effect, &reason);
+            }
+        }
+    }
 }
 
 pub fn log_effect(node: &Node, effect: FailureEffect, reason: &str) {
@@ -88,11 +106,15 @@ pub fn log_effect(node: &Node, effect: FailureEffect, reason: &str) {
     }
 }
 
-/// Runs checks forever at the configured interval.
+/// Runs checks forever, a round every `health.interval_ms` plus a random `0..=interval_jitter_ms`.
 pub async fn run_active_checks(router: Arc<Router>) {
+    let mut probes = tokio::task::JoinSet::new();
     loop {
-        let interval = Duration::from_millis(router.config().health.interval_ms);
-        check_round(&router).await;
-        tokio::time::sleep(interval).await;
+        let h = router.config().health.clone();
+        // The probes are owned here (aborted with this task); finished ones are reaped each round.
+        while probes.try_join_next().is_some() {}
+        check_round(&router, &mut probes);
+        let jitter = crate::rand::below(h.interval_jitter_ms + 1);
+        tokio::time::sleep(Duration::from_millis(h.interval_ms + jitter)).await;
     }
 }

@@ -93,6 +93,9 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_node: usize,
     /// Most requests pipelined on one connection to a stable node (0: none, each request has its own).
     pub pipeline_depth: usize,
+    /// A pipelined answer this late hands the requests queued behind it on the same connection back,
+    /// to be sent again on connections of their own (a slow request holds up only itself).
+    pub pipeline_stall_ms: u64,
     /// Bearer token for nodes' admin APIs, unless a node sets its own `admin_token`.
     pub admin_token: String,
 }
@@ -106,6 +109,7 @@ impl Default for UpstreamConfig {
             pool_idle_timeout_ms: 30_000,
             pool_max_idle_per_node: 256,
             pipeline_depth: 16,
+            pipeline_stall_ms: 25,
             admin_token: String::new(),
         }
     }
@@ -130,12 +134,19 @@ impl Default for AdminConfig {
     }
 }
 
-/// Weighted mixing of ordinary traffic across the two pools.
+/// Weighted mixing of ordinary traffic across the two pools, and spill-over between them by health
+/// (formula in `proxy::spill` and `lb-router/README.md`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MixConfig {
     pub stable_weight: u32,
     pub debug_weight: u32,
+    /// A pool's health score is its available share (by node weight) times this, capped at 1: with
+    /// 1.4 a pool keeps all its traffic until fewer than ~72% of it are available (Envoy's default).
+    pub overprovisioning_factor: f64,
+    /// Panic mode when the two pools' summed health scores (capped at 1) fall below this percentage:
+    /// traffic is spread over all nodes of its pool whatever their health. 0 disables it.
+    pub panic_threshold_percent: f64,
 }
 
 impl Default for MixConfig {
@@ -143,6 +154,8 @@ impl Default for MixConfig {
         Self {
             stable_weight: 90,
             debug_weight: 10,
+            overprovisioning_factor: 1.4,
+            panic_threshold_percent: 50.0,
         }
     }
 }
@@ -179,12 +192,18 @@ impl Default for ChannelConfig {
     }
 }
 
-/// Active checks and passive ejection.
+/// Active checks and passive ejection (see `health`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
+    /// Period of the active checks, plus a random `0..=interval_jitter_ms` per round.
     pub interval_ms: u64,
+    pub interval_jitter_ms: u64,
     pub timeout_ms: u64,
+    /// Failed active checks in a row that make a node unhealthy (never capped).
+    pub unhealthy_threshold: u32,
+    /// Passing active checks in a row that make an unhealthy node healthy again.
+    pub healthy_threshold: u32,
     pub consecutive_failures: u32,
     pub eject_base_ms: u64,
     pub eject_max_ms: u64,
@@ -194,8 +213,13 @@ pub struct HealthConfig {
 impl Default for HealthConfig {
     fn default() -> Self {
         Self {
-            interval_ms: 1_000,
-            timeout_ms: 500,
+            // A wedged node (accepts, never answers) is out within interval + jitter + 2 timeouts +
+            // interval + jitter in the worst case: ~1 s.
+            interval_ms: 200,
+            interval_jitter_ms: 50,
+            timeout_ms: 250,
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
             consecutive_failures: 3,
             eject_base_ms: 1_000,
             eject_max_ms: 30_000,
@@ -242,6 +266,13 @@ pub struct FaultsConfig {
     /// `full` (default: fsync at every commit, survives power loss) or `normal` (survives a process
     /// crash such as SIGKILL, may lose the last commits on power loss).
     pub synchronous: String,
+    /// The same (kind, node, outcome, method, path without query) within this long of a row's first
+    /// occurrence is counted into that row (`count`, `last_ms`). 0: a row per fault.
+    pub dedupe_window_ms: u64,
+    /// Retention: most rows, and most bytes of stored bodies/headers/traces/states; oldest dropped
+    /// first.
+    pub max_rows: u64,
+    pub max_bytes: u64,
 }
 
 impl Default for FaultsConfig {
@@ -258,6 +289,9 @@ impl Default for FaultsConfig {
             fetch_trace: true,
             fetch_state: true,
             synchronous: "full".to_owned(),
+            dedupe_window_ms: 60_000,
+            max_rows: 50_000,
+            max_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -427,6 +461,9 @@ impl Config {
         if u.request_timeout_ms == 0 {
             return Err(invalid("upstream.request_timeout_ms", "must be > 0"));
         }
+        if u.pipeline_stall_ms == 0 {
+            return Err(invalid("upstream.pipeline_stall_ms", "must be > 0"));
+        }
         if u.pipeline_depth > 1024 {
             return Err(invalid(
                 "upstream.pipeline_depth",
@@ -449,6 +486,18 @@ impl Config {
             return Err(invalid(
                 "mix",
                 "stable_weight and debug_weight cannot both be 0",
+            ));
+        }
+        if !(1.0..=10.0).contains(&self.mix.overprovisioning_factor) {
+            return Err(invalid(
+                "mix.overprovisioning_factor",
+                "must be within 1.0..=10.0",
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.mix.panic_threshold_percent) {
+            return Err(invalid(
+                "mix.panic_threshold_percent",
+                "must be within 0..=100",
             ));
         }
         if !(0.0..=100.0).contains(&self.channels.beta_user_percent) {
@@ -474,6 +523,12 @@ impl Config {
                 "interval_ms and timeout_ms must be > 0",
             ));
         }
+        if h.unhealthy_threshold == 0 {
+            return Err(invalid("health.unhealthy_threshold", "must be > 0"));
+        }
+        if h.healthy_threshold == 0 {
+            return Err(invalid("health.healthy_threshold", "must be > 0"));
+        }
         if h.consecutive_failures == 0 {
             return Err(invalid("health.consecutive_failures", "must be > 0"));
         }
@@ -495,6 +550,12 @@ impl Config {
         }
         if self.faults.path.as_os_str().is_empty() {
             return Err(invalid("faults.path", "must be set"));
+        }
+        if self.faults.max_rows == 0 || self.faults.max_bytes == 0 {
+            return Err(invalid(
+                "faults.max_rows",
+                "max_rows and max_bytes must be > 0",
+            ));
         }
         if !matches!(self.faults.synchronous.as_str(), "full" | "normal") {
             return Err(invalid(

@@ -675,6 +675,7 @@ fn lane_limits(cfg: &Config, node: &Node, req: &Prepared) -> Option<lane::LaneLi
             idle_timeout: Duration::from_millis(cfg.upstream.pool_idle_timeout_ms),
             max_idle: cfg.upstream.pool_max_idle_per_node,
             max_body: cfg.upstream.max_response_body_bytes,
+            stall: Duration::from_millis(cfg.upstream.pipeline_stall_ms),
         }
     })
 }
@@ -702,8 +703,12 @@ async fn forward(
                     }
                     return Ok((Via::Lane(a.buf), a.raw));
                 }
-                // The lane never wrote it: once more, on an exclusive connection of its own.
-                Err(ExchangeError::Unsent(_)) => None,
+                // The lane never wrote it, or handed it back from behind a slow answer: once more,
+                // on a new exclusive connection of its own.
+                Err(ExchangeError::Unsent(_)) => {
+                    metrics.lane_resent.inc();
+                    None
+                }
                 Err(e) => return Err(upstream_error(node, e, max_body)),
             }
         } else {
@@ -738,6 +743,7 @@ async fn forward(
             node: node.id.to_string(),
             timeout_ms: limit.as_millis() as u64,
         }),
+        () = node.until_unhealthy() => Err(UpstreamError::Abandoned { node: node.id.to_string() }),
     }
 }
 

@@ -1,5 +1,12 @@
-//! Node health: passive ejection after consecutive failures (with exponential backoff and a cap on the
-//! share of a pool that may be ejected) and readmission after a passing active check.
+//! Node health, two independent judgements (Envoy's split):
+//!
+//! * *active* (`unhealthy`): `health.unhealthy_threshold` failed active checks in a row make a node
+//!   unhealthy, `health.healthy_threshold` passing ones healthy again. Never capped: a node that does
+//!   not answer its checks gets no traffic, however many of its pool are in the same state (a pool of
+//!   one node can be unhealthy; traffic then spills to the other pool, see `pool::Topology::shares`).
+//! * *passive* (outlier ejection): `health.consecutive_failures` failed requests in a row, or a single
+//!   connect error or timeout, eject a node with exponential backoff, within the pool's cap
+//!   (`health.max_ejected_percent`); a passing active check after the backoff readmits it.
 //!
 //! Everything here is lock-free and updated from many request tasks at once, so it is built on
 //! [`crate::sync`] and model-checked with loom (`RUSTFLAGS="--cfg loom" cargo test -p lb-router --lib loom`).
@@ -99,6 +106,22 @@ pub struct NodeHealth {
     ejections: AtomicU32,
     total_ejections: AtomicU64,
     draining: AtomicBool,
+    /// Failed active checks: `unhealthy` is set at the threshold, whatever the pool's ejection cap.
+    unhealthy: AtomicBool,
+    check_failures: AtomicU32,
+    check_passes: AtomicU32,
+    /// An active check of this node is under way (at most one at a time).
+    probing: AtomicBool,
+}
+
+/// What an active check result did to the node's active state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActiveEffect {
+    Unchanged,
+    /// This result made the node unhealthy: it gets no new requests, in-flight ones are abandoned.
+    BecameUnhealthy,
+    /// This result made an unhealthy node healthy again.
+    BecameHealthy,
 }
 
 impl Default for NodeHealth {
@@ -116,12 +139,75 @@ impl NodeHealth {
             ejections: AtomicU32::new(0),
             total_ejections: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            unhealthy: AtomicBool::new(false),
+            check_failures: AtomicU32::new(0),
+            check_passes: AtomicU32::new(0),
+            probing: AtomicBool::new(false),
         }
     }
 
     /// May new requests be sent to this node?
     pub fn is_available(&self) -> bool {
-        !self.ejected.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+        !self.ejected.load(Ordering::Acquire)
+            && !self.unhealthy.load(Ordering::Acquire)
+            && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Failed its active checks (see the module doc).
+    pub fn is_unhealthy(&self) -> bool {
+        self.unhealthy.load(Ordering::Acquire)
+    }
+
+    /// Claims the right to run this node's next active check; `false` if one is already under way
+    /// (a wedged node's check waits for its timeout while the other nodes keep being checked).
+    pub fn begin_probe(&self) -> bool {
+        self.probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub fn end_probe(&self) {
+        self.probing.store(false, Ordering::Release);
+    }
+
+    /// An active check failed: unhealthy at `threshold` failures in a row (uncapped).
+    pub fn active_failed(&self, threshold: u32) -> ActiveEffect {
+        self.check_passes.store(0, Ordering::Release);
+        let n = self
+            .check_failures
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1);
+        if n >= threshold
+            && self
+                .unhealthy
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            return ActiveEffect::BecameUnhealthy;
+        }
+        ActiveEffect::Unchanged
+    }
+
+    /// An active check passed: healthy again at `threshold` passes in a row.
+    pub fn active_passed(&self, threshold: u32) -> ActiveEffect {
+        self.check_failures.store(0, Ordering::Release);
+        if !self.unhealthy.load(Ordering::Acquire) {
+            return ActiveEffect::Unchanged;
+        }
+        let n = self
+            .check_passes
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1);
+        if n >= threshold
+            && self
+                .unhealthy
+                .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.check_passes.store(0, Ordering::Release);
+            return ActiveEffect::BecameHealthy;
+        }
+        ActiveEffect::Unchanged
     }
 
     pub fn is_ejected(&self) -> bool {
@@ -155,19 +241,21 @@ impl NodeHealth {
         }
     }
 
-    /// A request (or check) failed. Ejects the node when it reaches the threshold, if the pool's cap
-    /// allows. Exactly one of several concurrent reporters performs the ejection.
+    /// A request failed. Ejects the node when it reaches the threshold (or at once if `at_once`: a
+    /// connect error or a timeout, the node is not to be tried again before its state is known), if
+    /// the pool's cap allows. Exactly one of several concurrent reporters performs the ejection.
     pub fn record_failure(
         &self,
         policy: &EjectionPolicy,
         pool: &PoolEjections,
         now_ms: u64,
+        at_once: bool,
     ) -> FailureEffect {
         let n = self
             .consecutive_failures
             .fetch_add(1, Ordering::AcqRel)
             .saturating_add(1);
-        if n < policy.consecutive_failures || self.ejected.load(Ordering::Acquire) {
+        if (n < policy.consecutive_failures && !at_once) || self.ejected.load(Ordering::Acquire) {
             return FailureEffect::Counted;
         }
         if !pool.try_reserve() {
@@ -268,10 +356,16 @@ mod tests {
     fn ejects_after_threshold_with_backoff_and_readmits() {
         let pool = PoolEjections::new(1);
         let h = NodeHealth::new();
-        assert_eq!(h.record_failure(&POLICY, &pool, 0), FailureEffect::Counted);
-        assert_eq!(h.record_failure(&POLICY, &pool, 0), FailureEffect::Counted);
         assert_eq!(
-            h.record_failure(&POLICY, &pool, 0),
+            h.record_failure(&POLICY, &pool, 0, false),
+            FailureEffect::Counted
+        );
+        assert_eq!(
+            h.record_failure(&POLICY, &pool, 0, false),
+            FailureEffect::Counted
+        );
+        assert_eq!(
+            h.record_failure(&POLICY, &pool, 0, false),
             FailureEffect::Ejected { until_ms: 100 }
         );
         assert!(!h.is_available());
@@ -281,13 +375,13 @@ mod tests {
         assert!(h.is_available());
         assert_eq!(pool.ejected(), 0);
         for _ in 0..3 {
-            h.record_failure(&POLICY, &pool, 1000);
+            h.record_failure(&POLICY, &pool, 1000, false);
         }
         // Second ejection doubles the backoff.
         assert_eq!(h.ejected_until_ms(), 1200);
         assert!(h.check_passed(&pool, 1200));
         for _ in 0..3 {
-            h.record_failure(&POLICY, &pool, 2000);
+            h.record_failure(&POLICY, &pool, 2000, false);
         }
         // Third: 400 capped at 350.
         assert_eq!(h.ejected_until_ms(), 2350);
@@ -299,11 +393,11 @@ mod tests {
         pool.set_cap(3, 50);
         let (a, b) = (NodeHealth::new(), NodeHealth::new());
         for _ in 0..3 {
-            a.record_failure(&POLICY, &pool, 0);
+            a.record_failure(&POLICY, &pool, 0, false);
         }
         let mut last = FailureEffect::Counted;
         for _ in 0..3 {
-            last = b.record_failure(&POLICY, &pool, 0);
+            last = b.record_failure(&POLICY, &pool, 0, false);
         }
         assert!(a.is_ejected());
         assert_eq!(last, FailureEffect::CapReached);
@@ -311,14 +405,62 @@ mod tests {
         assert_eq!(pool.ejected(), 1);
     }
 
+    /// Active checks are not capped: every node of a pool (even a pool of one) can be unhealthy,
+    /// and comes back after `healthy_threshold` passes in a row.
+    #[test]
+    fn active_health_is_uncapped_and_has_thresholds() {
+        let nodes = [NodeHealth::new(), NodeHealth::new(), NodeHealth::new()];
+        for n in &nodes {
+            assert_eq!(n.active_failed(2), ActiveEffect::Unchanged);
+            assert!(n.is_available());
+            assert_eq!(n.active_failed(2), ActiveEffect::BecameUnhealthy);
+            assert_eq!(n.active_failed(2), ActiveEffect::Unchanged);
+            assert!(!n.is_available() && n.is_unhealthy());
+        }
+        let n = &nodes[0];
+        assert_eq!(n.active_passed(2), ActiveEffect::Unchanged);
+        // A failure in between starts the count of passes again.
+        assert_eq!(n.active_failed(2), ActiveEffect::Unchanged);
+        assert_eq!(n.active_passed(2), ActiveEffect::Unchanged);
+        assert_eq!(n.active_passed(2), ActiveEffect::BecameHealthy);
+        assert!(n.is_available());
+        assert_eq!(n.active_passed(2), ActiveEffect::Unchanged);
+    }
+
+    /// A connect error or timeout ejects at once, still within the pool's cap.
+    #[test]
+    fn at_once_failures_eject_within_the_cap() {
+        let pool = PoolEjections::new(0);
+        pool.set_cap(2, 50);
+        let (a, b) = (NodeHealth::new(), NodeHealth::new());
+        assert!(matches!(
+            a.record_failure(&POLICY, &pool, 0, true),
+            FailureEffect::Ejected { .. }
+        ));
+        assert_eq!(
+            b.record_failure(&POLICY, &pool, 0, true),
+            FailureEffect::CapReached
+        );
+        assert!(b.is_available());
+    }
+
+    #[test]
+    fn one_probe_at_a_time() {
+        let h = NodeHealth::new();
+        assert!(h.begin_probe());
+        assert!(!h.begin_probe());
+        h.end_probe();
+        assert!(h.begin_probe());
+    }
+
     #[test]
     fn success_resets_the_count() {
         let pool = PoolEjections::new(1);
         let h = NodeHealth::new();
-        h.record_failure(&POLICY, &pool, 0);
-        h.record_failure(&POLICY, &pool, 0);
+        h.record_failure(&POLICY, &pool, 0, false);
+        h.record_failure(&POLICY, &pool, 0, false);
         h.record_success();
-        h.record_failure(&POLICY, &pool, 0);
+        h.record_failure(&POLICY, &pool, 0, false);
         assert!(h.is_available());
     }
 }
@@ -344,7 +486,7 @@ mod loom_tests {
             let threads: Vec<_> = (0..2)
                 .map(|_| {
                     let (pool, h) = (pool.clone(), h.clone());
-                    loom::thread::spawn(move || h.record_failure(&POLICY, &pool, 0))
+                    loom::thread::spawn(move || h.record_failure(&POLICY, &pool, 0, false))
                 })
                 .collect();
             let effects: Vec<_> = threads
@@ -369,20 +511,73 @@ mod loom_tests {
             let pool = Arc::new(PoolEjections::new(1));
             let a = Arc::new(NodeHealth::new());
             let b = Arc::new(NodeHealth::new());
-            a.record_failure(&POLICY, &pool, 0);
-            b.record_failure(&POLICY, &pool, 0);
+            a.record_failure(&POLICY, &pool, 0, false);
+            b.record_failure(&POLICY, &pool, 0, false);
             let ta = {
                 let (pool, a) = (pool.clone(), a.clone());
-                loom::thread::spawn(move || a.record_failure(&POLICY, &pool, 0))
+                loom::thread::spawn(move || a.record_failure(&POLICY, &pool, 0, false))
             };
             let tb = {
                 let (pool, b) = (pool.clone(), b.clone());
-                loom::thread::spawn(move || b.record_failure(&POLICY, &pool, 0))
+                loom::thread::spawn(move || b.record_failure(&POLICY, &pool, 0, false))
             };
             let _ = ta.join();
             let _ = tb.join();
             assert_eq!(pool.ejected(), 1);
             assert!(a.is_ejected() ^ b.is_ejected());
+        });
+    }
+
+    /// Two check results that cross the unhealthy threshold at once: exactly one reports the change,
+    /// and the node ends unavailable whatever the pool's cap (here 0).
+    #[test]
+    fn loom_active_failures_mark_unhealthy_once() {
+        loom::model(|| {
+            let h = Arc::new(NodeHealth::new());
+            h.active_failed(3);
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let h = h.clone();
+                    loom::thread::spawn(move || h.active_failed(3))
+                })
+                .collect();
+            let changed = threads
+                .into_iter()
+                .map(|t| t.join().expect("no panic"))
+                .filter(|e| *e == ActiveEffect::BecameUnhealthy)
+                .count();
+            assert_eq!(changed, 1);
+            assert!(!h.is_available());
+        });
+    }
+
+    /// A pass racing a failure on a node at the threshold of both: the node ends in one state, and
+    /// the effects reported agree with it.
+    #[test]
+    fn loom_active_pass_races_failure() {
+        loom::model(|| {
+            let h = Arc::new(NodeHealth::new());
+            h.active_failed(1);
+            let tp = {
+                let h = h.clone();
+                loom::thread::spawn(move || h.active_passed(1))
+            };
+            let tf = {
+                let h = h.clone();
+                loom::thread::spawn(move || h.active_failed(1))
+            };
+            let p = tp.join().expect("no panic");
+            let f = tf.join().expect("no panic");
+            match (p, f) {
+                (ActiveEffect::BecameHealthy, ActiveEffect::BecameUnhealthy) => {
+                    assert!(h.is_unhealthy());
+                }
+                (ActiveEffect::BecameHealthy, ActiveEffect::Unchanged) => {
+                    assert!(!h.is_unhealthy());
+                }
+                (ActiveEffect::Unchanged, ActiveEffect::Unchanged) => assert!(h.is_unhealthy()),
+                other => panic!("impossible pair {other:?}"),
+            }
         });
     }
 
@@ -393,16 +588,16 @@ mod loom_tests {
             let pool = Arc::new(PoolEjections::new(1));
             let a = Arc::new(NodeHealth::new());
             let b = Arc::new(NodeHealth::new());
-            a.record_failure(&POLICY, &pool, 0);
-            a.record_failure(&POLICY, &pool, 0);
-            b.record_failure(&POLICY, &pool, 0);
+            a.record_failure(&POLICY, &pool, 0, false);
+            a.record_failure(&POLICY, &pool, 0, false);
+            b.record_failure(&POLICY, &pool, 0, false);
             let ta = {
                 let (pool, a) = (pool.clone(), a.clone());
                 loom::thread::spawn(move || a.check_passed(&pool, 10_000))
             };
             let tb = {
                 let (pool, b) = (pool.clone(), b.clone());
-                loom::thread::spawn(move || b.record_failure(&POLICY, &pool, 0))
+                loom::thread::spawn(move || b.record_failure(&POLICY, &pool, 0, false))
             };
             assert!(ta.join().expect("no panic"));
             let _ = tb.join();

@@ -126,7 +126,7 @@ impl Flavor {
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Fault kinds counted by `janus_router_faults_total`.
-pub const FAULT_KINDS: [&str; 2] = ["fault", "divergence"];
+pub const FAULT_KINDS: [&str; 3] = ["fault", "divergence", "debug_fault"];
 
 /// All router metrics.
 #[derive(Debug)]
@@ -140,7 +140,7 @@ pub struct RouterMetrics {
     pub retries_denied_budget: Counter,
     pub retries_not_replayable: Counter,
     pub retries_no_debug_node: Counter,
-    pub faults: [Counter; 2],
+    pub faults: [Counter; 3],
     pub fault_store_errors: Counter,
     pub mirror_sent: Counter,
     pub mirror_match: Counter,
@@ -148,10 +148,18 @@ pub struct RouterMetrics {
     pub mirror_dropped: Counter,
     pub mirror_errors: Counter,
     pub channel_fallbacks: Counter,
+    /// Requests routed in panic mode (both pools too degraded: health ignored).
+    pub panic_routed: Counter,
+    /// Active health changes: to unhealthy, to healthy.
+    pub turned_unhealthy: Counter,
+    pub turned_healthy: Counter,
     pub downstream_rejected: Counter,
     /// Requests answered on a lane (pipelined to a stable node), and the batches they went in.
     pub pipelined_requests: Counter,
     pub pipelined_batches: Counter,
+    /// Requests a lane handed back unsent (stalled behind a slow answer, or the node closed the
+    /// connection) and sent again on a connection of their own.
+    pub lane_resent: Counter,
     pub reloads_ok: Counter,
     pub reloads_failed: Counter,
 }
@@ -186,9 +194,13 @@ impl RouterMetrics {
             mirror_dropped: Counter::new(),
             mirror_errors: Counter::new(),
             channel_fallbacks: Counter::new(),
+            panic_routed: Counter::new(),
+            turned_unhealthy: Counter::new(),
+            turned_healthy: Counter::new(),
             downstream_rejected: Counter::new(),
             pipelined_requests: Counter::new(),
             pipelined_batches: Counter::new(),
+            lane_resent: Counter::new(),
             reloads_ok: Counter::new(),
             reloads_failed: Counter::new(),
         }
@@ -299,11 +311,24 @@ impl RouterMetrics {
                 c.get()
             );
         }
+        out.push_str("# HELP janus_router_health_transitions_total Nodes turned unhealthy or healthy by active checks.\n");
+        out.push_str("# TYPE janus_router_health_transitions_total counter\n");
+        for (to, c) in [
+            ("unhealthy", &self.turned_unhealthy),
+            ("healthy", &self.turned_healthy),
+        ] {
+            let _ = writeln!(
+                out,
+                "janus_router_health_transitions_total{{to=\"{to}\"}} {}",
+                c.get()
+            );
+        }
         for (name, c) in [
             (
                 "janus_router_channel_fallbacks_total",
                 &self.channel_fallbacks,
             ),
+            ("janus_router_panic_routed_total", &self.panic_routed),
             (
                 "janus_router_downstream_rejected_total",
                 &self.downstream_rejected,
@@ -316,6 +341,7 @@ impl RouterMetrics {
                 "janus_router_upstream_pipelined_batches_total",
                 &self.pipelined_batches,
             ),
+            ("janus_router_upstream_lane_resent_total", &self.lane_resent),
             ("janus_router_reloads_ok_total", &self.reloads_ok),
             ("janus_router_reloads_failed_total", &self.reloads_failed),
         ] {

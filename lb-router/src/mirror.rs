@@ -131,10 +131,10 @@ pub fn mirror_sampled(
                     debug_response_body: Some(shadow.body.to_vec()),
                     detail: Some(diff),
                 };
-                if let Some(id) = capture::insert(&router, f).await {
+                if let Some(rec) = capture::insert(&router, f).await {
                     capture::spawn_enrichment(
                         router.clone(),
-                        id,
+                        rec.id,
                         Enrich {
                             stable: None,
                             debug: Some((debug.clone(), req.trace_id.to_string())),

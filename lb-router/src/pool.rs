@@ -28,6 +28,8 @@ pub struct Node {
     pub failures: Counter,
     in_flight: AtomicU64,
     last_seq: AtomicU64,
+    /// Woken when the node turns unhealthy: its in-flight requests stop waiting for it.
+    turned_unhealthy: tokio::sync::Notify,
 }
 
 impl Node {
@@ -45,7 +47,32 @@ impl Node {
             failures: Counter::new(),
             in_flight: AtomicU64::new(0),
             last_seq: AtomicU64::new(NO_SEQ),
+            turned_unhealthy: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Resolves once the node is unhealthy (at once if it already is): raced against every forward,
+    /// so a request in flight on a stable node found wedged is abandoned (and retried elsewhere if
+    /// safe) instead of waiting for `upstream.request_timeout_ms`. Never for a debug node: an
+    /// instrumented process legitimately stalls for a while (its panic hook symbolising a backtrace
+    /// takes ~1 s in a debug build, long enough to fail two checks), and the answer it is working on
+    /// is the very fault it is there to capture; it only stops getting new requests.
+    pub async fn until_unhealthy(&self) {
+        if self.pool == Pool::Debug {
+            return std::future::pending().await;
+        }
+        let notified = self.turned_unhealthy.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        if self.health.is_unhealthy() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Called by the checker when this node turned unhealthy.
+    pub fn abandon_in_flight(&self) {
+        self.turned_unhealthy.notify_waiters();
     }
 
     pub fn weight(&self) -> u32 {
@@ -117,11 +144,24 @@ impl Topology {
         self.nodes.iter().find(|n| n.id.as_str() == id)
     }
 
-    /// Phase *pick node*: weighted random among the available nodes of `pool`, never `exclude`.
+    /// Phase *pick node*: weighted random among the available nodes of `pool` (in panic mode among
+    /// all its nodes, whatever their health), never `exclude`. Draining and weight-0 nodes never.
     pub fn pick_node(&self, pool: Pool, exclude: Option<&NodeId>, rnd: u64) -> Option<Arc<Node>> {
+        self.pick_node_in(pool, exclude, rnd, false)
+    }
+
+    pub fn pick_node_in(
+        &self,
+        pool: Pool,
+        exclude: Option<&NodeId>,
+        rnd: u64,
+        panic: bool,
+    ) -> Option<Arc<Node>> {
         let eligible = || {
             self.pool(pool).filter(move |n| {
-                n.health.is_available() && n.weight() > 0 && Some(&n.id) != exclude
+                (n.health.is_available() || (panic && !n.health.is_draining()))
+                    && n.weight() > 0
+                    && Some(&n.id) != exclude
             })
         };
         let total: u64 = eligible().map(|n| u64::from(n.weight())).sum();
@@ -142,6 +182,17 @@ impl Topology {
     pub fn has_available(&self, pool: Pool) -> bool {
         self.pool(pool)
             .any(|n| n.health.is_available() && n.weight() > 0)
+    }
+
+    /// The weight of `pool`'s available nodes and of all its nodes in service (not draining), for its
+    /// health score (see `proxy::spill`).
+    pub fn pool_capacity(&self, pool: Pool) -> (u64, u64) {
+        self.pool(pool)
+            .filter(|n| !n.health.is_draining())
+            .fold((0, 0), |(up, all), n| {
+                let w = u64::from(n.weight());
+                (up + if n.health.is_available() { w } else { 0 }, all + w)
+            })
     }
 }
 

@@ -382,35 +382,94 @@ pub fn classify_channel<H: HeaderLookup + ?Sized>(cfg: &ChannelConfig, headers: 
     Channel::Ordinary { user_hash }
 }
 
-/// Phase *pick pool*: beta -> debug; ordinary -> weighted (consistent per user). Falls back to the
-/// other pool when the chosen one has no available node.
-pub fn pick_pool(mix: &MixConfig, channel: Channel, topo: &Topology) -> (Pool, bool) {
-    let wanted = match channel {
-        Channel::Beta => Pool::Debug,
+/// How a request's pool was chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolChoice {
+    /// The pool its channel and the mix weights gave.
+    Wanted,
+    /// Moved to the other pool: spill-over by health, or the wanted pool has no available node.
+    Spilled,
+    /// Both pools too degraded: any node of the pool in service, whatever its health.
+    Panic,
+}
+
+/// A pool's health score: its available share by node weight times the overprovisioning factor,
+/// capped at 1 (Envoy's priority-level health).
+pub fn health_score((up, all): (u64, u64), overprovisioning: f64) -> f64 {
+    if all == 0 {
+        0.0
+    } else {
+        (up as f64 / all as f64 * overprovisioning).min(1.0)
+    }
+}
+
+/// What happens to traffic meant for a pool of health score `h_a` when the other has `h_b`:
+/// `None` is panic mode (`min(1, h_a + h_b)` below the panic threshold); else the probability of
+/// staying on the wanted pool: `h_a` while the two scores cover all the traffic (`h_a + h_b >= 1`),
+/// else `h_a / (h_a + h_b)` (both degraded: shared in proportion to health).
+pub fn spill(h_a: f64, h_b: f64, panic_threshold_percent: f64) -> Option<f64> {
+    let total = (h_a + h_b).min(1.0);
+    if total * 100.0 < panic_threshold_percent || total == 0.0 {
+        return None;
+    }
+    Some(if h_a + h_b >= 1.0 {
+        h_a
+    } else {
+        h_a / (h_a + h_b)
+    })
+}
+
+/// Phase *pick pool*: beta -> debug (the stable pool only if no debug node is available); ordinary
+/// -> by mix weights (consistent per user), then spill-over to the other pool by health, or panic mode.
+pub fn pick_pool(mix: &MixConfig, channel: Channel, topo: &Topology) -> (Pool, PoolChoice) {
+    let (wanted, spill_r) = match channel {
+        Channel::Beta => (Pool::Debug, None),
         Channel::Ordinary { user_hash } => {
             let total = u64::from(mix.stable_weight) + u64::from(mix.debug_weight);
-            let r = match user_hash {
-                Some(h) => ((h >> 32) * total) >> 32,
-                None => rand::below(total),
+            let (r, spill_r) = match user_hash {
+                // High 32 bits: the pool; middle bits: the spill-over decision, so a user moves
+                // between pools only as health changes.
+                Some(h) => (
+                    ((h >> 32) * total) >> 32,
+                    ((h >> 8) & 0xff_ffff) as f64 / 16_777_216.0,
+                ),
+                None => (rand::below(total), rand::unit()),
             };
-            if r < u64::from(mix.stable_weight) {
+            let pool = if r < u64::from(mix.stable_weight) {
                 Pool::Stable
             } else {
                 Pool::Debug
-            }
+            };
+            (pool, Some(spill_r))
         }
     };
-    if topo.has_available(wanted) {
-        return (wanted, false);
+    let other = other_pool(wanted);
+    if let Some(r) = spill_r {
+        let f = mix.overprovisioning_factor;
+        let h_a = health_score(topo.pool_capacity(wanted), f);
+        let h_b = health_score(topo.pool_capacity(other), f);
+        match spill(h_a, h_b, mix.panic_threshold_percent) {
+            None if mix.panic_threshold_percent > 0.0 => return (wanted, PoolChoice::Panic),
+            Some(stay) if r >= stay && topo.has_available(other) => {
+                return (other, PoolChoice::Spilled);
+            }
+            _ => {}
+        }
     }
-    let other = match wanted {
+    if topo.has_available(wanted) {
+        return (wanted, PoolChoice::Wanted);
+    }
+    if topo.has_available(other) {
+        (other, PoolChoice::Spilled)
+    } else {
+        (wanted, PoolChoice::Wanted)
+    }
+}
+
+fn other_pool(pool: Pool) -> Pool {
+    match pool {
         Pool::Stable => Pool::Debug,
         Pool::Debug => Pool::Stable,
-    };
-    if topo.has_available(other) {
-        (other, true)
-    } else {
-        (wanted, false)
     }
 }
 
@@ -488,6 +547,7 @@ pub fn account(
                 &router.pools.policy(),
                 router.pools.ejections(node.pool),
                 router.now_ms(),
+                kind.ejects_at_once(),
             );
             crate::checks::log_effect(&node, effect, &kind.outcome());
         }
@@ -535,11 +595,19 @@ pub fn choose_node(
     topo: &Topology,
     channel: Channel,
 ) -> Option<Arc<Node>> {
-    let (pool, fell_back) = pick_pool(&cfg.mix, channel, topo);
-    if fell_back {
-        router.metrics.channel_fallbacks.inc();
+    let (pool, choice) = pick_pool(&cfg.mix, channel, topo);
+    match choice {
+        PoolChoice::Wanted => topo.pick_node(pool, None, rand::next_u64()),
+        PoolChoice::Spilled => {
+            router.metrics.channel_fallbacks.inc();
+            topo.pick_node(pool, None, rand::next_u64())
+        }
+        PoolChoice::Panic => {
+            router.metrics.panic_routed.inc();
+            topo.pick_node_in(pool, None, rand::next_u64(), true)
+                .or_else(|| topo.pick_node_in(other_pool(pool), None, rand::next_u64(), true))
+        }
     }
-    topo.pick_node(pool, None, rand::next_u64())
 }
 
 /// Everything after the first attempt: mirror a good stable answer, or retry a stable fault on a
@@ -570,13 +638,18 @@ pub async fn finish(
     };
 
     if primary.node.pool == Pool::Debug {
-        // A debug node failed: nothing more instrumented to go to. Pass its answer on honestly.
+        // A debug node failed a request it was picked for first: nothing more instrumented to go to.
+        // Recorded (kind `debug_fault`, with its trace and state), and its answer passed on honestly.
+        let fault_id = capture::record_debug_fault(&router, &cfg, &req, &primary, kind).await;
         return match primary.result {
-            Ok(resp) => respond(&router, resp, &primary.node, None, None, started),
-            Err(e) => router_response(
-                &router,
-                &ProxyError::Upstream(e.to_string()),
-                Some(&req.trace_id),
+            Ok(resp) => respond(&router, resp, &primary.node, None, fault_id, started),
+            Err(e) => with_fault_id(
+                router_response(
+                    &router,
+                    &ProxyError::Upstream(e.to_string()),
+                    Some(&req.trace_id),
+                ),
+                fault_id,
             ),
         };
     }
@@ -884,6 +957,89 @@ mod tests {
             (500..700).contains(&beta),
             "beta share {beta}/2000 not near 30%"
         );
+    }
+
+    #[test]
+    fn spill_formula() {
+        assert_eq!(spill(1.0, 1.0, 50.0), Some(1.0));
+        assert_eq!(spill(0.7, 1.0, 50.0), Some(0.7));
+        assert_eq!(spill(0.0, 1.0, 50.0), Some(0.0));
+        // Both degraded: shared in proportion to health.
+        assert_eq!(spill(0.3, 0.3, 50.0), Some(0.5));
+        // Below the panic threshold: panic mode (None); with the threshold at 0, never.
+        assert_eq!(spill(0.2, 0.2, 50.0), None);
+        assert_eq!(spill(0.2, 0.2, 0.0), Some(0.5));
+        assert_eq!(spill(0.0, 0.0, 0.0), None);
+        assert!((health_score((1, 3), 1.4) - 1.4 / 3.0).abs() < 1e-9);
+        assert_eq!(health_score((3, 4), 1.4), 1.0);
+        assert_eq!(health_score((0, 0), 1.4), 0.0);
+    }
+
+    /// 2 of 3 stable nodes out: ordinary traffic meant for stable spills to debug in proportion
+    /// (1/3 * 1.4 stays), beta still goes to debug, all of it comes back as the nodes recover; with
+    /// both pools degraded past the threshold, panic mode.
+    #[test]
+    fn pools_spill_by_health_and_panic() {
+        use crate::config::NodeConfig;
+        use crate::ids::{AdminAddr, UpstreamAddr};
+        let node = |id: &str, pool| NodeConfig {
+            id: NodeId::new(id),
+            pool,
+            addr: UpstreamAddr("127.0.0.1:1".parse().expect("addr")),
+            admin_addr: AdminAddr("127.0.0.1:2".parse().expect("addr")),
+            weight: 1,
+            admin_token: None,
+        };
+        let cfg = Config {
+            mix: MixConfig {
+                stable_weight: 100,
+                debug_weight: 0,
+                ..MixConfig::default()
+            },
+            nodes: vec![
+                node("s1", Pool::Stable),
+                node("s2", Pool::Stable),
+                node("s3", Pool::Stable),
+                node("d1", Pool::Debug),
+                node("d2", Pool::Debug),
+            ],
+            ..Config::default()
+        };
+        let pools = crate::pool::Pools::new(&cfg);
+        let t = pools.current();
+        let ordinary = Channel::Ordinary { user_hash: None };
+        let stable_share = |n: u32| {
+            let stable = (0..n)
+                .filter(|_| pick_pool(&cfg.mix, ordinary, &t).0 == Pool::Stable)
+                .count();
+            stable as f64 / f64::from(n)
+        };
+        assert_eq!(stable_share(1000), 1.0);
+        for id in ["s1", "s2"] {
+            t.get(id).expect("node").health.active_failed(1);
+        }
+        let share = stable_share(20_000);
+        assert!((share - 1.4 / 3.0).abs() < 0.02, "stable share {share}");
+        for _ in 0..100 {
+            assert_eq!(
+                pick_pool(&cfg.mix, Channel::Beta, &t),
+                (Pool::Debug, PoolChoice::Wanted)
+            );
+        }
+        // Debug degraded too (h_d = 0.7), but h_s + h_d >= 1: the debug pool still takes the rest.
+        t.get("d1").expect("node").health.active_failed(1);
+        let share = stable_share(20_000);
+        assert!((share - 1.4 / 3.0).abs() < 0.02, "stable share {share}");
+        // Worse: all stable out, h_d = 0.7 alone still >= 50%: everything on debug; then d2 out too.
+        t.get("s3").expect("node").health.active_failed(1);
+        assert_eq!(stable_share(1000), 0.0);
+        t.get("d2").expect("node").health.active_failed(1);
+        assert_eq!(pick_pool(&cfg.mix, ordinary, &t).1, PoolChoice::Panic);
+        // Recovery.
+        for id in ["s1", "s2", "s3", "d1", "d2"] {
+            t.get(id).expect("node").health.active_passed(1);
+        }
+        assert_eq!(stable_share(1000), 1.0);
     }
 
     #[test]

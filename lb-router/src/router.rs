@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 
 use crate::budget::RetryBudget;
 use crate::config::{Config, ConfigError, ConfigSource};
-use crate::faults::{Durability, FaultStore, FaultStoreError};
+use crate::faults::{Durability, FaultStore, FaultStoreError, StoreOptions};
 use crate::metrics::RouterMetrics;
 use crate::pool::{Pools, Topology};
 use crate::upstream::Upstream;
@@ -69,7 +69,14 @@ impl Router {
         } else {
             Durability::Full
         };
-        let faults = Arc::new(FaultStore::open_with(&config.faults.path, durability)?);
+        let f = &config.faults;
+        let opts = StoreOptions {
+            durability,
+            dedupe_window_ms: i64::try_from(f.dedupe_window_ms).unwrap_or(i64::MAX),
+            max_rows: f.max_rows,
+            max_bytes: f.max_bytes,
+        };
+        let faults = Arc::new(FaultStore::open_with(&f.path, opts)?);
         let r = &config.retry;
         Ok(Arc::new(Self {
             pools: Pools::new(&config),
@@ -162,7 +169,7 @@ impl Router {
     /// cannot change on reload: such a reload is refused naming the key, and a restart is needed.
     fn check_reloadable(&self, new: &Config) -> Result<(), ConfigError> {
         let old = self.config();
-        let fixed: [(&str, bool); 10] = [
+        let fixed: [(&str, bool); 11] = [
             (
                 "downstream.workers",
                 old.downstream.workers == new.downstream.workers,
@@ -180,6 +187,18 @@ impl Router {
             (
                 "faults.synchronous",
                 old.faults.synchronous == new.faults.synchronous,
+            ),
+            (
+                "faults.dedupe_window_ms, max_rows, max_bytes",
+                (
+                    old.faults.dedupe_window_ms,
+                    old.faults.max_rows,
+                    old.faults.max_bytes,
+                ) == (
+                    new.faults.dedupe_window_ms,
+                    new.faults.max_rows,
+                    new.faults.max_bytes,
+                ),
             ),
             (
                 "upstream.connect_timeout_ms",

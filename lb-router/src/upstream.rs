@@ -80,6 +80,10 @@ pub enum UpstreamError {
     Timeout { node: String, timeout_ms: u64 },
     #[error("upstream node {node}: response body larger than {limit} bytes")]
     ResponseTooLarge { node: String, limit: usize },
+    #[error(
+        "upstream node {node}: no answer yet and the node failed its active health checks (request abandoned)"
+    )]
+    Abandoned { node: String },
     #[error("internal: could not build the upstream request: {0}")]
     BadRequest(String),
 }
@@ -99,6 +103,8 @@ pub enum FaultKind {
     BodyCutOff,
     Timeout,
     ResponseTooLarge,
+    /// Abandoned in flight: the node failed its active health checks (a wedged node) before answering.
+    Abandoned,
     /// The node caught a panic and said so (`x-janus-fault: panic`).
     Panic,
     /// A 5xx without a fault header.
@@ -114,9 +120,19 @@ impl FaultKind {
             FaultKind::BodyCutOff => "body_cut_off".into(),
             FaultKind::Timeout => "timeout".into(),
             FaultKind::ResponseTooLarge => "response_too_large".into(),
+            FaultKind::Abandoned => "abandoned_unhealthy".into(),
             FaultKind::Panic => "panic".into(),
             FaultKind::ServerError(s) => format!("status_{s}"),
         }
+    }
+
+    /// A failure that says the node cannot be reached or does not answer at all: one is enough to
+    /// eject it (within the outlier cap), rather than a run of `health.consecutive_failures`.
+    pub fn ejects_at_once(&self) -> bool {
+        matches!(
+            self,
+            FaultKind::ConnectError | FaultKind::Timeout | FaultKind::Abandoned
+        )
     }
 
     /// Did the node fail to produce any answer the client could be given?
@@ -146,6 +162,7 @@ pub fn judge(result: &Result<BufferedResponse, UpstreamError>) -> Verdict {
         Err(UpstreamError::BodyCutOff { .. }) => Verdict::Fault(FaultKind::BodyCutOff),
         Err(UpstreamError::Timeout { .. }) => Verdict::Fault(FaultKind::Timeout),
         Err(UpstreamError::ResponseTooLarge { .. }) => Verdict::Fault(FaultKind::ResponseTooLarge),
+        Err(UpstreamError::Abandoned { .. }) => Verdict::Fault(FaultKind::Abandoned),
         Err(UpstreamError::BadRequest(_)) => Verdict::Fault(FaultKind::ConnectError),
     }
 }
@@ -349,12 +366,13 @@ impl Upstream {
                 body: body.to_bytes(),
             })
         };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(UpstreamError::Timeout {
+        tokio::select! {
+            biased;
+            r = tokio::time::timeout(timeout, exchange) => r.unwrap_or_else(|_| Err(UpstreamError::Timeout {
                 node: node.id.to_string(),
                 timeout_ms: timeout.as_millis() as u64,
-            }),
+            })),
+            () = node.until_unhealthy() => Err(UpstreamError::Abandoned { node: node.id.to_string() }),
         }
     }
 

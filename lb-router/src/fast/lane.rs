@@ -11,6 +11,11 @@
 //! the pipeline depth is bounded. Only requests that are safe to pipeline use lanes: no body, and an
 //! idempotent method (`GET`, `HEAD`, `OPTIONS`); everything else keeps an exclusive connection.
 //!
+//! A slow answer holds up only itself: when the answer at the front of a lane is later than
+//! `upstream.pipeline_stall_ms`, the requests behind it are handed back as unsent (they are bodiless
+//! idempotent requests) and each goes out again on a connection of its own; their answers, should the
+//! node still send them on the lane, are skipped.
+//!
 //! Failure rules, the same as for exclusive connections: a request the lane never wrote (connect
 //! failed, the node closed the idle connection, an earlier answer said `connection: close`) fails as
 //! *unsent* and the caller sends it once more on a new exclusive connection (or reports the connect
@@ -31,7 +36,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep, sleep_until, timeout};
+use tokio::time::{Instant, Sleep, sleep, sleep_until, timeout};
 
 use super::{AnswerReader, ExchangeError, READ_CHUNK, RawResponse};
 
@@ -53,6 +58,8 @@ pub(super) struct LaneLimits {
     pub(super) idle_timeout: Duration,
     pub(super) max_idle: usize,
     pub(super) max_body: usize,
+    /// An answer at the front of the lane slower than this hands the requests behind it back.
+    pub(super) stall: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,6 +131,8 @@ struct Waiting {
     slot: Arc<Slot>,
     head_request: bool,
     start: usize,
+    /// Handed back as unsent (stalled behind a slow answer): its answer, if it comes, is skipped.
+    handed_back: bool,
 }
 
 #[derive(Default)]
@@ -154,6 +163,7 @@ impl Lane {
             slot: slot.clone(),
             head_request,
             start,
+            handed_back: false,
         });
         let task = st.task.take();
         drop(st);
@@ -387,6 +397,9 @@ async fn answers(
 ) -> Result<(), String> {
     let mut reader = AnswerReader::default();
     let mut first = true;
+    // When the answer at the front is this late, the requests behind it are handed back (see
+    // `hand_back`); re-armed at each answer.
+    let mut stall = Box::pin(sleep(limits.stall));
     while let Some(front) = waiting.front() {
         match reader.step(buf, front.head_request, limits.max_body) {
             Ok(Some((raw, end))) => {
@@ -399,6 +412,7 @@ async fn answers(
                 buf.drain(..end);
                 front.slot.fill(Ok(answer));
                 waiting.pop_front();
+                stall.as_mut().reset(Instant::now() + limits.stall);
                 if close {
                     // The node closes after this answer: it never took the requests behind it.
                     fail_unsent(
@@ -418,12 +432,17 @@ async fn answers(
             }
         }
         buf.reserve(READ_CHUNK);
+        let behind = waiting.iter().skip(1).any(|w| !w.handed_back);
         let read = tokio::select! {
             biased;
             r = stream.read_buf(buf) => r,
             () = deadline.as_mut() => {
                 fail_all(waiting, "no answer within upstream.request_timeout_ms");
                 return Err("timeout".into());
+            }
+            () = stall.as_mut(), if behind => {
+                hand_back(waiting);
+                continue;
             }
         };
         let front = match read {
@@ -458,6 +477,20 @@ async fn answers(
     Ok(())
 }
 
+/// The answer at the front is late (`upstream.pipeline_stall_ms`): the requests behind it, idempotent
+/// and bodiless, are handed back as unsent so that each goes out again on a connection of its own
+/// instead of waiting for a slow (or hanging) request that happened to be batched before them. The
+/// node may still answer them here later: those answers are read and skipped. The front request keeps
+/// waiting for its own answer.
+fn hand_back(waiting: &mut VecDeque<Waiting>) {
+    for w in waiting.iter_mut().skip(1).filter(|w| !w.handed_back) {
+        w.handed_back = true;
+        w.slot.fill(Err(ExchangeError::Unsent(
+            "stalled behind a slow answer on its pipelined connection".to_owned(),
+        )));
+    }
+}
+
 fn fail_unsent(waiting: &mut VecDeque<Waiting>, why: &str) {
     for w in waiting.drain(..) {
         w.slot.fill(Err(ExchangeError::Unsent(why.to_owned())));
@@ -485,6 +518,7 @@ mod tests {
             idle_timeout: Duration::from_secs(30),
             max_idle: 8,
             max_body: 1 << 20,
+            stall: Duration::from_secs(30),
         }
     }
 
@@ -641,6 +675,76 @@ mod tests {
         drop(submit(addr, limits(), &get("/gone"), false));
         let c = submit(addr, limits(), &get("/c"), false);
         assert_eq!(body(&c.await.expect("c")), "/c");
+    }
+
+    /// A node that answers pipelined requests one by one, in order, like an HTTP/1.1 server, and
+    /// never answers `/hang`.
+    async fn sequential_node() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                            buf.drain(..end + 4);
+                            let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                            if path == "/hang" {
+                                std::future::pending::<()>().await;
+                            }
+                            if s.write_all(ok(&path, "").as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// A request that hangs at the front of a batch: the requests behind it are handed back as
+    /// unsent (to be sent again on connections of their own) after `stall`, while it keeps waiting.
+    #[tokio::test]
+    async fn requests_behind_a_hanging_answer_are_handed_back() {
+        let addr = sequential_node().await;
+        let limits = LaneLimits {
+            stall: Duration::from_millis(50),
+            ..limits()
+        };
+        let mut hang = Box::pin(submit(addr, limits, &get("/hang"), false));
+        let behind: Vec<_> = (0..15)
+            .map(|i| submit(addr, limits, &get(&format!("/f{i}")), false))
+            .collect();
+        let handed_back = tokio::select! {
+            r = futures_join_all(behind) => r,
+            _ = &mut hang => panic!("the hanging request was answered"),
+            () = tokio::time::sleep(Duration::from_secs(10)) => panic!("held up behind /hang"),
+        };
+        for r in handed_back {
+            assert!(matches!(r, Err(ExchangeError::Unsent(_))), "{r:?}");
+        }
+        // The hanging request still waits on the lane.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut hang)
+                .await
+                .is_err()
+        );
+    }
+
+    async fn futures_join_all(v: Vec<Pending>) -> Vec<Result<Answer, ExchangeError>> {
+        let mut out = Vec::new();
+        for p in v {
+            out.push(p.await);
+        }
+        out
     }
 
     #[tokio::test]
