@@ -543,6 +543,7 @@ pub fn repro_node(dir: &Path) -> anyhow::Result<ReproNode> {
             listen,
             admin,
             token,
+            listen_on_stdin: false,
         },
         child: Some(child),
     };

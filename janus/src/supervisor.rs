@@ -64,6 +64,11 @@ pub struct ProcSpec {
     pub admin: SocketAddr,
     /// Admin bearer token.
     pub token: String,
+    /// The supervisor binds `listen` once and hands the listening socket to every start of the
+    /// process as its standard input (the router's `--listen-stdin`): while the process restarts,
+    /// new connections wait in the socket's backlog instead of being refused.
+    #[serde(default)]
+    pub listen_on_stdin: bool,
 }
 
 /// The plan `janus up` hands the supervisor.
@@ -239,11 +244,28 @@ pub fn supervise(run_dir: &Path) -> anyhow::Result<()> {
 fn keep_running(shared: &Shared, spec: &ProcSpec, (initial, max): (u64, u64)) {
     let mut backoff = Duration::from_millis(initial);
     let mut crash_no = 0u32;
+    // Held for the supervisor's lifetime (see `ProcSpec::listen_on_stdin`).
+    let mut held: Option<std::net::TcpListener> = None;
     while !shared.stopping.load(Ordering::SeqCst) {
         let ring = Arc::new(Mutex::new(VecDeque::with_capacity(RING_LINES)));
         let started = Instant::now();
+        let stdin = match held_listener(spec, &mut held) {
+            Ok(stdin) => stdin,
+            Err(e) => {
+                let reason = format!("cannot listen on {} for {}: {e}", spec.listen, spec.id);
+                record_exit(
+                    shared,
+                    spec,
+                    exit_record("not started", None, reason, &[], None),
+                );
+                if !wait_backoff(shared, &mut backoff, max) {
+                    break;
+                }
+                continue;
+            }
+        };
         let child = supervised_command(spec)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn();
@@ -325,6 +347,24 @@ fn keep_running(shared: &Shared, spec: &ProcSpec, (initial, max): (u64, u64)) {
 /// supervisor killed by SIGKILL leaves no orphans (nodes, QEMU) behind; `setpriv` execs the program,
 /// which keeps its pid and command line. Without `setpriv`, `janus up`/`down` reap the processes a
 /// dead supervisor recorded.
+/// The process's standard input: the held listening socket (bound on first use) when the spec asks
+/// for it, otherwise nothing.
+fn held_listener(
+    spec: &ProcSpec,
+    held: &mut Option<std::net::TcpListener>,
+) -> std::io::Result<Stdio> {
+    if !spec.listen_on_stdin {
+        return Ok(Stdio::null());
+    }
+    let listener = match held {
+        Some(l) => l,
+        None => held.insert(std::net::TcpListener::bind(spec.listen)?),
+    };
+    Ok(Stdio::from(std::os::fd::OwnedFd::from(
+        listener.try_clone()?,
+    )))
+}
+
 fn supervised_command(spec: &ProcSpec) -> Command {
     static SETPRIV: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     let setpriv = SETPRIV.get_or_init(|| {

@@ -362,6 +362,7 @@ mod tests {
                 listen: "127.0.0.1:1".parse().expect("addr"),
                 admin: "127.0.0.1:2".parse().expect("addr"),
                 token: "t".into(),
+                listen_on_stdin: false,
             },
             state: "running".into(),
             pid: Some(1),

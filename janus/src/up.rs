@@ -291,6 +291,7 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
             listen,
             admin,
             token,
+            listen_on_stdin: false,
         })
     };
     for i in 0..cluster.stable.count {
@@ -319,11 +320,13 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
         args: vec![
             "--config".into(),
             router_cfg_path.to_string_lossy().into_owned(),
+            "--listen-stdin".into(),
         ],
         env: Vec::new(),
         listen: cluster.router.listen,
         admin: cluster.router.admin,
         token: router_token,
+        listen_on_stdin: true,
     });
     let plan = Plan {
         cluster: cluster.name.clone(),

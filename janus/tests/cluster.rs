@@ -471,6 +471,38 @@ fn a_killed_supervisor_leaves_no_orphans() {
     down(&name);
 }
 
+/// The supervisor holds the router's listening socket across restarts: a client that connects while
+/// the router is dead (SIGKILLed, its restart held back by a 2 s backoff) waits in the socket's
+/// backlog and is answered by the restarted router instead of being refused.
+#[test]
+fn a_client_connecting_while_the_router_restarts_is_answered() {
+    let (file, name) = port0_cluster("router-restart");
+    let mut cluster = std::fs::read_to_string(&file).expect("cluster file");
+    cluster.push_str("[restart]\nbackoff_initial_ms = 2000\nbackoff_max_ms = 2000\n");
+    std::fs::write(&file, cluster).expect("write cluster file");
+    let state = up(&file);
+    let router = state.proc("router").expect("router");
+    let (addr, pid) = (router.spec.listen, router.pid.expect("router pid"));
+    let r = client::get(addr, "/", &[]).expect("GET before the kill");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let st = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    while alive_not_zombie(pid) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The router is dead and its restart at least 2 s away: without the held socket this connect
+    // is refused.
+    let r = client::get(addr, "/", &[]).expect("GET while the router restarts");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let again = ClusterState::read(&janus::cluster::run_dir(&name)).expect("state.json");
+    let restarted = again.proc("router").expect("router");
+    assert!(restarted.restarts >= 1, "{restarted:?}");
+    down(&name);
+}
+
 /// A debug node's own fault (a beta request, which always goes to the debug pool, hits faulty's
 /// divide-by-zero panic there): listed by `janus faults list` as a `debug_fault` and reproduced by
 /// `janus faults repro` on a spare debug node.

@@ -104,6 +104,17 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// with its own pool of node connections), plus the admin API and background duties on the caller's
 /// runtime.
 pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
+    start_with(source, None).await
+}
+
+#[cfg(not(loom))]
+/// [`start`], with the downstream listener handed over already bound (`lb-router --listen-stdin`:
+/// a supervisor keeps the socket open across restarts, so connections made while the router is
+/// down wait in its backlog instead of being refused). Every worker accepts on a duplicate of it.
+pub async fn start_with(
+    source: ConfigSource,
+    inherited: Option<std::net::TcpListener>,
+) -> Result<Running, StartError> {
     let config = source.load()?;
     let (listen, admin_listen) = (config.downstream.listen, config.admin.listen);
     let workers = match config.downstream.workers {
@@ -117,12 +128,27 @@ pub async fn start(source: ConfigSource) -> Result<Running, StartError> {
         addr: listen,
         source,
     };
-    let first = bind_reuseport(listen).map_err(bind_err)?;
-    let downstream_addr = first.local_addr().map_err(bind_err)?;
-    let mut listeners = vec![first];
-    for _ in 1..workers {
-        listeners.push(bind_reuseport(downstream_addr).map_err(bind_err)?);
-    }
+    let mut listeners = Vec::with_capacity(workers);
+    let downstream_addr = match inherited {
+        Some(l) => {
+            l.set_nonblocking(true).map_err(bind_err)?;
+            let addr = l.local_addr().map_err(bind_err)?;
+            for _ in 1..workers {
+                listeners.push(l.try_clone().map_err(bind_err)?);
+            }
+            listeners.push(l);
+            addr
+        }
+        None => {
+            let first = bind_reuseport(listen).map_err(bind_err)?;
+            let addr = first.local_addr().map_err(bind_err)?;
+            listeners.push(first);
+            for _ in 1..workers {
+                listeners.push(bind_reuseport(addr).map_err(bind_err)?);
+            }
+            addr
+        }
+    };
     let admin = tokio::net::TcpListener::bind(admin_listen)
         .await
         .map_err(|source| StartError::Bind {

@@ -31,6 +31,11 @@ struct Args {
     /// Only load and validate the config, then exit (0 if valid).
     #[arg(long)]
     check: bool,
+    /// The downstream listener is the listening socket on standard input (handed over by a
+    /// supervisor that keeps it open across restarts, so clients wait instead of being refused
+    /// while the router restarts); `downstream.listen` is then only informative.
+    #[arg(long, conflicts_with = "listen")]
+    listen_stdin: bool,
 }
 
 fn main() -> ExitCode {
@@ -76,11 +81,39 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(source))
+    runtime.block_on(run(source, args.listen_stdin))
 }
 
-async fn run(source: ConfigSource) -> ExitCode {
-    let running = match lb_router::start(source).await {
+/// The listening socket on standard input (`--listen-stdin`).
+fn stdin_listener() -> Result<std::net::TcpListener, String> {
+    use std::os::fd::AsFd as _;
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("--listen-stdin: cannot duplicate standard input: {e}"))?;
+    let listener = std::net::TcpListener::from(fd);
+    match listener.local_addr() {
+        Ok(_) => Ok(listener),
+        Err(e) => Err(format!(
+            "--listen-stdin: standard input is not a listening TCP socket ({e}); start the router \
+             from a supervisor that hands one over (janus up does), or use --listen"
+        )),
+    }
+}
+
+async fn run(source: ConfigSource, listen_stdin: bool) -> ExitCode {
+    let inherited = if listen_stdin {
+        match stdin_listener() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("lb-router: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let running = match lb_router::start_with(source, inherited).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("lb-router: {e}");
