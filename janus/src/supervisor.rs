@@ -249,30 +249,19 @@ fn keep_running(shared: &Shared, spec: &ProcSpec, (initial, max): (u64, u64)) {
     while !shared.stopping.load(Ordering::SeqCst) {
         let ring = Arc::new(Mutex::new(VecDeque::with_capacity(RING_LINES)));
         let started = Instant::now();
-        let stdin = match held_listener(spec, &mut held) {
-            Ok(stdin) => stdin,
-            Err(e) => {
-                let reason = format!("cannot listen on {} for {}: {e}", spec.listen, spec.id);
-                record_exit(
-                    shared,
-                    spec,
-                    exit_record("not started", None, reason, &[], None),
-                );
-                if !wait_backoff(shared, &mut backoff, max) {
-                    break;
-                }
-                continue;
-            }
-        };
-        let child = supervised_command(spec)
-            .stdin(stdin)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
+        let child = held_listener(spec, &mut held)
+            .map_err(|e| format!("cannot listen on {} for {}: {e}", spec.listen, spec.id))
+            .and_then(|stdin| {
+                supervised_command(spec)
+                    .stdin(stdin)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))
+            });
         let mut child = match child {
             Ok(c) => c,
-            Err(e) => {
-                let reason = format!("cannot start {}: {e}", spec.program.display());
+            Err(reason) => {
                 record_exit(
                     shared,
                     spec,
