@@ -9,22 +9,10 @@
 
 use backend_unix::conn::Front;
 use janus_http1::{Event, Limits, Response, ServerConn};
+use janus_http1_fuzz::SMALL;
 use libfuzzer_sys::fuzz_target;
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-
-const SMALL: Limits = Limits {
-    max_head_bytes: 200,
-    max_headers: 6,
-    max_body_bytes: 100,
-    max_chunk_line_bytes: 24,
-    head_timeout_ms: 10,
-    idle_timeout_ms: 10,
-    body_timeout_ms: 10,
-    max_buffer_bytes: 0,
-    max_pipelined: 2,
-    require_host: true,
-};
 
 #[derive(Debug, PartialEq)]
 enum Verdict {

@@ -21,8 +21,8 @@ fn fnv1a(data: &[u8]) -> u64 {
     })
 }
 
-/// Small limits so the fuzzer reaches every limit with short inputs.
-const SMALL: Limits = Limits {
+/// Small limits so the fuzzer reaches every limit with short inputs (also the differential target's).
+pub const SMALL: Limits = Limits {
     max_head_bytes: 200,
     max_headers: 6,
     max_body_bytes: 100,
