@@ -490,7 +490,9 @@ fn a_client_connecting_while_the_router_restarts_is_answered() {
         .status()
         .expect("kill");
     assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
     while alive_not_zombie(pid) {
+        assert!(Instant::now() < deadline, "the router outlived SIGKILL");
         std::thread::sleep(Duration::from_millis(10));
     }
     // The router is dead and its restart at least 2 s away: without the held socket this connect
