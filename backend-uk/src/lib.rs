@@ -28,7 +28,6 @@ pub mod drivers;
 pub mod entropy;
 pub mod executor;
 pub mod idle;
-#[cfg(not(test))]
 pub mod log;
 pub mod metrics;
 pub mod mm;

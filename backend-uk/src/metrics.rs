@@ -107,10 +107,15 @@ impl KernelCounters {
              # TYPE janus_uk_tcp_sockets gauge\njanus_uk_tcp_sockets {tcp_sockets}\n\
              # HELP janus_uk_halt_poll_window_seconds How long the kernel polls before halting.\n\
              # TYPE janus_uk_halt_poll_window_seconds gauge\n\
-             janus_uk_halt_poll_window_seconds {}\n",
+             janus_uk_halt_poll_window_seconds ",
             self.tasks.load(Ordering::Relaxed),
-            self.halt_poll_window_ns.load(Ordering::Relaxed) as f64 / 1e9
         );
+        runtime_abi::node::write_decimal(
+            &mut out,
+            self.halt_poll_window_ns.load(Ordering::Relaxed),
+            9,
+        );
+        out.push('\n');
         out
     }
 }

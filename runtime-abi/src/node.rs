@@ -39,10 +39,29 @@ pub fn backend_owned(name: &str) -> bool {
             .is_some_and(|p| p.eq_ignore_ascii_case("x-janus-"))
 }
 
-/// Upper bounds (seconds) of the request latency histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+/// Upper bounds (microseconds) of the request latency histogram buckets; rendered in seconds.
+pub const LATENCY_BUCKETS_MICROS: [u64; 12] = [
+    1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
 ];
+
+/// Writes `value / 10^decimals` as a plain decimal with trailing zeros trimmed (`1000, 6` ->
+/// `0.001`, `2_500_000, 6` -> `2.5`, `0, 6` -> `0`): the text `{}` prints for that `f64`, without
+/// the float formatting machinery (about 12 KB of a unikernel image).
+pub fn write_decimal(out: &mut String, value: u64, decimals: u32) {
+    let scale = 10u64.pow(decimals);
+    let (int, mut frac) = (value / scale, value % scale);
+    let _ = write!(out, "{int}");
+    if frac == 0 {
+        return;
+    }
+    let mut width = decimals as usize;
+    while frac % 10 == 0 {
+        frac /= 10;
+        width -= 1;
+    }
+    let _ = write!(out, ".{frac:0width$}");
+}
 
 /// Store operations counted per kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +117,7 @@ const STATUSES: usize = 500;
 #[derive(Debug)]
 pub struct Metrics {
     requests: [AtomicU64; STATUSES],
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    buckets: [AtomicU64; LATENCY_BUCKETS_MICROS.len()],
     latency_sum_micros: AtomicU64,
     latency_count: AtomicU64,
     in_flight: AtomicI64,
@@ -128,9 +147,8 @@ impl Metrics {
     /// Counts a finished request (also those the HTTP layer answers itself: 400/408/413/431).
     pub fn record_request(&self, status: u16, latency_micros: u64) {
         self.requests[status_index(status)].fetch_add(1, Ordering::Relaxed);
-        let secs = latency_micros as f64 / 1e6;
-        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS) {
-            if secs <= bound {
+        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS_MICROS) {
+            if latency_micros <= bound {
                 bucket.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -189,20 +207,19 @@ impl Metrics {
         }
         out.push_str("# HELP janus_request_duration_seconds Request latency.\n");
         out.push_str("# TYPE janus_request_duration_seconds histogram\n");
-        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS) {
-            let _ = writeln!(
-                out,
-                "janus_request_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
+        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS_MICROS) {
+            out.push_str("janus_request_duration_seconds_bucket{le=\"");
+            write_decimal(&mut out, bound, 6);
+            let _ = writeln!(out, "\"}} {}", bucket.load(Ordering::Relaxed));
         }
         let count = self.latency_count.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
             "janus_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
         );
-        let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "janus_request_duration_seconds_sum {sum}");
+        out.push_str("janus_request_duration_seconds_sum ");
+        write_decimal(&mut out, self.latency_sum_micros.load(Ordering::Relaxed), 6);
+        out.push('\n');
         let _ = writeln!(out, "janus_request_duration_seconds_count {count}");
         out.push_str("# HELP janus_requests_in_flight Requests being handled.\n");
         out.push_str("# TYPE janus_requests_in_flight gauge\n");
@@ -227,6 +244,28 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_decimal_prints_what_f64_display_prints() {
+        extern crate std;
+        let mut cases = std::vec![(0u64, 6u32), (1, 6), (10, 6), (999_999, 6), (1_000_000, 6)];
+        cases.extend(LATENCY_BUCKETS_MICROS.iter().map(|&b| (b, 6)));
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Latency sums up to about 10^9 s, windows up to about 10^6 s.
+            cases.push((x % 1_000_000_000_000_000, 6));
+            cases.push((x % 1_000_000_000_000_000, 9));
+        }
+        for (value, decimals) in cases {
+            let mut out = String::new();
+            write_decimal(&mut out, value, decimals);
+            let float = value as f64 / 10f64.powi(decimals as i32);
+            assert_eq!(out, std::format!("{float}"), "{value} / 10^{decimals}");
+        }
+    }
 
     #[test]
     fn backend_owned_fields() {

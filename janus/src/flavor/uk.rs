@@ -245,6 +245,16 @@ pub fn build(
         &gen_dir.join("src/main.rs"),
         wrapper_main(lib_name, service_type).as_bytes(),
     )?;
+    // Cargo does not see the linker script (it travels in the flags): a build script that
+    // names it relinks the image when it changes instead of leaving a stale image.
+    write_if_changed(
+        &gen_dir.join("build.rs"),
+        format!(
+            "fn main() {{\n    println!(\"cargo:rerun-if-changed={}\");\n}}\n",
+            linker_script.display()
+        )
+        .as_bytes(),
+    )?;
     let lock = workspace_root.join("Cargo.lock");
     if lock.is_file() {
         let bytes =

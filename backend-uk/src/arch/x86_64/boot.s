@@ -34,7 +34,14 @@ janus_pvh_start32:
     mov %esp, janus_entry_tsc + 4
     mov $janus_boot_stack_top, %esp
 
-    /* Page tables are static data (janus_pml4 below): no loop runs at CPL0. */
+    /* Page tables live in .bss (zeroed by the loader) and start with the first 2 MiB only:
+     * the image, its stacks and the PVH start info. No loop runs at CPL0 (emulated slowly on
+     * this host): arch::x86_64::start::map_identity fills the rest of the map from CPL3 before
+     * anything above 2 MiB is touched. */
+    movl $(janus_pdpt + 7), janus_pml4
+    movl $(janus_pd_low + 7), janus_pdpt
+    movl $(janus_pd_high + 7), janus_pdpt + 24
+    movl $0x87, janus_pd_low
     mov %cr4, %eax
     or $0x20, %eax              /* PAE */
     mov %eax, %cr4
@@ -772,33 +779,17 @@ janus_idt_ptr:
     .word 4095
     .quad janus_idt
 
-    /* Identity map, 2 MiB pages, user bit set: 0..1 GiB (RAM) and 3..4 GiB (MMIO: PCI BARs,
-     * virtio-mmio, IOAPIC, LAPIC). */
-    .section .data.pagetables, "aw"
-    .p2align 12
-janus_pml4:
-    .quad janus_pdpt + 7
-    .fill 511, 8, 0
-janus_pdpt:
-    .quad janus_pd_low + 7
-    .quad 0
-    .quad 0
-    .quad janus_pd_high + 7
-    .fill 508, 8, 0
-janus_pd_low:
-    .set janus_pg, 0x87
-    .rept 512
-    .quad janus_pg
-    .set janus_pg, janus_pg + 0x200000
-    .endr
-janus_pd_high:
-    .set janus_pg, 0xC0000087
-    .rept 512
-    .quad janus_pg
-    .set janus_pg, janus_pg + 0x200000
-    .endr
-
     .section .bss
+    /* Identity map, 2 MiB pages, user bit set: 0..1 GiB (RAM) and 3..4 GiB (MMIO: PCI BARs,
+     * virtio-mmio, IOAPIC, LAPIC). The boot code sets the links and the first 2 MiB entry; the
+     * other entries are written by arch::x86_64::start::map_identity. */
+    .p2align 12
+janus_pml4: .skip 4096
+janus_pdpt: .skip 4096
+    .global janus_pd_low
+janus_pd_low: .skip 4096
+    .global janus_pd_high
+janus_pd_high: .skip 4096
     .p2align 12
     .global janus_idt
 janus_idt: .skip 4096

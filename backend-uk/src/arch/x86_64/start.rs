@@ -7,6 +7,36 @@ unsafe extern "C" {
     static janus_trap_info: [u64; 7];
     static __kernel_end: u8;
     static janus_user_stack_bottom: u8;
+    static mut janus_pd_low: [u64; 512];
+    static mut janus_pd_high: [u64; 512];
+}
+
+/// Page-directory entry flags: present, writable, user, 2 MiB page.
+const PDE_2M: u64 = 0x87;
+const PAGE_2M: u64 = 1 << 21;
+/// Physical base of the MMIO gigabyte mapped by `janus_pd_high` (PDPT slot 3).
+const MMIO_GIB: u64 = 3 << 30;
+
+/// Completes the identity map that boot.s started (it maps only the first 2 MiB, so that no loop
+/// runs at CPL0): 2 MiB pages over 0..1 GiB (RAM) and 3..4 GiB (MMIO). Runs before anything above
+/// 2 MiB is touched. The entries written were not present, so no TLB entry can be stale.
+fn map_identity() {
+    for i in 0..512u64 {
+        // SAFETY: janus_pd_low/janus_pd_high are boot.s's page directories in .bss, inside the
+        // first 2 MiB that boot.s maps user-writable; entry 0 of janus_pd_low (the page this
+        // code runs from) is rewritten with the value it already holds. Volatile, and fenced
+        // below, so that no access to the newly mapped memory is moved before these stores.
+        unsafe {
+            let low = &raw mut janus_pd_low;
+            let high = &raw mut janus_pd_high;
+            core::ptr::write_volatile(low.cast::<u64>().add(i as usize), (i * PAGE_2M) | PDE_2M);
+            core::ptr::write_volatile(
+                high.cast::<u64>().add(i as usize),
+                (MMIO_GIB + i * PAGE_2M) | PDE_2M,
+            );
+        }
+    }
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
 }
 
 unsafe extern "Rust" {
@@ -32,6 +62,7 @@ unsafe fn read_phys<T: Copy>(paddr: u64) -> T {
 #[unsafe(no_mangle)]
 extern "C" fn janus_rust_start(start_info: u64) -> ! {
     let boot_tsc = crate::arch::cpu::rdtsc();
+    map_identity();
     crate::arch::idt::init();
     crate::drivers::serial::init();
     // SAFETY: the boot code passes EBX unchanged; PVH guarantees it points at hvm_start_info,
