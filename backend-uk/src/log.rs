@@ -52,6 +52,19 @@ impl Visit for LineVisitor {
         write_f64(&mut self.0, value);
     }
 
+    fn record_u128(&mut self, field: &Field, value: u128) {
+        let _ = write!(self.0, " {}=", field.name());
+        write_u128(&mut self.0, value);
+    }
+
+    fn record_i128(&mut self, field: &Field, value: i128) {
+        let _ = write!(self.0, " {}=", field.name());
+        if value < 0 {
+            self.0.push('-');
+        }
+        write_u128(&mut self.0, value.unsigned_abs());
+    }
+
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             let _ = write!(self.0, " {value}");
@@ -82,6 +95,25 @@ fn write_f64(out: &mut String, value: f64) {
         let _ = write!(out, "{}", abs as u64);
     } else {
         out.push_str(">=1e19");
+    }
+}
+
+/// Writes a `u128` in decimal through `u64` pieces: the default (`Debug`) would link core's
+/// 128-bit formatter for log fields only.
+fn write_u128(out: &mut String, value: u128) {
+    const E19: u128 = 10_000_000_000_000_000_000;
+    let (high, low) = (value / E19, (value % E19) as u64);
+    if high == 0 {
+        let _ = write!(out, "{low}");
+    } else if high < E19 {
+        let _ = write!(out, "{}{low:019}", high as u64);
+    } else {
+        let _ = write!(
+            out,
+            "{}{:019}{low:019}",
+            (high / E19) as u64,
+            (high % E19) as u64
+        );
     }
 }
 
@@ -145,6 +177,30 @@ mod tests {
             let mut out = String::new();
             write_f64(&mut out, value);
             assert_eq!(out, text, "{value}");
+        }
+    }
+
+    #[test]
+    fn u128_prints_as_display_does() {
+        let mut x = 0x2545_f491_4f6c_dd1du128 << 64 | 0x9e37_79b9_7f4a_7c15;
+        let mut cases = std::vec![
+            0,
+            1,
+            u128::from(u64::MAX),
+            u128::from(u64::MAX) + 1,
+            u128::MAX
+        ];
+        for _ in 0..1000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            cases.push(x);
+            cases.push(x >> (x % 128));
+        }
+        for value in cases {
+            let mut out = String::new();
+            write_u128(&mut out, value);
+            assert_eq!(out, std::format!("{value}"));
         }
     }
 }
