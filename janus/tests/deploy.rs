@@ -580,26 +580,31 @@ fn run_apply(out: &Path, dir: &Path, token: &str) -> Output {
         .expect("apply.sh runs")
 }
 
-#[test]
-fn apply_script_puts_the_node_token_into_the_virtual_machines_only() {
-    let (dir, out) = emitted("apply", "kubernetes");
-    let token = "0123456789abcdef0123456789abcdef";
-    let o = run_apply(&out, &dir, token);
+/// Runs `apply.sh` (it must succeed) and returns the VirtualMachines it applied.
+fn applied_vms(out: &Path, dir: &Path, token: &str) -> Vec<VirtualMachine> {
+    let o = run_apply(out, dir, token);
     assert!(
         o.status.success(),
         "apply.sh: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    let applied = std::fs::read_to_string(dir.join("applied.yaml")).expect("applied");
+    serde_yaml::Deserializer::from_str(&applied)
+        .map(|d| typed(&Value::deserialize(d).expect("doc")))
+        .collect()
+}
+
+#[test]
+fn apply_script_puts_the_node_token_into_the_virtual_machines_only() {
+    let (dir, out) = emitted("apply", "kubernetes");
+    let token = "0123456789abcdef0123456789abcdef";
+    let vms = applied_vms(&out, &dir, token);
     let calls = std::fs::read_to_string(dir.join("calls.log")).expect("calls");
     assert!(calls.lines().all(|l| l.starts_with("-n prod ")), "{calls}");
     assert!(
         calls.contains(&format!("apply -f {}", out.display())),
         "{calls}"
     );
-    let applied = std::fs::read_to_string(dir.join("applied.yaml")).expect("applied");
-    let vms: Vec<VirtualMachine> = serde_yaml::Deserializer::from_str(&applied)
-        .map(|d| typed(&Value::deserialize(d).expect("doc")))
-        .collect();
     assert_eq!(vms.len(), 2);
     for vm in &vms {
         let args = &vm
@@ -995,6 +1000,64 @@ fn nomad_job_has_the_drivers_counts_ports_and_service_tags() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The unikernel image of the faulty sample (built once, release).
+fn uk_image() -> PathBuf {
+    janus::up::ensure_qemu().expect("qemu");
+    janus::build(
+        &janus::janus_home().join("samples/faulty"),
+        janus::Flavor::Uk,
+    )
+    .expect("build the unikernel image")
+    .path
+}
+
+/// QEMU with `args`, its console (stdout) into `console`.
+fn boot(args: &[String], console: &Path) -> std::process::Child {
+    Command::new("qemu-system-x86_64")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(console).expect("console"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu starts")
+}
+
+fn admin_health(admin: std::net::SocketAddr, token: &str) -> anyhow::Result<janus::client::Reply> {
+    let raw = format!(
+        "GET /health HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+    );
+    janus::client::send_raw(admin, raw.as_bytes(), std::time::Duration::from_millis(500))
+}
+
+/// Polls the admin API until `/health` answers 200 with `token` (QEMU must not exit meanwhile).
+fn wait_healthy(
+    qemu: &mut std::process::Child,
+    admin: std::net::SocketAddr,
+    token: &str,
+    console: &Path,
+) -> janus::client::Reply {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(r) = admin_health(admin, token)
+            && r.status == 200
+        {
+            return r;
+        }
+        if let Ok(Some(status)) = qemu.try_wait() {
+            panic!(
+                "QEMU exited ({status}): {}",
+                std::fs::read_to_string(console).unwrap_or_default()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no /health answer: {}",
+            std::fs::read_to_string(console).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// The job's qemu arguments behind the driver's fixed prefix (`-machine type=pc`, `-m 128M`, the
 /// image as a drive with `if=none`), Nomad's variables filled in as a client would: the unikernel
 /// boots, serves, and its admin API takes the token from the fw_cfg file in the secrets directory.
@@ -1048,37 +1111,8 @@ fn nomad_qemu_arguments_boot_the_unikernel_on_the_pc_machine() {
         args.push("-enable-kvm".into());
     }
     let console = dir.join("console.log");
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&console).expect("console"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("qemu starts");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let health = loop {
-        let raw = format!(
-            "GET /health HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
-        );
-        if let Ok(r) =
-            janus::client::send_raw(admin, raw.as_bytes(), std::time::Duration::from_millis(500))
-            && r.status == 200
-        {
-            break r;
-        }
-        if let Ok(Some(status)) = qemu.try_wait() {
-            panic!(
-                "QEMU exited ({status}): {}",
-                std::fs::read_to_string(&console).unwrap_or_default()
-            );
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no /health answer: {}",
-            std::fs::read_to_string(&console).unwrap_or_default()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let mut qemu = boot(&args, &console);
+    let health = wait_healthy(&mut qemu, admin, token, &console);
     let body = health.text();
     assert!(body.contains("\"node\":\"stable-1\""), "{body}");
     let reply = janus::client::send_raw(
@@ -1088,17 +1122,110 @@ fn nomad_qemu_arguments_boot_the_unikernel_on_the_pc_machine() {
     )
     .expect("service answers");
     assert!(reply.status < 500, "{}", reply.status);
-    let wrong = janus::client::send_raw(
-        admin,
-        b"GET /health HTTP/1.1\r\nhost: x\r\nauthorization: Bearer wrong\r\nconnection: close\r\n\r\n",
-        std::time::Duration::from_secs(2),
-    )
-    .expect("admin answers");
-    assert_eq!(wrong.status, 401);
+    assert_eq!(
+        admin_health(admin, "wrong").expect("admin answers").status,
+        401
+    );
     let _ = qemu.kill();
     let _ = qemu.wait();
     let log = std::fs::read_to_string(&console).unwrap_or_default();
     assert!(log.contains("virtio-net pci"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What KubeVirt gives the VirtualMachine as `apply.sh` renders it: the q35 machine, a modern
+/// virtio-net-pci NIC, an address by DHCP, the token on the kernel command line (no fw_cfg) and no
+/// isa-debug-exit. The unikernel boots and serves; a panic halts it (QEMU keeps running, the service
+/// port stops answering: what the liveness probe sees) with the report on the console.
+#[test]
+fn kubevirt_shaped_vm_boots_with_the_rendered_kernel_args_and_halts_on_a_panic() {
+    let image = uk_image();
+    let (dir, out) = emitted("kubevirt-qemu", "kubernetes");
+    let token = "kubev1rt-node-t0ken-0123456789";
+    let vm = applied_vms(&out, &dir, token)
+        .into_iter()
+        .next()
+        .expect("a VirtualMachine");
+    let domain = &vm.spec.template.spec.domain;
+    assert_eq!(domain.machine.r#type, "q35");
+    let memory = domain.memory.guest.0.trim_end_matches("Mi").to_string();
+    let http = janus::up::free_addr().expect("port");
+    let admin = janus::up::free_addr().expect("port");
+    let accel = if janus::flavor::uk::kvm_available() {
+        "kvm"
+    } else {
+        "tcg"
+    };
+    let args: Vec<String> = [
+        "-M",
+        "q35",
+        "-accel",
+        accel,
+        "-m",
+        &memory,
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-no-reboot",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-netdev",
+        &format!("user,id=n0,hostfwd=tcp:{http}-:80,hostfwd=tcp:{admin}-:81"),
+        "-device",
+        "virtio-net-pci,netdev=n0,disable-legacy=on",
+        "-kernel",
+        image.to_str().expect("utf8"),
+        "-append",
+        &domain.firmware.kernel_boot.kernel_args,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let console = dir.join("console.log");
+    let mut qemu = boot(&args, &console);
+    let health = wait_healthy(&mut qemu, admin, token, &console);
+    assert!(
+        health.text().contains("\"node\":\"stable-0\""),
+        "{}",
+        health.text()
+    );
+    // Bug 1 of the faulty sample: a panic.
+    let _ = janus::client::send_raw(
+        http,
+        b"GET /div?a=1&b=0 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        std::time::Duration::from_secs(2),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains("JANUS-PANIC")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no panic report on the console"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        qemu.try_wait().expect("wait").is_none(),
+        "without isa-debug-exit QEMU does not exit"
+    );
+    let after = janus::client::send_raw(
+        http,
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        std::time::Duration::from_secs(1),
+    );
+    assert!(
+        after.is_err(),
+        "a halted guest answered: {:?}",
+        after.map(|r| r.status)
+    );
+    assert!(admin_health(admin, token).is_err());
+    let _ = qemu.kill();
+    let _ = qemu.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
