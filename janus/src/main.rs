@@ -68,6 +68,10 @@ enum Cmd {
         /// Base URL Nomad clients download the artifacts from (nomad).
         #[arg(long, default_value_t = janus::deploy::DeployOpts::default().artifacts)]
         artifacts: String,
+        /// Machine of the unikernel nodes under Nomad's qemu driver: pc (any Nomad) or microvm
+        /// (Nomad 2.0 and later, through `machine_type`).
+        #[arg(long, value_name = "MACHINE", default_value = "pc")]
+        nomad_machine: janus::deploy::NomadMachine,
     },
     /// The cluster's processes: state, uptime, restarts, last exit reason, requests served.
     Ps {
@@ -248,12 +252,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             image_repo,
             tag,
             artifacts,
+            nomad_machine,
         } => {
             let cluster = janus::cluster::ClusterFile::load(file.as_deref())?;
             let opts = janus::deploy::DeployOpts {
                 image_repo,
                 tag,
                 artifacts,
+                nomad_machine,
             };
             let out = janus::deploy::emit(emit, &cluster, &dir, &opts)?;
             for f in &out.files {

@@ -57,14 +57,16 @@ fn deploy(args: &[&str]) -> Output {
         .expect("janus runs")
 }
 
-fn emit(kind: &str, file: &Path, out: &Path) {
-    let o = deploy(&[
+fn emit(kind: &str, file: &Path, out: &Path, flags: &[&str]) {
+    let mut args = vec![
         "--emit",
         kind,
         out.to_str().expect("utf8"),
         "-f",
         file.to_str().expect("utf8"),
-    ]);
+    ];
+    args.extend_from_slice(flags);
+    let o = deploy(&args);
     assert!(
         o.status.success(),
         "janus deploy --emit {kind}: {}",
@@ -77,7 +79,7 @@ fn emitted(tag: &str, kind: &str) -> (PathBuf, PathBuf) {
     let dir = temp_dir(tag);
     let file = cluster_file(&dir, "shop");
     let out = dir.join("out");
-    emit(kind, &file, &out);
+    emit(kind, &file, &out, &[]);
     (dir, out)
 }
 
@@ -783,23 +785,8 @@ struct TaskResources {
     memory_mb: u32,
 }
 
-/// The qemu driver's own arguments before the job's `args` (Nomad's drivers/qemu/driver.go).
-fn qemu_driver_prefix(accel: &str, memory_mb: u32, image: &Path) -> Vec<String> {
-    vec![
-        "-machine".into(),
-        format!("type=pc,accel={accel}"),
-        "-name".into(),
-        "janus-node".into(),
-        "-m".into(),
-        format!("{memory_mb}M"),
-        "-drive".into(),
-        format!("file={},if=none", image.display()),
-        "-nographic".into(),
-    ]
-}
-
-fn load_job(file: &Path, out: &Path) -> Job {
-    emit("nomad", file, out);
+fn load_job(file: &Path, out: &Path, flags: &[&str]) -> Job {
+    emit("nomad", file, out, flags);
     let text = std::fs::read_to_string(out.join("janus-shop.nomad.json")).expect("job file");
     let parsed: JobFile =
         serde_json::from_str(&text).expect("the job parses into the typed structs");
@@ -810,7 +797,7 @@ fn load_job(file: &Path, out: &Path) -> Job {
 fn nomad_job_has_the_drivers_counts_ports_and_service_tags() {
     let dir = temp_dir("nomad");
     let file = cluster_file(&dir, "shop");
-    let job = load_job(&file, &dir.join("out"));
+    let job = load_job(&file, &dir.join("out"), &[]);
     assert_eq!(
         (job.id.as_str(), job.name.as_str(), job.r#type.as_str()),
         ("janus-shop", "janus-shop", "service")
@@ -905,6 +892,10 @@ fn nomad_job_has_the_drivers_counts_ports_and_service_tags() {
     let uk = &job.task_groups[0].tasks[0];
     assert_eq!(uk.config["image_path"], "local/janus-samples-faulty.img");
     assert_eq!(uk.config["drive_interface"], "none");
+    assert!(
+        !uk.config.contains_key("machine_type"),
+        "pc is the driver's default, which Nomad 1.x needs"
+    );
     assert_eq!(uk.config["accelerator"], "kvm");
     assert_eq!(uk.resources.memory_mb, 128);
     assert_eq!(uk.kill_timeout, Some(5_000_000_000));
@@ -1058,79 +1049,106 @@ fn wait_healthy(
     }
 }
 
-/// The job's qemu arguments behind the driver's fixed prefix (`-machine type=pc`, `-m 128M`, the
-/// image as a drive with `if=none`), Nomad's variables filled in as a client would: the unikernel
-/// boots, serves, and its admin API takes the token from the fw_cfg file in the secrets directory.
-/// (The driver also appends `-enable-kvm -cpu host` with `accelerator = "kvm"`; `-cpu host` is left
-/// out: this machine's nested KVM refuses it, an MSR the host CPU model sets.)
+/// The job's qemu arguments behind the driver's own prefix, Nomad's variables filled in as a client
+/// would, on both machines the job can ask for: `pc` (the only one before Nomad 2.0) and `microvm`
+/// (`machine_type`, Nomad 2.0+). The unikernel boots, serves, and its admin API takes the token from
+/// the fw_cfg file in the secrets directory. (Nomad 1.x also appends `-cpu host` with `accelerator =
+/// "kvm"`; it is left out: this machine's nested KVM refuses it, an MSR the host CPU model sets.)
 #[test]
-fn nomad_qemu_arguments_boot_the_unikernel_on_the_pc_machine() {
-    janus::up::ensure_qemu().expect("qemu");
-    let dir = temp_dir("nomad-qemu");
-    let file = cluster_file(&dir, "shop");
-    let job = load_job(&file, &dir.join("out"));
-    let task = &job.task_groups[0].tasks[0];
-    let image = janus::build(
-        &janus::janus_home().join("samples/faulty"),
-        janus::Flavor::Uk,
-    )
-    .expect("build the unikernel image")
-    .path;
-    let task_dir = dir.join("local");
-    let secrets = dir.join("secrets");
-    std::fs::create_dir_all(&task_dir).expect("mkdir");
-    std::fs::create_dir_all(&secrets).expect("mkdir");
-    std::fs::copy(&image, task_dir.join("janus-samples-faulty.img")).expect("copy image");
-    let token = "n0de-t0ken-for-the-test";
-    std::fs::write(secrets.join("admin-token"), token).expect("token");
-    let http = janus::up::free_addr().expect("port");
-    let admin = janus::up::free_addr().expect("port");
-    let vars = [
-        ("${NOMAD_IP_http}", http.ip().to_string()),
-        ("${NOMAD_PORT_http}", http.port().to_string()),
-        ("${NOMAD_IP_admin}", admin.ip().to_string()),
-        ("${NOMAD_PORT_admin}", admin.port().to_string()),
-        ("${NOMAD_TASK_DIR}", task_dir.display().to_string()),
-        ("${NOMAD_SECRETS_DIR}", secrets.display().to_string()),
-        ("${NOMAD_ALLOC_INDEX}", "1".to_string()),
-    ];
-    let kvm = janus::flavor::uk::kvm_available();
-    let mut args = qemu_driver_prefix(
-        if kvm { "kvm" } else { "tcg" },
-        task.resources.memory_mb,
-        &task_dir.join("janus-samples-faulty.img"),
-    );
-    for a in task.config["args"].as_array().expect("args") {
-        let mut a = a.as_str().expect("string arg").to_string();
-        for (k, v) in &vars {
-            a = a.replace(k, v);
+fn nomad_qemu_arguments_boot_the_unikernel_on_pc_and_microvm() {
+    let image = uk_image();
+    for (machine, flags) in [
+        ("pc", &[][..]),
+        ("microvm", &["--nomad-machine", "microvm"][..]),
+    ] {
+        let dir = temp_dir(&format!("nomad-qemu-{machine}"));
+        let file = cluster_file(&dir, "shop");
+        let job = load_job(&file, &dir.join("out"), flags);
+        let task = &job.task_groups[0].tasks[0];
+        let machine_type = task
+            .config
+            .get("machine_type")
+            .and_then(Value::as_str)
+            .unwrap_or("pc");
+        assert!(machine_type.starts_with(machine), "{machine_type}");
+        let task_dir = dir.join("local");
+        let secrets = dir.join("secrets");
+        std::fs::create_dir_all(&task_dir).expect("mkdir");
+        std::fs::create_dir_all(&secrets).expect("mkdir");
+        let img = task_dir.join("janus-samples-faulty.img");
+        std::fs::copy(&image, &img).expect("copy image");
+        let token = "n0de-t0ken-for-the-test";
+        std::fs::write(secrets.join("admin-token"), token).expect("token");
+        let http = janus::up::free_addr().expect("port");
+        let admin = janus::up::free_addr().expect("port");
+        let vars = [
+            ("${NOMAD_IP_http}", http.ip().to_string()),
+            ("${NOMAD_PORT_http}", http.port().to_string()),
+            ("${NOMAD_IP_admin}", admin.ip().to_string()),
+            ("${NOMAD_PORT_admin}", admin.port().to_string()),
+            ("${NOMAD_TASK_DIR}", task_dir.display().to_string()),
+            ("${NOMAD_SECRETS_DIR}", secrets.display().to_string()),
+            ("${NOMAD_ALLOC_INDEX}", "1".to_string()),
+        ];
+        let kvm = janus::flavor::uk::kvm_available();
+        // Nomad's drivers/qemu/driver.go: machine, name, memory, the image as a drive, no display.
+        let mut args: Vec<String> = vec![
+            "-machine".into(),
+            format!(
+                "type={machine_type},accel={}",
+                if kvm { "kvm" } else { "tcg" }
+            ),
+            "-name".into(),
+            "janus-samples-faulty.img".into(),
+            "-m".into(),
+            format!("{}M", task.resources.memory_mb),
+            "-drive".into(),
+            format!(
+                "file={},if={},id=image0",
+                img.display(),
+                task.config["drive_interface"]
+                    .as_str()
+                    .expect("drive_interface")
+            ),
+            "-nographic".into(),
+        ];
+        for a in task.config["args"].as_array().expect("args") {
+            let mut a = a.as_str().expect("string arg").to_string();
+            for (k, v) in &vars {
+                a = a.replace(k, v);
+            }
+            args.push(a);
         }
-        args.push(a);
+        if kvm {
+            args.push("-enable-kvm".into());
+        }
+        let console = dir.join("console.log");
+        let mut qemu = boot(&args, &console);
+        let health = wait_healthy(&mut qemu, admin, token, &console);
+        let body = health.text();
+        assert!(body.contains("\"node\":\"stable-1\""), "{body}");
+        let reply = janus::client::send_raw(
+            http,
+            b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            std::time::Duration::from_secs(2),
+        )
+        .expect("service answers");
+        assert!(reply.status < 500, "{}", reply.status);
+        assert_eq!(
+            admin_health(admin, "wrong").expect("admin answers").status,
+            401
+        );
+        let _ = qemu.kill();
+        let _ = qemu.wait();
+        let log = std::fs::read_to_string(&console).unwrap_or_default();
+        let transport = if machine == "pc" {
+            "virtio-net pci"
+        } else {
+            "virtio-net virtio-mmio"
+        };
+        assert!(log.contains(transport), "{log}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
-    if kvm {
-        args.push("-enable-kvm".into());
-    }
-    let console = dir.join("console.log");
-    let mut qemu = boot(&args, &console);
-    let health = wait_healthy(&mut qemu, admin, token, &console);
-    let body = health.text();
-    assert!(body.contains("\"node\":\"stable-1\""), "{body}");
-    let reply = janus::client::send_raw(
-        http,
-        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-        std::time::Duration::from_secs(2),
-    )
-    .expect("service answers");
-    assert!(reply.status < 500, "{}", reply.status);
-    assert_eq!(
-        admin_health(admin, "wrong").expect("admin answers").status,
-        401
-    );
-    let _ = qemu.kill();
-    let _ = qemu.wait();
-    let log = std::fs::read_to_string(&console).unwrap_or_default();
-    assert!(log.contains("virtio-net pci"), "{log}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// What KubeVirt gives the VirtualMachine as `apply.sh` renders it: the q35 machine, a modern

@@ -41,6 +41,18 @@ pub struct DeployOpts {
     /// Base URL the Nomad clients download the artifacts from (go-getter):
     /// `<artifacts>/<tag>/<package>.img`, `.../<package>-unix`, `.../lb-router`.
     pub artifacts: String,
+    /// The machine the Nomad qemu driver gives unikernel nodes.
+    pub nomad_machine: NomadMachine,
+}
+
+/// The machine of a unikernel node under Nomad's qemu driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NomadMachine {
+    /// `pc`, the only machine before Nomad 2.0 (its `-machine type=pc` is fixed): PCI virtio.
+    Pc,
+    /// `microvm` through the `machine_type` option of Nomad 2.0 and later: virtio-mmio, no PCI
+    /// bus, no firmware (an older Nomad refuses the job: unknown option).
+    Microvm,
 }
 
 impl Default for DeployOpts {
@@ -49,6 +61,7 @@ impl Default for DeployOpts {
             image_repo: "registry.example.com/janus".into(),
             tag: env!("CARGO_PKG_VERSION").into(),
             artifacts: "https://artifacts.example.com/janus".into(),
+            nomad_machine: NomadMachine::Pc,
         }
     }
 }

@@ -2,14 +2,15 @@
 //!
 //! - group `stable`: unikernel nodes under the **qemu** driver (process nodes under **exec** when
 //!   `stable.flavor = "unix"`). The driver always runs `qemu-system-x86_64 -machine
-//!   type=pc,accel=… -m <MemoryMB>M -drive file=<image_path> -nographic` and refuses less than
-//!   128 MB, so the image boots on the `pc` machine, not `microvm`: PVH boot through `-kernel`
-//!   works there (SeaBIOS loads the PVH entry), the NIC is virtio-net-pci (modern only), and the
-//!   image is also the (ignored) `image_path` drive, attached with `drive_interface = "none"`.
-//!   Everything else is in `args`: user networking forwarding the two dynamic ports, the kernel
-//!   command line, isa-debug-exit (a panic exits QEMU with status 33, so Nomad restarts the task), and
-//!   the admin token as the fw_cfg file `opt/janus/token`, rendered from a Nomad Variable into the
-//!   task's `secrets/` directory.
+//!   type=<pc|machine_type>,accel=… -m <MemoryMB>M -drive file=<image_path>,if=… -nographic` and
+//!   refuses less than 128 MB. Before Nomad 2.0 the machine is always `pc`: the image boots there
+//!   through `-kernel` (SeaBIOS loads the PVH entry) with a modern virtio-net-pci NIC; from 2.0
+//!   `machine_type` can name `microvm` (`--nomad-machine microvm`: virtio-mmio NIC). The image is
+//!   also the (ignored) `image_path` drive, attached with `drive_interface = "none"`. Everything else
+//!   is in `args`: user networking forwarding the two dynamic ports, the kernel command line,
+//!   isa-debug-exit (a panic exits QEMU with status 33, so Nomad restarts the task), and the admin
+//!   token as the fw_cfg file `opt/janus/token`, rendered from a Nomad Variable into the task's
+//!   `secrets/` directory.
 //! - group `debug`: process nodes under **exec**, the token in their environment from the same
 //!   Variable.
 //! - group `router`: lb-router under **exec**; its `router.toml` is a template whose `[[nodes]]` are
@@ -23,7 +24,10 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use super::{DeployOpts, Emitted, GUEST_ADMIN_PORT, GUEST_SERVICE_PORT, Plan, uk_cmdline, write};
+use super::{
+    DeployOpts, Emitted, GUEST_ADMIN_PORT, GUEST_SERVICE_PORT, NomadMachine, Plan, uk_cmdline,
+    write,
+};
 
 /// The least memory the qemu driver accepts, in MB.
 pub const QEMU_DRIVER_MIN_MEMORY_MB: u32 = 128;
@@ -106,8 +110,23 @@ fn node_service(plan: &Plan, pool: &str) -> Value {
     })
 }
 
+/// The qemu driver's `machine_type` for `machine` (Nomad 2.0+: it becomes `-machine
+/// type=<machine_type>,accel=…`, so machine properties can follow the name); None for `pc`, which
+/// the job leaves to the driver's default so that Nomad 1.x takes it.
+pub fn machine_type(machine: NomadMachine) -> Option<&'static str> {
+    match machine {
+        NomadMachine::Pc => None,
+        NomadMachine::Microvm => Some("microvm,acpi=off,rtc=on,pit=on,pic=on"),
+    }
+}
+
 /// The qemu driver's `args` for a unikernel node (the driver puts its fixed arguments first).
-pub fn qemu_args(plan: &Plan, node_id: &str) -> Vec<String> {
+pub fn qemu_args(plan: &Plan, node_id: &str, machine: NomadMachine) -> Vec<String> {
+    let nic = match machine {
+        // romfile=: no iPXE option ROM to load at boot.
+        NomadMachine::Pc => "virtio-net-pci,netdev=n0,disable-legacy=on,romfile=",
+        NomadMachine::Microvm => "virtio-net-device,netdev=n0",
+    };
     let netdev = format!(
         "user,id=n0,net=10.0.2.0/24,\
          hostfwd=tcp:${{NOMAD_IP_http}}:${{NOMAD_PORT_http}}-:{GUEST_SERVICE_PORT},\
@@ -123,9 +142,8 @@ pub fn qemu_args(plan: &Plan, node_id: &str) -> Vec<String> {
         "isa-debug-exit,iobase=0xf4,iosize=0x04",
         "-netdev",
         &netdev,
-        // romfile=: no iPXE option ROM to load at boot.
         "-device",
-        "virtio-net-pci,netdev=n0,disable-legacy=on,romfile=",
+        nic,
         "-kernel",
         &format!("${{NOMAD_TASK_DIR}}/{}.img", plan.package),
         "-append",
@@ -144,6 +162,15 @@ pub fn qemu_args(plan: &Plan, node_id: &str) -> Vec<String> {
 fn uk_group(plan: &Plan, opts: &DeployOpts) -> Value {
     let id = "stable-${NOMAD_ALLOC_INDEX}";
     let img = format!("{}.img", plan.package);
+    let mut config = json!({
+        "image_path": format!("local/{img}"),
+        "drive_interface": "none",
+        "accelerator": "kvm",
+        "args": qemu_args(plan, id, opts.nomad_machine),
+    });
+    if let Some(m) = machine_type(opts.nomad_machine) {
+        config["machine_type"] = m.into();
+    }
     json!({
         "Name": "stable",
         "Count": plan.cluster.stable.count,
@@ -153,12 +180,7 @@ fn uk_group(plan: &Plan, opts: &DeployOpts) -> Value {
         "Tasks": [{
             "Name": "node",
             "Driver": "qemu",
-            "Config": {
-                "image_path": format!("local/{img}"),
-                "drive_interface": "none",
-                "accelerator": "kvm",
-                "args": qemu_args(plan, id),
-            },
+            "Config": config,
             "Artifacts": [artifact(opts, &img)],
             "Templates": [secret_template(var_template(plan, "node_token"), "admin-token", false)],
             "Resources": {
