@@ -7,6 +7,7 @@
 //!   requirements manifest next to it.
 //! - [`flavor`]: what differs between the unix process and the unikernel image.
 //! - [`node`]: the node options both flavours take, and how `janus run` starts one.
+//! - [`deploy`]: `janus deploy --emit kubernetes|nomad DIR`: manifests and jobs written offline.
 //! - [`secret`]: admin tokens from the OS's random source, and the private files that hold them.
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod cluster;
 pub mod conformance;
 pub mod debug;
 pub mod demo;
+pub mod deploy;
 pub mod faults;
 pub mod flavor;
 pub mod node;

@@ -47,6 +47,32 @@ enum Cmd {
         /// The cluster file.
         cluster: Option<PathBuf>,
     },
+    /// Write the files that run a cluster file's pools on an orchestrator, offline (nothing is
+    /// built, pushed or applied): Kubernetes manifests (KubeVirt VirtualMachines for the unikernel
+    /// nodes) or a Nomad job. See docs/DEPLOY.md.
+    Deploy {
+        /// What to write: kubernetes or nomad.
+        #[arg(long, value_name = "KIND")]
+        emit: janus::deploy::Target,
+        /// Output directory (created when missing).
+        dir: PathBuf,
+        /// The cluster file (the defaults of `janus up` without one).
+        #[arg(long = "file", short = 'f', value_name = "CLUSTER_FILE")]
+        file: Option<PathBuf>,
+        /// Container image repository prefix (kubernetes).
+        #[arg(long, default_value_t = janus::deploy::DeployOpts::default().image_repo)]
+        image_repo: String,
+        /// Image tag (kubernetes) and artifact version directory (nomad).
+        #[arg(long, default_value_t = janus::deploy::DeployOpts::default().tag)]
+        tag: String,
+        /// Base URL Nomad clients download the artifacts from (nomad).
+        #[arg(long, default_value_t = janus::deploy::DeployOpts::default().artifacts)]
+        artifacts: String,
+        /// Machine of the unikernel nodes under Nomad's qemu driver: pc (any Nomad) or microvm
+        /// (Nomad 2.0 and later, through `machine_type`).
+        #[arg(long, value_name = "MACHINE", default_value = "pc")]
+        nomad_machine: janus::deploy::NomadMachine,
+    },
     /// The cluster's processes: state, uptime, restarts, last exit reason, requests served.
     Ps {
         /// Cluster name.
@@ -217,6 +243,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Up { cluster } => {
             let up = janus::up::up(cluster.as_deref())?;
             print!("{}", janus::up::describe(&up));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Deploy {
+            emit,
+            dir,
+            file,
+            image_repo,
+            tag,
+            artifacts,
+            nomad_machine,
+        } => {
+            let cluster = janus::cluster::ClusterFile::load(file.as_deref())?;
+            let opts = janus::deploy::DeployOpts {
+                image_repo,
+                tag,
+                artifacts,
+                nomad_machine,
+            };
+            let out = janus::deploy::emit(emit, &cluster, &dir, &opts)?;
+            for f in &out.files {
+                println!("{}", f.display());
+            }
+            for n in &out.notes {
+                eprintln!("janus: note: {n}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Ps { cluster, json } => {
