@@ -18,6 +18,7 @@ pub mod debug;
 pub mod demo;
 pub mod faults;
 pub mod flavor;
+pub mod libvirt;
 pub mod node;
 pub mod progress;
 pub mod secret;
