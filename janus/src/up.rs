@@ -2,7 +2,7 @@
 //! the router) run by the supervisor from a run directory of its own.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -400,7 +400,7 @@ fn libvirt_stable_nodes(
         .unwrap_or_default()
         .to_string();
     let mut created = Vec::new();
-    let mut per_uri = Vec::new();
+    let mut per_uri: Vec<(String, Ipv4Addr, u8, Vec<Ipv4Addr>)> = Vec::new();
     let count = cluster.stable.count as usize;
     for (u, uri) in engine.uri.iter().enumerate() {
         let here = (count + engine.uri.len() - 1 - u) / engine.uri.len();
@@ -412,7 +412,12 @@ fn libvirt_stable_nodes(
         if made {
             created.push((uri.clone(), network.clone()));
         }
-        let used = libvirt::used_addresses(uri, &cluster.name)?;
+        // Hosts may share one L2 segment and range (a bridged network): addresses given on one URI
+        // are taken on the others too.
+        let mut used = libvirt::used_addresses(uri, &cluster.name)?;
+        for (_, _, _, ips) in &per_uri {
+            used.extend_from_slice(ips);
+        }
         per_uri.push((
             uri.clone(),
             gw,

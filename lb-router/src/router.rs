@@ -349,4 +349,51 @@ mod tests {
         assert_eq!(*r.config(), *before);
         assert_eq!(r.metrics.reloads_failed.get(), 1);
     }
+
+    fn discovered_node(id: &str, port: u16) -> NodeConfig {
+        NodeConfig {
+            id: crate::ids::NodeId::new(id),
+            pool: crate::ids::Pool::Stable,
+            addr: crate::ids::UpstreamAddr(([10, 77, 0, 10], port).into()),
+            admin_addr: crate::ids::AdminAddr(([10, 77, 0, 10], port + 1).into()),
+            weight: 1,
+            admin_token: Some("tok".into()),
+        }
+    }
+
+    /// Discovered nodes go through the reload path: one that stays keeps its state (the same node),
+    /// one that leaves is gone, one that changed address is a new node; a stopped node's in-flight
+    /// requests end as `Stopped`.
+    #[tokio::test]
+    async fn discovered_nodes_join_and_leave_without_disturbing_the_others() {
+        let r = router("discovery");
+        r.set_discovered(vec![discovered_node("a", 80), discovered_node("b", 90)])
+            .await;
+        let a = r.pools.current().get("a").cloned().expect("a joined");
+        a.requests.inc();
+        let b = r.pools.current().get("b").cloned().expect("b joined");
+        r.set_discovered(vec![discovered_node("a", 80), discovered_node("c", 100)])
+            .await;
+        let topo = r.pools.current();
+        assert!(Arc::ptr_eq(topo.get("a").expect("a stays"), &a));
+        assert_eq!(topo.get("a").expect("a").requests.get(), 1);
+        assert!(topo.get("b").is_none() && topo.get("c").is_some());
+        r.set_discovered(vec![discovered_node("a", 81)]).await;
+        assert!(!Arc::ptr_eq(r.pools.current().get("a").expect("a"), &a));
+        // A config swap (what a reload applies) keeps the discovered nodes beside the config's.
+        r.apply((*r.config()).clone());
+        assert_eq!(r.pools.current().nodes.len(), 1);
+        b.mark_stopped();
+        tokio::time::timeout(Duration::from_secs(1), b.until_unhealthy())
+            .await
+            .expect("a stopped node's in-flight requests end at once");
+        assert!(matches!(
+            b.abandoned(),
+            crate::upstream::UpstreamError::Stopped { .. }
+        ));
+        assert!(matches!(
+            a.abandoned(),
+            crate::upstream::UpstreamError::Abandoned { .. }
+        ));
+    }
 }
