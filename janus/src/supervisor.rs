@@ -477,11 +477,8 @@ fn keep_domain_running(
         let status = loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(line) => {
-                    if let Some((_, event)) = lb_router::discovery::parse_event(&line)
-                        && event == "Stopped"
-                    {
-                        let what = line.rsplit("': ").next().unwrap_or("Stopped").trim();
-                        break format!("domain {what}");
+                    if let Some(why) = stopped_event(&line) {
+                        break why;
                     }
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -498,7 +495,12 @@ fn keep_domain_running(
             if last_poll.elapsed() > Duration::from_secs(1) {
                 last_poll = Instant::now();
                 if !is_running(&dom.uri, &dom.name) {
-                    break "domain not running".to_string();
+                    // Its event is likely on the way: it says why.
+                    let why = (0..10).find_map(|_| {
+                        let line = rx.recv_timeout(Duration::from_millis(50)).ok()?;
+                        stopped_event(&line)
+                    });
+                    break why.unwrap_or_else(|| "domain not running".to_string());
                 }
             }
         };
@@ -530,6 +532,15 @@ fn keep_domain_running(
         p.state = "stopped".into();
         p.pid = None;
     });
+}
+
+/// `domain Stopped Destroyed` for a lifecycle event line saying the domain stopped.
+fn stopped_event(line: &str) -> Option<String> {
+    let (_, event) = lb_router::discovery::parse_event(line)?;
+    (event == "Stopped").then(|| {
+        let what = line.rsplit("': ").next().unwrap_or("Stopped").trim();
+        format!("domain {what}")
+    })
 }
 
 fn kill_child(mut child: Child) {

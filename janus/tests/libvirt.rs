@@ -4,7 +4,9 @@
 //! Traffic flows through the bridge; `virsh destroy` of a domain removes it from the router (lifecycle
 //! event, not the 10 s re-listing) and the supervisor starts it again; a panic on a domain is
 //! captured with the console's state dump and `janus faults repro` reproduces it; `janus down` leaves
-//! no domain and no network.
+//! no domain and no network. The cluster lists two connection URIs that reach the one sandboxed
+//! libvirtd (`qemu:///system`, `qemu+unix:///system`): nodes are spread over both, addresses are not
+//! given twice, and the router, which sees every domain on both URIs, keeps one node per id.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -177,7 +179,7 @@ admin = "127.0.0.1:0"
 request_timeout_ms = 1500
 [engine]
 kind = "libvirt"
-uri = ["qemu:///system"]
+uri = ["qemu:///system", "qemu+unix:///system"]
 subnet = "10.78.0.0/24"
 "#,
             svc = janus_integration::sample_dir("faulty").display(),
@@ -206,6 +208,17 @@ subnet = "10.78.0.0/24"
     let router_toml = std::fs::read_to_string(c.dir.join("router.toml")).expect("router.toml");
     assert!(router_toml.contains("kind = \"libvirt\"") && !router_toml.contains("10.78.0."));
     c.wait_router_nodes(&["stable-0", "stable-1"], Duration::from_secs(30));
+    let st = c.state();
+    let uris: Vec<&str> = ["stable-0", "stable-1"]
+        .iter()
+        .map(|id| {
+            st.proc(id)
+                .and_then(|p| p.spec.domain.as_ref())
+                .map(|d| d.uri.as_str())
+                .expect("a domain")
+        })
+        .collect();
+    assert_eq!(uris, ["qemu:///system", "qemu+unix:///system"]);
 
     // Traffic flows through the bridge to both domains.
     let router: SocketAddr = c.proc("router").listen;
@@ -268,6 +281,14 @@ subnet = "10.78.0.0/24"
         }
     }
     let fault = fault.expect("a stable panic is captured");
+    // The VM stopped under the request: discovery's Stopped event ended it (no reset on a TAP).
+    assert!(
+        matches!(
+            fault["stable_outcome"].as_str(),
+            Some("node_stopped" | "reset" | "body_cut_off")
+        ),
+        "{fault}"
+    );
     let node = fault["stable_node"].as_str().expect("node").to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     let exit = loop {

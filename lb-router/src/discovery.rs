@@ -244,12 +244,28 @@ pub async fn run(router: Arc<Router>) {
             }
         }
         if changed {
-            let mut nodes: Vec<NodeConfig> = joined.values().cloned().collect();
-            nodes.sort_by(|a, b| a.id.cmp(&b.id));
+            let nodes = distinct_nodes(&joined);
             tracing::info!(nodes = nodes.len(), "discovery: node set changed");
             router.set_discovered(nodes).await;
         }
     }
+}
+
+/// The nodes in force, by id: two URIs that reach one host (or two domains claiming one node id)
+/// give one node, the one of the first URI listed.
+fn distinct_nodes(joined: &HashMap<(usize, String), NodeConfig>) -> Vec<NodeConfig> {
+    let mut entries: Vec<(&(usize, String), &NodeConfig)> = joined.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    let mut nodes: Vec<NodeConfig> = Vec::new();
+    for (key, nc) in entries {
+        if nodes.iter().any(|n| n.id == nc.id) {
+            tracing::warn!(node = %nc.id, domain = %key.1, "discovery: a second domain claims this node id; ignored");
+            continue;
+        }
+        nodes.push(nc.clone());
+    }
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+    nodes
 }
 
 /// Polls a new node's `/health` (the active check's probe) until it passes or `timeout` ends.
@@ -333,5 +349,29 @@ mod tests {
         );
         assert_eq!(parse_event("event 'reboot' for domain"), None);
         assert!(is_down("Stopped") && !is_down("Started"));
+    }
+
+    #[test]
+    fn one_node_per_id_whatever_the_uris() {
+        let m = parse_metadata(
+            "<n cluster='c' node='stable-0' pool='stable' addr='10.0.0.1:80' admin='10.0.0.1:81'/>",
+        )
+        .expect("meta");
+        let nc = node_config(&m, None).expect("stable");
+        let mut joined = HashMap::new();
+        joined.insert((1, "janus-c-stable-0".to_string()), nc.clone());
+        joined.insert((0, "janus-c-stable-0".to_string()), nc);
+        assert_eq!(distinct_nodes(&joined).len(), 1);
+        let other = parse_metadata(
+            "<n cluster='c' node='stable-1' pool='debug' addr='10.0.0.2:80' admin='10.0.0.2:81'/>",
+        )
+        .expect("meta");
+        joined.insert((0, "d".into()), node_config(&other, None).expect("debug"));
+        assert_eq!(distinct_nodes(&joined).len(), 2);
+        let bad = NodeMeta {
+            pool: "canary".into(),
+            ..other
+        };
+        assert!(node_config(&bad, None).is_none());
     }
 }
