@@ -204,6 +204,19 @@ subnet = "10.78.0.0/24"
         );
         assert!(meta.addr.to_string().starts_with("10.78.0."), "{meta:?}");
     }
+    // The admin token reaches the guest through fw_cfg from a 0600 file: in no domain XML (readable
+    // with read-only libvirt access) and on no command line.
+    let token = c.proc("stable-0").token;
+    for id in ["stable-0", "stable-1"] {
+        let xml = virsh(&["dumpxml", &dom(id)]);
+        assert!(
+            !xml.contains(&token) && xml.contains("name=opt/janus/token,file="),
+            "{xml}"
+        );
+        let pid = c.state().proc(id).and_then(|p| p.pid).expect("QEMU pid");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        assert!(!String::from_utf8_lossy(&cmdline).contains(&token));
+    }
     // The stable nodes are in the router by discovery only (the config lists the debug node).
     let router_toml = std::fs::read_to_string(c.dir.join("router.toml")).expect("router.toml");
     assert!(router_toml.contains("kind = \"libvirt\"") && !router_toml.contains("10.78.0."));
