@@ -400,6 +400,11 @@ fn libvirt_stable_nodes(
         .unwrap_or_default()
         .to_string();
     let mut created = Vec::new();
+    let earlier: Vec<UriNetwork> = std::fs::read(dir.join("plan.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Plan>(&b).ok())
+        .map(|p| p.libvirt_networks)
+        .unwrap_or_default();
     let mut per_uri: Vec<(String, Ipv4Addr, u8, Vec<Ipv4Addr>)> = Vec::new();
     let count = cluster.stable.count as usize;
     for (u, uri) in engine.uri.iter().enumerate() {
@@ -409,8 +414,10 @@ fn libvirt_stable_nodes(
         }
         let (gw, prefix, made) = libvirt::ensure_network(uri, &network, engine.subnet()?)
             .with_context(|| format!("libvirt network {network} on {uri}"))?;
-        if made {
-            created.push((uri.clone(), network.clone()));
+        // Created by this call, or by an earlier `janus up` of this cluster that never came down.
+        let key = (uri.clone(), network.clone());
+        if made || earlier.contains(&key) {
+            created.push(key);
         }
         // Hosts may share one L2 segment and range (a bridged network): addresses given on one URI
         // are taken on the others too.
@@ -865,10 +872,20 @@ pub fn down(cluster: &str) -> anyhow::Result<String> {
     let plan: Option<Plan> = std::fs::read(dir.join("plan.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    for (uri, net) in plan.map(|p| p.libvirt_networks).unwrap_or_default() {
-        if let Err(e) = crate::libvirt::remove_network(&uri, &net) {
-            engine_errors.push(format!("{e:#}"));
-        }
+    if let Some(mut plan) = plan
+        && !plan.libvirt_networks.is_empty()
+    {
+        // Kept in the plan until removed: a later `up` or `down` retries.
+        plan.libvirt_networks.retain(
+            |(uri, net)| match crate::libvirt::remove_network(uri, net) {
+                Ok(()) => false,
+                Err(e) => {
+                    engine_errors.push(format!("{e:#}"));
+                    true
+                }
+            },
+        );
+        write_json_atomic(&dir.join("plan.json"), &plan)?;
     }
     std::fs::remove_file(dir.join("state.json")).ok();
     if !engine_errors.is_empty() {

@@ -340,6 +340,22 @@ subnet = "10.78.0.0/24"
     let o = janus(&["logs", "stable-1", "--cluster", &c.name]);
     assert!(text(&o).contains("listening on :80"), "{}", text(&o));
 
+    // A SIGKILLed supervisor leaves its domains running; `janus up` again replaces them and keeps
+    // knowing the network is its own, so the `down` below still removes it.
+    let sup = c.state().supervisor_pid;
+    Command::new("kill")
+        .args(["-KILL", &sup.to_string()])
+        .status()
+        .expect("kill");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while janus::up::pid_alive(sup) && !janus::up::is_zombie(sup) {
+        assert!(Instant::now() < deadline, "supervisor {sup} survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = janus(&["up", file.to_str().expect("utf8")]);
+    assert!(o.status.success(), "janus up again:\n{}", text(&o));
+    c.wait_router_nodes(&["stable-0", "stable-1"], Duration::from_secs(30));
+
     // Down leaves no domain and no network.
     let o = janus(&["down", "--cluster", &c.name]);
     assert!(o.status.success(), "down: {}", text(&o));
