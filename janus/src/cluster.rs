@@ -32,6 +32,13 @@
 //! [restart]
 //! backoff_initial_ms = 200
 //! backoff_max_ms = 10000
+//!
+//! [engine]                    # where the stable (unikernel) nodes run
+//! kind = "local"              # "local": QEMU children of the supervisor, user networking;
+//!                             # "libvirt": persistent libvirt domains on a libvirt network
+//! uri = ["qemu:///system"]    # libvirt: connection URIs, nodes spread over them in turn
+//! network = ""                # libvirt: network name ("" = janus-<name>, created when missing)
+//! subnet = "10.77.0.0/24"     # libvirt: the range of a network Janus creates (gateway .1, nodes from .10)
 //! ```
 
 use std::net::SocketAddr;
@@ -57,6 +64,70 @@ pub struct ClusterFile {
     pub router: RouterSpec,
     /// Supervisor restart policy.
     pub restart: RestartSpec,
+    /// Where the stable nodes run.
+    pub engine: EngineSpec,
+}
+
+/// Which engine runs the stable nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// QEMU processes of the supervisor on this host.
+    Local,
+    /// Persistent libvirt domains.
+    Libvirt,
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSpec {
+    /// `local` or `libvirt`.
+    pub kind: EngineKind,
+    /// libvirt connection URIs.
+    pub uri: Vec<String>,
+    /// libvirt network (empty: `janus-<cluster name>`).
+    pub network: String,
+    /// IPv4 range of a network Janus creates, `A.B.C.D/N`.
+    pub subnet: String,
+}
+
+impl Default for EngineSpec {
+    fn default() -> Self {
+        EngineSpec {
+            kind: EngineKind::Local,
+            uri: vec!["qemu:///system".into()],
+            network: String::new(),
+            subnet: "10.77.0.0/24".into(),
+        }
+    }
+}
+
+impl EngineSpec {
+    /// The libvirt network of cluster `name`.
+    pub fn network_name(&self, name: &str) -> String {
+        if self.network.is_empty() {
+            format!("janus-{name}")
+        } else {
+            self.network.clone()
+        }
+    }
+
+    /// The subnet as (network address, prefix length).
+    pub fn subnet(&self) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
+        let bad = || {
+            anyhow::anyhow!(
+                "engine.subnet = {:?}: expected an IPv4 range A.B.C.D/N with N from 16 to 28",
+                self.subnet
+            )
+        };
+        let (ip, len) = self.subnet.split_once('/').ok_or_else(bad)?;
+        let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| bad())?;
+        let len: u8 = len.parse().map_err(|_| bad())?;
+        anyhow::ensure!((16..=28).contains(&len), bad());
+        let mask = u32::MAX << (32 - u32::from(len));
+        Ok((std::net::Ipv4Addr::from(u32::from(ip) & mask), len))
+    }
 }
 
 /// Unikernel nodes.
@@ -158,6 +229,7 @@ impl Default for ClusterFile {
             debug: DebugSpec::default(),
             router: RouterSpec::default(),
             restart: RestartSpec::default(),
+            engine: EngineSpec::default(),
         }
     }
 }
@@ -288,6 +360,35 @@ impl ClusterFile {
             "stable.gdbstub: only unikernel nodes (stable.flavor = \"uk\") run under QEMU's gdbstub; \
              `janus debug` attaches to a process node by its pid without it"
         );
+        if self.engine.kind == EngineKind::Libvirt {
+            anyhow::ensure!(
+                !self.engine.uri.is_empty(),
+                "engine.uri: list at least one libvirt connection URI (e.g. \"qemu:///system\")"
+            );
+            anyhow::ensure!(
+                self.stable.flavor == crate::Flavor::Uk,
+                "engine.kind = \"libvirt\" runs unikernel stable nodes (stable.flavor = \"uk\"); \
+                 process nodes stay on the router's host"
+            );
+            anyhow::ensure!(
+                self.stable.machine == "microvm",
+                "engine.kind = \"libvirt\": stable.machine must be \"microvm\" (the domain is a microvm)"
+            );
+            anyhow::ensure!(
+                self.stable.gdbstub == GdbStubSpec::All(false),
+                "stable.gdbstub: not available on the libvirt engine (attach gdb with \
+                 `virsh qemu-monitor-command DOMAIN --hmp gdbserver` instead)"
+            );
+            let network = self.engine.network_name(&self.name);
+            anyhow::ensure!(
+                !network.is_empty()
+                    && network
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "engine.network = {network:?}: use letters, digits, - and _"
+            );
+            self.engine.subnet()?;
+        }
         for m in &self.router.mirror {
             anyhow::ensure!(
                 (0.0..=1.0).contains(&m.fraction),
@@ -347,6 +448,37 @@ mod tests {
         std::fs::write(&f, "[stable]\ngdbstub = true\n").expect("write");
         let c = ClusterFile::load(Some(&f)).expect("valid");
         assert!(c.stable.gdbstub.enabled_for("stable-0"));
+        std::fs::write(&f, "name = \"c1\"\n[engine]\nkind = \"libvirt\"\n").expect("write");
+        let c = ClusterFile::load(Some(&f)).expect("valid");
+        assert_eq!(c.engine.network_name(&c.name), "janus-c1");
+        assert_eq!(
+            c.engine.subnet().expect("default subnet"),
+            (std::net::Ipv4Addr::new(10, 77, 0, 0), 24)
+        );
+        for (bad, key) in [
+            ("[engine]\nkind = \"kvm\"\n", "kind"),
+            ("[engine]\nkind = \"libvirt\"\nuri = []\n", "engine.uri"),
+            (
+                "[engine]\nkind = \"libvirt\"\nsubnet = \"10.0.0.0/30\"\n",
+                "engine.subnet",
+            ),
+            (
+                "[engine]\nkind = \"libvirt\"\n[stable]\nflavor = \"unix\"\n",
+                "stable.flavor",
+            ),
+            (
+                "[engine]\nkind = \"libvirt\"\n[stable]\nmachine = \"q35\"\n",
+                "stable.machine",
+            ),
+            (
+                "[engine]\nkind = \"libvirt\"\nnetwork = \"a b\"\n",
+                "engine.network",
+            ),
+        ] {
+            std::fs::write(&f, bad).expect("write");
+            let err = ClusterFile::load(Some(&f)).expect_err(bad);
+            assert!(format!("{err:#}").contains(key), "{bad}: {err:#}");
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 }

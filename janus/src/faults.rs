@@ -315,7 +315,8 @@ pub enum OutcomeClass {
 /// The class of a stable node's outcome as the router recorded it.
 pub fn stable_class(outcome: &str) -> OutcomeClass {
     match outcome {
-        "panic" | "reset" | "body_cut_off" => OutcomeClass::Panic,
+        // node_stopped: the engine reported the VM stopped under the request (libvirt discovery).
+        "panic" | "reset" | "body_cut_off" | "node_stopped" => OutcomeClass::Panic,
         "timeout" | "abandoned_unhealthy" => OutcomeClass::Hang,
         "connect_error" => OutcomeClass::Unavailable,
         o => match o.strip_prefix("status_").or_else(|| o.strip_prefix("ok_")) {
@@ -544,6 +545,7 @@ pub fn repro_node(dir: &Path) -> anyhow::Result<ReproNode> {
             admin,
             token,
             listen_on_stdin: false,
+            domain: None,
         },
         child: Some(child),
     };

@@ -20,6 +20,7 @@ pub mod demo;
 pub mod deploy;
 pub mod faults;
 pub mod flavor;
+pub mod libvirt;
 pub mod node;
 pub mod progress;
 pub mod secret;

@@ -69,6 +69,9 @@ pub struct ProcSpec {
     /// new connections wait in the socket's backlog instead of being refused.
     #[serde(default)]
     pub listen_on_stdin: bool,
+    /// A libvirt domain instead of a child process (`[engine] kind = "libvirt"`).
+    #[serde(default)]
+    pub domain: Option<crate::libvirt::DomainSpec>,
 }
 
 /// The plan `janus up` hands the supervisor.
@@ -84,6 +87,9 @@ pub struct Plan {
     pub backoff_initial_ms: u64,
     /// Backoff cap.
     pub backoff_max_ms: u64,
+    /// libvirt networks `janus up` created, as (URI, name): `janus down` removes them.
+    #[serde(default)]
+    pub libvirt_networks: Vec<(String, String)>,
 }
 
 /// Why a process stopped.
@@ -231,7 +237,10 @@ pub fn supervise(run_dir: &Path) -> anyhow::Result<()> {
         .map(|spec| {
             let shared = Arc::clone(&shared);
             let backoff = (plan.backoff_initial_ms, plan.backoff_max_ms);
-            std::thread::spawn(move || keep_running(&shared, &spec, backoff))
+            std::thread::spawn(move || match spec.domain.clone() {
+                Some(dom) => keep_domain_running(&shared, &spec, &dom, backoff),
+                None => keep_running(&shared, &spec, backoff),
+            })
         })
         .collect();
     for t in threads {
@@ -284,51 +293,318 @@ fn keep_running(shared: &Shared, spec: &ProcSpec, (initial, max): (u64, u64)) {
         for p in pumps {
             let _ = p.join();
         }
-        let lines: Vec<String> = ring
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect();
-        let stopping = shared.stopping.load(Ordering::SeqCst);
         let (status_text, code) = match status {
             Some(st) => (st.to_string(), st.code()),
             None => ("unknown".to_string(), None),
         };
-        let report = panic_report(&lines);
-        let state = if report.is_empty() {
-            None
-        } else {
-            crash_no += 1;
-            save_state_dump(&shared.run_dir, &spec.id, crash_no, &lines)
+        let stop = Stop {
+            status: &status_text,
+            code,
+            unexpected: "exited unexpectedly",
         };
-        let reason = if stopping {
-            "stopped by the supervisor".to_string()
-        } else if let Some(first) = report.first() {
-            first.clone()
-        } else {
-            format!("exited unexpectedly ({status_text})")
-        };
-        record_exit(
+        if !after_stop(
             shared,
             spec,
-            exit_record(&status_text, code, reason, &report, state),
-        );
-        if stopping {
+            &ring,
+            stop,
+            &mut crash_no,
+            started,
+            &mut backoff,
+            (initial, max),
+        ) {
             break;
         }
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_millis(initial);
-        }
-        if !wait_backoff(shared, &mut backoff, max) {
-            break;
-        }
-        shared.update(&spec.id, |p| p.restarts += 1);
     }
     shared.update(&spec.id, |p| {
         p.state = "stopped".into();
         p.pid = None;
     });
+}
+
+/// How a run of a process or domain ended.
+struct Stop<'a> {
+    status: &'a str,
+    code: Option<i32>,
+    /// The reason's words when neither a panic report nor the supervisor explains the stop.
+    unexpected: &'a str,
+}
+
+/// After a process or domain stopped: records why (the console's panic report and state dump),
+/// then unless the supervisor stops waits out the backoff and counts the restart. Returns whether to
+/// start it again.
+#[allow(clippy::too_many_arguments)]
+fn after_stop(
+    shared: &Shared,
+    spec: &ProcSpec,
+    ring: &Mutex<VecDeque<String>>,
+    stop: Stop,
+    crash_no: &mut u32,
+    started: Instant,
+    backoff: &mut Duration,
+    (initial, max): (u64, u64),
+) -> bool {
+    let lines: Vec<String> = ring
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    let stopping = shared.stopping.load(Ordering::SeqCst);
+    let report = panic_report(&lines);
+    let state = if report.is_empty() {
+        None
+    } else {
+        *crash_no += 1;
+        save_state_dump(&shared.run_dir, &spec.id, *crash_no, &lines)
+    };
+    let reason = if stopping {
+        "stopped by the supervisor".to_string()
+    } else if let Some(first) = report.first() {
+        first.clone()
+    } else {
+        format!("{} ({})", stop.unexpected, stop.status)
+    };
+    record_exit(
+        shared,
+        spec,
+        exit_record(stop.status, stop.code, reason, &report, state),
+    );
+    if stopping {
+        return false;
+    }
+    if started.elapsed() > Duration::from_secs(30) {
+        *backoff = Duration::from_millis(initial);
+    }
+    if !wait_backoff(shared, backoff, max) {
+        return false;
+    }
+    shared.update(&spec.id, |p| p.restarts += 1);
+    true
+}
+
+/// [`keep_running`] for a libvirt domain: defines it, subscribes to its lifecycle events, starts it,
+/// follows its console file, and when it stops records why (with the panic report and state dump of
+/// the console, as for a QEMU child) and starts it again after the backoff. When the supervisor
+/// stops, the domain is destroyed and undefined.
+fn keep_domain_running(
+    shared: &Shared,
+    spec: &ProcSpec,
+    dom: &crate::libvirt::DomainSpec,
+    (initial, max): (u64, u64),
+) {
+    use crate::libvirt::{is_running, qemu_pid, virsh};
+    let mut backoff = Duration::from_millis(initial);
+    let mut crash_no = 0u32;
+    let xml = dom.xml_file.to_string_lossy().into_owned();
+    while !shared.stopping.load(Ordering::SeqCst) {
+        let ring = Arc::new(Mutex::new(VecDeque::with_capacity(RING_LINES)));
+        let started = Instant::now();
+        // Defined first (an event subscription names an existing domain), subscribed before the
+        // start, so no stop goes unseen.
+        if let Err(e) = virsh(&dom.uri, &["define", &xml]) {
+            record_exit(
+                shared,
+                spec,
+                exit_record(
+                    "not started",
+                    None,
+                    format!("cannot define domain {}: {e:#}", dom.name),
+                    &[],
+                    None,
+                ),
+            );
+            if !wait_backoff(shared, &mut backoff, max) {
+                break;
+            }
+            continue;
+        }
+        let events = Command::new("virsh")
+            .args(["-q", "-c", &dom.uri, "event", "--domain", &dom.name])
+            .args(["--event", "lifecycle", "--loop"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn();
+        let begin = events
+            .map_err(|e| format!("cannot run virsh event: {e}"))
+            .and_then(|ev| {
+                let start = if is_running(&dom.uri, &dom.name) {
+                    Ok(String::new())
+                } else {
+                    virsh(&dom.uri, &["start", &dom.name])
+                };
+                match start {
+                    Ok(_) => Ok(ev),
+                    Err(e) => {
+                        kill_child(ev);
+                        Err(format!("cannot start domain {}: {e:#}", dom.name))
+                    }
+                }
+            });
+        let mut events = match begin {
+            Ok(ev) => ev,
+            Err(reason) => {
+                record_exit(
+                    shared,
+                    spec,
+                    exit_record("not started", None, reason, &[], None),
+                );
+                if !wait_backoff(shared, &mut backoff, max) {
+                    break;
+                }
+                continue;
+            }
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        if let Some(out) = events.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        shared.update(&spec.id, |p| {
+            p.state = "running".into();
+            p.pid = qemu_pid(&dom.uri, &dom.name);
+            p.started_ms = Some(now_ms());
+        });
+        let follow_done = Arc::new(AtomicBool::new(false));
+        let follower = follow_console(shared, spec, &dom.console, &ring, &follow_done);
+        let mut last_poll = Instant::now();
+        let status = loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => {
+                    if let Some(why) = stopped_event(&line) {
+                        break why;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    // The event stream ended: fall back on polling.
+                    std::thread::sleep(Duration::from_millis(200));
+                    last_poll = Instant::now() - Duration::from_secs(2);
+                }
+            }
+            if shared.stopping.load(Ordering::SeqCst) {
+                let _ = virsh(&dom.uri, &["destroy", &dom.name]);
+                break "domain destroyed".to_string();
+            }
+            if last_poll.elapsed() > Duration::from_secs(1) {
+                last_poll = Instant::now();
+                if !is_running(&dom.uri, &dom.name) {
+                    // Its event is likely on the way: it says why.
+                    let why = (0..10).find_map(|_| {
+                        let line = rx.recv_timeout(Duration::from_millis(50)).ok()?;
+                        stopped_event(&line)
+                    });
+                    break why.unwrap_or_else(|| "domain not running".to_string());
+                }
+            }
+        };
+        kill_child(events);
+        follow_done.store(true, Ordering::SeqCst);
+        let _ = follower.join();
+        let stop = Stop {
+            status: &status,
+            code: None,
+            unexpected: "stopped unexpectedly",
+        };
+        if !after_stop(
+            shared,
+            spec,
+            &ring,
+            stop,
+            &mut crash_no,
+            started,
+            &mut backoff,
+            (initial, max),
+        ) {
+            break;
+        }
+    }
+    if let Err(e) = crate::libvirt::remove_domain(&dom.uri, &dom.name) {
+        eprintln!("supervisor: {e:#}");
+    }
+    shared.update(&spec.id, |p| {
+        p.state = "stopped".into();
+        p.pid = None;
+    });
+}
+
+/// `domain Stopped Destroyed` for a lifecycle event line saying the domain stopped.
+fn stopped_event(line: &str) -> Option<String> {
+    let (_, event) = lb_router::discovery::parse_event(line)?;
+    (event == "Stopped").then(|| {
+        let what = line.rsplit("': ").next().unwrap_or("Stopped").trim();
+        format!("domain {what}")
+    })
+}
+
+fn kill_child(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Follows a console file (written by libvirt's virtlogd) into the ring and the node's log until
+/// `done`, then reads what is left.
+fn follow_console(
+    shared: &Shared,
+    spec: &ProcSpec,
+    console: &Path,
+    ring: &Arc<Mutex<VecDeque<String>>>,
+    done: &Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let log_path = shared.run_dir.join("logs").join(format!("{}.log", spec.id));
+    let (console, ring, done) = (console.to_path_buf(), Arc::clone(ring), Arc::clone(done));
+    std::thread::spawn(move || {
+        use std::io::{Seek, SeekFrom};
+        let mut pos = 0u64;
+        let mut partial = Vec::new();
+        let mut quiet_after_done = 0;
+        loop {
+            let finishing = done.load(Ordering::SeqCst);
+            let len = std::fs::metadata(&console).map(|m| m.len()).unwrap_or(0);
+            if len < pos {
+                pos = 0;
+                partial.clear();
+            }
+            let mut grew = false;
+            if len > pos
+                && let Ok(mut f) = std::fs::File::open(&console)
+                && f.seek(SeekFrom::Start(pos)).is_ok()
+            {
+                let mut buf = Vec::new();
+                if f.read_to_end(&mut buf).is_ok() {
+                    pos += buf.len() as u64;
+                    grew = !buf.is_empty();
+                    partial.extend_from_slice(&buf);
+                }
+            }
+            while let Some(nl) = partial.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = partial.drain(..=nl).collect();
+                let text = String::from_utf8_lossy(&line)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string();
+                append_log(&log_path, &text);
+                let mut r = ring.lock().unwrap_or_else(|e| e.into_inner());
+                if r.len() == RING_LINES {
+                    r.pop_front();
+                }
+                r.push_back(text);
+            }
+            if finishing {
+                // virtlogd may still be writing the last lines: stop after two quiet reads.
+                quiet_after_done = if grew { 0 } else { quiet_after_done + 1 };
+                if quiet_after_done >= 2 {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
 }
 
 /// The command for a supervised process. Under `setpriv --pdeathsig KILL` (util-linux) when it is

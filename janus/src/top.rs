@@ -363,6 +363,7 @@ mod tests {
                 admin: "127.0.0.1:2".parse().expect("addr"),
                 token: "t".into(),
                 listen_on_stdin: false,
+                domain: None,
             },
             state: "running".into(),
             pid: Some(1),

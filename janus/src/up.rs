@@ -2,7 +2,7 @@
 //! the router) run by the supervisor from a run directory of its own.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 
 use crate::build::{Flavor, Layout, cargo, run_cargo};
 use crate::client;
-use crate::cluster::{ClusterFile, run_dir};
+use crate::cluster::{ClusterFile, EngineKind, run_dir};
 use crate::flavor::uk::{Accel, Machine};
 use crate::node::NodeOpts;
 use crate::secret::random_token;
@@ -292,14 +292,23 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
             admin,
             token,
             listen_on_stdin: false,
+            domain: None,
         })
     };
-    for i in 0..cluster.stable.count {
-        procs.push(node_spec(
-            format!("stable-{i}"),
-            Role::Stable,
-            cluster.stable.flavor,
-        )?);
+    let mut libvirt_networks = Vec::new();
+    if cluster.engine.kind == EngineKind::Libvirt {
+        let uk = uk.as_ref().context("no uk artifact")?;
+        let (specs, networks) = libvirt_stable_nodes(cluster, &dir, uk, &svc_name, &secret_dir)?;
+        procs.extend(specs);
+        libvirt_networks = networks;
+    } else {
+        for i in 0..cluster.stable.count {
+            procs.push(node_spec(
+                format!("stable-{i}"),
+                Role::Stable,
+                cluster.stable.flavor,
+            )?);
+        }
     }
     for i in 0..cluster.debug.count {
         procs.push(node_spec(format!("debug-{i}"), Role::Debug, Flavor::Unix)?);
@@ -327,6 +336,7 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
         admin: cluster.router.admin,
         token: router_token,
         listen_on_stdin: true,
+        domain: None,
     });
     let plan = Plan {
         cluster: cluster.name.clone(),
@@ -334,12 +344,180 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
         procs,
         backoff_initial_ms: cluster.restart.backoff_initial_ms,
         backoff_max_ms: cluster.restart.backoff_max_ms,
+        libvirt_networks,
     };
     write_json_atomic(&dir.join("plan.json"), &plan)?;
     ports.release();
     start_supervisor(&dir)?;
     wait_healthy(&mp, &dir, &plan, Duration::from_secs(120))?;
     Ok(UpResult { run_dir: dir, plan })
+}
+
+/// A libvirt network on one connection URI: (URI, network name).
+type UriNetwork = (String, String);
+
+/// The stable nodes of a libvirt-engine cluster: one persistent domain each, spread over the URIs in
+/// turn, on the engine's network (created when missing) with addresses from its managed range. All of
+/// them share one admin token (the router admits the nodes it discovers with it), held in a 0600
+/// file QEMU reads as fw_cfg. Returns the specs and the networks this call created.
+fn libvirt_stable_nodes(
+    cluster: &ClusterFile,
+    dir: &Path,
+    uk: &crate::Artifact,
+    svc_name: &str,
+    secret_dir: &Path,
+) -> anyhow::Result<(Vec<ProcSpec>, Vec<UriNetwork>)> {
+    use crate::libvirt::{self, DomainParams, DomainSpec, NodeMeta};
+    if !which("virsh") {
+        bail!(
+            "engine.kind = \"libvirt\" needs virsh: install libvirt (scripts/install-deps libvirt-daemon-system)"
+        );
+    }
+    let engine = &cluster.engine;
+    let network = engine.network_name(&cluster.name);
+    let token = random_token()?;
+    let token_file = secret_dir.join("stable-pool.token");
+    crate::secret::write_private(&token_file, token.as_bytes())?;
+    // The image the domains boot, kept apart from the build output: a rebuild does not change the
+    // kernel of a defined domain under it.
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images)?;
+    let image = images.join(
+        uk.path
+            .file_name()
+            .context("the uk image has no file name")?,
+    );
+    std::fs::copy(&uk.path, &image)
+        .with_context(|| format!("cannot copy {} to {}", uk.path.display(), image.display()))?;
+    let consoles = dir.join("consoles");
+    std::fs::create_dir_all(&consoles)?;
+    let domains = dir.join("domains");
+    std::fs::create_dir_all(&domains)?;
+    let version = uk
+        .manifest
+        .get("version")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let mut created = Vec::new();
+    let earlier: Vec<UriNetwork> = std::fs::read(dir.join("plan.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Plan>(&b).ok())
+        .map(|p| p.libvirt_networks)
+        .unwrap_or_default();
+    let mut per_uri: Vec<(String, Ipv4Addr, u8, Vec<Ipv4Addr>)> = Vec::new();
+    let count = cluster.stable.count as usize;
+    for (u, uri) in engine.uri.iter().enumerate() {
+        let here = (count + engine.uri.len() - 1 - u) / engine.uri.len();
+        if here == 0 {
+            continue;
+        }
+        let (gw, prefix, made) = libvirt::ensure_network(uri, &network, engine.subnet()?)
+            .with_context(|| format!("libvirt network {network} on {uri}"))?;
+        // Created by this call, or by an earlier `janus up` of this cluster that never came down.
+        let key = (uri.clone(), network.clone());
+        if made || earlier.contains(&key) {
+            created.push(key);
+        }
+        // Hosts may share one L2 segment and range (a bridged network): addresses given on one URI
+        // are taken on the others too.
+        let mut used = libvirt::used_addresses(uri, &cluster.name)?;
+        for (_, _, _, ips) in &per_uri {
+            used.extend_from_slice(ips);
+        }
+        per_uri.push((
+            uri.clone(),
+            gw,
+            prefix,
+            libvirt::allocate(gw, prefix, &used, here)?,
+        ));
+    }
+    let mut specs = Vec::new();
+    for i in 0..count {
+        let slot = i % per_uri.len();
+        let (uri, gw, prefix, ips) = &per_uri[slot];
+        let ip = ips[i / per_uri.len()];
+        let id = format!("stable-{i}");
+        let name = format!("janus-{}-{id}", cluster.name);
+        let virt_type = match cluster.stable.accel.as_str() {
+            "tcg" => "qemu",
+            "kvm" => "kvm",
+            _ if !libvirt::is_local(uri) || crate::flavor::uk::kvm_available() => "kvm",
+            _ => "qemu",
+        };
+        let meta = NodeMeta {
+            cluster: cluster.name.clone(),
+            node: id.clone(),
+            pool: "stable".into(),
+            service: svc_name.to_string(),
+            version: version.clone(),
+            addr: SocketAddr::from((ip, crate::flavor::uk::GUEST_SERVICE_PORT)),
+            admin: SocketAddr::from((ip, crate::flavor::uk::GUEST_ADMIN_PORT)),
+        };
+        let opts = crate::flavor::uk::UkRunOpts {
+            listen: meta.addr,
+            admin: Some(meta.admin),
+            admin_token: token.clone(),
+            node_id: id.clone(),
+            upstreams: Vec::new(),
+            config: Vec::new(),
+            memory_mib: cluster.stable.memory_mib,
+            machine: Machine::Microvm,
+            accel: Accel::Auto,
+            log_level: None,
+            secret_dir: secret_dir.to_path_buf(),
+            gdbstub: None,
+        };
+        // The local engine's line, with the network's address instead of user networking's, and
+        // without the per-boot seed (a persistent domain would boot with the same one every time).
+        let cmdline: Vec<String> = crate::flavor::uk::kernel_cmdline(&opts)?
+            .split(' ')
+            .filter(|w| {
+                !w.starts_with("janus.seed=") && !w.starts_with("ip=") && !w.starts_with("gw=")
+            })
+            .map(str::to_string)
+            .chain([format!("ip={ip}/{prefix}"), format!("gw={gw}")])
+            .collect();
+        let console = consoles.join(format!("{id}.console"));
+        // A domain of this name left by a run whose supervisor died goes first.
+        libvirt::remove_domain(uri, &name)?;
+        let uuid = libvirt::random_uuid()?;
+        let mac = libvirt::random_mac()?;
+        let xml = libvirt::domain_xml(&DomainParams {
+            name: &name,
+            uuid: &uuid,
+            mac: &mac,
+            meta: &meta,
+            virt_type,
+            memory_mib: cluster.stable.memory_mib,
+            image: &image,
+            cmdline: &cmdline.join(" "),
+            network: &network,
+            console: &console,
+            token_file: &token_file,
+        })?;
+        let xml_file = domains.join(format!("{name}.xml"));
+        std::fs::write(&xml_file, xml)?;
+        specs.push(ProcSpec {
+            id,
+            role: Role::Stable,
+            kind: "uk".into(),
+            program: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            args: Vec::new(),
+            env: Vec::new(),
+            listen: meta.addr,
+            admin: meta.admin,
+            token: token.clone(),
+            listen_on_stdin: false,
+            domain: Some(DomainSpec {
+                uri: uri.clone(),
+                name,
+                xml_file,
+                console,
+            }),
+        });
+    }
+    Ok((specs, created))
 }
 
 fn cluster_flag(name: &str) -> String {
@@ -387,7 +565,7 @@ fn router_config(
 ) -> anyhow::Result<String> {
     let nodes: Vec<serde_json::Value> = procs
         .iter()
-        .filter(|p| matches!(p.role, Role::Stable | Role::Debug))
+        .filter(|p| matches!(p.role, Role::Stable | Role::Debug) && p.domain.is_none())
         .map(|p| {
             serde_json::json!({
                 "id": p.id,
@@ -407,6 +585,18 @@ fn router_config(
     );
     doc["admin"]["token"] = token.into();
     doc["nodes"] = nodes.into();
+    if cluster.engine.kind == EngineKind::Libvirt {
+        let token = procs
+            .iter()
+            .find(|p| p.domain.is_some())
+            .map(|p| p.token.clone());
+        doc["discovery"] = serde_json::json!({
+            "kind": "libvirt",
+            "uri": cluster.engine.uri,
+            "cluster": cluster.name,
+            "admin_token": token,
+        });
+    }
     let value: toml::Value = serde_json::from_value(doc)?;
     Ok(format!(
         "# Generated by `janus up` for cluster '{}'. See lb-router/router.example.toml for every key.\n{}",
@@ -685,7 +875,41 @@ pub fn down(cluster: &str) -> anyhow::Result<String> {
             Signal::SIGKILL,
         );
     }
+    // libvirt: the supervisor undefined its domains as it stopped; what a dead one left, and the
+    // networks `janus up` created, go now.
+    let mut engine_errors = Vec::new();
+    for p in &state.procs {
+        if let Some(d) = &p.spec.domain
+            && let Err(e) = crate::libvirt::remove_domain(&d.uri, &d.name)
+        {
+            engine_errors.push(format!("{e:#}"));
+        }
+    }
+    let plan: Option<Plan> = std::fs::read(dir.join("plan.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(mut plan) = plan
+        && !plan.libvirt_networks.is_empty()
+    {
+        // Kept in the plan until removed: a later `up` or `down` retries.
+        plan.libvirt_networks.retain(
+            |(uri, net)| match crate::libvirt::remove_network(uri, net) {
+                Ok(()) => false,
+                Err(e) => {
+                    engine_errors.push(format!("{e:#}"));
+                    true
+                }
+            },
+        );
+        write_json_atomic(&dir.join("plan.json"), &plan)?;
+    }
     std::fs::remove_file(dir.join("state.json")).ok();
+    if !engine_errors.is_empty() {
+        bail!(
+            "cluster '{cluster}' is stopped but libvirt kept: {}",
+            engine_errors.join("; ")
+        );
+    }
     let mut s = format!("cluster '{cluster}' is down");
     if !leftovers.is_empty() {
         let _ = write!(s, " (killed leftovers: {})", leftovers.join(", "));

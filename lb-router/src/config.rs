@@ -46,6 +46,38 @@ pub struct Config {
     pub mirror: MirrorConfig,
     pub routes: Vec<RouteConfig>,
     pub nodes: Vec<NodeConfig>,
+    pub discovery: DiscoveryConfig,
+}
+
+/// Where nodes come from besides `[[nodes]]`: `static` (only those) or `libvirt` (also every running
+/// domain carrying Janus node metadata on the listed connection URIs; see `discovery`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    pub kind: String,
+    pub uri: Vec<String>,
+    /// Only domains of this cluster (the metadata's `cluster`); empty = every Janus domain.
+    pub cluster: String,
+    /// Admin token of discovered nodes (default: `upstream.admin_token`).
+    pub admin_token: Option<String>,
+    /// Full re-listing period, besides the lifecycle events.
+    pub resync_ms: u64,
+    /// How long a new domain may take to pass its first health check before it is given up on (until
+    /// its next lifecycle event or re-listing).
+    pub join_timeout_ms: u64,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            kind: "static".into(),
+            uri: Vec::new(),
+            cluster: String::new(),
+            admin_token: None,
+            resync_ms: 10_000,
+            join_timeout_ms: 60_000,
+        }
+    }
 }
 
 /// Limits applied to clients (the downstream side).
@@ -601,6 +633,30 @@ impl Config {
                 return Err(invalid(
                     format!("routes[{i}].mirror_fraction"),
                     "must be within 0.0..=1.0",
+                ));
+            }
+        }
+        let disc = &self.discovery;
+        match disc.kind.as_str() {
+            "static" => {}
+            "libvirt" => {
+                if disc.uri.is_empty() {
+                    return Err(invalid(
+                        "discovery.uri",
+                        "list at least one libvirt connection URI (e.g. \"qemu:///system\")",
+                    ));
+                }
+                if disc.resync_ms == 0 || disc.join_timeout_ms == 0 {
+                    return Err(invalid(
+                        "discovery.resync_ms, join_timeout_ms",
+                        "must be > 0",
+                    ));
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "discovery.kind",
+                    format!("`{other}`: expected \"static\" or \"libvirt\""),
                 ));
             }
         }

@@ -743,7 +743,7 @@ async fn forward(
             node: node.id.to_string(),
             timeout_ms: limit.as_millis() as u64,
         }),
-        () = node.until_unhealthy() => Err(UpstreamError::Abandoned { node: node.id.to_string() }),
+        () = node.until_unhealthy() => Err(node.abandoned()),
     }
 }
 

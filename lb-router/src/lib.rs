@@ -24,6 +24,8 @@ pub mod checks;
 #[cfg(not(loom))]
 pub mod config;
 #[cfg(not(loom))]
+pub mod discovery;
+#[cfg(not(loom))]
 mod fast;
 #[cfg(not(loom))]
 pub mod faults;
@@ -198,6 +200,7 @@ pub async fn start_with(
     let tasks = vec![
         tokio::spawn(admin::serve_admin(router.clone(), admin)),
         tokio::spawn(router.clone().run_background()),
+        tokio::spawn(discovery::run(router.clone())),
     ];
     Ok(Running {
         router,

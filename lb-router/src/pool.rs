@@ -7,7 +7,7 @@ use crate::config::{Config, NodeConfig};
 use crate::health::{EjectionPolicy, NodeHealth, PoolEjections};
 use crate::ids::{AdminAddr, NodeId, Pool, UpstreamAddr};
 use crate::metrics::Counter;
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// Sentinel for "no state sequence number seen yet".
 const NO_SEQ: u64 = u64::MAX;
@@ -30,6 +30,8 @@ pub struct Node {
     last_seq: AtomicU64,
     /// Woken when the node turns unhealthy: its in-flight requests stop waiting for it.
     turned_unhealthy: tokio::sync::Notify,
+    /// The engine reported the node stopped (see [`Node::mark_stopped`]).
+    stopped: AtomicBool,
 }
 
 impl Node {
@@ -48,6 +50,7 @@ impl Node {
             in_flight: AtomicU64::new(0),
             last_seq: AtomicU64::new(NO_SEQ),
             turned_unhealthy: tokio::sync::Notify::new(),
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -64,10 +67,32 @@ impl Node {
         let notified = self.turned_unhealthy.notified();
         let mut notified = std::pin::pin!(notified);
         notified.as_mut().enable();
-        if self.health.is_unhealthy() {
+        if self.health.is_unhealthy() || self.is_stopped() {
             return;
         }
         notified.await;
+    }
+
+    /// Called by discovery when the engine reports the node's VM stopped: its in-flight requests
+    /// end at once as [`crate::upstream::UpstreamError::Stopped`] (a VM on a TAP that died sends no
+    /// reset; without this they would wait for `upstream.request_timeout_ms`).
+    pub fn mark_stopped(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.turned_unhealthy.notify_waiters();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// The error of a request abandoned by [`Node::until_unhealthy`].
+    pub fn abandoned(&self) -> crate::upstream::UpstreamError {
+        let node = self.id.to_string();
+        if self.is_stopped() {
+            crate::upstream::UpstreamError::Stopped { node }
+        } else {
+            crate::upstream::UpstreamError::Abandoned { node }
+        }
     }
 
     /// Called by the checker when this node turned unhealthy.
@@ -279,6 +304,12 @@ impl Pools {
     /// Rebuilds the topology from a (validated) config, keeping the state of nodes whose id, pool and
     /// addresses did not change.
     pub fn apply_config(&self, config: &Config) {
+        self.apply_nodes(config, &[]);
+    }
+
+    /// [`Self::apply_config`] with `extra` nodes (discovered ones) beside the config's; an extra node
+    /// whose id the config already has is left out.
+    pub fn apply_nodes(&self, config: &Config, extra: &[NodeConfig]) {
         if let Ok(mut p) = self.policy.write() {
             *p = (policy_of(config), config.health.max_ejected_percent);
         }
@@ -286,6 +317,11 @@ impl Pools {
         let nodes = config
             .nodes
             .iter()
+            .chain(
+                extra
+                    .iter()
+                    .filter(|e| config.nodes.iter().all(|n| n.id != e.id)),
+            )
             .map(|nc| match cur.get(nc.id.as_str()) {
                 Some(existing)
                     if existing.pool == nc.pool

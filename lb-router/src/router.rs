@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::budget::RetryBudget;
-use crate::config::{Config, ConfigError, ConfigSource};
+use crate::config::{Config, ConfigError, ConfigSource, NodeConfig};
 use crate::faults::{Durability, FaultStore, FaultStoreError, StoreOptions};
 use crate::metrics::RouterMetrics;
 use crate::pool::{Pools, Topology};
@@ -54,6 +54,8 @@ pub struct Router {
     pub mirror_slots: Arc<Semaphore>,
     clock: tokio::time::Instant,
     reload_lock: tokio::sync::Mutex<()>,
+    /// Nodes found by `[discovery]`, in force beside the config's `[[nodes]]`.
+    discovered: RwLock<Vec<NodeConfig>>,
 }
 
 impl Router {
@@ -87,6 +89,7 @@ impl Router {
             mirror_slots: Arc::new(Semaphore::new(config.mirror.max_in_flight)),
             clock: tokio::time::Instant::now(),
             reload_lock: tokio::sync::Mutex::new(()),
+            discovered: RwLock::new(Vec::new()),
             config: RwLock::new(Arc::new(config)),
             config_generation: std::sync::atomic::AtomicU64::new(0),
             source,
@@ -169,7 +172,7 @@ impl Router {
     /// cannot change on reload: such a reload is refused naming the key, and a restart is needed.
     fn check_reloadable(&self, new: &Config) -> Result<(), ConfigError> {
         let old = self.config();
-        let fixed: [(&str, bool); 11] = [
+        let fixed: [(&str, bool); 12] = [
             (
                 "downstream.workers",
                 old.downstream.workers == new.downstream.workers,
@@ -216,6 +219,7 @@ impl Router {
                 "mirror.max_in_flight",
                 old.mirror.max_in_flight == new.mirror.max_in_flight,
             ),
+            ("discovery", old.discovery == new.discovery),
         ];
         for (key, same) in fixed {
             if !same {
@@ -228,8 +232,28 @@ impl Router {
         Ok(())
     }
 
+    /// The nodes `[discovery]` found (those in force beside `[[nodes]]`).
+    pub fn discovered(&self) -> Vec<NodeConfig> {
+        match self.discovered.read() {
+            Ok(d) => d.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the discovered nodes through the reload path: nodes whose id, pool, addresses and
+    /// token stay keep their state (health, counters, connections); the others join or leave.
+    pub async fn set_discovered(&self, nodes: Vec<NodeConfig>) {
+        let _guard = self.reload_lock.lock().await;
+        match self.discovered.write() {
+            Ok(mut d) => *d = nodes,
+            Err(poisoned) => *poisoned.into_inner() = nodes,
+        }
+        let config = self.config();
+        self.pools.apply_nodes(&config, &self.discovered());
+    }
+
     fn apply(&self, new: Config) {
-        self.pools.apply_config(&new);
+        self.pools.apply_nodes(&new, &self.discovered());
         let r = &new.retry;
         self.budget
             .configure(r.budget_ratio, r.budget_min_per_sec, r.budget_max_tokens);
@@ -324,5 +348,52 @@ mod tests {
         assert!(err.contains("admin.token"), "{err}");
         assert_eq!(*r.config(), *before);
         assert_eq!(r.metrics.reloads_failed.get(), 1);
+    }
+
+    fn discovered_node(id: &str, port: u16) -> NodeConfig {
+        NodeConfig {
+            id: crate::ids::NodeId::new(id),
+            pool: crate::ids::Pool::Stable,
+            addr: crate::ids::UpstreamAddr(([10, 77, 0, 10], port).into()),
+            admin_addr: crate::ids::AdminAddr(([10, 77, 0, 10], port + 1).into()),
+            weight: 1,
+            admin_token: Some("tok".into()),
+        }
+    }
+
+    /// Discovered nodes go through the reload path: one that stays keeps its state (the same node),
+    /// one that leaves is gone, one that changed address is a new node; a stopped node's in-flight
+    /// requests end as `Stopped`.
+    #[tokio::test]
+    async fn discovered_nodes_join_and_leave_without_disturbing_the_others() {
+        let r = router("discovery");
+        r.set_discovered(vec![discovered_node("a", 80), discovered_node("b", 90)])
+            .await;
+        let a = r.pools.current().get("a").cloned().expect("a joined");
+        a.requests.inc();
+        let b = r.pools.current().get("b").cloned().expect("b joined");
+        r.set_discovered(vec![discovered_node("a", 80), discovered_node("c", 100)])
+            .await;
+        let topo = r.pools.current();
+        assert!(Arc::ptr_eq(topo.get("a").expect("a stays"), &a));
+        assert_eq!(topo.get("a").expect("a").requests.get(), 1);
+        assert!(topo.get("b").is_none() && topo.get("c").is_some());
+        r.set_discovered(vec![discovered_node("a", 81)]).await;
+        assert!(!Arc::ptr_eq(r.pools.current().get("a").expect("a"), &a));
+        // A config swap (what a reload applies) keeps the discovered nodes beside the config's.
+        r.apply((*r.config()).clone());
+        assert_eq!(r.pools.current().nodes.len(), 1);
+        b.mark_stopped();
+        tokio::time::timeout(Duration::from_secs(1), b.until_unhealthy())
+            .await
+            .expect("a stopped node's in-flight requests end at once");
+        assert!(matches!(
+            b.abandoned(),
+            crate::upstream::UpstreamError::Stopped { .. }
+        ));
+        assert!(matches!(
+            a.abandoned(),
+            crate::upstream::UpstreamError::Abandoned { .. }
+        ));
     }
 }

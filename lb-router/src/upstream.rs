@@ -84,6 +84,10 @@ pub enum UpstreamError {
         "upstream node {node}: no answer yet and the node failed its active health checks (request abandoned)"
     )]
     Abandoned { node: String },
+    #[error(
+        "upstream node {node}: no answer yet and the engine reported the node stopped (request abandoned)"
+    )]
+    Stopped { node: String },
     #[error("internal: could not build the upstream request: {0}")]
     BadRequest(String),
 }
@@ -105,6 +109,9 @@ pub enum FaultKind {
     ResponseTooLarge,
     /// Abandoned in flight: the node failed its active health checks (a wedged node) before answering.
     Abandoned,
+    /// Abandoned in flight: the engine (libvirt discovery) reported the node stopped before it
+    /// answered, e.g. a unikernel that panicked and exited (its TAP gives no reset to wait for).
+    Stopped,
     /// The node caught a panic and said so (`x-janus-fault: panic`).
     Panic,
     /// A 5xx without a fault header.
@@ -121,6 +128,7 @@ impl FaultKind {
             FaultKind::Timeout => "timeout".into(),
             FaultKind::ResponseTooLarge => "response_too_large".into(),
             FaultKind::Abandoned => "abandoned_unhealthy".into(),
+            FaultKind::Stopped => "node_stopped".into(),
             FaultKind::Panic => "panic".into(),
             FaultKind::ServerError(s) => format!("status_{s}"),
         }
@@ -131,7 +139,10 @@ impl FaultKind {
     pub fn ejects_at_once(&self) -> bool {
         matches!(
             self,
-            FaultKind::ConnectError | FaultKind::Timeout | FaultKind::Abandoned
+            FaultKind::ConnectError
+                | FaultKind::Timeout
+                | FaultKind::Abandoned
+                | FaultKind::Stopped
         )
     }
 
@@ -163,6 +174,7 @@ pub fn judge(result: &Result<BufferedResponse, UpstreamError>) -> Verdict {
         Err(UpstreamError::Timeout { .. }) => Verdict::Fault(FaultKind::Timeout),
         Err(UpstreamError::ResponseTooLarge { .. }) => Verdict::Fault(FaultKind::ResponseTooLarge),
         Err(UpstreamError::Abandoned { .. }) => Verdict::Fault(FaultKind::Abandoned),
+        Err(UpstreamError::Stopped { .. }) => Verdict::Fault(FaultKind::Stopped),
         Err(UpstreamError::BadRequest(_)) => Verdict::Fault(FaultKind::ConnectError),
     }
 }
@@ -372,7 +384,7 @@ impl Upstream {
                 node: node.id.to_string(),
                 timeout_ms: timeout.as_millis() as u64,
             })),
-            () = node.until_unhealthy() => Err(UpstreamError::Abandoned { node: node.id.to_string() }),
+            () = node.until_unhealthy() => Err(node.abandoned()),
         }
     }
 
