@@ -67,6 +67,9 @@ pub struct NodeConfig {
     pub follow_token: Option<String>,
     /// On a twin, how long a mirrored request waits for the twin to reach its seq.
     pub mirror_wait_ms: u64,
+    /// On a twin, how long each op log batch is held back before it is replayed (so that mirrors
+    /// find the twin behind their seq, not past it).
+    pub replay_delay_ms: u64,
     /// Make the node's tracing dispatcher the process-wide default (a node binary does: its tasks
     /// then need no per-poll dispatcher switch; tests running several nodes in one process do not).
     #[serde(skip)]
@@ -96,6 +99,7 @@ impl Default for NodeConfig {
             follow: None,
             follow_token: None,
             mirror_wait_ms: 500,
+            replay_delay_ms: 20,
             global_dispatch: false,
         }
     }
@@ -231,6 +235,9 @@ pub struct Cli {
     /// On a twin, how long a mirrored request waits for the twin to reach its seq (default 500).
     #[arg(long, value_name = "MS")]
     pub mirror_wait_ms: Option<u64>,
+    /// On a twin, how long each op log batch is held back before it is replayed (default 20).
+    #[arg(long, value_name = "MS")]
+    pub replay_delay_ms: Option<u64>,
 }
 
 fn parse_upstream(s: &str) -> Result<(String, SocketAddr), String> {
@@ -289,6 +296,8 @@ struct FlagLayer {
     follow: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mirror_wait_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replay_delay_ms: Option<u64>,
 }
 
 /// Top-level keys the environment may set (`JANUS_<KEY>`, maps as `JANUS_UPSTREAMS__NAME`).
@@ -312,6 +321,7 @@ const ENV_KEYS: &[&str] = &[
     "follow",
     "follow_token",
     "mirror_wait_ms",
+    "replay_delay_ms",
 ];
 
 impl Cli {
@@ -345,6 +355,7 @@ impl Cli {
             upstream_timeout_ms: self.upstream_timeout_ms,
             follow: self.follow,
             mirror_wait_ms: self.mirror_wait_ms,
+            replay_delay_ms: self.replay_delay_ms,
         };
         let mut figment = Figment::from(Serialized::defaults(NodeConfig::default()));
         if let Some(path) = &self.config {

@@ -207,6 +207,7 @@ impl Node {
                     .unwrap_or_else(|| admin_token.clone()),
                 Arc::clone(store),
                 Duration::from_millis(config.mirror_wait_ms),
+                Duration::from_millis(config.replay_delay_ms),
             )),
             (Some(_), None) => {
                 return Err(ConfigError::Invalid {

@@ -2,7 +2,10 @@
 //! admin address) by replaying its op log, so a mirrored request runs on the same state as the
 //! stable answer it is compared with.
 //!
-//! The follower long-polls `GET /state/log?since=<applied>` and replays the batch in seq order; a
+//! The follower long-polls `GET /state/log?since=<applied>` and replays the batch in seq order,
+//! held back `replay_delay_ms` (default 20) from when it asked, so that a mirror of a request the
+//! leader answered at one of those seqs (sent after the leader's answer) finds the twin behind that
+//! seq rather than past it; a
 //! gap beyond the leader's retained log (410), a leader behind the twin (409) or a new epoch (the
 //! leader restarted or was restored) takes a snapshot (`GET /state`) instead.
 //!
@@ -40,6 +43,7 @@ pub struct Twin {
     token: String,
     store: Arc<NodeStore>,
     mirror_wait: Duration,
+    replay_delay: Duration,
     /// Replays take it exclusively; a request on the twin holds it shared while it runs.
     gate: RwLock<()>,
     /// Sequence numbers mirrored requests are waiting for, with how many wait for each.
@@ -97,12 +101,14 @@ impl Twin {
         token: String,
         store: Arc<NodeStore>,
         mirror_wait: Duration,
+        replay_delay: Duration,
     ) -> Arc<Twin> {
         Arc::new(Twin {
             leader,
             token,
             store,
             mirror_wait,
+            replay_delay,
             gate: RwLock::new(()),
             wanted: Mutex::new(BTreeMap::new()),
             released: Notify::new(),
@@ -338,6 +344,7 @@ impl Twin {
 
     async fn step(&self, client: &Client<HttpConnector, Empty<Bytes>>) -> Result<(), String> {
         let since = self.applied();
+        let asked = tokio::time::Instant::now();
         let (status, headers, body) = self
             .get(
                 client,
@@ -365,6 +372,11 @@ impl Twin {
                 }
                 if ops.first().is_some_and(|o| o.seq != since + 1) {
                     return self.resync(client).await;
+                }
+                if !ops.is_empty() {
+                    // Hold the batch back: a mirror of a request the leader answered at one of
+                    // these seqs then finds the twin behind it (and waits), not already past it.
+                    tokio::time::sleep_until(asked + self.replay_delay).await;
                 }
                 if self.replay(&ops).await.is_err() {
                     return self.resync(client).await;
