@@ -30,6 +30,10 @@ enum Cmd {
         /// unix (instrumented process) or uk (unikernel image).
         #[arg(long, default_value = "unix")]
         flavor: Flavor,
+        /// Cargo profile of a unix build: checked (optimised, overflow-checks and
+        /// debug-assertions on) or release (the unikernel's semantics). uk is always release.
+        #[arg(long, value_enum)]
+        profile: Option<janus::build::UnixProfile>,
     },
     /// Build and run one node in the foreground.
     Run {
@@ -38,6 +42,9 @@ enum Cmd {
         /// unix (instrumented process) or uk (unikernel image under QEMU).
         #[arg(long, default_value = "unix")]
         flavor: Flavor,
+        /// Cargo profile of a unix build: checked (default) or release.
+        #[arg(long, value_enum)]
+        profile: Option<janus::build::UnixProfile>,
         #[command(flatten)]
         node: NodeOpts,
     },
@@ -191,8 +198,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Cmd::Build { service, flavor } => {
-            let a = janus::progress::build(&service, flavor)?;
+        Cmd::Build {
+            service,
+            flavor,
+            profile,
+        } => {
+            let a = janus::progress::build(&service, flavor, unix_profile(flavor, profile)?)?;
             eprintln!(
                 "janus: requirements written to {}",
                 a.requirements.display()
@@ -206,9 +217,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Run {
             service,
             flavor,
+            profile,
             node,
         } => {
-            let a = janus::progress::build(&service, flavor)?;
+            let a = janus::progress::build(&service, flavor, unix_profile(flavor, profile)?)?;
             let mut cmd = janus::node::command(&a, &node)?;
             // Replace this process: signals and the exit status are the node's own.
             let err = cmd.exec();
@@ -333,4 +345,18 @@ fn faults(cmd: FaultsCmd, cluster: &str) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--profile` applies to the unix build only: the unikernel keeps release semantics.
+fn unix_profile(
+    flavor: Flavor,
+    profile: Option<janus::build::UnixProfile>,
+) -> anyhow::Result<janus::build::UnixProfile> {
+    match (flavor, profile) {
+        (Flavor::Uk, Some(p)) => anyhow::bail!(
+            "--profile {} is for --flavor unix: the unikernel image is always built with release semantics",
+            p.as_str()
+        ),
+        (_, p) => Ok(p.unwrap_or_default()),
+    }
 }

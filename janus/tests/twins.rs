@@ -106,6 +106,9 @@ fraction = 1.0
 [[router.mirror]]
 prefix = "/stats"
 fraction = 1.0
+[[router.mirror]]
+prefix = "/avg"
+fraction = 1.0
 "#,
             svc = janus_integration::sample_dir("faulty").display(),
             flavor = stable_flavor(),
@@ -195,4 +198,26 @@ fraction = 1.0
         mirrors(&router, "match") > matched
     });
     assert_eq!(mirrors(&router, "diverged"), 0);
+
+    // Bug 5, a build difference: the unikernel wraps the u8 sum and answers a wrong average; its
+    // twin (the checked debug build) panics on the same request at the same seq: a divergence
+    // whose debug side is the panic.
+    if stable_flavor() == "uk" {
+        let r = client::get(addr, "/avg?values=200,100", &[]).expect("GET /avg");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json().expect("json")["avg"], 22, "the stable build wraps");
+        wait_until("the divergence is recorded", || {
+            mirrors(&router, "diverged") == 1
+        });
+        let faults = janus(&["faults", "list", "--json", "--cluster", &name]);
+        let faults: Vec<serde_json::Value> = serde_json::from_slice(&faults.stdout).expect("json");
+        let f = faults
+            .iter()
+            .find(|f| f["kind"] == "divergence")
+            .unwrap_or_else(|| panic!("no divergence: {faults:?}"));
+        assert_eq!(f["debug_node"], "twin-stable-0", "{f}");
+        assert_eq!(f["debug_outcome"], "panic", "{f}");
+        let detail = f["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("twin twin-stable-0 at seq"), "{f}");
+    }
 }
