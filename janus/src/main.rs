@@ -161,7 +161,9 @@ enum FaultsCmd {
         json: bool,
     },
     /// Mirror the stable node's state (as of the seq before the request) into a debug node, replay the
-    /// request there and judge. Exit status 0: reproduced; 3: not reproduced.
+    /// request there and judge. Exit status 0: reproduced (also without the state) or
+    /// state-dependent (only with it); 3: not reproduced; 4: build-specific (the builds differ on
+    /// the same state); 5: inconclusive (the replay could not be judged).
     Repro {
         /// Fault id.
         id: i64,
@@ -335,8 +337,9 @@ fn faults(cmd: FaultsCmd, cluster: &str) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", janus::faults::render_report(&report));
             }
-            if !report.reproduced {
-                return Ok(ExitCode::from(3));
+            let code = report.verdict.exit_code();
+            if code != 0 {
+                return Ok(ExitCode::from(code));
             }
         }
         FaultsCmd::Export { id, as_test } => {

@@ -791,7 +791,11 @@ mod example_tests {
     fn example_config_is_valid_and_complete() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("router.example.toml");
         let cfg = Config::from_file(&path).expect("example config loads");
-        assert_eq!(cfg.nodes.len(), 2);
+        assert_eq!(cfg.nodes.len(), 3);
+        assert_eq!(
+            cfg.nodes[2].twin_of.as_ref().map(NodeId::as_str),
+            Some("uk-1")
+        );
         let text = std::fs::read_to_string(&path).expect("read");
         let mut all = Vec::new();
         keys(
