@@ -5,7 +5,7 @@
 //! `x-janus-trace-id` (from `traceparent` or `x-janus-trace-id`, else generated) and, when the
 //! service has a store, `x-janus-state-seq` (the store's sequence number when the request
 //! started). Admin listener (bearer token): `GET /health`, `GET /metrics`, `GET /state[?seq=N]`,
-//! `PUT /state`, `GET /console`.
+//! `PUT /state`, `GET /state/log?since=N[&wait_ms=M]` (the op log a twin follows), `GET /console`.
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -29,6 +29,10 @@ use crate::metrics::{Metrics, StoreOp};
 pub struct UkStore {
     inner: Spinlock<MemStore>,
     metrics: Arc<Metrics>,
+    /// This history's id (`x-janus-state-epoch`): random at boot and on every restore.
+    epoch: core::sync::atomic::AtomicU64,
+    /// Tasks waiting for the next mutation (long-polls of `GET /state/log`).
+    waiters: Spinlock<Vec<core::task::Waker>>,
 }
 
 impl core::fmt::Debug for UkStore {
@@ -43,7 +47,51 @@ impl UkStore {
         Self {
             inner: Spinlock::new(store),
             metrics,
+            epoch: core::sync::atomic::AtomicU64::new(1),
+            waiters: Spinlock::new(Vec::new()),
         }
+    }
+
+    /// This history's id.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(core::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Starts a new history id (at boot and after a restore).
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch
+            .store(epoch.max(1), core::sync::atomic::Ordering::Release);
+    }
+
+    fn changed(&self) {
+        let waiters = core::mem::take(&mut *self.waiters.lock());
+        for w in waiters {
+            w.wake();
+        }
+    }
+
+    /// Resolves once the store's seq is no longer `seq` (a mutation or a restore happened).
+    pub async fn changed_from(&self, seq: u64) {
+        poll_fn(|cx| {
+            if self.seq() != seq {
+                return core::task::Poll::Ready(());
+            }
+            let mut waiters = self.waiters.lock();
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+            }
+            core::task::Poll::Pending
+        })
+        .await
+    }
+
+    /// The mutations after `since` for a follower (see `MemStore::ops_since`).
+    pub fn ops_since(&self, since: u64) -> Result<Vec<runtime_abi::Op>, StoreError> {
+        self.inner.lock().ops_since(
+            since,
+            runtime_abi::node::LOG_MAX_OPS,
+            runtime_abi::node::LOG_MAX_BYTES,
+        )
     }
 
     /// Snapshot of the current state (and its sequence number).
@@ -62,7 +110,9 @@ impl UkStore {
     /// Replaces the state with a snapshot; the state is unchanged on error.
     pub fn restore(&self, bytes: &[u8]) -> Result<u64, StoreError> {
         self.metrics.store_op(StoreOp::Restore);
-        self.inner.lock().restore(bytes)
+        let r = self.inner.lock().restore(bytes);
+        self.changed();
+        r
     }
 
     /// The store's size limit (keys plus values).
@@ -84,12 +134,16 @@ impl StoreBackend for UkStore {
 
     fn put(&self, key: &str, value: &[u8]) -> Result<u64, StoreError> {
         self.metrics.store_op(StoreOp::Put);
-        self.inner.lock().put(key, value.to_vec())
+        let r = self.inner.lock().put(key, value.to_vec());
+        self.changed();
+        r
     }
 
     fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
         self.metrics.store_op(StoreOp::Delete);
-        self.inner.lock().delete(key)
+        let r = self.inner.lock().delete(key);
+        self.changed();
+        r
     }
 
     fn update(
@@ -113,7 +167,10 @@ impl StoreBackend for UkStore {
             drop(store);
             panic!("store: the update closure of key {key:?} wrote to the store itself");
         }
-        store.update(key, &mut |_| decision.take().unwrap_or(Update::Keep))
+        let r = store.update(key, &mut |_| decision.take().unwrap_or(Update::Keep));
+        drop(store);
+        self.changed();
+        r
     }
 
     fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -437,7 +494,8 @@ impl<S: Service> Node<S> {
                 .with_body(crate::console::ring_contents().into_bytes()),
             ("GET" | "HEAD", "/state") => self.get_state(req),
             ("PUT", "/state") => self.put_state(req),
-            (_, "/health" | "/metrics" | "/console" | "/state") => {
+            ("GET", "/state/log") => self.get_log(req),
+            (_, "/health" | "/metrics" | "/console" | "/state" | "/state/log") => {
                 text(405, "method not allowed\n")
             }
             _ => text(404, "not found\n"),
@@ -467,11 +525,58 @@ impl<S: Service> Node<S> {
             Ok(bytes) => janus_http1::Response::new(200)
                 .with_header("Content-Type", "application/octet-stream")
                 .with_header("x-janus-state-seq", seq.to_string().as_bytes())
+                .with_header(
+                    runtime_abi::node::STATE_EPOCH,
+                    store.epoch().to_string().as_bytes(),
+                )
                 .with_body(bytes),
             Err(e @ StoreError::NotRetained { .. }) => text(410, &format!("{e}\n")),
             Err(e @ StoreError::FutureSeq { .. }) => text(400, &format!("{e}\n")),
             Err(e) => text(500, &format!("{e}\n")),
         }
+    }
+
+    /// For an authorized `GET /state/log?since=N&wait_ms=M` with nothing after N yet: N and how
+    /// long the admin loop may wait for the next mutation before answering (a long-poll).
+    pub fn log_wait(&self, req: &janus_http1::Request) -> Option<(u64, u64)> {
+        if req.method.as_str() != "GET" || req.path != "/state/log" {
+            return None;
+        }
+        let authorized = match (&self.admin_token, req.headers.get_str("authorization")) {
+            (Some(token), Some(value)) => value
+                .strip_prefix("Bearer ")
+                .is_some_and(|t| token_matches(t.trim(), token)),
+            _ => false,
+        };
+        let store = self.store.as_ref().filter(|_| authorized)?;
+        let (since, wait) = log_query(req.query.as_deref()).ok()?;
+        (wait > 0 && store.seq() == since).then_some((since, wait))
+    }
+
+    /// `GET /state/log?since=N`: the same answers as the unix build's (op log batch, 410 past the
+    /// retained log, 409 ahead of this store, `x-janus-state-epoch`).
+    fn get_log(&self, req: &janus_http1::Request) -> janus_http1::Response {
+        // A constant per service: a service without a store has no state code in its image.
+        let Some(store) = self.store.as_ref().filter(|_| S::MANIFEST.store.is_some()) else {
+            return text(404, "this service has no store\n");
+        };
+        let since = match log_query(req.query.as_deref()) {
+            Ok((since, _)) => since,
+            Err(e) => return text(400, e),
+        };
+        let epoch = store.epoch().to_string();
+        let resp = match store.ops_since(since) {
+            Ok(ops) => {
+                let to = ops.last().map_or(since, |o| o.seq);
+                janus_http1::Response::new(200)
+                    .with_header("Content-Type", "application/octet-stream")
+                    .with_header("x-janus-state-seq", to.to_string().as_bytes())
+                    .with_body(runtime_abi::encode_ops(&ops))
+            }
+            Err(e @ StoreError::NotRetained { .. }) => text(410, &format!("{e}\n")),
+            Err(e) => text(409, &format!("{e}\n")),
+        };
+        resp.with_header(runtime_abi::node::STATE_EPOCH, epoch.as_bytes())
     }
 
     /// The admin listener's codec limits: `PUT /state` takes a snapshot of a full store (the same
@@ -499,11 +604,37 @@ impl<S: Service> Node<S> {
             return text(404, "this service has no store\n");
         };
         match store.restore(&req.body) {
-            Ok(seq) => janus_http1::Response::new(204)
-                .with_header("x-janus-state-seq", seq.to_string().as_bytes()),
+            Ok(seq) => {
+                let mut epoch = [0u8; 8];
+                (self.random)(&mut epoch);
+                store.set_epoch(u64::from_le_bytes(epoch));
+                janus_http1::Response::new(204)
+                    .with_header("x-janus-state-seq", seq.to_string().as_bytes())
+            }
             Err(e) => text(400, &format!("{e}\n")),
         }
     }
+}
+
+/// `since=N` (required) and `wait_ms=M` (optional, bounded) of `GET /state/log`.
+fn log_query(query: Option<&str>) -> Result<(u64, u64), &'static str> {
+    let param = |name: &str| {
+        query?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    };
+    let since = param("since")
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or("since=N (a non-negative integer) is required\n")?;
+    let wait = match param("wait_ms") {
+        None => 0,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|w| *w <= runtime_abi::node::LOG_MAX_WAIT_MS)
+            .ok_or("wait_ms must be an integer from 0 to 30000\n")?,
+    };
+    Ok((since, wait))
 }
 
 /// Makes `store` the one the panic path dumps.
@@ -588,6 +719,11 @@ mod kernel {
                 Arc::clone(&metrics),
             ))
         });
+        if let Some(store) = &store {
+            let mut epoch = [0u8; 8];
+            crate::entropy::fill(&mut epoch);
+            store.set_epoch(u64::from_le_bytes(epoch));
+        }
         super::set_panic_store(store.clone());
         rt::set_fatal_hooks(rt::FatalHooks {
             trace_id: || super::current_request().map(|c| c.trace_id),
@@ -747,7 +883,19 @@ mod kernel {
                                     }
                                 }
                             }
-                            Kind::Admin => node.handle_admin(&req),
+                            Kind::Admin => {
+                                if let Some((since, wait)) = node.log_wait(&req)
+                                    && let Some(store) = &node.store
+                                {
+                                    let _ = crate::executor::timeout(
+                                        &timers,
+                                        now_ms().saturating_add(wait),
+                                        store.changed_from(since),
+                                    )
+                                    .await;
+                                }
+                                node.handle_admin(&req)
+                            }
                         };
                         if let Err(e) = conn.respond(&resp) {
                             kprintln!("http: cannot encode response: {e:?}");
@@ -939,6 +1087,73 @@ mod tests {
             Some("abababababababababababababababab")
         );
         assert_eq!(node.metrics.requests_with_status(200), 2);
+    }
+
+    #[test]
+    fn op_log_for_a_follower() {
+        let node = node();
+        let auth = "Host: x\r\nAuthorization: Bearer tok\r\n";
+        let admin = |target: &str| {
+            node.handle_admin(&request(
+                format!("GET {target} HTTP/1.1\r\n{auth}\r\n").as_bytes(),
+            ))
+        };
+        for _ in 0..3 {
+            block_on(node.handle_service(request(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n")));
+        }
+        let log = admin("/state/log?since=1");
+        assert_eq!(log.status, 200);
+        assert_eq!(log.headers.get_str("x-janus-state-seq"), Some("3"));
+        assert!(log.headers.get_str("x-janus-state-epoch").is_some());
+        let ops = runtime_abi::decode_ops(&log.body).expect("op log");
+        assert_eq!(ops.iter().map(|o| o.seq).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(admin("/state/log?since=0").status, 410, "retain_ops is 2");
+        assert_eq!(admin("/state/log?since=9").status, 409);
+        assert_eq!(admin("/state/log?since=x").status, 400);
+        assert_eq!(admin("/state/log").status, 400);
+        assert_eq!(admin("/state/log?since=3&wait_ms=99999").status, 400);
+        let empty = admin("/state/log?since=3");
+        assert!(
+            runtime_abi::decode_ops(&empty.body)
+                .expect("empty")
+                .is_empty()
+        );
+        // Only an authorized, up-to-date long-poll waits.
+        let poll = |target: &str, auth: &str| {
+            node.log_wait(&request(
+                format!("GET {target} HTTP/1.1\r\n{auth}\r\n").as_bytes(),
+            ))
+        };
+        assert_eq!(poll("/state/log?since=3&wait_ms=500", auth), Some((3, 500)));
+        assert_eq!(poll("/state/log?since=2&wait_ms=500", auth), None);
+        assert_eq!(poll("/state/log?since=3", auth), None);
+        assert_eq!(poll("/state/log?since=3&wait_ms=500", "Host: x\r\n"), None);
+        // A restore starts a new history.
+        let before = empty
+            .headers
+            .get_str("x-janus-state-epoch")
+            .map(String::from);
+        let snap = admin("/state").body;
+        let put = node.handle_admin(&request(
+            &[
+                format!(
+                    "PUT /state HTTP/1.1\r\n{auth}Content-Length: {}\r\n\r\n",
+                    snap.len()
+                )
+                .into_bytes(),
+                snap,
+            ]
+            .concat(),
+        ));
+        assert_eq!(put.status, 204);
+        let after = admin("/state/log?since=3");
+        assert_ne!(
+            after
+                .headers
+                .get_str("x-janus-state-epoch")
+                .map(String::from),
+            before
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use runtime_abi::StoreError;
+use runtime_abi::{StoreError, node};
 
 use crate::metrics::Metrics;
 use crate::providers::NodeStore;
@@ -37,6 +37,8 @@ pub struct AdminCtx {
     pub recorder: FlightRecorder,
     /// Log level control.
     pub log: Arc<LogControl>,
+    /// Set on a shadow twin.
+    pub twin: Option<Arc<crate::twin::Twin>>,
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
@@ -107,12 +109,16 @@ async fn route(ctx: &AdminCtx, req: hyper::Request<Incoming>) -> Resp {
                 "seq": ctx.store.as_ref().map(|s| runtime_abi::StoreBackend::seq(&**s)),
                 "in_flight": ctx.metrics.in_flight(),
                 "panics": ctx.metrics.panics(),
+                "twin": ctx.twin.as_ref().map(|t| t.health()),
             }),
         ),
         (Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            ctx.metrics.render(),
+            match &ctx.twin {
+                None => ctx.metrics.render(),
+                Some(t) => ctx.metrics.render() + &t.metrics_text(),
+            },
         ),
         (Method::GET, "/log-level") => reply(
             StatusCode::OK,
@@ -165,6 +171,16 @@ async fn route(ctx: &AdminCtx, req: hyper::Request<Incoming>) -> Resp {
                 None => error(StatusCode::NOT_FOUND, &format!("no trace '{id}'")),
             }
         }
+        (Method::GET, "/state/log") => {
+            let Some(store) = &ctx.store else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("service '{}' has no store", ctx.service),
+                );
+            };
+            get_log(store, query.as_deref()).await
+        }
+        (_, "/state/log") => error(StatusCode::METHOD_NOT_ALLOWED, "GET"),
         (method, "/state") => {
             let Some(store) = &ctx.store else {
                 return error(
@@ -225,6 +241,58 @@ fn get_state(store: &NodeStore, query: Option<&str>) -> Resp {
     };
     let mut r = reply(StatusCode::OK, "application/octet-stream", bytes);
     r.headers_mut().insert(SEQ_HEADER, HeaderValue::from(seq));
+    r.headers_mut()
+        .insert(node::STATE_EPOCH, HeaderValue::from(store.epoch()));
+    r
+}
+
+/// `GET /state/log?since=N[&wait_ms=M]`: the mutations after N as an op log batch
+/// (`runtime_abi::encode_ops`), long-polled up to M ms when there is none yet. 410 when the
+/// retained log no longer reaches back to N, 409 when N is ahead of this store: either way the
+/// follower takes a snapshot (`GET /state`). `x-janus-state-seq` is the seq the batch brings the
+/// follower to, `x-janus-state-epoch` the history it belongs to.
+async fn get_log(store: &NodeStore, query: Option<&str>) -> Resp {
+    let since = match query_param(query, "since").map(str::parse::<u64>) {
+        Some(Ok(n)) => n,
+        Some(Err(_)) | None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "since=N (a non-negative integer) is required",
+            );
+        }
+    };
+    let wait_ms = match query_param(query, "wait_ms").map(str::parse::<u64>) {
+        None => 0,
+        Some(Ok(n)) if n <= node::LOG_MAX_WAIT_MS => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "wait_ms must be an integer from 0 to {}",
+                    node::LOG_MAX_WAIT_MS
+                ),
+            );
+        }
+    };
+    let (epoch, ops) = store
+        .ops_since(since, std::time::Duration::from_millis(wait_ms))
+        .await;
+    let mut r = match ops {
+        Ok(ops) => {
+            let to = ops.last().map_or(since, |o| o.seq);
+            let mut r = reply(
+                StatusCode::OK,
+                "application/octet-stream",
+                runtime_abi::encode_ops(&ops),
+            );
+            r.headers_mut().insert(SEQ_HEADER, HeaderValue::from(to));
+            r
+        }
+        Err(e @ StoreError::NotRetained { .. }) => error(StatusCode::GONE, &e.to_string()),
+        Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
+    };
+    r.headers_mut()
+        .insert(node::STATE_EPOCH, HeaderValue::from(epoch));
     r
 }
 

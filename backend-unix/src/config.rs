@@ -61,6 +61,15 @@ pub struct NodeConfig {
     pub upstream_timeout_ms: u64,
     /// Whether logs are written to stderr at all (tests turn this off).
     pub log_to_stderr: bool,
+    /// Shadow twin: the admin address of the stable node whose store this node follows.
+    pub follow: Option<SocketAddr>,
+    /// Bearer token for the followed node's admin API (default: this node's own token).
+    pub follow_token: Option<String>,
+    /// On a twin, how long a mirrored request waits for the twin to reach its seq.
+    pub mirror_wait_ms: u64,
+    /// On a twin, how long each op log batch is held back before it is replayed (so that mirrors
+    /// find the twin behind their seq, not past it).
+    pub replay_delay_ms: u64,
     /// Make the node's tracing dispatcher the process-wide default (a node binary does: its tasks
     /// then need no per-poll dispatcher switch; tests running several nodes in one process do not).
     #[serde(skip)]
@@ -87,6 +96,10 @@ impl Default for NodeConfig {
             drain_timeout_ms: 10_000,
             upstream_timeout_ms: 10_000,
             log_to_stderr: true,
+            follow: None,
+            follow_token: None,
+            mirror_wait_ms: 500,
+            replay_delay_ms: 20,
             global_dispatch: false,
         }
     }
@@ -215,6 +228,16 @@ pub struct Cli {
     /// Deadline of one upstream call.
     #[arg(long, value_name = "MS")]
     pub upstream_timeout_ms: Option<u64>,
+    /// Run as the shadow twin of the node whose admin listener is ADDR: follow its store through
+    /// its op log (token: JANUS_FOLLOW_TOKEN, else this node's admin token).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub follow: Option<SocketAddr>,
+    /// On a twin, how long a mirrored request waits for the twin to reach its seq (default 500).
+    #[arg(long, value_name = "MS")]
+    pub mirror_wait_ms: Option<u64>,
+    /// On a twin, how long each op log batch is held back before it is replayed (default 20).
+    #[arg(long, value_name = "MS")]
+    pub replay_delay_ms: Option<u64>,
 }
 
 fn parse_upstream(s: &str) -> Result<(String, SocketAddr), String> {
@@ -269,6 +292,12 @@ struct FlagLayer {
     drain_timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     upstream_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    follow: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mirror_wait_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replay_delay_ms: Option<u64>,
 }
 
 /// Top-level keys the environment may set (`JANUS_<KEY>`, maps as `JANUS_UPSTREAMS__NAME`).
@@ -289,6 +318,10 @@ const ENV_KEYS: &[&str] = &[
     "idle_timeout_ms",
     "drain_timeout_ms",
     "upstream_timeout_ms",
+    "follow",
+    "follow_token",
+    "mirror_wait_ms",
+    "replay_delay_ms",
 ];
 
 impl Cli {
@@ -320,6 +353,9 @@ impl Cli {
             idle_timeout_ms: self.idle_timeout_ms,
             drain_timeout_ms: self.drain_timeout_ms,
             upstream_timeout_ms: self.upstream_timeout_ms,
+            follow: self.follow,
+            mirror_wait_ms: self.mirror_wait_ms,
+            replay_delay_ms: self.replay_delay_ms,
         };
         let mut figment = Figment::from(Serialized::defaults(NodeConfig::default()));
         if let Some(path) = &self.config {

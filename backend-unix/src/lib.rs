@@ -22,6 +22,7 @@ pub mod providers;
 pub mod public;
 pub mod recorder;
 pub mod telemetry;
+pub mod twin;
 
 use std::process::ExitCode;
 

@@ -197,6 +197,29 @@ impl Node {
             });
         }
 
+        let twin = match (config.follow, &store) {
+            (None, _) => None,
+            (Some(leader), Some(store)) => Some(crate::twin::Twin::new(
+                leader,
+                config
+                    .follow_token
+                    .clone()
+                    .unwrap_or_else(|| admin_token.clone()),
+                Arc::clone(store),
+                Duration::from_millis(config.mirror_wait_ms),
+                Duration::from_millis(config.replay_delay_ms),
+            )),
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    key: "follow".to_string(),
+                    reason: format!(
+                        "service '{}' has no store: there is no state to follow",
+                        manifest.name
+                    ),
+                }
+                .into());
+            }
+        };
         let public_ctx = Arc::new(PublicCtx {
             service: Arc::new(service),
             node_id: node_id.clone(),
@@ -207,6 +230,7 @@ impl Node {
             global_dispatch: global,
             max_body_bytes: config.max_body_bytes,
             max_header_bytes: config.max_header_bytes,
+            twin: twin.clone(),
         });
         let admin_ctx = Arc::new(AdminCtx {
             token: admin_token.clone(),
@@ -216,6 +240,7 @@ impl Node {
             metrics: Arc::clone(&metrics),
             recorder: telemetry.recorder.clone(),
             log: Arc::new(telemetry.log),
+            twin: twin.clone(),
         });
         let limits = ConnLimits {
             max_header_bytes: config.max_header_bytes,
@@ -234,6 +259,12 @@ impl Node {
                 "node listening"
             );
         });
+        if let Some(twin) = twin {
+            tracing::dispatcher::with_default(&dispatch, || {
+                tracing::info!(leader = %config.follow.map(|a| a.to_string()).unwrap_or_default(), "twin: following");
+            });
+            tokio::spawn(twin.run(stop_rx.clone()).with_subscriber(dispatch.clone()));
+        }
         let task = tokio::spawn(
             run(
                 public_listener,

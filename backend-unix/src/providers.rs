@@ -240,6 +240,24 @@ impl TraceIds {
 pub struct NodeStore {
     inner: Mutex<MemStore>,
     metrics: Arc<Metrics>,
+    /// This history's id: new at start and on every restore (see `runtime_abi::node::STATE_EPOCH`).
+    epoch: std::sync::atomic::AtomicU64,
+    /// Woken after every mutation and restore (long-polls of `GET /state/log`, twins' waiters).
+    changed: tokio::sync::Notify,
+}
+
+/// A fresh epoch: unique per store history, not a secret.
+fn fresh_epoch() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    // Never 0: followers use 0 for "no epoch yet".
+    h.finish().max(1)
 }
 
 impl NodeStore {
@@ -248,6 +266,8 @@ impl NodeStore {
         NodeStore {
             inner: Mutex::new(MemStore::new(limits)),
             metrics,
+            epoch: std::sync::atomic::AtomicU64::new(fresh_epoch()),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -268,10 +288,99 @@ impl NodeStore {
         self.lock().snapshot_at(seq)
     }
 
-    /// Replaces the state; unchanged on error.
+    /// Replaces the state; unchanged on error. Starts a new epoch.
     pub fn restore(&self, bytes: &[u8]) -> Result<u64, StoreError> {
+        self.restore_as(bytes, fresh_epoch())
+    }
+
+    /// Replaces the state and takes `epoch` as its history's id (a follower adopting its leader's).
+    pub fn restore_as(&self, bytes: &[u8], epoch: u64) -> Result<u64, StoreError> {
         self.metrics.store_op(StoreOp::Restore);
-        self.lock().restore(bytes)
+        let r = {
+            let mut store = self.lock();
+            let r = store.restore(bytes);
+            if r.is_ok() {
+                self.epoch
+                    .store(epoch, std::sync::atomic::Ordering::Release);
+            }
+            r
+        };
+        self.changed.notify_waiters();
+        r
+    }
+
+    /// This history's id.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Takes `epoch` as this history's id (a follower whose log replay started from seq 0).
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The mutations after `since` (see `MemStore::ops_since`) with the epoch they belong to. With
+    /// a `wait`, an up-to-date `since` waits up to that long for the next mutation (a long-poll);
+    /// an empty batch means none came.
+    pub async fn ops_since(
+        &self,
+        since: u64,
+        wait: std::time::Duration,
+    ) -> (u64, Result<Vec<runtime_abi::Op>, StoreError>) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.changed.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let r = {
+                let store = self.lock();
+                (
+                    self.epoch(),
+                    store.ops_since(
+                        since,
+                        runtime_abi::node::LOG_MAX_OPS,
+                        runtime_abi::node::LOG_MAX_BYTES,
+                    ),
+                )
+            };
+            if !matches!(&r.1, Ok(ops) if ops.is_empty()) {
+                return r;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return r;
+            }
+        }
+    }
+
+    /// Replays a leader's mutations in order; stops at the first refused one (the follower then
+    /// takes a snapshot).
+    pub fn apply_ops(&self, ops: &[runtime_abi::Op]) -> Result<u64, StoreError> {
+        let r = {
+            let mut store = self.lock();
+            let mut r = Ok(store.seq());
+            for op in ops {
+                r = store.apply_op(op);
+                if r.is_err() {
+                    break;
+                }
+            }
+            r
+        };
+        self.changed.notify_waiters();
+        r
+    }
+
+    /// Undoes the mutations after `seq` (a twin dropping what a request wrote locally).
+    pub fn rollback_to(&self, seq: u64) -> Result<(), StoreError> {
+        let r = self.lock().rollback_to(seq);
+        self.changed.notify_waiters();
+        r
+    }
+
+    /// Resolves after the next mutation or restore.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     /// The store's size limits.
@@ -288,12 +397,16 @@ impl StoreBackend for NodeStore {
 
     fn put(&self, key: &str, value: &[u8]) -> Result<u64, StoreError> {
         self.metrics.store_op(StoreOp::Put);
-        self.lock().put(key, value.to_vec())
+        let r = self.lock().put(key, value.to_vec());
+        self.changed.notify_waiters();
+        r
     }
 
     fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
         self.metrics.store_op(StoreOp::Delete);
-        self.lock().delete(key)
+        let r = self.lock().delete(key);
+        self.changed.notify_waiters();
+        r
     }
 
     fn update(
@@ -302,7 +415,9 @@ impl StoreBackend for NodeStore {
         f: &mut dyn FnMut(Option<&[u8]>) -> Update,
     ) -> Result<(Option<Vec<u8>>, Option<u64>), StoreError> {
         self.metrics.store_op(StoreOp::Update);
-        self.lock().update(key, f)
+        let r = self.lock().update(key, f);
+        self.changed.notify_waiters();
+        r
     }
 
     fn list(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

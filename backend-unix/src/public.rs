@@ -46,6 +46,8 @@ pub struct PublicCtx<S> {
     pub max_body_bytes: usize,
     /// Largest request head (for the 431 message).
     pub max_header_bytes: usize,
+    /// Set on a shadow twin: requests run at the followed state (see [`crate::twin`]).
+    pub twin: Option<Arc<crate::twin::Twin>>,
 }
 
 impl<S> PublicCtx<S> {
@@ -104,6 +106,32 @@ impl<S> PublicCtx<S> {
     }
 }
 
+impl<S> PublicCtx<S> {
+    /// A twin's answer to a mirrored request it cannot answer at the asked seq: 503 with
+    /// `x-janus-mirror-skipped: lag` (the router counts the comparison as skipped, not diverged).
+    fn skipped(
+        &self,
+        lag: &crate::twin::Lagging,
+        trace_id: TraceId,
+        closing: bool,
+    ) -> janus_http1::Response {
+        let reason = format!(
+            "twin not at seq {} in time (applied {})",
+            lag.wanted, lag.applied
+        );
+        let own = NodeHeaders {
+            node_id: &self.node_id,
+            trace_id,
+            seq: self.seq(),
+            fault: None,
+            close: closing,
+        };
+        let mut out = to_wire(backend_error(503, &reason, trace_id), &own);
+        out.headers.push(runtime_abi::node::MIRROR_SKIPPED, "lag");
+        out
+    }
+}
+
 /// 32 lowercase hex digits of a trace id, without allocating.
 pub fn trace_hex(id: &TraceId) -> [u8; 32] {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -154,9 +182,22 @@ pub async fn handle<S: Service>(
 ) -> janus_http1::Response {
     let started = Instant::now();
     let _in_flight = InFlight::new(&ctx.metrics);
-    let seq = ctx.seq();
     let headers = service_headers(&req);
     let trace_id = TraceId::from_request_headers(&headers).unwrap_or_else(|| ctx.new_trace_id());
+    // On a twin: at the mirrored seq (or the followed state), with replays held back meanwhile.
+    let _twin = match &ctx.twin {
+        None => None,
+        Some(twin) => {
+            let wanted = headers
+                .get(runtime_abi::node::MIRROR_SEQ)
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match twin.enter(wanted).await {
+                Ok(entered) => Some(entered),
+                Err(lag) => return ctx.skipped(&lag, trace_id, closing),
+            }
+        }
+    };
+    let seq = ctx.seq();
     let hex = trace_hex(&trace_id);
     let span = tracing::info_span!(
         "request",

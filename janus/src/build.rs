@@ -110,8 +110,39 @@ impl Default for Layout {
     }
 }
 
-/// Builds `service_dir` as `flavor`.
+/// The cargo profile of a unix build. The uk build is always `release`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum UnixProfile {
+    /// Optimised, with `overflow-checks` and `debug-assertions` on: an arithmetic overflow or a
+    /// failed `debug_assert!` that the unikernel silently lives with (wrapping, a broken invariant)
+    /// is a panic with a backtrace on the debug build.
+    #[default]
+    Checked,
+    /// Plain release semantics, like the unikernel (overflow wraps, debug assertions compiled out).
+    Release,
+}
+
+impl UnixProfile {
+    /// The cargo profile name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnixProfile::Checked => "checked",
+            UnixProfile::Release => "release",
+        }
+    }
+}
+
+/// Builds `service_dir` as `flavor` (a unix build with the default [`UnixProfile::Checked`]).
 pub fn build(service_dir: &Path, flavor: Flavor) -> anyhow::Result<Artifact> {
+    build_with(service_dir, flavor, UnixProfile::default())
+}
+
+/// Builds `service_dir` as `flavor`, a unix build with `profile`.
+pub fn build_with(
+    service_dir: &Path,
+    flavor: Flavor,
+    profile: UnixProfile,
+) -> anyhow::Result<Artifact> {
     let layout = Layout::new();
     let service = ServiceCrate::load(service_dir)?;
     let manifest = read_manifest(&layout, &service)?;
@@ -119,7 +150,10 @@ pub fn build(service_dir: &Path, flavor: Flavor) -> anyhow::Result<Artifact> {
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let (path, debug_elf) = match flavor {
-        Flavor::Unix => (flavor::unix::build(&layout, &service, &out_dir)?, None),
+        Flavor::Unix => (
+            flavor::unix::build(&layout, &service, &out_dir, profile)?,
+            None,
+        ),
         Flavor::Uk => {
             let a = flavor::uk::build(
                 &service.dir,
@@ -138,6 +172,10 @@ pub fn build(service_dir: &Path, flavor: Flavor) -> anyhow::Result<Artifact> {
     let requirements = out_dir.join(format!("{}.requirements.json", service.package));
     let doc = serde_json::json!({
         "flavor": flavor.as_str(),
+        "profile": match flavor {
+            Flavor::Unix => profile.as_str(),
+            Flavor::Uk => "release",
+        },
         "artifact": path,
         "debug_elf": debug_elf,
         "size_bytes": size,

@@ -16,6 +16,10 @@
 //! [debug]                     # instrumented process nodes
 //! count = 1
 //! spare = 1                   # extra debug nodes outside the router's pools, used by `janus faults repro`
+//! twins = false               # true, or a list ["stable-0"]: a shadow twin (twin-N, a debug node
+//!                             # following stable-N's store) that answers stable-N's mirrors at the same seq
+//! twin_mirror_wait_ms = 500   # how long a twin lets a mirror wait for the stable answer's seq
+//! twin_replay_delay_ms = 20   # how long a twin holds each op log batch back (mirrors find it behind)
 //! log_level = "info"
 //!
 //! [router]
@@ -148,7 +152,8 @@ pub struct StableSpec {
     pub gdbstub: GdbStubSpec,
 }
 
-/// Which nodes get a gdbstub: `gdbstub = true` (every stable node), `false`, or `["stable-0", ...]`.
+/// A set of stable nodes (which get a gdbstub, which get a twin): `true` (every stable node),
+/// `false`, or `["stable-0", ...]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum GdbStubSpec {
@@ -176,6 +181,12 @@ pub struct DebugSpec {
     pub count: u32,
     /// Spare nodes outside the pools, for reproductions.
     pub spare: u32,
+    /// Which stable nodes get a shadow twin: `true` (all), `false`, or `["stable-0", ...]`.
+    pub twins: GdbStubSpec,
+    /// How long a twin lets a mirrored request wait for the stable answer's seq.
+    pub twin_mirror_wait_ms: u64,
+    /// How long a twin holds each op log batch back before replaying it.
+    pub twin_replay_delay_ms: u64,
     /// Log filter.
     pub log_level: String,
 }
@@ -252,6 +263,9 @@ impl Default for DebugSpec {
         DebugSpec {
             count: 1,
             spare: 1,
+            twins: GdbStubSpec::All(false),
+            twin_mirror_wait_ms: 500,
+            twin_replay_delay_ms: 20,
             log_level: "info".into(),
         }
     }
@@ -341,7 +355,13 @@ impl ClusterFile {
             "stable.memory_mib = {} is below 16",
             self.stable.memory_mib
         );
-        if let GdbStubSpec::Nodes(ids) = &self.stable.gdbstub {
+        for (key, set) in [
+            ("stable.gdbstub", &self.stable.gdbstub),
+            ("debug.twins", &self.debug.twins),
+        ] {
+            let GdbStubSpec::Nodes(ids) = set else {
+                continue;
+            };
             for id in ids {
                 let known = id
                     .strip_prefix("stable-")
@@ -349,7 +369,7 @@ impl ClusterFile {
                     .is_some_and(|n| n < self.stable.count);
                 anyhow::ensure!(
                     known,
-                    "stable.gdbstub names {id:?}, which is not a stable node (stable-0 .. stable-{})",
+                    "{key} names {id:?}, which is not a stable node (stable-0 .. stable-{})",
                     self.stable.count.saturating_sub(1)
                 );
             }

@@ -1,7 +1,11 @@
 //! `janus demo`: the whole story in one command. Brings up the `faulty` sample on unikernel (stable)
-//! and process (debug) nodes behind the router, drives traffic that triggers its bugs on stable nodes,
-//! shows what clients saw, lists the captured faults, reproduces each on a debug node (and shows that
-//! the state-triggered one is not reproduced without the mirrored state), then tears everything down.
+//! and process (debug) nodes behind the router, each stable node with a shadow twin (a debug node
+//! following its store), drives traffic that triggers its bugs on stable nodes, shows what clients
+//! saw, lists the captured faults, reproduces each on a debug node with a verdict (the
+//! state-triggered one is state-dependent, the u8 overflow is build-specific: it wraps on the
+//! unikernel and panics on the checked debug build), shows that `/stats` mirrored to the twins at
+//! the same seq does not diverge (its bug is shared by both builds: A/B cannot see it), then tears
+//! everything down.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -34,6 +38,10 @@ pub struct BugOutcome {
     pub stable_node: Option<String>,
     /// Reproduction with the mirrored state.
     pub reproduced: Option<bool>,
+    /// The verdict of `janus faults repro`.
+    pub verdict: Option<faults::Verdict>,
+    /// What the demo expects for this bug.
+    pub expected: &'static str,
     /// Reproduction on an empty state (state bug only).
     pub reproduced_without_state: Option<bool>,
     /// From capture to verdict.
@@ -47,7 +55,8 @@ pub struct DemoSummary {
     pub bugs: Vec<BugOutcome>,
     /// Wall time of the whole demo.
     pub wall_ms: u64,
-    /// Whether every injected fault was captured and reproduced.
+    /// Whether every injected fault ended as expected (captured with its expected verdict, or for
+    /// the shared wrong answer, no divergence).
     pub ok: bool,
 }
 
@@ -128,6 +137,13 @@ pub fn demo(out: &mut dyn FnMut(&str)) -> anyhow::Result<DemoSummary> {
     cluster.service = crate::janus_home().join("samples/faulty");
     cluster.router.listen = free_addr()?;
     cluster.router.admin = free_addr()?;
+    cluster.debug.twins = crate::cluster::GdbStubSpec::All(true);
+    cluster.router.mirror = ["/stats", "/avg"]
+        .map(|prefix| crate::cluster::MirrorSpec {
+            prefix: prefix.into(),
+            fraction: 1.0,
+        })
+        .to_vec();
     out(&format!(
         "== janus demo: the faulty sample on {} unikernel (stable) + {} process (debug) nodes, {}/{} mix\n",
         cluster.stable.count,
@@ -144,13 +160,7 @@ pub fn demo(out: &mut dyn FnMut(&str)) -> anyhow::Result<DemoSummary> {
         Err(e) => out(&format!("janus down failed: {e:#}\n")),
     }
     let bugs = result?;
-    let ok = bugs
-        .iter()
-        .all(|b| b.fault_id.is_some() && b.reproduced == Some(true))
-        && bugs
-            .iter()
-            .filter(|b| b.bug == "state")
-            .all(|b| b.reproduced_without_state == Some(false) && b.client_errors == 0);
+    let ok = bugs.iter().all(as_expected);
     let summary = DemoSummary {
         bugs,
         wall_ms: started.elapsed().as_millis() as u64,
@@ -158,6 +168,22 @@ pub fn demo(out: &mut dyn FnMut(&str)) -> anyhow::Result<DemoSummary> {
     };
     out(&render_summary(&summary));
     Ok(summary)
+}
+
+/// Whether a bug ended as the demo expects it to.
+fn as_expected(b: &BugOutcome) -> bool {
+    use faults::Verdict;
+    match b.bug {
+        // Shared by both builds: mirrored at the same seq, no divergence is recorded.
+        "shared wrong answer" => b.fault_id.is_none() && b.client_errors == 0,
+        "build" => b.fault_id.is_some() && b.verdict == Some(Verdict::BuildSpecific),
+        "state" => {
+            b.fault_id.is_some()
+                && b.verdict == Some(Verdict::StateDependent)
+                && b.client_errors == 0
+        }
+        _ => b.fault_id.is_some() && b.verdict == Some(Verdict::Reproduced),
+    }
 }
 
 fn drive(cluster: &ClusterFile, out: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<BugOutcome>> {
@@ -183,18 +209,45 @@ fn drive(cluster: &ClusterFile, out: &mut dyn FnMut(&str)) -> anyhow::Result<Vec
     }
     out(&format!("   client errors: {errors}\n"));
 
-    // Phase 2: the wrong answer, caught by shadow mirroring.
-    out("\n== 2. GET /stats (mirrored to the debug pool and compared)\n");
+    // Phase 2: a wrong answer both builds share: mirrored to the twins at the same seq, it matches.
+    out(
+        "\n== 2. GET /stats after the writes (mirrored to each stable node's twin at the same seq)\n",
+    );
     let stats = trigger(
         &mut d,
         name,
         "GET",
         "/stats",
         5,
-        Duration::from_secs(2),
+        Duration::from_secs(1),
         |f| f.kind == "divergence" && f.path.starts_with("/stats"),
     )?;
-    bugs.push(repro_bug("wrong answer", stats, &repro_opts, out)?);
+    let shared = repro_bug(
+        "shared wrong answer",
+        "no divergence",
+        stats,
+        &repro_opts,
+        out,
+    )?;
+    if shared.fault_id.is_none() {
+        out(
+            "   no divergence: both builds under-count the same way (bug 3); A/B cannot see a bug both builds share\n",
+        );
+    }
+    bugs.push(shared);
+
+    // Phase 2b: a build difference: the u8 sum wraps on the unikernel, panics on the checked twin.
+    out("\n== 2b. GET /avg?values=200,100 (mirrored to the twin: the builds differ)\n");
+    let avg = trigger(
+        &mut d,
+        name,
+        "GET",
+        "/avg?values=200,100",
+        5,
+        Duration::from_secs(2),
+        |f| f.kind == "divergence" && f.path.starts_with("/avg"),
+    )?;
+    bugs.push(repro_bug("build", "build-specific", avg, &repro_opts, out)?);
 
     // Phase 3: the state-triggered panic.
     out("\n== 3. POST /counter/visits/incr until a stable node's counter passes its table\n");
@@ -207,24 +260,10 @@ fn drive(cluster: &ClusterFile, out: &mut dyn FnMut(&str)) -> anyhow::Result<Vec
         Duration::ZERO,
         |f| f.path.starts_with("/counter/") && is_stable_crash(f),
     )?;
-    let found = incr.found.clone();
-    let mut state_bug = repro_bug("state", incr, &repro_opts, out)?;
-    if let Some(f) = &found {
-        let without = ReproOpts {
-            without_state: true,
-            ..repro_opts.clone()
-        };
-        let r = faults::repro(f.id, &without)?;
-        out(&format!(
-            "   control: the same replay on a fresh, empty state -> {}\n",
-            if r.reproduced {
-                "REPRODUCED (unexpected)"
-            } else {
-                "not reproduced: the mirrored state is what makes it fail"
-            }
-        ));
-        state_bug.reproduced_without_state = Some(r.reproduced);
-    }
+    let mut state_bug = repro_bug("state", "state-dependent", incr, &repro_opts, out)?;
+    state_bug.reproduced_without_state = state_bug
+        .verdict
+        .map(|v| v != faults::Verdict::StateDependent);
     bugs.push(state_bug);
 
     // Phase 4: the input-triggered panic.
@@ -238,7 +277,7 @@ fn drive(cluster: &ClusterFile, out: &mut dyn FnMut(&str)) -> anyhow::Result<Vec
         Duration::from_millis(1500),
         |f| f.path.starts_with("/div") && is_stable_crash(f),
     )?;
-    bugs.push(repro_bug("input", div, &repro_opts, out)?);
+    bugs.push(repro_bug("input", "reproduced", div, &repro_opts, out)?);
 
     // Phase 5: the hang. A request the mix sends to the debug pool first is not a stable fault, so
     // send until one lands on a stable node (each attempt waits out the router's timeout).
@@ -260,7 +299,7 @@ fn drive(cluster: &ClusterFile, out: &mut dyn FnMut(&str)) -> anyhow::Result<Vec
                     .is_some_and(|n| n.starts_with("stable-"))
         },
     )?;
-    bugs.push(repro_bug("hang", hang, &repro_opts, out)?);
+    bugs.push(repro_bug("hang", "reproduced", hang, &repro_opts, out)?);
 
     out("\n== captured faults\n");
     out(&faults::list(
@@ -321,6 +360,7 @@ fn trigger(
 
 fn repro_bug(
     bug: &'static str,
+    expected: &'static str,
     t: Triggered,
     opts: &ReproOpts,
     out: &mut dyn FnMut(&str),
@@ -338,12 +378,14 @@ fn repro_bug(
         fault_id: None,
         stable_node: None,
         reproduced: None,
+        verdict: None,
+        expected,
         reproduced_without_state: None,
         fault_to_verdict_ms: None,
     };
     let fault = t.found;
     let Some(f) = fault else {
-        out("   NO FAULT CAPTURED\n");
+        out("   no fault captured\n");
         return Ok(outcome);
     };
     outcome.fault_id = Some(f.id);
@@ -366,6 +408,7 @@ fn repro_bug(
         out(&format!("   {line}\n"));
     }
     outcome.reproduced = Some(report.reproduced);
+    outcome.verdict = Some(report.verdict);
     outcome.fault_to_verdict_ms = Some(report.fault_to_verdict_ms);
     Ok(outcome)
 }
@@ -376,20 +419,21 @@ pub fn render_summary(s: &DemoSummary) -> String {
     let _ = writeln!(o, "\n== summary");
     let _ = writeln!(
         o,
-        "{:<13} {:<28} {:>8} {:>13} {:>6} {:<9} {:>11} {:>10}",
+        "{:<19} {:<24} {:>8} {:>13} {:>6} {:<9} {:<16} {:<16} {:>10}",
         "BUG",
         "REQUEST",
         "REQUESTS",
         "CLIENT ERRORS",
         "FAULT",
         "STABLE",
-        "REPRODUCED",
+        "VERDICT",
+        "EXPECTED",
         "FAULT->VERDICT"
     );
     for b in &s.bugs {
         let _ = writeln!(
             o,
-            "{:<13} {:<28} {:>8} {:>13} {:>6} {:<9} {:>11} {:>10}",
+            "{:<19} {:<24} {:>8} {:>13} {:>6} {:<9} {:<16} {:<16} {:>10}",
             b.bug,
             b.request,
             b.requests,
@@ -398,16 +442,13 @@ pub fn render_summary(s: &DemoSummary) -> String {
                 .map(|i| i.to_string())
                 .unwrap_or_else(|| "none".into()),
             b.stable_node.as_deref().unwrap_or("-"),
-            match (b.reproduced, b.reproduced_without_state) {
-                (Some(true), Some(false)) => "yes (not w/o state)".to_string(),
-                (Some(r), _) =>
-                    if r {
-                        "yes".into()
-                    } else {
-                        "no".into()
-                    },
-                (None, _) => "-".into(),
-            },
+            b.verdict
+                .map(|v| serde_json::to_value(v)
+                    .ok()
+                    .and_then(|j| j.as_str().map(|t| t.replace('_', "-")))
+                    .unwrap_or_default())
+                .unwrap_or_else(|| "-".into()),
+            b.expected,
             b.fault_to_verdict_ms
                 .map(|ms| format!("{ms} ms"))
                 .unwrap_or_else(|| "-".into()),
@@ -415,16 +456,16 @@ pub fn render_summary(s: &DemoSummary) -> String {
     }
     let _ = writeln!(
         o,
-        "input and hang bugs fail on every build, so the client gets the debug node's answer (with its trace id) instead of a dropped connection; the state and wrong-answer bugs never reach the client as errors."
+        "input and hang bugs fail on every build, so the client gets the debug node's answer (with its trace id) instead of a dropped connection; the state and wrong-answer bugs never reach the client as errors; the u8 overflow is a silent wrong answer on the unikernel that the checked twin turns into a panic."
     );
     let _ = writeln!(
         o,
         "demo wall time {:.1} s: {}",
         s.wall_ms as f64 / 1000.0,
         if s.ok {
-            "every injected fault was captured and reproduced"
+            "every injected fault ended as expected"
         } else {
-            "SOME FAULTS WERE NOT CAPTURED OR NOT REPRODUCED"
+            "SOME FAULTS DID NOT END AS EXPECTED"
         }
     );
     o

@@ -344,6 +344,60 @@ pub struct ReproOpts {
     pub timeout: Duration,
 }
 
+/// What a reproduction concluded. `janus faults repro` exits 0 for `reproduced` and
+/// `state_dependent`, 3 for `not_reproduced`, 4 for `build_specific`, 5 for `inconclusive`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The debug build fails the same way under the same state, and also without it.
+    Reproduced,
+    /// The debug build fails the same way under the mirrored state only (an empty state does not).
+    StateDependent,
+    /// The two builds differ on the same state: the stable node failed (or answered differently)
+    /// and the debug build, given that state, did not: a difference of the builds (for a
+    /// divergence, the debug build's side is the finding).
+    BuildSpecific,
+    /// The debug build does not fail (or, for a divergence, gives the stable answer), and the
+    /// stable node's exact state was not available (or the divergence came from the mirror
+    /// target's own state, not from the build).
+    NotReproduced,
+    /// The replay could not be judged (the debug node could not be reached or cut the
+    /// connection): never counted as reproduced.
+    Inconclusive,
+}
+
+impl Verdict {
+    /// Whether the failure was reproduced on the debug build.
+    pub fn reproduced(self) -> bool {
+        matches!(self, Verdict::Reproduced | Verdict::StateDependent)
+    }
+
+    /// The exit status of `janus faults repro`.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Reproduced | Verdict::StateDependent => 0,
+            Verdict::NotReproduced => 3,
+            Verdict::BuildSpecific => 4,
+            Verdict::Inconclusive => 5,
+        }
+    }
+
+    /// The headline of the report.
+    pub fn headline(self) -> &'static str {
+        match self {
+            Verdict::Reproduced => "REPRODUCED",
+            Verdict::StateDependent => {
+                "REPRODUCED, STATE-DEPENDENT (only with the mirrored state, not on an empty one)"
+            }
+            Verdict::BuildSpecific => {
+                "BUILD-SPECIFIC (the builds differ on the same state; caught on the instrumented build)"
+            }
+            Verdict::NotReproduced => "NOT REPRODUCED",
+            Verdict::Inconclusive => "INCONCLUSIVE (the replay could not be judged)",
+        }
+    }
+}
+
 /// The verdict of a reproduction.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReproReport {
@@ -358,6 +412,10 @@ pub struct ReproReport {
     /// How the replay on the debug node ended.
     pub replay: OutcomeClass,
     /// The verdict.
+    pub verdict: Verdict,
+    /// Why, in one sentence.
+    pub why: String,
+    /// Whether the failure was reproduced (`reproduced` or `state_dependent`).
     pub reproduced: bool,
     /// Where the mirrored state came from.
     pub state_source: String,
@@ -610,24 +668,8 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
         })
     };
     let node = repro_node(&dir)?;
-    let r = admin_put(&node.spec, "/state", &mirrored.bytes)?;
-    if r.status != 204 && r.status != 200 {
-        bail!(
-            "restoring the state into {} was refused: {} {}",
-            node.spec.id,
-            r.status,
-            r.text()
-        );
-    }
     let trace_id = crate::secret::random_token()?;
-    let result = replay(&f, node.spec.listen, &trace_id, opts.timeout);
-    let replay_class = match &result {
-        Err(e) if is_timeout(e) => OutcomeClass::Hang,
-        Err(_) => OutcomeClass::Panic,
-        Ok(r) if r.header("x-janus-fault").is_some() => OutcomeClass::Panic,
-        Ok(r) if r.status >= 500 => OutcomeClass::ServerError(r.status),
-        Ok(r) => OutcomeClass::Answered(r.status),
-    };
+    let (replay_class, result) = replay_on(&node, &f, &mirrored, &trace_id, opts.timeout)?;
     let replay_answer = result.as_ref().ok().map(|r| r.text());
     let stable_answer = if debug_fault {
         &f.debug_response_body
@@ -636,13 +678,99 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
     }
     .as_ref()
     .map(|b| String::from_utf8_lossy(b).into_owned());
-    let reproduced = if f.summary.kind == "divergence" {
-        matches!(replay_class, OutcomeClass::Answered(c) if Some(c) == f.stable_status)
+    // The stable node's exact state (not the empty fallback) was what the replay ran on.
+    let exact_state = !opts.without_state && !mirrored.source.starts_with("none");
+    let (verdict, why) = if replay_class == OutcomeClass::Unavailable {
+        (
+            Verdict::Inconclusive,
+            format!(
+                "the replay on {} failed in transport: {}",
+                node.spec.id,
+                result
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("{e:#}"))
+                    .unwrap_or_default()
+            ),
+        )
+    } else if f.summary.kind == "divergence" {
+        let same = matches!(replay_class, OutcomeClass::Answered(c) if Some(c) == f.stable_status)
             && replay_answer.is_some()
-            && replay_answer == stable_answer
+            && replay_answer == stable_answer;
+        if same {
+            (
+                Verdict::NotReproduced,
+                "given the stable node's state the debug build gives the stable answer: the \
+                 builds agree, the divergence came from the mirror target's own state"
+                    .to_owned(),
+            )
+        } else if exact_state {
+            (
+                Verdict::BuildSpecific,
+                format!(
+                    "given the stable node's state the debug build answers {replay_class:?}, \
+                     the stable build answered {}",
+                    f.stable_status.map_or("?".to_owned(), |s| s.to_string())
+                ),
+            )
+        } else {
+            (
+                Verdict::NotReproduced,
+                "the stable node's state was not available: the answers cannot be compared \
+                 on the same state"
+                    .to_owned(),
+            )
+        }
+    } else if stable != OutcomeClass::Unavailable && replay_class == stable {
+        if exact_state {
+            // Does it need the state? The same replay on an empty state says.
+            let control = crate::secret::random_token()?;
+            let empty = MirroredState::empty("control: an empty state");
+            let (without, _) = replay_on(&node, &f, &empty, &control, opts.timeout)?;
+            if without == stable {
+                (
+                    Verdict::Reproduced,
+                    "the debug build fails the same way, with or without the mirrored state"
+                        .to_owned(),
+                )
+            } else {
+                (
+                    Verdict::StateDependent,
+                    format!(
+                        "the debug build fails the same way under the mirrored state; on an \
+                         empty state it answers {without:?}"
+                    ),
+                )
+            }
+        } else {
+            (
+                Verdict::Reproduced,
+                "the debug build fails the same way".to_owned(),
+            )
+        }
+    } else if stable != OutcomeClass::Unavailable && exact_state {
+        (
+            Verdict::BuildSpecific,
+            format!(
+                "the stable node failed ({stable:?}); the debug build under the same state \
+                 answers {replay_class:?}: see the unikernel's panic report, console and \
+                 janus_uk_* counters"
+            ),
+        )
     } else {
-        stable != OutcomeClass::Unavailable && replay_class == stable
+        (
+            Verdict::NotReproduced,
+            format!(
+                "the debug build answers {replay_class:?}{}",
+                if exact_state {
+                    ""
+                } else {
+                    " (without the stable node's exact state)"
+                }
+            ),
+        )
     };
+    let reproduced = verdict.reproduced();
     let trace = fetch_trace(&node.spec, &trace_id);
     let stable_panic_report = ClusterState::read(&dir)
         .ok()
@@ -665,6 +793,8 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
         request: format!("{} {}", f.summary.method, f.summary.path),
         stable,
         replay: replay_class,
+        verdict,
+        why,
         reproduced,
         state_source: mirrored.source,
         state_seq: mirrored.seq,
@@ -677,6 +807,35 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
         repro_ms: started.elapsed().as_millis() as u64,
         fault_to_verdict_ms: now_ms().saturating_sub(u64::try_from(f.summary.time_ms).unwrap_or(0)),
     })
+}
+
+/// Restores `state` into the repro node and replays the captured request there. A transport error
+/// that is not a timeout is [`OutcomeClass::Unavailable`] (inconclusive, never a reproduction).
+fn replay_on(
+    node: &ReproNode,
+    f: &FaultRecord,
+    state: &MirroredState,
+    trace_id: &str,
+    timeout: Duration,
+) -> anyhow::Result<(OutcomeClass, anyhow::Result<Reply>)> {
+    let r = admin_put(&node.spec, "/state", &state.bytes)?;
+    if r.status != 204 && r.status != 200 {
+        bail!(
+            "restoring the state into {} was refused: {} {}",
+            node.spec.id,
+            r.status,
+            r.text()
+        );
+    }
+    let result = replay(f, node.spec.listen, trace_id, timeout);
+    let class = match &result {
+        Err(e) if is_timeout(e) => OutcomeClass::Hang,
+        Err(_) => OutcomeClass::Unavailable,
+        Ok(r) if r.header("x-janus-fault").is_some() => OutcomeClass::Panic,
+        Ok(r) if r.status >= 500 => OutcomeClass::ServerError(r.status),
+        Ok(r) => OutcomeClass::Answered(r.status),
+    };
+    Ok((class, result))
 }
 
 fn is_timeout(e: &anyhow::Error) -> bool {
@@ -710,16 +869,15 @@ fn fetch_trace(node: &ProcSpec, trace_id: &str) -> String {
 /// Renders a verdict for a terminal.
 pub fn render_report(r: &ReproReport) -> String {
     let mut s = String::new();
-    let verdict = if r.reproduced {
-        "REPRODUCED"
-    } else {
-        "NOT REPRODUCED"
-    };
     let _ = writeln!(
         s,
         "fault {} ({}): {}   {}",
-        r.fault, r.kind, r.request, verdict
+        r.fault,
+        r.kind,
+        r.request,
+        r.verdict.headline()
     );
+    let _ = writeln!(s, "  {}", r.why);
     let _ = writeln!(
         s,
         "  state mirrored: {} (seq {})",
@@ -740,7 +898,7 @@ pub fn render_report(r: &ReproReport) -> String {
         format!("{:?}", r.stable),
         format!("{:?}", r.replay)
     );
-    if r.kind == "divergence" || !r.reproduced {
+    if r.kind == "divergence" || !r.verdict.reproduced() {
         let _ = writeln!(
             s,
             "  stable answer: {}",

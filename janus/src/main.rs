@@ -30,6 +30,10 @@ enum Cmd {
         /// unix (instrumented process) or uk (unikernel image).
         #[arg(long, default_value = "unix")]
         flavor: Flavor,
+        /// Cargo profile of a unix build: checked (optimised, overflow-checks and
+        /// debug-assertions on) or release (the unikernel's semantics). uk is always release.
+        #[arg(long, value_enum)]
+        profile: Option<janus::build::UnixProfile>,
     },
     /// Build and run one node in the foreground.
     Run {
@@ -38,6 +42,9 @@ enum Cmd {
         /// unix (instrumented process) or uk (unikernel image under QEMU).
         #[arg(long, default_value = "unix")]
         flavor: Flavor,
+        /// Cargo profile of a unix build: checked (default) or release.
+        #[arg(long, value_enum)]
+        profile: Option<janus::build::UnixProfile>,
         #[command(flatten)]
         node: NodeOpts,
     },
@@ -180,7 +187,9 @@ enum FaultsCmd {
         json: bool,
     },
     /// Mirror the stable node's state (as of the seq before the request) into a debug node, replay the
-    /// request there and judge. Exit status 0: reproduced; 3: not reproduced.
+    /// request there and judge. Exit status 0: reproduced (also without the state) or
+    /// state-dependent (only with it); 3: not reproduced; 4: build-specific (the builds differ on
+    /// the same state); 5: inconclusive (the replay could not be judged).
     Repro {
         /// Fault id.
         id: i64,
@@ -217,8 +226,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Cmd::Build { service, flavor } => {
-            let a = janus::progress::build(&service, flavor)?;
+        Cmd::Build {
+            service,
+            flavor,
+            profile,
+        } => {
+            let a = janus::progress::build(&service, flavor, unix_profile(flavor, profile)?)?;
             eprintln!(
                 "janus: requirements written to {}",
                 a.requirements.display()
@@ -232,9 +245,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Run {
             service,
             flavor,
+            profile,
             node,
         } => {
-            let a = janus::progress::build(&service, flavor)?;
+            let a = janus::progress::build(&service, flavor, unix_profile(flavor, profile)?)?;
             let mut cmd = janus::node::command(&a, &node)?;
             // Replace this process: signals and the exit status are the node's own.
             let err = cmd.exec();
@@ -374,8 +388,9 @@ fn faults(cmd: FaultsCmd, cluster: &str) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", janus::faults::render_report(&report));
             }
-            if !report.reproduced {
-                return Ok(ExitCode::from(3));
+            let code = report.verdict.exit_code();
+            if code != 0 {
+                return Ok(ExitCode::from(code));
             }
         }
         FaultsCmd::Export { id, as_test } => {
@@ -384,4 +399,18 @@ fn faults(cmd: FaultsCmd, cluster: &str) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--profile` applies to the unix build only: the unikernel keeps release semantics.
+fn unix_profile(
+    flavor: Flavor,
+    profile: Option<janus::build::UnixProfile>,
+) -> anyhow::Result<janus::build::UnixProfile> {
+    match (flavor, profile) {
+        (Flavor::Uk, Some(p)) => anyhow::bail!(
+            "--profile {} is for --flavor unix: the unikernel image is always built with release semantics",
+            p.as_str()
+        ),
+        (_, p) => Ok(p.unwrap_or_default()),
+    }
 }

@@ -55,7 +55,17 @@ pub struct NodeOpts {
     /// (uk) Start QEMU's gdbstub on this Unix socket, for `janus debug --socket PATH`.
     #[arg(long, value_name = "SOCKET")]
     pub gdbstub: Option<std::path::PathBuf>,
+    /// (unix) Run as the shadow twin of the node whose admin listener is ADDR: follow its store
+    /// through its op log. Its admin token is read from JANUS_FOLLOW_TOKEN (default: this node's).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub follow: Option<SocketAddr>,
+    /// The followed node's admin token (handed over in the environment, never on a command line).
+    #[arg(long, env = "JANUS_FOLLOW_TOKEN", hide_env_values = true)]
+    pub follow_token: Option<String>,
 }
+
+/// The environment variable a twin takes its leader's admin token from.
+pub const FOLLOW_TOKEN_ENV: &str = "JANUS_FOLLOW_TOKEN";
 
 /// The environment variable a unix node (backend-unix) and `janus run` take the admin token from.
 pub const ADMIN_TOKEN_ENV: &str = "JANUS_ADMIN_TOKEN";
@@ -79,6 +89,8 @@ impl Default for NodeOpts {
             accel: AccelArg::default(),
             secret_dir: None,
             gdbstub: None,
+            follow: None,
+            follow_token: None,
         }
     }
 }
@@ -151,6 +163,10 @@ impl NodeOpts {
             Some(t) => cmd.env(ADMIN_TOKEN_ENV, t),
             None => cmd.env_remove(ADMIN_TOKEN_ENV),
         };
+        match &self.follow_token {
+            Some(t) => cmd.env(FOLLOW_TOKEN_ENV, t),
+            None => cmd.env_remove(FOLLOW_TOKEN_ENV),
+        };
         cmd
     }
 
@@ -181,6 +197,9 @@ impl NodeOpts {
         }
         if let Some(l) = &self.log_level {
             push("--log-level", l.clone());
+        }
+        if let Some(f) = self.follow {
+            push("--follow", f.to_string());
         }
         a
     }

@@ -38,7 +38,11 @@ pub fn build_log() -> PathBuf {
 
 /// [`crate::build`] with a spinner and cargo's output in [`build_log`]; a failure carries the log's
 /// path and its last lines (the compiler's error).
-pub fn build(service: &Path, flavor: Flavor) -> anyhow::Result<Artifact> {
+pub fn build(
+    service: &Path,
+    flavor: Flavor,
+    profile: crate::build::UnixProfile,
+) -> anyhow::Result<Artifact> {
     let log = build_log();
     if let Some(dir) = log.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -51,7 +55,7 @@ pub fn build(service: &Path, flavor: Flavor) -> anyhow::Result<Artifact> {
     };
     let pb = spinner(format!("building {} ({what})", service.display()));
     let started = Instant::now();
-    let result = crate::build(service, flavor);
+    let result = crate::build::build_with(service, flavor, profile);
     crate::build::set_output_log(None);
     match result {
         Ok(a) => {

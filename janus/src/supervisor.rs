@@ -38,6 +38,9 @@ pub enum Role {
     Debug,
     /// A process node kept outside the pools for reproductions.
     Spare,
+    /// A process node following a stable node's store (`twin-N` of `stable-N`), outside the
+    /// pools: it gets only that node's mirrored requests.
+    Twin,
     /// The lb-router.
     Router,
 }

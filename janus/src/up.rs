@@ -250,7 +250,12 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
     // uk nodes' token files, for QEMU to read at every (re)start.
     let secret_dir = dir.join("secrets");
     crate::secret::private_dir(&secret_dir)?;
-    let mut node_spec = |id: String, role: Role, flavor: Flavor| -> anyhow::Result<ProcSpec> {
+    // `follow`: a twin's leader (its admin address and token).
+    let mut node_spec = |id: String,
+                         role: Role,
+                         flavor: Flavor,
+                         follow: Option<(SocketAddr, String)>|
+     -> anyhow::Result<ProcSpec> {
         let listen = ports.take(loopback)?;
         let admin = ports.take(loopback)?;
         let token = random_token()?;
@@ -268,13 +273,25 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
                 true => Some(crate::debug::prepare_gdbstub(&dir, &id)?),
                 false => None,
             },
+            follow: follow.as_ref().map(|f| f.0),
+            follow_token: follow.map(|f| f.1),
             ..NodeOpts::default()
         };
         let artifact = match flavor {
             Flavor::Unix => &unix,
             Flavor::Uk => uk.as_ref().context("no uk artifact")?,
         };
-        let cmd = crate::node::command(artifact, &opts)?;
+        let mut cmd = crate::node::command(artifact, &opts)?;
+        if role == Role::Twin {
+            cmd.env(
+                "JANUS_MIRROR_WAIT_MS",
+                cluster.debug.twin_mirror_wait_ms.to_string(),
+            )
+            .env(
+                "JANUS_REPLAY_DELAY_MS",
+                cluster.debug.twin_replay_delay_ms.to_string(),
+            );
+        }
         Ok(ProcSpec {
             id,
             role,
@@ -307,14 +324,37 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
                 format!("stable-{i}"),
                 Role::Stable,
                 cluster.stable.flavor,
+                None,
+            )?);
+        }
+    }
+    for i in 0..cluster.stable.count {
+        let leader = &procs[i as usize];
+        if cluster.debug.twins.enabled_for(&leader.id) {
+            let follow = Some((leader.admin, leader.token.clone()));
+            procs.push(node_spec(
+                twin_id(&leader.id),
+                Role::Twin,
+                Flavor::Unix,
+                follow,
             )?);
         }
     }
     for i in 0..cluster.debug.count {
-        procs.push(node_spec(format!("debug-{i}"), Role::Debug, Flavor::Unix)?);
+        procs.push(node_spec(
+            format!("debug-{i}"),
+            Role::Debug,
+            Flavor::Unix,
+            None,
+        )?);
     }
     for i in 0..cluster.debug.spare {
-        procs.push(node_spec(format!("spare-{i}"), Role::Spare, Flavor::Unix)?);
+        procs.push(node_spec(
+            format!("spare-{i}"),
+            Role::Spare,
+            Flavor::Unix,
+            None,
+        )?);
     }
     let router_token = random_token()?;
     let router_toml = router_config(cluster, &procs, &router_token, &dir)?;
@@ -520,6 +560,11 @@ fn libvirt_stable_nodes(
     Ok((specs, created))
 }
 
+/// The id of stable node `stable`'s twin.
+pub fn twin_id(stable: &str) -> String {
+    format!("twin-{stable}")
+}
+
 fn cluster_flag(name: &str) -> String {
     if name == "default" {
         String::new()
@@ -565,16 +610,22 @@ fn router_config(
 ) -> anyhow::Result<String> {
     let nodes: Vec<serde_json::Value> = procs
         .iter()
-        .filter(|p| matches!(p.role, Role::Stable | Role::Debug) && p.domain.is_none())
+        .filter(|p| matches!(p.role, Role::Stable | Role::Debug | Role::Twin) && p.domain.is_none())
         .map(|p| {
-            serde_json::json!({
+            let mut node = serde_json::json!({
                 "id": p.id,
                 "pool": if p.role == Role::Stable { "stable" } else { "debug" },
                 "addr": p.listen.to_string(),
                 "admin_addr": p.admin.to_string(),
                 "weight": 1,
                 "admin_token": p.token,
-            })
+            });
+            if p.role == Role::Twin
+                && let Some(of) = p.id.strip_prefix("twin-")
+            {
+                node["twin_of"] = serde_json::Value::from(of);
+            }
+            node
         })
         .collect();
     let mut doc = router_settings(

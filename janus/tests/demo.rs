@@ -1,6 +1,7 @@
-//! The README's main command, `janus demo`, end to end: it must capture and reproduce every injected
-//! fault, show that the state-triggered one is not reproduced without the mirrored state, and leave
-//! nothing running.
+//! The README's main command, `janus demo`, end to end: every injected fault must end with its
+//! expected verdict (the state-triggered one state-dependent, the u8 overflow build-specific: a
+//! divergence between a unikernel and its twin, the input and hang bugs reproduced), `/stats` mirrored
+//! to the twins at the same seq must not diverge, and nothing may be left running.
 
 use std::process::Command;
 
@@ -18,16 +19,27 @@ fn janus_demo_captures_and_reproduces_every_injected_fault() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(
-        out.contains("every injected fault was captured and reproduced"),
+        out.contains("every injected fault ended as expected"),
         "{out}"
     );
     let json_start = out.rfind("\n{").expect("the --json summary");
     let summary: serde_json::Value =
         serde_json::from_str(&out[json_start..]).expect("summary JSON");
     let bugs = summary["bugs"].as_array().expect("bugs");
-    assert_eq!(bugs.len(), 4);
-    for b in bugs {
-        assert_eq!(b["reproduced"], true, "{b}");
+    let bug = |name: &str| {
+        bugs.iter()
+            .find(|b| b["bug"] == name)
+            .unwrap_or_else(|| panic!("{name} in {bugs:?}"))
+    };
+    assert_eq!(bugs.len(), 5);
+    for (name, verdict) in [
+        ("build", "build_specific"),
+        ("state", "state_dependent"),
+        ("input", "reproduced"),
+        ("hang", "reproduced"),
+    ] {
+        let b = bug(name);
+        assert_eq!(b["verdict"], verdict, "{b}");
         assert!(b["fault_id"].is_i64(), "{b}");
         assert!(
             b["stable_node"]
@@ -36,17 +48,20 @@ fn janus_demo_captures_and_reproduces_every_injected_fault() {
             "the fault happened on a stable node: {b}"
         );
     }
-    let state = bugs
-        .iter()
-        .find(|b| b["bug"] == "state")
-        .expect("state bug");
+    let state = bug("state");
     assert_eq!(state["reproduced_without_state"], false);
     assert_eq!(state["client_errors"], 0, "clients never saw the state bug");
-    let wrong = bugs
-        .iter()
-        .find(|b| b["bug"] == "wrong answer")
-        .expect("wrong answer");
-    assert_eq!(wrong["client_errors"], 0);
+    let shared = bug("shared wrong answer");
+    assert!(
+        shared["fault_id"].is_null(),
+        "/stats at the same seq diverged: {shared}"
+    );
+    assert_eq!(shared["client_errors"], 0);
+    assert_eq!(
+        bug("build")["client_errors"],
+        0,
+        "the unikernel's wrong answer is silent"
+    );
     let state_json = janus::cluster::run_dir("demo").join("state.json");
     assert!(!state_json.exists(), "janus demo tears the cluster down");
 }

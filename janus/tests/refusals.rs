@@ -126,3 +126,26 @@ fn an_undeclared_upstream_is_refused_at_start() {
     );
     assert!(err.contains("'payments' is not declared"), "{err}");
 }
+
+/// `--profile` chooses the unix build's semantics only: the unikernel image keeps release semantics,
+/// so asking it for another profile is refused by name before anything is built.
+#[test]
+fn a_profile_for_the_unikernel_build_is_refused() {
+    let o = Command::new(janus_bin())
+        .args([
+            "build",
+            "samples/faulty",
+            "--flavor",
+            "uk",
+            "--profile",
+            "checked",
+        ])
+        .output()
+        .expect("janus runs");
+    let all = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        all.contains("--profile checked is for --flavor unix"),
+        "{all}"
+    );
+}

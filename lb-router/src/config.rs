@@ -346,18 +346,37 @@ impl Default for MirrorConfig {
             max_body_bytes: 256 * 1024,
             methods: vec!["GET".to_owned(), "HEAD".to_owned()],
             compare_headers: vec!["content-type".to_owned()],
-            ignore_json_fields: Vec::new(),
+            // Fields that legitimately differ between two nodes: trace ids, node ids, timestamps.
+            ignore_json_fields: [
+                "trace_id",
+                "traceId",
+                "node",
+                "node_id",
+                "timestamp",
+                "time",
+                "now",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
 
-/// A route: a path prefix that names traffic in metrics and faults, with its mirror fraction.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// A route: a path prefix that names traffic in metrics and faults, with its mirror fraction and
+/// its noise filters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub prefix: String,
     #[serde(default)]
     pub mirror_fraction: f64,
+    /// Noise filter: headers of `mirror.compare_headers` not compared on this route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_headers: Vec<String>,
+    /// Noise filter: JSON fields (names or `$.paths`) ignored on this route, besides
+    /// `mirror.ignore_json_fields`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_json_fields: Vec<String>,
 }
 
 /// One node.
@@ -372,6 +391,10 @@ pub struct NodeConfig {
     pub weight: u32,
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// A debug node that follows this stable node's store (`--follow`): it takes none of the pools'
+    /// traffic, only that node's mirrored requests, compared at the same state seq.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twin_of: Option<NodeId>,
 }
 
 fn default_weight() -> u32 {
@@ -677,6 +700,24 @@ impl Config {
             if n.weight > 10_000 {
                 return Err(invalid(format!("nodes[{i}].weight"), "must be <= 10000"));
             }
+            if let Some(of) = &n.twin_of {
+                if n.pool != Pool::Debug {
+                    return Err(invalid(
+                        format!("nodes[{i}].twin_of"),
+                        "a twin is a debug node (pool = \"debug\")",
+                    ));
+                }
+                if !self
+                    .nodes
+                    .iter()
+                    .any(|s| &s.id == of && s.pool == Pool::Stable && s.twin_of.is_none())
+                {
+                    return Err(invalid(
+                        format!("nodes[{i}].twin_of"),
+                        format!("`{of}` is not a stable node of this config"),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -724,10 +765,26 @@ mod tests {
             admin_addr: AdminAddr("127.0.0.1:2".parse().expect("addr")),
             weight: 1,
             admin_token: None,
+            twin_of: None,
         });
         c.nodes.push(c.nodes[0].clone());
         let err = c.validate().expect_err("duplicate id").to_string();
         assert!(err.contains("nodes[1].id"), "{err}");
+        let mut twin = c.nodes[0].clone();
+        twin.id = NodeId::new("t");
+        twin.twin_of = Some(NodeId::new("a"));
+        let mut t = base();
+        t.nodes = vec![c.nodes[0].clone(), twin.clone()];
+        let err = t
+            .validate()
+            .expect_err("twin in the stable pool")
+            .to_string();
+        assert!(err.contains("nodes[1].twin_of"), "{err}");
+        t.nodes[1].pool = Pool::Debug;
+        t.validate().expect("a debug twin of a stable node");
+        t.nodes[1].twin_of = Some(NodeId::new("nope"));
+        let err = t.validate().expect_err("twin of nothing").to_string();
+        assert!(err.contains("`nope` is not a stable node"), "{err}");
         let mut c = base();
         c.admin.listen = "0.0.0.0:9".parse().expect("addr");
         assert!(
@@ -755,10 +812,12 @@ mod tests {
             RouteConfig {
                 prefix: "/kv".into(),
                 mirror_fraction: 0.0,
+                ..RouteConfig::default()
             },
             RouteConfig {
                 prefix: "/kv/admin".into(),
                 mirror_fraction: 0.5,
+                ..RouteConfig::default()
             },
         ];
         assert_eq!(
@@ -788,7 +847,11 @@ mod example_tests {
     fn example_config_is_valid_and_complete() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("router.example.toml");
         let cfg = Config::from_file(&path).expect("example config loads");
-        assert_eq!(cfg.nodes.len(), 2);
+        assert_eq!(cfg.nodes.len(), 3);
+        assert_eq!(
+            cfg.nodes[2].twin_of.as_ref().map(NodeId::as_str),
+            Some("uk-1")
+        );
         let text = std::fs::read_to_string(&path).expect("read");
         let mut all = Vec::new();
         keys(

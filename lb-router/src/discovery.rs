@@ -159,6 +159,7 @@ fn node_config(meta: &NodeMeta, token: Option<String>) -> Option<NodeConfig> {
         admin_addr: AdminAddr(meta.admin),
         weight: 1,
         admin_token: token,
+        twin_of: None,
     })
 }
 

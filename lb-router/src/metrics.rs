@@ -147,6 +147,10 @@ pub struct RouterMetrics {
     pub mirror_diverged: Counter,
     pub mirror_dropped: Counter,
     pub mirror_errors: Counter,
+    /// Mirrors a twin could not answer at the stable answer's seq in time (not compared).
+    pub mirror_skipped_lag: Counter,
+    /// Differences the stable node also shows between two answers at the same seq.
+    pub mirror_noisy: Counter,
     pub channel_fallbacks: Counter,
     /// Requests routed in panic mode (both pools too degraded: health ignored).
     pub panic_routed: Counter,
@@ -193,6 +197,8 @@ impl RouterMetrics {
             mirror_diverged: Counter::new(),
             mirror_dropped: Counter::new(),
             mirror_errors: Counter::new(),
+            mirror_skipped_lag: Counter::new(),
+            mirror_noisy: Counter::new(),
             channel_fallbacks: Counter::new(),
             panic_routed: Counter::new(),
             turned_unhealthy: Counter::new(),
@@ -304,6 +310,8 @@ impl RouterMetrics {
             ("diverged", &self.mirror_diverged),
             ("dropped", &self.mirror_dropped),
             ("error", &self.mirror_errors),
+            ("skipped_lag", &self.mirror_skipped_lag),
+            ("noisy", &self.mirror_noisy),
         ] {
             let _ = writeln!(
                 out,

@@ -20,6 +20,9 @@ pub struct Node {
     pub addr: UpstreamAddr,
     pub admin_addr: AdminAddr,
     pub admin_token: Option<String>,
+    /// Set on a shadow twin: the stable node whose store it follows. A twin is in no pool: it gets
+    /// only that node's mirrored requests.
+    pub twin_of: Option<NodeId>,
     /// `http://<addr>`, formatted once: the prefix of every upstream request URI.
     pub base_uri: String,
     weight: AtomicU32,
@@ -42,6 +45,7 @@ impl Node {
             addr: cfg.addr,
             admin_addr: cfg.admin_addr,
             admin_token: cfg.admin_token.clone(),
+            twin_of: cfg.twin_of.clone(),
             base_uri: format!("http://{}", cfg.addr),
             weight: AtomicU32::new(cfg.weight),
             health: NodeHealth::new(),
@@ -161,8 +165,19 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// The nodes of `pool` that take traffic (twins take only their stable node's mirrors).
     pub fn pool(&self, pool: Pool) -> impl Iterator<Item = &Arc<Node>> {
-        self.nodes.iter().filter(move |n| n.pool == pool)
+        self.nodes
+            .iter()
+            .filter(move |n| n.pool == pool && n.twin_of.is_none())
+    }
+
+    /// An available shadow twin of stable node `stable`.
+    pub fn twin_of(&self, stable: &NodeId) -> Option<Arc<Node>> {
+        self.nodes
+            .iter()
+            .find(|n| n.twin_of.as_ref() == Some(stable) && n.health.is_available())
+            .cloned()
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<Node>> {
@@ -327,7 +342,8 @@ impl Pools {
                     if existing.pool == nc.pool
                         && existing.addr == nc.addr
                         && existing.admin_addr == nc.admin_addr
-                        && existing.admin_token == nc.admin_token =>
+                        && existing.admin_token == nc.admin_token
+                        && existing.twin_of == nc.twin_of =>
                 {
                     existing.set_weight(nc.weight);
                     existing.clone()
@@ -388,6 +404,7 @@ mod tests {
             admin_addr: AdminAddr("127.0.0.1:2".parse().expect("addr")),
             weight,
             admin_token: None,
+            twin_of: None,
         }
     }
 

@@ -989,6 +989,7 @@ mod tests {
             admin_addr: AdminAddr("127.0.0.1:2".parse().expect("addr")),
             weight: 1,
             admin_token: None,
+            twin_of: None,
         };
         let cfg = Config {
             mix: MixConfig {

@@ -358,6 +358,7 @@ mod tests {
             admin_addr: crate::ids::AdminAddr(([10, 77, 0, 10], port + 1).into()),
             weight: 1,
             admin_token: Some("tok".into()),
+            twin_of: None,
         }
     }
 

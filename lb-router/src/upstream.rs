@@ -36,6 +36,10 @@ pub const X_FLAVOR: HeaderName = HeaderName::from_static("x-janus-flavor");
 pub const X_NODE: HeaderName = HeaderName::from_static("x-janus-node");
 pub const X_STATE_SEQ: HeaderName = HeaderName::from_static("x-janus-state-seq");
 pub const X_MIRROR: HeaderName = HeaderName::from_static("x-janus-mirror");
+/// On a mirror to a twin: the stable answer's seq (`runtime_abi::node::MIRROR_SEQ`).
+pub const X_MIRROR_SEQ: HeaderName = HeaderName::from_static("x-janus-mirror-seq");
+/// On a twin's answer: it could not answer at the asked seq.
+pub const X_MIRROR_SKIPPED: HeaderName = HeaderName::from_static("x-janus-mirror-skipped");
 
 /// A client request, fully read and kept so it can be replayed.
 #[derive(Clone, Debug)]

@@ -34,7 +34,10 @@ pub use caps::{
 };
 pub use http::{Headers, JsonError, Method, Request, Response, StatusCode};
 pub use service::{ConfigKey, InitError, Listener, Manifest, Service, StoreSpec};
-pub use store::{MemStore, SnapshotError, Store, StoreBackend, StoreError, StoreLimits, Update};
+pub use store::{
+    MemStore, Op, SnapshotError, Store, StoreBackend, StoreError, StoreLimits, Update, decode_ops,
+    encode_ops,
+};
 pub use trace::TraceId;
 
 pub use serde_json;

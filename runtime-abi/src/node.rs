@@ -21,6 +21,21 @@ pub const TRACE_ID: &str = "x-janus-trace-id";
 pub const STATE_SEQ: &str = "x-janus-state-seq";
 /// Set on a caught fault (`panic`).
 pub const FAULT: &str = "x-janus-fault";
+/// Identifies one history of a store (`GET /state`, `GET /state/log`): a new value at node start
+/// and on every `PUT /state`, so a follower notices a leader whose sequence numbers started over.
+pub const STATE_EPOCH: &str = "x-janus-state-epoch";
+/// On a mirrored request to a twin: the sequence number the stable answer was made at; the twin
+/// answers only at exactly that state.
+pub const MIRROR_SEQ: &str = "x-janus-mirror-seq";
+/// On a twin's answer: why it did not answer the mirrored request (`lag`: it could not be at the
+/// asked sequence number in time; the router counts the comparison as skipped).
+pub const MIRROR_SKIPPED: &str = "x-janus-mirror-skipped";
+/// Most ops one `GET /state/log` answer carries.
+pub const LOG_MAX_OPS: usize = 4096;
+/// About the most key and value bytes one `GET /state/log` answer carries.
+pub const LOG_MAX_BYTES: usize = 1 << 20;
+/// Longest long-poll of `GET /state/log?wait_ms=`.
+pub const LOG_MAX_WAIT_MS: u64 = 30_000;
 
 /// Whether a response field belongs to the backend rather than the service: framing and connection
 /// management (`content-length`, `transfer-encoding`, `connection`, `keep-alive`, `upgrade`) and

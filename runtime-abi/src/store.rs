@@ -17,6 +17,7 @@
 //! ```
 
 use alloc::collections::{BTreeMap, VecDeque};
+use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -372,6 +373,192 @@ impl MemStore {
     }
 }
 
+/// One mutation as a follower replays it: its sequence number, key and the value it set (`None`:
+/// deleted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    /// The mutation's sequence number.
+    pub seq: u64,
+    /// The key it changed.
+    pub key: String,
+    /// The value it set, `None` for a delete.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Op log magic bytes (`GET /state/log` bodies).
+pub const OPLOG_MAGIC: &[u8; 4] = b"JNSL";
+/// Op log format version.
+pub const OPLOG_VERSION: u8 = 1;
+
+impl MemStore {
+    /// The mutations after `since`, oldest first, at most `max_ops` of them and at most about
+    /// `max_bytes` of keys and values (always at least one when there is one). `NotRetained` when
+    /// the log no longer reaches back to `since` (a follower then takes a snapshot), `FutureSeq`
+    /// when `since` is ahead of this store (a follower of another history).
+    pub fn ops_since(
+        &self,
+        since: u64,
+        max_ops: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Op>, StoreError> {
+        if since > self.seq {
+            return Err(StoreError::FutureSeq { current: self.seq });
+        }
+        if since < self.oldest_retained() {
+            return Err(StoreError::NotRetained {
+                oldest: self.oldest_retained(),
+            });
+        }
+        // The log keeps the value each mutation replaced; the value it set is the one the next
+        // mutation of the same key replaced, or the current value when none followed.
+        let pending: Vec<&LogEntry> = self.log.iter().filter(|e| e.seq > since).collect();
+        let mut after: BTreeMap<&str, Option<&[u8]>> = BTreeMap::new();
+        let mut ops: Vec<Op> = Vec::with_capacity(pending.len().min(max_ops));
+        let mut newest_first = Vec::with_capacity(pending.len());
+        for e in pending.iter().rev() {
+            let value = match after.get(e.key.as_str()) {
+                Some(v) => *v,
+                None => self.map.get(&e.key).map(Vec::as_slice),
+            };
+            after.insert(e.key.as_str(), e.prev.as_deref());
+            newest_first.push((e.seq, e.key.as_str(), value));
+        }
+        let mut bytes = 0usize;
+        for (seq, key, value) in newest_first.into_iter().rev() {
+            let size = key.len() + value.map_or(0, <[u8]>::len);
+            if ops.len() == max_ops || (!ops.is_empty() && bytes + size > max_bytes) {
+                break;
+            }
+            bytes += size;
+            ops.push(Op {
+                seq,
+                key: key.to_string(),
+                value: value.map(<[u8]>::to_vec),
+            });
+        }
+        Ok(ops)
+    }
+
+    /// Replays one mutation of a followed store: `op.seq` MUST be this store's next sequence
+    /// number. Refused (state unchanged) when it is not, or when the op does not fit the limits.
+    pub fn apply_op(&mut self, op: &Op) -> Result<u64, StoreError> {
+        if op.seq != self.seq + 1 {
+            return Err(StoreError::Unavailable(format!(
+                "op log out of order: op {} after seq {}",
+                op.seq, self.seq
+            )));
+        }
+        if op.value.is_none() && !self.map.contains_key(&op.key) {
+            // A delete of an absent key uses no sequence number on the leader: this log is not
+            // this store's history.
+            return Err(StoreError::Unavailable(format!(
+                "op {} deletes '{}', which this store does not hold",
+                op.seq, op.key
+            )));
+        }
+        self.apply(&op.key, op.value.clone())
+    }
+
+    /// Undoes the mutations after `seq` (newest first) from the retained log. Used by a follower
+    /// to drop what a request made locally, so its state stays the leader's.
+    pub fn rollback_to(&mut self, seq: u64) -> Result<(), StoreError> {
+        if seq > self.seq {
+            return Err(StoreError::FutureSeq { current: self.seq });
+        }
+        if seq < self.oldest_retained() {
+            return Err(StoreError::NotRetained {
+                oldest: self.oldest_retained(),
+            });
+        }
+        while self.seq > seq {
+            let Some(e) = self.log.pop_back() else { break };
+            let cur = self.map.get(&e.key).map_or(0, |v| e.key.len() + v.len());
+            let old = e.prev.as_ref().map_or(0, |v| e.key.len() + v.len());
+            match e.prev {
+                Some(v) => self.map.insert(e.key, v),
+                None => self.map.remove(&e.key),
+            };
+            self.bytes = self.bytes - cur + old;
+            self.seq -= 1;
+        }
+        Ok(())
+    }
+}
+
+/// Encodes an op log batch: `magic "JNSL" | version u8 = 1 | count u32 | count x (seq u64 | kind u8
+/// (0 delete, 1 set) | key_len u32 | key | [value_len u32 | value]) | crc32 u32`.
+pub fn encode_ops(ops: &[Op]) -> Vec<u8> {
+    let size: usize = ops
+        .iter()
+        .map(|o| 17 + o.key.len() + o.value.as_ref().map_or(0, Vec::len))
+        .sum();
+    let mut out = Vec::with_capacity(4 + 1 + 4 + size + 4);
+    out.extend_from_slice(OPLOG_MAGIC);
+    out.push(OPLOG_VERSION);
+    out.extend_from_slice(&len_u32(ops.len()).to_le_bytes());
+    for o in ops {
+        out.extend_from_slice(&o.seq.to_le_bytes());
+        out.push(u8::from(o.value.is_some()));
+        out.extend_from_slice(&len_u32(o.key.len()).to_le_bytes());
+        out.extend_from_slice(o.key.as_bytes());
+        if let Some(v) = &o.value {
+            out.extend_from_slice(&len_u32(v.len()).to_le_bytes());
+            out.extend_from_slice(v);
+        }
+    }
+    let crc = crc32(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Decodes and verifies an op log batch (see [`encode_ops`]); sequence numbers must be
+/// consecutive. Never panics, never allocates more than the input's size.
+pub fn decode_ops(bytes: &[u8]) -> Result<Vec<Op>, SnapshotError> {
+    if bytes.len() < 4 + 1 + 4 + 4 {
+        return Err(SnapshotError::Truncated);
+    }
+    if &bytes[..4] != OPLOG_MAGIC {
+        return Err(SnapshotError::BadMagic);
+    }
+    if bytes[4] != OPLOG_VERSION {
+        return Err(SnapshotError::UnsupportedVersion(bytes[4]));
+    }
+    let (body, crc_bytes) = bytes.split_at(bytes.len() - 4);
+    let expected = u32::from_le_bytes([crc_bytes[0], crc_bytes[1], crc_bytes[2], crc_bytes[3]]);
+    if crc32(body) != expected {
+        return Err(SnapshotError::Checksum);
+    }
+    let mut r = Reader { buf: body, pos: 5 };
+    let count = r.u32()?;
+    let mut ops = Vec::new();
+    for _ in 0..count {
+        let seq = r.u64()?;
+        let kind = r.take(1)?[0];
+        let klen = r.u32()? as usize;
+        let key = core::str::from_utf8(r.take(klen)?).map_err(|_| SnapshotError::Malformed)?;
+        let value = match kind {
+            0 => None,
+            1 => {
+                let vlen = r.u32()? as usize;
+                Some(r.take(vlen)?.to_vec())
+            }
+            _ => return Err(SnapshotError::Malformed),
+        };
+        if ops.last().is_some_and(|l: &Op| l.seq + 1 != seq) {
+            return Err(SnapshotError::Malformed);
+        }
+        ops.push(Op {
+            seq,
+            key: key.to_string(),
+            value,
+        });
+    }
+    if r.pos != body.len() {
+        return Err(SnapshotError::Malformed);
+    }
+    Ok(ops)
+}
+
 /// Encodes a snapshot.
 pub fn encode_snapshot(seq: u64, entries: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
     let size: usize = entries.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
@@ -705,6 +892,74 @@ mod tests {
             "shrinking a value frees room"
         );
         assert_eq!(s.state_at(2), Err(StoreError::NotRetained { oldest: 3 }));
+    }
+
+    #[test]
+    fn op_log_replays_into_an_identical_store() {
+        let mut leader = store();
+        let mut follower = store();
+        leader.put("a", b"1".to_vec()).expect("put"); // 1
+        leader.put("b", b"2".to_vec()).expect("put"); // 2
+        let ops = leader.ops_since(0, 100, 1 << 20).expect("ops");
+        for op in decode_ops(&encode_ops(&ops)).expect("decode") {
+            follower.apply_op(&op).expect("apply");
+        }
+        leader.put("a", b"3".to_vec()).expect("put"); // 3
+        leader.delete("b").expect("delete"); // 4
+        leader.put("a", b"5".to_vec()).expect("put"); // 5
+        let ops = leader.ops_since(2, 100, 1 << 20).expect("ops");
+        assert_eq!(ops.iter().map(|o| o.seq).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(
+            ops[0].value.as_deref(),
+            Some(&b"3"[..]),
+            "value set at 3, not the current"
+        );
+        assert_eq!(ops[1].value, None);
+        for op in &ops {
+            follower.apply_op(op).expect("apply");
+        }
+        assert_eq!(follower.snapshot(), leader.snapshot());
+        assert!(follower.apply_op(&ops[0]).is_err(), "replayed op refused");
+        assert_eq!(leader.ops_since(5, 100, 1 << 20).expect("none"), []);
+        assert_eq!(leader.ops_since(2, 2, 1 << 20).expect("capped").len(), 2);
+        assert_eq!(leader.ops_since(2, 100, 0).expect("one at least").len(), 1);
+        assert_eq!(
+            leader.ops_since(0, 100, 1 << 20),
+            Err(StoreError::NotRetained { oldest: 1 })
+        );
+        assert_eq!(
+            leader.ops_since(9, 100, 1 << 20),
+            Err(StoreError::FutureSeq { current: 5 })
+        );
+    }
+
+    #[test]
+    fn rollback_undoes_local_mutations() {
+        let mut s = store();
+        s.put("a", b"1".to_vec()).expect("put");
+        let before = s.snapshot();
+        s.put("a", b"22".to_vec()).expect("put");
+        s.put("n", b"x".to_vec()).expect("put");
+        s.rollback_to(1).expect("rollback");
+        assert_eq!(s.snapshot(), before);
+        assert_eq!(s.bytes(), 2);
+        assert_eq!(s.put("z", b"1".to_vec()), Ok(2));
+    }
+
+    #[test]
+    fn corrupt_op_logs_are_refused() {
+        let mut s = store();
+        s.put("a", b"1".to_vec()).expect("put");
+        s.delete("a").expect("delete");
+        let good = encode_ops(&s.ops_since(0, 10, 1 << 20).expect("ops"));
+        for cut in 0..good.len() {
+            assert!(decode_ops(&good[..cut]).is_err(), "truncated at {cut}");
+        }
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            assert!(decode_ops(&bad).is_err(), "flipped byte {i}");
+        }
     }
 
     #[test]

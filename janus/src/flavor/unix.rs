@@ -1,15 +1,21 @@
-//! The unix flavour: a release binary linked with backend-unix (with line tables, so backtraces in the
-//! flight recorder name files and lines).
+//! The unix flavour: an optimised binary linked with backend-unix (with line tables, so backtraces in
+//! the flight recorder name files and lines), by default with `overflow-checks` and
+//! `debug-assertions` on (profile `checked`, see [`UnixProfile`]).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::build::{Layout, cargo, run_cargo, write_wrapper};
+use crate::build::{Layout, UnixProfile, cargo, run_cargo, write_wrapper};
 use crate::service::ServiceCrate;
 
 /// Builds the unix binary of `service` and copies it to `out_dir`; returns its path.
-pub fn build(layout: &Layout, service: &ServiceCrate, out_dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn build(
+    layout: &Layout,
+    service: &ServiceCrate,
+    out_dir: &Path,
+    profile: UnixProfile,
+) -> anyhow::Result<PathBuf> {
     let dir = layout.gen_dir(&service.package, "unix");
     let bin_name = format!("{}-unix", service.package);
     let cargo_toml = format!(
@@ -30,6 +36,11 @@ backend-unix = {{ path = {backend:?} }}
 [profile.release]
 debug = "line-tables-only"
 
+[profile.checked]
+inherits = "release"
+overflow-checks = true
+debug-assertions = true
+
 [workspace]
 "#,
         bin = bin_name,
@@ -46,12 +57,12 @@ debug = "line-tables-only"
     write_wrapper(layout, &dir, &cargo_toml, &[("main.rs", &main)])?;
     let target = layout.target_dir("unix");
     let mut cmd = cargo();
-    cmd.args(["build", "--release", "--manifest-path"])
+    cmd.args(["build", "--profile", profile.as_str(), "--manifest-path"])
         .arg(dir.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target);
     run_cargo(cmd, &format!("unix build of {}", service.package))?;
-    let built = target.join("release").join(&bin_name);
+    let built = target.join(profile.as_str()).join(&bin_name);
     let dest = out_dir.join(&bin_name);
     // Copy to a temporary name and rename, so a running node's binary is never overwritten in place.
     let tmp = out_dir.join(format!(".{bin_name}.{}.tmp", std::process::id()));

@@ -1,4 +1,4 @@
-//! `faulty`: the kv service with four deliberate latent bugs, for the router and the reproduction work.
+//! `faulty`: the kv service with six deliberate latent bugs, for the router and the reproduction work.
 //! See README.md next to this file for each bug, its trigger and what a fixed version does.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -52,8 +52,20 @@ impl Service for Faulty {
             (Method::Get, "/stats") => self.stats(),
             (Method::Get, "/wait") => self.wait(&req).await,
             (Method::Get, "/forged-headers") => forged_headers(),
+            (Method::Get, "/avg") => avg(&req),
+            (Method::Post, "/blob") => blob(&req),
             (Method::Post, path) if path.starts_with("/counter/") && path.ends_with("/incr") => {
-                self.incr(&path["/counter/".len()..path.len() - "/incr".len()])
+                // `/counter/incr` and `/counter//incr` name no counter.
+                match path
+                    .strip_prefix("/counter/")
+                    .and_then(|p| p.strip_suffix("/incr"))
+                {
+                    Some(name) if !name.is_empty() => self.incr(name),
+                    _ => Response::error(
+                        StatusCode::BAD_REQUEST,
+                        "POST /counter/{name}/incr needs a non-empty name",
+                    ),
+                }
             }
             _ => self.kv.handle(req).await,
         }
@@ -94,6 +106,70 @@ fn div(req: &Request) -> Response {
     Response::json(
         StatusCode::OK,
         &serde_json::json!({ "a": a, "b": b, "quotient": q }),
+    )
+}
+
+/// Most values `/avg` takes.
+pub const AVG_MAX_VALUES: usize = 64;
+/// Largest `/blob?kib=`.
+pub const BLOB_MAX_KIB: usize = 64 * 1024;
+
+/// Bug 5 (build-dependent wrong answer): `GET /avg?values=200,100` sums the values (each 0..=255)
+/// into a `u8`. A build with overflow checks (the unix debug build's `checked` profile) panics with
+/// `attempt to add with overflow`; a release build (the unikernel) wraps silently and answers a
+/// wrong average (`200,100` gives 22 instead of 150).
+fn avg(req: &Request) -> Response {
+    let Some(text) = req.query_param("values") else {
+        return Response::error(StatusCode::BAD_REQUEST, "missing query parameter 'values'");
+    };
+    let mut values = alloc::vec::Vec::new();
+    for v in text.split(',') {
+        match v.trim().parse::<u8>() {
+            Ok(n) if values.len() < AVG_MAX_VALUES => values.push(n),
+            Ok(_) => {
+                return Response::error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("at most {AVG_MAX_VALUES} values"),
+                );
+            }
+            Err(_) => {
+                return Response::error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("'{v}' is not an integer from 0 to 255"),
+                );
+            }
+        }
+    }
+    let mut sum: u8 = 0;
+    for v in &values {
+        sum += *v; // BUG: u8 accumulator: wraps in release, panics with overflow checks
+    }
+    let avg = u64::from(sum) / values.len() as u64;
+    Response::json(
+        StatusCode::OK,
+        &serde_json::json!({ "count": values.len(), "avg": avg }),
+    )
+}
+
+/// Bug 6 (resources): `POST /blob?kib=N` builds an N KiB buffer in memory for the request (a
+/// checksum of a generated blob). Harmless on a process; on a unikernel with a small heap a large
+/// N exhausts it (the node exits with its out-of-memory status, 39).
+fn blob(req: &Request) -> Response {
+    let kib = match req.query_param("kib").map(|v| v.parse::<usize>()) {
+        Some(Ok(n)) if (1..=BLOB_MAX_KIB).contains(&n) => n,
+        _ => {
+            return Response::error(
+                StatusCode::BAD_REQUEST,
+                &format!("kib must be an integer from 1 to {BLOB_MAX_KIB}"),
+            );
+        }
+    };
+    // BUG: the whole blob is held in memory instead of checksummed as it is generated.
+    let buf: alloc::vec::Vec<u8> = (0..kib * 1024).map(|i| (i % 251) as u8).collect();
+    info!(kib, "blob built");
+    Response::json(
+        StatusCode::OK,
+        &serde_json::json!({ "kib": kib, "crc32": runtime_abi::store::crc32(&buf) }),
     )
 }
 

@@ -1,0 +1,223 @@
+//! Shadow twins end to end, as a user runs them: `janus up` with `[debug] twins = true` gives the
+//! stable node (a unikernel under QEMU; `JANUS_TEST_STABLE_FLAVOR=unix` for a process) a twin that
+//! follows its store, and the real router mirrors the stable node's GETs to that twin at the same seq.
+
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use janus::client;
+use janus::supervisor::{ClusterState, ProcState, Role};
+
+fn janus(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_janus"))
+        .args(args)
+        .output()
+        .expect("run janus")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn stable_flavor() -> String {
+    std::env::var("JANUS_TEST_STABLE_FLAVOR").unwrap_or_else(|_| "uk".into())
+}
+
+fn auth(p: &ProcState) -> String {
+    format!("Bearer {}", p.spec.token)
+}
+
+fn admin_json(p: &ProcState, path: &str) -> serde_json::Value {
+    let r = client::get(p.spec.admin, path, &[("authorization", &auth(p))]).expect("admin GET");
+    assert_eq!(r.status, 200, "{} {path}: {}", p.spec.id, r.text());
+    r.json().expect("json")
+}
+
+/// `janus_router_mirror_total{result="<result>"}`.
+fn mirrors(router: &ProcState, result: &str) -> u64 {
+    let r = client::get(
+        router.spec.admin,
+        "/metrics",
+        &[("authorization", &auth(router))],
+    )
+    .expect("router metrics");
+    let key = format!("janus_router_mirror_total{{result=\"{result}\"}} ");
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&key)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {}", r.text()))
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every mirror sent has an outcome (matched, diverged, skipped, failed).
+fn mirrors_settled(router: &ProcState) -> bool {
+    let sent = mirrors(router, "sent");
+    sent == ["match", "diverged", "skipped_lag", "noisy", "error"]
+        .iter()
+        .map(|r| mirrors(router, r))
+        .sum::<u64>()
+}
+
+fn twin_converged(stable: &ProcState, twin: &ProcState) -> bool {
+    let want = admin_json(stable, "/health")["seq"].as_u64();
+    let h = admin_json(twin, "/health");
+    want.is_some() && h["twin"]["applied_seq"].as_u64() == want && h["seq"].as_u64() == want
+}
+
+#[test]
+fn twins_follow_their_stable_node_and_mirrors_compare_at_the_same_seq() {
+    let name = format!("twins-{}", std::process::id());
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let file = dir.join("cluster.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"name = "{name}"
+service = "{svc}"
+[stable]
+count = 1
+flavor = "{flavor}"
+memory_mib = 64
+[debug]
+count = 1
+spare = 0
+twins = true
+[router]
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+stable_weight = 100
+debug_weight = 0
+[[router.mirror]]
+prefix = "/kv"
+fraction = 1.0
+[[router.mirror]]
+prefix = "/stats"
+fraction = 1.0
+[[router.mirror]]
+prefix = "/avg"
+fraction = 1.0
+"#,
+            svc = janus_integration::sample_dir("faulty").display(),
+            flavor = stable_flavor(),
+        ),
+    )
+    .expect("write cluster file");
+    let o = janus(&["up", file.to_str().expect("utf8")]);
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = janus(&["down", "--cluster", &self.0]);
+        }
+    }
+    let _down = Down(name.clone());
+    assert!(o.status.success(), "janus up failed:\n{}", text(&o));
+    let state = ClusterState::read(&janus::cluster::run_dir(&name)).expect("state.json");
+    let proc = |id: &str| state.proc(id).unwrap_or_else(|| panic!("{id}")).clone();
+    let (stable, twin, router) = (proc("stable-0"), proc("twin-stable-0"), proc("router"));
+    assert_eq!(twin.spec.role, Role::Twin);
+    let addr: SocketAddr = router.spec.listen;
+
+    // Writes through the router (all to the stable node), each key read back and /stats now and
+    // then: every GET is mirrored to the twin with the stable answer's seq.
+    for i in 0..150 {
+        let key = format!("/kv/k{}", i % 20);
+        let r = client::request(addr, "PUT", &key, &[], format!("v{i}").as_bytes()).expect("PUT");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-janus-node"), Some("stable-0"));
+        let r = client::get(addr, &key, &[]).expect("GET");
+        assert_eq!(r.text(), format!("v{i}"));
+        if i % 10 == 0 {
+            assert_eq!(client::get(addr, "/stats", &[]).expect("stats").status, 200);
+        }
+    }
+    wait_until("the twin applies the stable node's last seq", || {
+        twin_converged(&stable, &twin)
+    });
+    wait_until("every mirror has an outcome", || mirrors_settled(&router));
+    let matched = mirrors(&router, "match");
+    assert!(matched > 0, "no mirror compared");
+    assert_eq!(mirrors(&router, "diverged"), 0, "a false divergence");
+    let h = admin_json(&twin, "/health");
+    assert_eq!(
+        h["twin"]["mirrors_answered"].as_u64(),
+        Some(matched),
+        "the twin answered exactly the compared mirrors: {h}"
+    );
+    let faults = janus(&["faults", "list", "--json", "--cluster", &name]);
+    let faults: Vec<serde_json::Value> = serde_json::from_slice(&faults.stdout).expect("json");
+    assert!(
+        faults.iter().all(|f| f["kind"] != "divergence"),
+        "{faults:?}"
+    );
+
+    // A twin whose state is ahead of the stable answers (here an operator restored a state at a
+    // far seq into it) cannot answer at the stable answer's seq: skipped, never compared; it then
+    // notices (409 from the log) and takes the stable node's snapshot again.
+    let mut entries = std::collections::BTreeMap::new();
+    entries.insert("kv/k1".to_owned(), b"wrong".to_vec());
+    let far = runtime_abi::store::encode_snapshot(1_000_000, &entries);
+    let r = client::request(
+        twin.spec.admin,
+        "PUT",
+        "/state",
+        &[("authorization", &auth(&twin))],
+        &far,
+    )
+    .expect("PUT /state");
+    assert_eq!(r.status, 204, "{}", r.text());
+    let skipped = mirrors(&router, "skipped_lag");
+    for _ in 0..5 {
+        assert_eq!(client::get(addr, "/kv/k1", &[]).expect("GET").status, 200);
+    }
+    wait_until("every mirror has an outcome", || mirrors_settled(&router));
+    assert!(mirrors(&router, "skipped_lag") > skipped, "no skipped_lag");
+    assert_eq!(
+        mirrors(&router, "diverged"),
+        0,
+        "a skipped mirror was compared"
+    );
+    wait_until("the twin takes the stable node's state again", || {
+        twin_converged(&stable, &twin)
+    });
+    let matched = mirrors(&router, "match");
+    assert_eq!(client::get(addr, "/kv/k1", &[]).expect("GET").status, 200);
+    wait_until("the mirror after the resync matches", || {
+        mirrors(&router, "match") > matched
+    });
+    assert_eq!(mirrors(&router, "diverged"), 0);
+
+    // Bug 5, a build difference: the unikernel wraps the u8 sum and answers a wrong average; its
+    // twin (the checked debug build) panics on the same request at the same seq: a divergence
+    // whose debug side is the panic.
+    if stable_flavor() == "uk" {
+        let r = client::get(addr, "/avg?values=200,100", &[]).expect("GET /avg");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json().expect("json")["avg"], 22, "the stable build wraps");
+        wait_until("the divergence is recorded", || {
+            mirrors(&router, "diverged") == 1
+        });
+        let faults = janus(&["faults", "list", "--json", "--cluster", &name]);
+        let faults: Vec<serde_json::Value> = serde_json::from_slice(&faults.stdout).expect("json");
+        let f = faults
+            .iter()
+            .find(|f| f["kind"] == "divergence")
+            .unwrap_or_else(|| panic!("no divergence: {faults:?}"));
+        assert_eq!(f["debug_node"], "twin-stable-0", "{f}");
+        assert_eq!(f["debug_outcome"], "panic", "{f}");
+        let detail = f["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("twin twin-stable-0 at seq"), "{f}");
+    }
+}
