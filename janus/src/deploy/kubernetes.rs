@@ -261,11 +261,14 @@ fn router_deployment(plan: &Plan, opts: &DeployOpts) -> Value {
                         "volumeMounts": [
                             { "name": "config", "mountPath": CONFIG_DIR, "readOnly": true },
                             { "name": "faults", "mountPath": FAULTS_DIR },
+                            // SQLite's temporary files; the root file system is read-only.
+                            { "name": "tmp", "mountPath": "/tmp" },
                         ],
                     }],
                     "volumes": [
                         { "name": "config", "configMap": { "name": name } },
                         { "name": "faults", "persistentVolumeClaim": { "claimName": format!("{}-faults", plan.prefix) } },
+                        { "name": "tmp", "emptyDir": {} },
                     ],
                 },
             },
