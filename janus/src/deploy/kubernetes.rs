@@ -71,6 +71,13 @@ fn selector(plan: &Plan, key: &str, value: &str) -> Value {
 }
 
 fn service(plan: &Plan, name: &str, component: &str, pool: &str, sel: Value) -> Value {
+    // A VirtualMachine's ports are the guest's own (masquerade forwards them unchanged); a process
+    // node's are its container's named ports.
+    let (http, admin): (Value, Value) = if pool == "stable" && plan.stable_uk {
+        (GUEST_SERVICE_PORT.into(), GUEST_ADMIN_PORT.into())
+    } else {
+        ("http".into(), "admin".into())
+    };
     json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -79,8 +86,8 @@ fn service(plan: &Plan, name: &str, component: &str, pool: &str, sel: Value) -> 
             "type": "ClusterIP",
             "selector": sel,
             "ports": [
-                { "name": "http", "port": NODE_SERVICE_PORT, "targetPort": "http", "protocol": "TCP" },
-                { "name": "admin", "port": NODE_ADMIN_PORT, "targetPort": "admin", "protocol": "TCP" },
+                { "name": "http", "port": NODE_SERVICE_PORT, "targetPort": http, "protocol": "TCP" },
+                { "name": "admin", "port": NODE_ADMIN_PORT, "targetPort": admin, "protocol": "TCP" },
             ],
         },
     })
