@@ -1280,10 +1280,18 @@ fn process_stable_nodes_need_no_virtualization() {
         text.replace("[stable]\n", "[stable]\nflavor = \"unix\"\n"),
     )
     .expect("write");
+    // Emitted over a directory that held a unikernel cluster: its VirtualMachines go.
     let out = dir.join("k8s");
+    emit(
+        "kubernetes",
+        &cluster_file(&temp_dir("uk-before"), "shop"),
+        &out,
+        &[],
+    );
+    assert!(out.join("vms/stable.yaml.in").exists());
     emit("kubernetes", &file, &out, &[]);
-    assert!(!out.join("vms").exists());
-    assert!(!out.join("images/uk").exists());
+    assert!(!out.join("vms/stable.yaml.in").exists());
+    assert!(!out.join("images/uk/Containerfile").exists());
     let mut services = 0;
     let mut stable_pods = 0;
     for f in walk(&out)
