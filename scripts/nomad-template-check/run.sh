@@ -14,4 +14,5 @@ cargo build -q -p janus -p lb-router --release --manifest-path "$root/Cargo.toml
 mkdir -p "$work/alloc/data" "$work/rendered"
 (cd "$here" && go run main.go "$work/out/janus-shop.nomad.json" "$work/alloc" "$work/rendered")
 grep -c '^\[\[nodes\]\]' "$work/rendered/router_router.toml" | grep -qx 3 || { echo "expected 3 [[nodes]]" >&2; exit 1; }
-env -i $(cat "$work/rendered/router_router.env") "$root/target/release/lb-router" --check --config "$work/rendered/router_router.toml"
+mapfile -t vars <"$work/rendered/router_router.env"
+env -i "${vars[@]}" "$root/target/release/lb-router" --check --config "$work/rendered/router_router.toml"
