@@ -19,6 +19,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, TCPSocketAction};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -460,6 +461,26 @@ fn kubernetes_manifests_are_valid_objects_and_the_router_config_loads() {
         if name != "janus-shop" {
             let pool = labels(&s.metadata)["janus.dev/pool"].clone();
             assert!(name.contains(&pool), "{name}: pool label {pool}");
+            // A VM's Service targets the guest's ports, a pod's its container's named ports.
+            let targets: Vec<String> = s
+                .spec
+                .as_ref()
+                .and_then(|s| s.ports.clone())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| {
+                    p.target_port.as_ref().map(|t| match t {
+                        IntOrString::Int(i) => i.to_string(),
+                        IntOrString::String(s) => s.clone(),
+                    })
+                })
+                .collect();
+            let expected = if pool == "stable" {
+                ["80", "81"]
+            } else {
+                ["http", "admin"]
+            };
+            assert_eq!(targets, expected, "{name}");
         }
     }
 
@@ -1244,6 +1265,67 @@ fn kubevirt_shaped_vm_boots_with_the_rendered_kernel_args_and_halts_on_a_panic()
     assert!(admin_health(admin, token).is_err());
     let _ = qemu.kill();
     let _ = qemu.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `stable.flavor = "unix"` (machines without virtualization): the stable pool is process nodes
+/// everywhere, Deployments on Kubernetes (no VirtualMachine, no token rendering) and exec on Nomad.
+#[test]
+fn process_stable_nodes_need_no_virtualization() {
+    let dir = temp_dir("unix-stable");
+    let file = cluster_file(&dir, "shop");
+    let text = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(
+        &file,
+        text.replace("[stable]\n", "[stable]\nflavor = \"unix\"\n"),
+    )
+    .expect("write");
+    // Emitted over a directory that held a unikernel cluster: its VirtualMachines go.
+    let out = dir.join("k8s");
+    emit(
+        "kubernetes",
+        &cluster_file(&temp_dir("uk-before"), "shop"),
+        &out,
+        &[],
+    );
+    assert!(out.join("vms/stable.yaml.in").exists());
+    emit("kubernetes", &file, &out, &[]);
+    assert!(!out.join("vms/stable.yaml.in").exists());
+    assert!(!out.join("images/uk/Containerfile").exists());
+    let mut services = 0;
+    let mut stable_pods = 0;
+    for f in walk(&out)
+        .iter()
+        .filter(|f| f.extension().is_some_and(|x| x == "yaml"))
+    {
+        for doc in documents(f) {
+            assert_ne!(doc["kind"], "VirtualMachine");
+            if doc["kind"] == "Service" && doc["metadata"]["labels"]["janus.dev/pool"] == "stable" {
+                let s: Service = typed(&doc);
+                let ports = s.spec.and_then(|s| s.ports).unwrap_or_default();
+                assert!(
+                    ports
+                        .iter()
+                        .all(|p| matches!(&p.target_port, Some(IntOrString::String(_))))
+                );
+                services += 1;
+            }
+            if doc["kind"] == "Deployment" {
+                let d: Deployment = typed(&doc);
+                let l = d
+                    .spec
+                    .and_then(|s| s.template.metadata)
+                    .map(|m| labels(&m))
+                    .unwrap_or_default();
+                stable_pods +=
+                    usize::from(l.get("janus.dev/pool").map(String::as_str) == Some("stable"));
+            }
+        }
+    }
+    assert_eq!((services, stable_pods), (1 + 2, 2));
+    let job = load_job(&file, &dir.join("nomad"), &[]);
+    assert_eq!(job.task_groups[0].name, "stable");
+    assert_eq!(job.task_groups[0].tasks[0].driver, "exec");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

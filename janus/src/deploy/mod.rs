@@ -176,9 +176,26 @@ pub fn emit(
         notes: plan.notes(),
         ..Emitted::default()
     };
+    let defaults = DeployOpts::default();
     match target {
-        Target::Kubernetes => kubernetes::emit(&plan, dir, opts, &mut out)?,
-        Target::Nomad => nomad::emit(&plan, dir, opts, &mut out)?,
+        Target::Kubernetes => {
+            if opts.image_repo == defaults.image_repo {
+                out.notes.push(format!(
+                    "images are named {}/…: pass --image-repo with your registry",
+                    defaults.image_repo
+                ));
+            }
+            kubernetes::emit(&plan, dir, opts, &mut out)?
+        }
+        Target::Nomad => {
+            if opts.artifacts == defaults.artifacts {
+                out.notes.push(format!(
+                    "artifacts are fetched from {}/…: pass --artifacts with where you publish them",
+                    defaults.artifacts
+                ));
+            }
+            nomad::emit(&plan, dir, opts, &mut out)?
+        }
     }
     Ok(out)
 }

@@ -1,0 +1,3 @@
+module janus/nomad-template-check
+
+go 1.19
