@@ -7,6 +7,11 @@
 //! it stops), back off exponentially and start it again. It publishes everything in `state.json`, which
 //! `janus ps`, `janus logs`, `janus faults repro` and `janus down` read. SIGTERM stops every process
 //! (SIGTERM, then SIGKILL after a grace period) and then the supervisor itself.
+//!
+//! A stable node of the libvirt engine (`ProcSpec::domain`) is a libvirt domain instead of a child:
+//! its thread defines it, follows its lifecycle events (`virsh event --domain`), starts it, follows
+//! its console file the same way, records each stop with the same panic report and state dump, starts
+//! it again after the backoff, and destroys and undefines it when the supervisor stops.
 
 use std::collections::VecDeque;
 use std::fs::OpenOptions;

@@ -349,7 +349,10 @@ subnet = "10.78.0.0/24"
         .expect("kill");
     let deadline = Instant::now() + Duration::from_secs(10);
     while janus::up::pid_alive(sup) && !janus::up::is_zombie(sup) {
-        assert!(Instant::now() < deadline, "supervisor {sup} survived SIGKILL");
+        assert!(
+            Instant::now() < deadline,
+            "supervisor {sup} survived SIGKILL"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let o = janus(&["up", file.to_str().expect("utf8")]);
