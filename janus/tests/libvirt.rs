@@ -74,7 +74,7 @@ fn libvirt_engine_end_to_end() {
         return;
     }
     let deps = Command::new(home().join("scripts/install-deps"))
-        .args(["libvirt-daemon-system", "dnsmasq-base"])
+        .args(["libvirt-daemon-system", "dnsmasq-base", "iproute2"])
         .status()
         .expect("install-deps");
     assert!(deps.success(), "scripts/install-deps failed");
