@@ -276,12 +276,7 @@ fn keep_running(shared: &Shared, spec: &ProcSpec, (initial, max): (u64, u64)) {
         let mut child = match child {
             Ok(c) => c,
             Err(reason) => {
-                record_exit(
-                    shared,
-                    spec,
-                    exit_record("not started", None, reason, &[], None),
-                );
-                if !wait_backoff(shared, &mut backoff, max) {
+                if !not_started(shared, spec, reason, &mut backoff, max) {
                     break;
                 }
                 continue;
@@ -324,6 +319,23 @@ fn keep_running(shared: &Shared, spec: &ProcSpec, (initial, max): (u64, u64)) {
         p.state = "stopped".into();
         p.pid = None;
     });
+}
+
+/// Records that a process or domain could not be started and waits out the backoff; false when the
+/// supervisor stops.
+fn not_started(
+    shared: &Shared,
+    spec: &ProcSpec,
+    reason: String,
+    backoff: &mut Duration,
+    max: u64,
+) -> bool {
+    record_exit(
+        shared,
+        spec,
+        exit_record("not started", None, reason, &[], None),
+    );
+    wait_backoff(shared, backoff, max)
 }
 
 /// How a run of a process or domain ended.
@@ -407,18 +419,8 @@ fn keep_domain_running(
         // Defined first (an event subscription names an existing domain), subscribed before the
         // start, so no stop goes unseen.
         if let Err(e) = virsh(&dom.uri, &["define", &xml]) {
-            record_exit(
-                shared,
-                spec,
-                exit_record(
-                    "not started",
-                    None,
-                    format!("cannot define domain {}: {e:#}", dom.name),
-                    &[],
-                    None,
-                ),
-            );
-            if !wait_backoff(shared, &mut backoff, max) {
+            let reason = format!("cannot define domain {}: {e:#}", dom.name);
+            if !not_started(shared, spec, reason, &mut backoff, max) {
                 break;
             }
             continue;
@@ -449,12 +451,7 @@ fn keep_domain_running(
         let mut events = match begin {
             Ok(ev) => ev,
             Err(reason) => {
-                record_exit(
-                    shared,
-                    spec,
-                    exit_record("not started", None, reason, &[], None),
-                );
-                if !wait_backoff(shared, &mut backoff, max) {
+                if !not_started(shared, spec, reason, &mut backoff, max) {
                     break;
                 }
                 continue;
