@@ -4,7 +4,8 @@
 //! Janus drives libvirt through `virsh` (libvirt's own client: every connection URI and
 //! authentication libvirt supports works, and neither janus nor lb-router links a C library or
 //! needs libvirt-dev to build). The domain:
-//! - `machine='microvm'`, the image as `<kernel>`, the node's configuration as `<cmdline>` with a
+//! - `machine='microvm'`, the image as `<kernel>` (uploaded with the token file into the `janus`
+//!   storage pool of each host: no shared storage), the node's configuration as `<cmdline>` with a
 //!   static address from the network's managed range (`ip=A.B.C.D/N gw=G`: no DHCP wait);
 //! - a virtio NIC on virtio-mmio on the network (TAP on its bridge), no USB, no balloon;
 //! - the serial console to a file in the run directory (the supervisor follows it: the
