@@ -25,7 +25,7 @@ ROUNDS="${ROUNDS:-5}"
 DURATION="${DURATION:-10}"
 CONNS="${CONNS:-16}"
 if [ "${JANUS_LIBVIRT_SANDBOX:-}" != 1 ]; then
-  "$ROOT/scripts/install-deps" wrk curl python3 libvirt-daemon-system dnsmasq-base
+  "$ROOT/scripts/install-deps" wrk curl python3 bc libvirt-daemon-system dnsmasq-base iproute2
   (cd "$ROOT" && cargo build -q -p janus)
   export JANUS_LIBVIRT_SANDBOX=1 ROUNDS DURATION CONNS
   exec "$ROOT/scripts/libvirt-sandbox" "$0" "$@"

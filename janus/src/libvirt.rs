@@ -4,7 +4,8 @@
 //! Janus drives libvirt through `virsh` (libvirt's own client: every connection URI and
 //! authentication libvirt supports works, and neither janus nor lb-router links a C library or
 //! needs libvirt-dev to build). The domain:
-//! - `machine='microvm'`, the image as `<kernel>`, the node's configuration as `<cmdline>` with a
+//! - `machine='microvm'`, the image as `<kernel>` (uploaded with the token file into the `janus`
+//!   storage pool of each host: no shared storage), the node's configuration as `<cmdline>` with a
 //!   static address from the network's managed range (`ip=A.B.C.D/N gw=G`: no DHCP wait);
 //! - a virtio NIC on virtio-mmio on the network (TAP on its bridge), no USB, no balloon;
 //! - the serial console to a file in the run directory (the supervisor follows it: the
@@ -321,6 +322,90 @@ pub fn allocate(
         );
     }
     Ok(out)
+}
+
+/// The storage pool Janus uploads images and token files into on every host.
+pub const POOL: &str = "janus";
+/// Where that pool keeps its files (a directory pool, mode 0700).
+pub const POOL_DIR: &str = "/var/lib/libvirt/janus";
+
+/// The Janus pool on `uri`, defined, built and started when missing.
+fn ensure_pool(uri: &str) -> anyhow::Result<()> {
+    if let Ok(info) = virsh(uri, &["pool-info", POOL]) {
+        if !info
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains("running"))
+        {
+            virsh(uri, &["pool-start", POOL])?;
+        }
+        return Ok(());
+    }
+    let xml = format!(
+        "<pool type='dir'>\n  <name>{POOL}</name>\n  <target>\n    <path>{POOL_DIR}</path>\n    <permissions><mode>0700</mode><owner>0</owner><group>0</group></permissions>\n  </target>\n</pool>\n"
+    );
+    let file = std::env::temp_dir().join(format!("janus-pool-{}.xml", std::process::id()));
+    std::fs::write(&file, xml)?;
+    let defined = virsh(uri, &["pool-define", &file.to_string_lossy()]);
+    let _ = std::fs::remove_file(&file);
+    defined?;
+    virsh(uri, &["pool-build", POOL])?;
+    virsh(uri, &["pool-start", POOL])?;
+    Ok(())
+}
+
+/// Uploads `file` through libvirt's storage API as volume `vol` of the Janus pool on `uri` (any
+/// host the URI reaches: no shared storage needed; volumes are root's, mode 0600); returns its path
+/// on that host.
+pub fn upload(uri: &str, vol: &str, file: &Path) -> anyhow::Result<PathBuf> {
+    ensure_pool(uri)?;
+    let _ = virsh(uri, &["vol-delete", "--pool", POOL, vol]);
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .len();
+    virsh(
+        uri,
+        &[
+            "vol-create-as",
+            POOL,
+            vol,
+            &size.to_string(),
+            "--format",
+            "raw",
+        ],
+    )?;
+    virsh(
+        uri,
+        &["vol-upload", "--pool", POOL, vol, &file.to_string_lossy()],
+    )?;
+    Ok(PathBuf::from(
+        virsh(uri, &["vol-path", "--pool", POOL, vol])?.trim(),
+    ))
+}
+
+/// The volumes of cluster `cluster`: its image and its token file.
+pub fn volumes(cluster: &str) -> [String; 2] {
+    [
+        format!("janus-{cluster}.img"),
+        format!("janus-{cluster}.token"),
+    ]
+}
+
+/// Deletes a cluster's volumes on `uri`, and the Janus pool when nothing is left in it.
+pub fn remove_volumes(uri: &str, cluster: &str) -> anyhow::Result<()> {
+    if virsh(uri, &["pool-info", POOL]).is_err() {
+        return Ok(());
+    }
+    for vol in volumes(cluster) {
+        if virsh(uri, &["vol-info", "--pool", POOL, &vol]).is_ok() {
+            virsh(uri, &["vol-delete", "--pool", POOL, &vol])?;
+        }
+    }
+    if virsh(uri, &["vol-list", "--pool", POOL])?.trim().is_empty() {
+        let _ = virsh(uri, &["pool-destroy", POOL]);
+        let _ = virsh(uri, &["pool-delete", POOL]);
+        virsh(uri, &["pool-undefine", POOL])?;
+    }
+    Ok(())
 }
 
 /// Stops and removes a domain (a missing one is no error).

@@ -7,6 +7,11 @@
 //! it stops), back off exponentially and start it again. It publishes everything in `state.json`, which
 //! `janus ps`, `janus logs`, `janus faults repro` and `janus down` read. SIGTERM stops every process
 //! (SIGTERM, then SIGKILL after a grace period) and then the supervisor itself.
+//!
+//! A stable node of the libvirt engine (`ProcSpec::domain`) is a libvirt domain instead of a child:
+//! its thread defines it, follows its lifecycle events (`virsh event --domain`), starts it, follows
+//! its console file the same way, records each stop with the same panic report and state dump, starts
+//! it again after the backoff, and destroys and undefines it when the supervisor stops.
 
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
@@ -274,12 +279,7 @@ fn keep_running(shared: &Shared, spec: &ProcSpec, (initial, max): (u64, u64)) {
         let mut child = match child {
             Ok(c) => c,
             Err(reason) => {
-                record_exit(
-                    shared,
-                    spec,
-                    exit_record("not started", None, reason, &[], None),
-                );
-                if !wait_backoff(shared, &mut backoff, max) {
+                if !not_started(shared, spec, reason, &mut backoff, max) {
                     break;
                 }
                 continue;
@@ -322,6 +322,23 @@ fn keep_running(shared: &Shared, spec: &ProcSpec, (initial, max): (u64, u64)) {
         p.state = "stopped".into();
         p.pid = None;
     });
+}
+
+/// Records that a process or domain could not be started and waits out the backoff; false when the
+/// supervisor stops.
+fn not_started(
+    shared: &Shared,
+    spec: &ProcSpec,
+    reason: String,
+    backoff: &mut Duration,
+    max: u64,
+) -> bool {
+    record_exit(
+        shared,
+        spec,
+        exit_record("not started", None, reason, &[], None),
+    );
+    wait_backoff(shared, backoff, max)
 }
 
 /// How a run of a process or domain ended.
@@ -405,18 +422,8 @@ fn keep_domain_running(
         // Defined first (an event subscription names an existing domain), subscribed before the
         // start, so no stop goes unseen.
         if let Err(e) = virsh(&dom.uri, &["define", &xml]) {
-            record_exit(
-                shared,
-                spec,
-                exit_record(
-                    "not started",
-                    None,
-                    format!("cannot define domain {}: {e:#}", dom.name),
-                    &[],
-                    None,
-                ),
-            );
-            if !wait_backoff(shared, &mut backoff, max) {
+            let reason = format!("cannot define domain {}: {e:#}", dom.name);
+            if !not_started(shared, spec, reason, &mut backoff, max) {
                 break;
             }
             continue;
@@ -447,12 +454,7 @@ fn keep_domain_running(
         let mut events = match begin {
             Ok(ev) => ev,
             Err(reason) => {
-                record_exit(
-                    shared,
-                    spec,
-                    exit_record("not started", None, reason, &[], None),
-                );
-                if !wait_backoff(shared, &mut backoff, max) {
+                if !not_started(shared, spec, reason, &mut backoff, max) {
                     break;
                 }
                 continue;

@@ -445,7 +445,8 @@ fn libvirt_stable_nodes(
         .and_then(|b| serde_json::from_slice::<Plan>(&b).ok())
         .map(|p| p.libvirt_networks)
         .unwrap_or_default();
-    let mut per_uri: Vec<(String, Ipv4Addr, u8, Vec<Ipv4Addr>)> = Vec::new();
+    // Per URI: (uri, gateway, prefix, node addresses, image and token file paths on that host).
+    let mut per_uri: Vec<(String, Ipv4Addr, u8, Vec<Ipv4Addr>, PathBuf, PathBuf)> = Vec::new();
     let count = cluster.stable.count as usize;
     for (u, uri) in engine.uri.iter().enumerate() {
         let here = (count + engine.uri.len() - 1 - u) / engine.uri.len();
@@ -462,20 +463,22 @@ fn libvirt_stable_nodes(
         // Hosts may share one L2 segment and range (a bridged network): addresses given on one URI
         // are taken on the others too.
         let mut used = libvirt::used_addresses(uri, &cluster.name)?;
-        for (_, _, _, ips) in &per_uri {
+        for (_, _, _, ips, _, _) in &per_uri {
             used.extend_from_slice(ips);
         }
-        per_uri.push((
-            uri.clone(),
-            gw,
-            prefix,
-            libvirt::allocate(gw, prefix, &used, here)?,
-        ));
+        let ips = libvirt::allocate(gw, prefix, &used, here)?;
+        // The image and the token reach each host through libvirt's storage API (the Janus pool).
+        let [image_vol, token_vol] = libvirt::volumes(&cluster.name);
+        let host_image = libvirt::upload(uri, &image_vol, &image)
+            .with_context(|| format!("uploading the image to {uri}"))?;
+        let host_token = libvirt::upload(uri, &token_vol, &token_file)
+            .with_context(|| format!("uploading the token file to {uri}"))?;
+        per_uri.push((uri.clone(), gw, prefix, ips, host_image, host_token));
     }
     let mut specs = Vec::new();
     for i in 0..count {
         let slot = i % per_uri.len();
-        let (uri, gw, prefix, ips) = &per_uri[slot];
+        let (uri, gw, prefix, ips, host_image, host_token) = &per_uri[slot];
         let ip = ips[i / per_uri.len()];
         let id = format!("stable-{i}");
         let name = format!("janus-{}-{id}", cluster.name);
@@ -518,7 +521,13 @@ fn libvirt_stable_nodes(
             .map(str::to_string)
             .chain([format!("ip={ip}/{prefix}"), format!("gw={gw}")])
             .collect();
-        let console = consoles.join(format!("{id}.console"));
+        // The console file is on the domain's host: in the run directory for a local URI (the
+        // supervisor follows it), in libvirt's log directory on a remote host.
+        let console = if libvirt::is_local(uri) {
+            consoles.join(format!("{id}.console"))
+        } else {
+            PathBuf::from(format!("/var/log/libvirt/qemu/{name}.console"))
+        };
         // A domain of this name left by a run whose supervisor died goes first.
         libvirt::remove_domain(uri, &name)?;
         let uuid = libvirt::random_uuid()?;
@@ -530,11 +539,11 @@ fn libvirt_stable_nodes(
             meta: &meta,
             virt_type,
             memory_mib: cluster.stable.memory_mib,
-            image: &image,
+            image: host_image,
             cmdline: &cmdline.join(" "),
             network: &network,
             console: &console,
-            token_file: &token_file,
+            token_file: host_token,
         })?;
         let xml_file = domains.join(format!("{name}.xml"));
         std::fs::write(&xml_file, xml)?;
@@ -933,6 +942,18 @@ pub fn down(cluster: &str) -> anyhow::Result<String> {
         if let Some(d) = &p.spec.domain
             && let Err(e) = crate::libvirt::remove_domain(&d.uri, &d.name)
         {
+            engine_errors.push(format!("{e:#}"));
+        }
+    }
+    let mut uris: Vec<&str> = state
+        .procs
+        .iter()
+        .filter_map(|p| p.spec.domain.as_ref().map(|d| d.uri.as_str()))
+        .collect();
+    uris.sort_unstable();
+    uris.dedup();
+    for uri in uris {
+        if let Err(e) = crate::libvirt::remove_volumes(uri, &state.cluster) {
             engine_errors.push(format!("{e:#}"));
         }
     }

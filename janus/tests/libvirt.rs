@@ -74,7 +74,7 @@ fn libvirt_engine_end_to_end() {
         return;
     }
     let deps = Command::new(home().join("scripts/install-deps"))
-        .args(["libvirt-daemon-system", "dnsmasq-base"])
+        .args(["libvirt-daemon-system", "dnsmasq-base", "iproute2"])
         .status()
         .expect("install-deps");
     assert!(deps.success(), "scripts/install-deps failed");
@@ -217,6 +217,17 @@ subnet = "10.78.0.0/24"
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
         assert!(!String::from_utf8_lossy(&cmdline).contains(&token));
     }
+    // Each host got the image and the token through the storage API (the janus pool), mode 0600.
+    let vols = virsh(&["vol-list", "--pool", "janus"]);
+    assert!(vols.contains(&format!("janus-{}.img", c.name)), "{vols}");
+    let token_vol = format!("janus-{}.token", c.name);
+    let path = virsh(&["vol-path", "--pool", "janus", &token_vol]);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(path.trim())
+            .expect("token volume")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "token volume mode {mode:o}");
     // The stable nodes are in the router by discovery only (the config lists the debug node).
     let router_toml = std::fs::read_to_string(c.dir.join("router.toml")).expect("router.toml");
     assert!(router_toml.contains("kind = \"libvirt\"") && !router_toml.contains("10.78.0."));
@@ -366,6 +377,8 @@ subnet = "10.78.0.0/24"
     assert!(!all.contains(&c.name), "domains left: {all}");
     let nets = virsh(&["net-list", "--all", "--name"]);
     assert!(!nets.contains(&c.name), "networks left: {nets}");
+    let pools = virsh(&["pool-list", "--all", "--name"]);
+    assert!(!pools.contains("janus"), "storage pools left: {pools}");
     assert!(count_procs("qemu-system-x86") == 0, "a QEMU is left");
     std::fs::remove_dir_all(Path::new(&work)).ok();
 }

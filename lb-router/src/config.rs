@@ -669,6 +669,15 @@ impl Config {
                         "list at least one libvirt connection URI (e.g. \"qemu:///system\")",
                     ));
                 }
+                let virsh_found = std::env::var_os("PATH").is_some_and(|paths| {
+                    std::env::split_paths(&paths).any(|d| d.join("virsh").is_file())
+                });
+                if !virsh_found {
+                    return Err(invalid(
+                        "discovery.kind",
+                        "\"libvirt\" runs virsh, which is not on PATH (install libvirt-clients)",
+                    ));
+                }
                 if disc.resync_ms == 0 || disc.join_timeout_ms == 0 {
                     return Err(invalid(
                         "discovery.resync_ms, join_timeout_ms",
@@ -803,6 +812,16 @@ mod tests {
         let mut c = base();
         c.channels.beta_signing_key = "0a".repeat(32);
         assert!(c.validate().is_ok());
+        for (kind, uri, key) in [
+            ("consul", vec![], "discovery.kind"),
+            ("libvirt", vec![], "discovery.uri"),
+        ] {
+            let mut c = base();
+            c.discovery.kind = kind.into();
+            c.discovery.uri = uri;
+            let err = c.validate().expect_err("bad discovery").to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! For every configured connection URI the router runs `virsh -c URI event --loop --event lifecycle`
 //! (libvirt's own client, so every URI form and authentication method libvirt supports works,
 //! `qemu+ssh://host/system` included, and the router links no C library) and lists the running
-//! domains (`virsh list --name`) at start, after every lifecycle event and every `resync_ms`. A
+//! domains (`virsh list --name`) at start and every `resync_ms` (a `Started`/`Resumed` event reads
+//! that one domain's metadata: no re-listing of a whole host per event). A
 //! domain is a node when its `<metadata>` holds a Janus node element ([`METADATA_NS`]): cluster,
 //! node id, pool, service and admin addresses. A new node joins the pools only after its `/health`
 //! answered `"status":"ok"`; a `Stopped` event (or a re-listing without it) removes it at once. Joins
@@ -104,6 +105,8 @@ enum Msg {
     Resync(usize),
     /// A domain of this URI stopped.
     Down(usize, String),
+    /// A domain of this URI started or resumed.
+    Up(usize, String),
     /// A domain passed (true) or gave up (false) its join health check.
     Joined(usize, String, NodeConfig, bool),
 }
@@ -176,6 +179,12 @@ pub async fn run(router: Arc<Router>) {
         let _ = tx.send(Msg::Resync(i));
     }
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.resync_ms));
+    let join = Join {
+        router: router.clone(),
+        tx: tx.clone(),
+        token: cfg.admin_token.clone(),
+        timeout: Duration::from_millis(cfg.join_timeout_ms),
+    };
     // (uri index, domain) -> node in force / being checked.
     let mut joined: HashMap<(usize, String), NodeConfig> = HashMap::new();
     let mut joining: HashSet<(usize, String)> = HashSet::new();
@@ -226,21 +235,17 @@ pub async fn run(router: Arc<Router>) {
                 });
                 changed = joined.len() != before;
                 for (name, meta) in running {
-                    let key = (i, name.clone());
-                    if joined.contains_key(&key) || joining.contains(&key) {
-                        continue;
-                    }
-                    let Some(nc) = node_config(&meta, cfg.admin_token.clone()) else {
-                        tracing::warn!(domain = %name, pool = %meta.pool, "discovery: unknown pool in metadata");
-                        continue;
-                    };
-                    joining.insert(key);
-                    let (router, tx) = (router.clone(), tx.clone());
-                    let timeout = Duration::from_millis(cfg.join_timeout_ms);
-                    tokio::spawn(async move {
-                        let ok = first_health(&router, &nc, timeout).await;
-                        let _ = tx.send(Msg::Joined(i, name, nc, ok));
-                    });
+                    start_join(&join, i, name, &meta, &joined, &mut joining);
+                }
+            }
+            Msg::Up(i, name) => {
+                // Only this domain's metadata: no re-listing of the whole host per event.
+                if let Ok(xml) =
+                    virsh(&cfg.uri[i], &["metadata", &name, "--uri", METADATA_NS]).await
+                    && let Some(meta) = parse_metadata(&xml)
+                    && (cfg.cluster.is_empty() || meta.cluster == cfg.cluster)
+                {
+                    start_join(&join, i, name, &meta, &joined, &mut joining);
                 }
             }
         }
@@ -250,6 +255,39 @@ pub async fn run(router: Arc<Router>) {
             router.set_discovered(nodes).await;
         }
     }
+}
+
+/// What a join's health check needs.
+struct Join {
+    router: Arc<Router>,
+    tx: mpsc::UnboundedSender<Msg>,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+/// Starts the health check that admits a running domain, unless it is in or on its way.
+fn start_join(
+    join: &Join,
+    i: usize,
+    name: String,
+    meta: &NodeMeta,
+    joined: &HashMap<(usize, String), NodeConfig>,
+    joining: &mut HashSet<(usize, String)>,
+) {
+    let key = (i, name);
+    if joined.contains_key(&key) || joining.contains(&key) {
+        return;
+    }
+    let Some(nc) = node_config(meta, join.token.clone()) else {
+        tracing::warn!(domain = %key.1, pool = %meta.pool, "discovery: unknown pool in metadata");
+        return;
+    };
+    joining.insert(key.clone());
+    let (router, tx, timeout) = (join.router.clone(), join.tx.clone(), join.timeout);
+    tokio::spawn(async move {
+        let ok = first_health(&router, &nc, timeout).await;
+        let _ = tx.send(Msg::Joined(key.0, key.1, nc, ok));
+    });
 }
 
 /// The nodes in force, by id: two URIs that reach one host (or two domains claiming one node id)
@@ -305,8 +343,10 @@ async fn watch_events(i: usize, uri: String, tx: mpsc::UnboundedSender<Msg>) {
                         };
                         let msg = if is_down(&event) {
                             Msg::Down(i, domain)
+                        } else if matches!(event.as_str(), "Started" | "Resumed") {
+                            Msg::Up(i, domain)
                         } else {
-                            Msg::Resync(i)
+                            continue;
                         };
                         if tx.send(msg).is_err() {
                             return;
