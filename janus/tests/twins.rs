@@ -109,6 +109,9 @@ fraction = 1.0
 [[router.mirror]]
 prefix = "/avg"
 fraction = 1.0
+[[router.mirror]]
+prefix = "/nonce"
+fraction = 1.0
 "#,
             svc = janus_integration::sample_dir("faulty").display(),
             flavor = stable_flavor(),
@@ -198,6 +201,20 @@ fraction = 1.0
         mirrors(&router, "match") > matched
     });
     assert_eq!(mirrors(&router, "diverged"), 0);
+
+    // A route whose answers differ on the stable node itself at the same seq is noisy, not divergent.
+    let noisy = mirrors(&router, "noisy");
+    for _ in 0..3 {
+        assert_eq!(client::get(addr, "/nonce", &[]).expect("nonce").status, 200);
+    }
+    wait_until("the nonce mirrors are judged", || {
+        mirrors_settled(&router) && mirrors(&router, "noisy") >= noisy + 3
+    });
+    assert_eq!(
+        mirrors(&router, "diverged"),
+        0,
+        "noise recorded as a divergence"
+    );
 
     // Bug 5, a build difference: the unikernel wraps the u8 sum and answers a wrong average; its
     // twin (the checked debug build) panics on the same request at the same seq: a divergence
