@@ -819,7 +819,7 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
 
 /// The heap size a unikernel stable node reports (`/health` `heap_bytes`), waiting a few seconds for
 /// one that is restarting after a crash.
-fn stable_heap_bytes(dir: &Path, stable: Option<&str>) -> Option<u64> {
+pub fn stable_heap_bytes(dir: &Path, stable: Option<&str>) -> Option<u64> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let spec = ClusterState::read(dir).ok()?.proc(stable?)?.spec.clone();

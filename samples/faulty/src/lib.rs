@@ -115,7 +115,7 @@ fn div(req: &Request) -> Response {
 /// Most values `/avg` takes.
 pub const AVG_MAX_VALUES: usize = 64;
 /// Largest `/blob?kib=`.
-pub const BLOB_MAX_KIB: usize = 64 * 1024;
+pub const BLOB_MAX_KIB: usize = 256 * 1024;
 
 /// Bug 5 (build-dependent wrong answer): `GET /avg?values=200,100` sums the values (each 0..=255)
 /// into a `u8`. A build with overflow checks (the unix debug build's `checked` profile) panics with
