@@ -102,7 +102,7 @@ impl Default for NodeConfig {
             follow: None,
             follow_token: None,
             mirror_wait_ms: 500,
-            replay_delay_ms: 20,
+            replay_delay_ms: 5,
             heap_envelope: None,
             global_dispatch: false,
         }
@@ -239,7 +239,7 @@ pub struct Cli {
     /// On a twin, how long a mirrored request waits for the twin to reach its seq (default 500).
     #[arg(long, value_name = "MS")]
     pub mirror_wait_ms: Option<u64>,
-    /// On a twin, how long each op log batch is held back before it is replayed (default 20).
+    /// On a twin, how long each op log batch is held back before it is replayed (default 5).
     #[arg(long, value_name = "MS")]
     pub replay_delay_ms: Option<u64>,
     /// Resource envelope in bytes (a unikernel's heap size; 0: none; a twin takes its leader's).

@@ -3,7 +3,7 @@
 //! stable answer it is compared with.
 //!
 //! The follower long-polls `GET /state/log?since=<applied>` and replays the batch in seq order,
-//! held back `replay_delay_ms` (default 20) from when it asked, so that a mirror of a request the
+//! held back `replay_delay_ms` (default 5) from when it asked, so that a mirror of a request the
 //! leader answered at one of those seqs (sent after the leader's answer) finds the twin behind that
 //! seq rather than past it; a
 //! gap beyond the leader's retained log (410), a leader behind the twin (409) or a new epoch (the
