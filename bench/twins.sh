@@ -17,11 +17,13 @@
 #   bench/twins.sh                        # uk stable node (QEMU), ~1 min once built
 #   STABLE_FLAVOR=unix bench/twins.sh     # a process in the stable pool
 #   WRITES_PER_S=500 READS=2000 bench/twins.sh
+#   REPLAY_DELAY_MS=5 bench/twins.sh      # a twin's hold-back of each op log batch
 set -euo pipefail
 
 WRITES_PER_S="${WRITES_PER_S:-1000}"
 READS="${READS:-10000}"
 STABLE_FLAVOR="${STABLE_FLAVOR:-uk}"
+REPLAY_DELAY_MS="${REPLAY_DELAY_MS:-}"   # twin_replay_delay_ms (default: the cluster file's default)
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 
@@ -54,6 +56,7 @@ flavor = "$STABLE_FLAVOR"
 count = 1
 spare = 0
 twins = $twins
+${REPLAY_DELAY_MS:+twin_replay_delay_ms = $REPLAY_DELAY_MS}
 [router]
 listen = "127.0.0.1:0"
 admin = "127.0.0.1:0"

@@ -477,6 +477,8 @@ impl<S: Service> Node<S> {
                     "flavor": "uk",
                     "service": S::MANIFEST.name,
                     "seq": seq_now,
+                    // A debug node running under this node's resource envelope takes this.
+                    "heap_bytes": crate::mm::heap::size(),
                 });
                 janus_http1::Response::new(200)
                     .with_header("Content-Type", "application/json")

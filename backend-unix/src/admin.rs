@@ -110,6 +110,7 @@ async fn route(ctx: &AdminCtx, req: hyper::Request<Incoming>) -> Resp {
                 "in_flight": ctx.metrics.in_flight(),
                 "panics": ctx.metrics.panics(),
                 "twin": ctx.twin.as_ref().map(|t| t.health()),
+                "envelope_bytes": crate::envelope::cap(),
             }),
         ),
         (Method::GET, "/metrics") => reply(
@@ -171,6 +172,33 @@ async fn route(ctx: &AdminCtx, req: hyper::Request<Incoming>) -> Resp {
                 None => error(StatusCode::NOT_FOUND, &format!("no trace '{id}'")),
             }
         }
+        (Method::GET, "/envelope") => json(
+            StatusCode::OK,
+            &serde_json::json!({ "envelope_bytes": crate::envelope::cap() }),
+        ),
+        (Method::PUT, "/envelope") => {
+            let body = match read(req, 64).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            match std::str::from_utf8(&body)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+            {
+                Some(bytes) => {
+                    crate::envelope::set_cap(bytes);
+                    json(
+                        StatusCode::OK,
+                        &serde_json::json!({ "envelope_bytes": bytes }),
+                    )
+                }
+                None => error(
+                    StatusCode::BAD_REQUEST,
+                    "the body is the envelope in bytes (0: none)",
+                ),
+            }
+        }
+        (_, "/envelope") => error(StatusCode::METHOD_NOT_ALLOWED, "GET or PUT"),
         (Method::GET, "/state/log") => {
             let Some(store) = &ctx.store else {
                 return error(

@@ -70,6 +70,9 @@ pub struct NodeConfig {
     /// On a twin, how long each op log batch is held back before it is replayed (so that mirrors
     /// find the twin behind their seq, not past it).
     pub replay_delay_ms: u64,
+    /// Resource envelope: each request's live allocations are capped at this many bytes minus the
+    /// store's size (a unikernel's heap); 0 = none. A twin without it takes its leader's heap size.
+    pub heap_envelope: Option<u64>,
     /// Make the node's tracing dispatcher the process-wide default (a node binary does: its tasks
     /// then need no per-poll dispatcher switch; tests running several nodes in one process do not).
     #[serde(skip)]
@@ -99,7 +102,8 @@ impl Default for NodeConfig {
             follow: None,
             follow_token: None,
             mirror_wait_ms: 500,
-            replay_delay_ms: 20,
+            replay_delay_ms: 5,
+            heap_envelope: None,
             global_dispatch: false,
         }
     }
@@ -235,9 +239,12 @@ pub struct Cli {
     /// On a twin, how long a mirrored request waits for the twin to reach its seq (default 500).
     #[arg(long, value_name = "MS")]
     pub mirror_wait_ms: Option<u64>,
-    /// On a twin, how long each op log batch is held back before it is replayed (default 20).
+    /// On a twin, how long each op log batch is held back before it is replayed (default 5).
     #[arg(long, value_name = "MS")]
     pub replay_delay_ms: Option<u64>,
+    /// Resource envelope in bytes (a unikernel's heap size; 0: none; a twin takes its leader's).
+    #[arg(long, value_name = "BYTES")]
+    pub heap_envelope: Option<u64>,
 }
 
 fn parse_upstream(s: &str) -> Result<(String, SocketAddr), String> {
@@ -298,6 +305,8 @@ struct FlagLayer {
     mirror_wait_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     replay_delay_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heap_envelope: Option<u64>,
 }
 
 /// Top-level keys the environment may set (`JANUS_<KEY>`, maps as `JANUS_UPSTREAMS__NAME`).
@@ -322,6 +331,7 @@ const ENV_KEYS: &[&str] = &[
     "follow_token",
     "mirror_wait_ms",
     "replay_delay_ms",
+    "heap_envelope",
 ];
 
 impl Cli {
@@ -356,6 +366,7 @@ impl Cli {
             follow: self.follow,
             mirror_wait_ms: self.mirror_wait_ms,
             replay_delay_ms: self.replay_delay_ms,
+            heap_envelope: self.heap_envelope,
         };
         let mut figment = Figment::from(Serialized::defaults(NodeConfig::default()));
         if let Some(path) = &self.config {

@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod envelope;
 pub mod error;
 pub mod metrics;
 pub mod node;

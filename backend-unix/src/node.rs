@@ -208,6 +208,7 @@ impl Node {
                 Arc::clone(store),
                 Duration::from_millis(config.mirror_wait_ms),
                 Duration::from_millis(config.replay_delay_ms),
+                config.heap_envelope.is_none(),
             )),
             (Some(_), None) => {
                 return Err(ConfigError::Invalid {
@@ -220,6 +221,9 @@ impl Node {
                 .into());
             }
         };
+        if let Some(bytes) = config.heap_envelope {
+            crate::envelope::set_cap(bytes);
+        }
         let public_ctx = Arc::new(PublicCtx {
             service: Arc::new(service),
             node_id: node_id.clone(),

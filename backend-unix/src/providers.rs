@@ -383,6 +383,11 @@ impl NodeStore {
         self.changed.notified()
     }
 
+    /// Keys plus values, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes()
+    }
+
     /// The store's size limits.
     pub fn limits(&self) -> StoreLimits {
         self.lock().limits()

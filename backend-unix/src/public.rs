@@ -253,9 +253,24 @@ async fn run_service<S: Service>(
 ) -> (Response, Option<&'static str>) {
     let trace_id = request.trace_id;
     let mut future = std::pin::pin!(ctx.service.handle(request));
+    // Under a resource envelope each poll runs in the request's allocation group; an allocation
+    // past the envelope becomes a panic right after the poll that made it.
+    let mut account = crate::envelope::Account::new(ctx.store.as_ref().map_or(0, |s| s.bytes()));
     let outcome = std::future::poll_fn(|cx| {
         let _entered = span.enter();
-        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+        let poll = || match &mut account {
+            None => future.as_mut().poll(cx),
+            Some(account) => match account.poll(|| future.as_mut().poll(cx)) {
+                (r, None) => r,
+                (_, Some(over)) => panic!(
+                    "allocation of {} bytes exceeds the resource envelope: the request holds {} \
+                     bytes, the stable node's heap leaves it {} (a unikernel would exit out of \
+                     memory, status 39); allocated at:\n{}",
+                    over.size, over.live, over.limit, over.backtrace
+                ),
+            },
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(poll)) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(response)) => Poll::Ready(Ok(response)),
             Err(payload) => Poll::Ready(Err(payload)),

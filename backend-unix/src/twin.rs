@@ -3,7 +3,7 @@
 //! stable answer it is compared with.
 //!
 //! The follower long-polls `GET /state/log?since=<applied>` and replays the batch in seq order,
-//! held back `replay_delay_ms` (default 20) from when it asked, so that a mirror of a request the
+//! held back `replay_delay_ms` (default 5) from when it asked, so that a mirror of a request the
 //! leader answered at one of those seqs (sent after the leader's answer) finds the twin behind that
 //! seq rather than past it; a
 //! gap beyond the leader's retained log (410), a leader behind the twin (409) or a new epoch (the
@@ -44,6 +44,8 @@ pub struct Twin {
     store: Arc<NodeStore>,
     mirror_wait: Duration,
     replay_delay: Duration,
+    /// Take the leader's heap size (its `/health` `heap_bytes`) as the resource envelope.
+    auto_envelope: bool,
     /// Replays take it exclusively; a request on the twin holds it shared while it runs.
     gate: RwLock<()>,
     /// Sequence numbers mirrored requests are waiting for, with how many wait for each.
@@ -102,6 +104,7 @@ impl Twin {
         store: Arc<NodeStore>,
         mirror_wait: Duration,
         replay_delay: Duration,
+        auto_envelope: bool,
     ) -> Arc<Twin> {
         Arc::new(Twin {
             leader,
@@ -109,6 +112,7 @@ impl Twin {
             store,
             mirror_wait,
             replay_delay,
+            auto_envelope,
             gate: RwLock::new(()),
             wanted: Mutex::new(BTreeMap::new()),
             released: Notify::new(),
@@ -342,6 +346,24 @@ impl Twin {
             .map_err(|_| format!("GET {path}: no answer in {timeout:?}"))?
     }
 
+    /// Runs under the leader's heap size when it reports one (a unikernel's `/health` `heap_bytes`).
+    async fn adopt_envelope(&self, client: &Client<HttpConnector, Empty<Bytes>>) {
+        let Ok((http::StatusCode::OK, _, body)) =
+            self.get(client, "/health", Duration::from_secs(5)).await
+        else {
+            return;
+        };
+        let heap = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|h| h["heap_bytes"].as_u64());
+        if let Some(bytes) = heap
+            && bytes != crate::envelope::cap()
+        {
+            crate::envelope::set_cap(bytes);
+            tracing::info!(bytes, "twin: running under the leader's heap size");
+        }
+    }
+
     async fn step(&self, client: &Client<HttpConnector, Empty<Bytes>>) -> Result<(), String> {
         let since = self.applied();
         let asked = tokio::time::Instant::now();
@@ -362,6 +384,9 @@ impl Twin {
                     (0, Some(e)) if since == 0 => {
                         self.epoch.store(e, Ordering::Release);
                         self.store.set_epoch(e);
+                        if self.auto_envelope {
+                            self.adopt_envelope(client).await;
+                        }
                     }
                     (m, Some(e)) if m == e => {}
                     _ => return self.resync(client).await,
@@ -407,6 +432,9 @@ impl Twin {
         };
         self.epoch.store(epoch, Ordering::Release);
         self.leader_seq.store(seq, Ordering::Release);
+        if self.auto_envelope {
+            self.adopt_envelope(client).await;
+        }
         self.resyncs.fetch_add(1, Ordering::Relaxed);
         tracing::info!(leader = %self.leader, seq, "twin: took the leader's snapshot");
         Ok(())

@@ -19,7 +19,7 @@
 //! twins = false               # true, or a list ["stable-0"]: a shadow twin (twin-N, a debug node
 //!                             # following stable-N's store) that answers stable-N's mirrors at the same seq
 //! twin_mirror_wait_ms = 500   # how long a twin lets a mirror wait for the stable answer's seq
-//! twin_replay_delay_ms = 20   # how long a twin holds each op log batch back (mirrors find it behind)
+//! twin_replay_delay_ms = 5    # how long a twin holds each op log batch back (mirrors find it behind)
 //! log_level = "info"
 //!
 //! [router]
@@ -265,7 +265,7 @@ impl Default for DebugSpec {
             spare: 1,
             twins: GdbStubSpec::All(false),
             twin_mirror_wait_ms: 500,
-            twin_replay_delay_ms: 20,
+            twin_replay_delay_ms: 5,
             log_level: "info".into(),
         }
     }

@@ -182,6 +182,7 @@ fn as_expected(b: &BugOutcome) -> bool {
                 && b.verdict == Some(Verdict::StateDependent)
                 && b.client_errors == 0
         }
+        // input, hang, memory (the last under the resource envelope)
         _ => b.fault_id.is_some() && b.verdict == Some(Verdict::Reproduced),
     }
 }
@@ -300,6 +301,25 @@ fn drive(cluster: &ClusterFile, out: &mut dyn FnMut(&str)) -> anyhow::Result<Vec
         },
     )?;
     bugs.push(repro_bug("hang", "reproduced", hang, &repro_opts, out)?);
+
+    // Phase 6: a blob bigger than a unikernel's heap: out of memory there; reproduced on a debug
+    // node running under that heap size (the resource envelope) as an allocation failure.
+    let heap = faults::stable_heap_bytes(&crate::cluster::run_dir(name), Some("stable-0"));
+    out(&format!(
+        "\n== 6. POST /blob?kib=N past a unikernel's heap ({} KiB)\n",
+        heap.map_or("?".to_owned(), |h| (h / 1024).to_string())
+    ));
+    let kib = heap.map_or(1024, |h| h / 1024 + 1024);
+    let blob = trigger(
+        &mut d,
+        name,
+        "POST",
+        &format!("/blob?kib={kib}"),
+        6,
+        Duration::from_millis(1500),
+        |f| f.path.starts_with("/blob") && is_stable_crash(f),
+    )?;
+    bugs.push(repro_bug("memory", "reproduced", blob, &repro_opts, out)?);
 
     out("\n== captured faults\n");
     out(&faults::list(

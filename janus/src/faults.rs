@@ -411,6 +411,8 @@ pub struct ReproReport {
     pub stable: OutcomeClass,
     /// How the replay on the debug node ended.
     pub replay: OutcomeClass,
+    /// The resource envelope the replay ran under (the stable node's heap size), if any.
+    pub envelope_bytes: Option<u64>,
     /// The verdict.
     pub verdict: Verdict,
     /// Why, in one sentence.
@@ -668,6 +670,13 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
         })
     };
     let node = repro_node(&dir)?;
+    // Under the stable node's resource envelope (a unikernel's heap size), so a uk out-of-memory
+    // replays as an allocation failure on the debug build; reset when the reproduction ends.
+    let envelope = stable_heap_bytes(&dir, f.summary.stable_node.as_deref());
+    let _envelope = match envelope {
+        Some(bytes) => Some(Envelope::set(&node.spec, bytes)?),
+        None => None,
+    };
     let trace_id = crate::secret::random_token()?;
     let (replay_class, result) = replay_on(&node, &f, &mirrored, &trace_id, opts.timeout)?;
     let replay_answer = result.as_ref().ok().map(|r| r.text());
@@ -793,6 +802,7 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
         request: format!("{} {}", f.summary.method, f.summary.path),
         stable,
         replay: replay_class,
+        envelope_bytes: envelope,
         verdict,
         why,
         reproduced,
@@ -807,6 +817,51 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
         repro_ms: started.elapsed().as_millis() as u64,
         fault_to_verdict_ms: now_ms().saturating_sub(u64::try_from(f.summary.time_ms).unwrap_or(0)),
     })
+}
+
+/// The heap size a unikernel stable node reports (`/health` `heap_bytes`), waiting a few seconds for
+/// one that is restarting after a crash.
+pub fn stable_heap_bytes(dir: &Path, stable: Option<&str>) -> Option<u64> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let spec = ClusterState::read(dir).ok()?.proc(stable?)?.spec.clone();
+        if spec.kind != "uk" {
+            return None;
+        }
+        if let Ok(r) = admin_get(&spec, "/health")
+            && r.status == 200
+        {
+            return r.json().ok()?["heap_bytes"].as_u64();
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A resource envelope set on a repro node for the reproduction's length.
+struct Envelope(ProcSpec);
+
+impl Envelope {
+    fn set(node: &ProcSpec, bytes: u64) -> anyhow::Result<Envelope> {
+        let r = admin_put(node, "/envelope", bytes.to_string().as_bytes())?;
+        if r.status != 200 {
+            bail!(
+                "{} refused the resource envelope: {} {}",
+                node.id,
+                r.status,
+                r.text()
+            );
+        }
+        Ok(Envelope(node.clone()))
+    }
+}
+
+impl Drop for Envelope {
+    fn drop(&mut self) {
+        let _ = admin_put(&self.0, "/envelope", b"0");
+    }
 }
 
 /// Restores `state` into the repro node and replays the captured request there. A transport error
@@ -878,6 +933,13 @@ pub fn render_report(r: &ReproReport) -> String {
         r.verdict.headline()
     );
     let _ = writeln!(s, "  {}", r.why);
+    if let Some(bytes) = r.envelope_bytes {
+        let _ = writeln!(
+            s,
+            "  resource envelope: {} KiB (the stable node's heap)",
+            bytes / 1024
+        );
+    }
     let _ = writeln!(
         s,
         "  state mirrored: {} (seq {})",

@@ -31,12 +31,13 @@ fn janus_demo_captures_and_reproduces_every_injected_fault() {
             .find(|b| b["bug"] == name)
             .unwrap_or_else(|| panic!("{name} in {bugs:?}"))
     };
-    assert_eq!(bugs.len(), 5);
+    assert_eq!(bugs.len(), 6);
     for (name, verdict) in [
         ("build", "build_specific"),
         ("state", "state_dependent"),
         ("input", "reproduced"),
         ("hang", "reproduced"),
+        ("memory", "reproduced"),
     ] {
         let b = bug(name);
         assert_eq!(b["verdict"], verdict, "{b}");

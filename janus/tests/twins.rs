@@ -109,6 +109,9 @@ fraction = 1.0
 [[router.mirror]]
 prefix = "/avg"
 fraction = 1.0
+[[router.mirror]]
+prefix = "/nonce"
+fraction = 1.0
 "#,
             svc = janus_integration::sample_dir("faulty").display(),
             flavor = stable_flavor(),
@@ -199,6 +202,20 @@ fraction = 1.0
     });
     assert_eq!(mirrors(&router, "diverged"), 0);
 
+    // A route whose answers differ on the stable node itself at the same seq is noisy, not divergent.
+    let noisy = mirrors(&router, "noisy");
+    for _ in 0..3 {
+        assert_eq!(client::get(addr, "/nonce", &[]).expect("nonce").status, 200);
+    }
+    wait_until("the nonce mirrors are judged", || {
+        mirrors_settled(&router) && mirrors(&router, "noisy") >= noisy + 3
+    });
+    assert_eq!(
+        mirrors(&router, "diverged"),
+        0,
+        "noise recorded as a divergence"
+    );
+
     // Bug 5, a build difference: the unikernel wraps the u8 sum and answers a wrong average; its
     // twin (the checked debug build) panics on the same request at the same seq: a divergence
     // whose debug side is the panic.
@@ -219,5 +236,39 @@ fraction = 1.0
         assert_eq!(f["debug_outcome"], "panic", "{f}");
         let detail = f["detail"].as_str().unwrap_or_default();
         assert!(detail.contains("twin twin-stable-0 at seq"), "{f}");
+
+        // Bug 6 under the resource envelope: a blob bigger than the unikernel's heap ends it out
+        // of memory; reproduced on a debug node running under that heap size as an allocation
+        // past the envelope, with the allocation's backtrace, instead of "not reproduced".
+        let heap = admin_json(&stable, "/health")["heap_bytes"]
+            .as_u64()
+            .expect("a unikernel reports its heap size");
+        let kib = heap / 1024 + 1024;
+        let r = client::request(addr, "POST", &format!("/blob?kib={kib}"), &[], b"");
+        assert!(r.as_ref().map_or(true, |r| r.status >= 500), "{r:?}");
+        let mut id = None;
+        wait_until("the out-of-memory fault is recorded", || {
+            let faults = janus(&["faults", "list", "--json", "--cluster", &name]);
+            let faults: Vec<serde_json::Value> =
+                serde_json::from_slice(&faults.stdout).unwrap_or_default();
+            id = faults
+                .iter()
+                .find(|f| {
+                    f["kind"] == "fault"
+                        && f["path"].as_str().is_some_and(|p| p.starts_with("/blob"))
+                })
+                .and_then(|f| f["id"].as_i64());
+            id.is_some()
+        });
+        let id = id.expect("fault id").to_string();
+        let o = janus(&["faults", "repro", &id, "--cluster", &name, "--json"]);
+        let report: serde_json::Value =
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        assert_eq!(report["envelope_bytes"].as_u64(), Some(heap), "{report}");
+        assert_eq!(report["replay"], "panic", "{report}");
+        assert_eq!(report["verdict"], "reproduced", "{report}");
+        let trace = report["trace"].as_str().unwrap_or_default();
+        assert!(trace.contains("exceeds the resource envelope"), "{trace}");
+        assert_eq!(o.status.code(), Some(0));
     }
 }

@@ -11,8 +11,8 @@ use core::time::Duration;
 use janus_samples_kv::{Kv, store_error};
 use runtime_abi::tracing::{info, warn};
 use runtime_abi::{
-    Capabilities, Clock, InitError, Listener, Manifest, Method, Request, Response, Service,
-    StatusCode, Store, StoreSpec, Update,
+    Capabilities, Clock, Entropy, InitError, Listener, Manifest, Method, Request, Response,
+    Service, StatusCode, Store, StoreSpec, Update,
 };
 
 /// Size of the per-counter milestone table (bug 2 indexes past it).
@@ -25,6 +25,7 @@ pub struct Faulty {
     kv: Kv,
     store: Store,
     clock: Clock,
+    entropy: Entropy,
 }
 
 impl Service for Faulty {
@@ -43,6 +44,7 @@ impl Service for Faulty {
             kv: Kv::from_store(store.clone()),
             store,
             clock: caps.clock(),
+            entropy: caps.entropy(),
         })
     }
 
@@ -53,6 +55,7 @@ impl Service for Faulty {
             (Method::Get, "/wait") => self.wait(&req).await,
             (Method::Get, "/forged-headers") => forged_headers(),
             (Method::Get, "/avg") => avg(&req),
+            (Method::Get, "/nonce") => self.nonce(),
             (Method::Post, "/blob") => blob(&req),
             (Method::Post, path) if path.starts_with("/counter/") && path.ends_with("/incr") => {
                 // `/counter/incr` and `/counter//incr` name no counter.
@@ -112,7 +115,7 @@ fn div(req: &Request) -> Response {
 /// Most values `/avg` takes.
 pub const AVG_MAX_VALUES: usize = 64;
 /// Largest `/blob?kib=`.
-pub const BLOB_MAX_KIB: usize = 64 * 1024;
+pub const BLOB_MAX_KIB: usize = 256 * 1024;
 
 /// Bug 5 (build-dependent wrong answer): `GET /avg?values=200,100` sums the values (each 0..=255)
 /// into a `u8`. A build with overflow checks (the unix debug build's `checked` profile) panics with
@@ -174,6 +177,19 @@ fn blob(req: &Request) -> Response {
 }
 
 impl Faulty {
+    /// Not a bug: `GET /nonce` answers a fresh random value each time (with the store's seq), so two
+    /// answers of one node at the same seq differ: the router's mirror comparison must call such a
+    /// route noisy, not divergent.
+    fn nonce(&self) -> Response {
+        Response::json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "nonce": format!("{:016x}", self.entropy.u64()),
+                "seq": self.store.seq(),
+            }),
+        )
+    }
+
     /// Bug 2 (state): each increment stamps a fixed table of `MILESTONES` slots at the new value's
     /// index; once a counter reaches `MILESTONES` the index runs past the table and panics.
     fn incr(&self, name: &str) -> Response {
