@@ -557,13 +557,13 @@ pub fn repro_node(dir: &Path) -> anyhow::Result<ReproNode> {
     Ok(node)
 }
 
-fn admin_put(p: &ProcSpec, path: &str, body: &[u8]) -> anyhow::Result<Reply> {
+pub(crate) fn admin_put(p: &ProcSpec, path: &str, body: &[u8]) -> anyhow::Result<Reply> {
     let auth = format!("Bearer {}", p.token);
     client::request(p.admin, "PUT", path, &[("authorization", &auth)], body)
 }
 
 /// Sends the captured request to `addr`.
-fn replay(
+pub(crate) fn replay(
     f: &FaultRecord,
     addr: std::net::SocketAddr,
     trace_id: &str,
@@ -619,13 +619,7 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
     }
     let trace_id = crate::secret::random_token()?;
     let result = replay(&f, node.spec.listen, &trace_id, opts.timeout);
-    let replay_class = match &result {
-        Err(e) if is_timeout(e) => OutcomeClass::Hang,
-        Err(_) => OutcomeClass::Panic,
-        Ok(r) if r.header("x-janus-fault").is_some() => OutcomeClass::Panic,
-        Ok(r) if r.status >= 500 => OutcomeClass::ServerError(r.status),
-        Ok(r) => OutcomeClass::Answered(r.status),
-    };
+    let replay_class = replay_class(&result);
     let replay_answer = result.as_ref().ok().map(|r| r.text());
     let stable_answer = if debug_fault {
         &f.debug_response_body
@@ -675,6 +669,18 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
         repro_ms: started.elapsed().as_millis() as u64,
         fault_to_verdict_ms: now_ms().saturating_sub(u64::try_from(f.summary.time_ms).unwrap_or(0)),
     })
+}
+
+/// How a replayed request ended: a timeout is a hang, a connection dropped (the unikernel stopped)
+/// or an answer marked `x-janus-fault` a panic.
+pub(crate) fn replay_class(result: &anyhow::Result<Reply>) -> OutcomeClass {
+    match result {
+        Err(e) if is_timeout(e) => OutcomeClass::Hang,
+        Err(_) => OutcomeClass::Panic,
+        Ok(r) if r.header("x-janus-fault").is_some() => OutcomeClass::Panic,
+        Ok(r) if r.status >= 500 => OutcomeClass::ServerError(r.status),
+        Ok(r) => OutcomeClass::Answered(r.status),
+    }
 }
 
 fn is_timeout(e: &anyhow::Error) -> bool {
