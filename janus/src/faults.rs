@@ -619,13 +619,13 @@ pub fn repro_node(dir: &Path) -> anyhow::Result<ReproNode> {
     Ok(node)
 }
 
-fn admin_put(p: &ProcSpec, path: &str, body: &[u8]) -> anyhow::Result<Reply> {
+pub(crate) fn admin_put(p: &ProcSpec, path: &str, body: &[u8]) -> anyhow::Result<Reply> {
     let auth = format!("Bearer {}", p.token);
     client::request(p.admin, "PUT", path, &[("authorization", &auth)], body)
 }
 
 /// Sends the captured request to `addr`.
-fn replay(
+pub(crate) fn replay(
     f: &FaultRecord,
     addr: std::net::SocketAddr,
     trace_id: &str,
@@ -883,14 +883,21 @@ fn replay_on(
         );
     }
     let result = replay(f, node.spec.listen, trace_id, timeout);
-    let class = match &result {
+    let class = replay_class(&result, OutcomeClass::Unavailable);
+    Ok((class, result))
+}
+
+/// How a replayed request ended: a timeout is a hang, an answer marked `x-janus-fault` a panic, and
+/// a dropped connection is `dropped`: inconclusive on a repro process, a panic on a recorded
+/// unikernel (its kernel stops on a panic and the connection goes with it).
+pub(crate) fn replay_class(result: &anyhow::Result<Reply>, dropped: OutcomeClass) -> OutcomeClass {
+    match result {
         Err(e) if is_timeout(e) => OutcomeClass::Hang,
-        Err(_) => OutcomeClass::Unavailable,
+        Err(_) => dropped,
         Ok(r) if r.header("x-janus-fault").is_some() => OutcomeClass::Panic,
         Ok(r) if r.status >= 500 => OutcomeClass::ServerError(r.status),
         Ok(r) => OutcomeClass::Answered(r.status),
-    };
-    Ok((class, result))
+    }
 }
 
 fn is_timeout(e: &anyhow::Error) -> bool {

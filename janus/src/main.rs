@@ -203,6 +203,39 @@ enum FaultsCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Record a unikernel fault for time travel: boot a spare of the failing node under QEMU's
+    /// record mode (TCG), restore the mirrored state, replay the request; keep the recording in
+    /// <run-dir>/faults/ID/ when the fault reproduces (and a replay of it matches). Exit status 0:
+    /// recorded; 3: not reproduced under record.
+    Record {
+        /// Fault id.
+        id: i64,
+        /// Seconds the recorded node may take to boot and to fail (TCG is slow).
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Recordings to try before giving up on one that replays.
+        #[arg(long, default_value_t = 4)]
+        attempts: u32,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay a recorded fault under gdb, stopped at the fault (the panic handler or the exit):
+    /// reverse-stepi and reverse-continue walk back into the service code. With --exec, gdb runs
+    /// the commands in batch mode; without, gdb is interactive.
+    Timetravel {
+        /// Fault id.
+        id: i64,
+        /// A gdb command to run in batch mode (repeatable, run in order), e.g. --exec bt.
+        #[arg(long = "exec", short = 'e', value_name = "CMD")]
+        exec: Vec<String>,
+        /// Seconds a batch session may take (each reverse step replays from the recording's start).
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Also print the replayed guest console after the session.
+        #[arg(long)]
+        console: bool,
+    },
     /// Write the request, the mirrored state and the expected outcome as a conformance case.
     Export {
         /// Fault id.
@@ -392,6 +425,44 @@ fn faults(cmd: FaultsCmd, cluster: &str) -> anyhow::Result<ExitCode> {
             if code != 0 {
                 return Ok(ExitCode::from(code));
             }
+        }
+        FaultsCmd::Record {
+            id,
+            timeout,
+            attempts,
+            json,
+        } => {
+            let opts = janus::timetravel::RecordOpts {
+                cluster: cluster.to_string(),
+                timeout: std::time::Duration::from_secs(timeout),
+                attempts,
+            };
+            let report = janus::timetravel::record(id, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.summary);
+            }
+            if !report.reproduced {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        FaultsCmd::Timetravel {
+            id,
+            exec,
+            timeout,
+            console,
+        } => {
+            let (code, text) = janus::timetravel::timetravel(
+                cluster,
+                id,
+                &exec,
+                std::time::Duration::from_secs(timeout),
+            )?;
+            if console {
+                println!("---- replayed guest console ----\n{text}");
+            }
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
         FaultsCmd::Export { id, as_test } => {
             let path = janus::faults::export(cluster, id, &as_test)?;

@@ -122,6 +122,17 @@ fn py_str(s: &str) -> String {
 /// The gdb command for a target: batch mode running `exec` then detaching when `exec` is not empty,
 /// interactive otherwise. `script_dir` receives `janus-gdb.py`.
 pub fn gdb_command(target: &Target, exec: &[String], script_dir: &Path) -> anyhow::Result<Command> {
+    gdb_command_with(target, &[], exec, script_dir)
+}
+
+/// [`gdb_command`] that first runs `pre` once attached (`janus faults timetravel` stops at the
+/// fault with it); batch mode still depends on `exec` alone.
+pub fn gdb_command_with(
+    target: &Target,
+    pre: &[String],
+    exec: &[String],
+    script_dir: &Path,
+) -> anyhow::Result<Command> {
     if !crate::up::which("gdb") {
         bail!("gdb is not installed: install it with `apt-get install -y gdb`");
     }
@@ -176,7 +187,7 @@ pub fn gdb_command(target: &Target, exec: &[String], script_dir: &Path) -> anyho
             if accel.as_deref() != Some("tcg") && nested_pvm_kvm() {
                 cmd.arg("-ex").arg("python janus_guard_nested_kvm()");
             }
-            for c in exec {
+            for c in pre.iter().chain(exec) {
                 cmd.arg("-ex").arg(c);
             }
             if !exec.is_empty() {

@@ -1,0 +1,237 @@
+//! Time-travel debugging of a unikernel fault, end to end as a user runs it: a cluster (1 unikernel
+//! stable node, 1 debug process node, the router), faulty's input bug (`/div?b=0`) on the stable
+//! node, `janus faults record ID` (QEMU record mode, TCG), then `janus faults timetravel ID --exec`
+//! twice: stopped at the panic handler, `bt` names the service's function with file and line,
+//! `reverse-stepi` walks back instruction by instruction, and both replays print the same console.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use janus::client;
+use janus_integration::node::free_addr;
+use janus_integration::output_text as text;
+use serde_json::Value;
+
+fn janus(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_janus"))
+        .args(args)
+        .output()
+        .expect("janus runs")
+}
+
+struct Cluster {
+    name: String,
+    router: SocketAddr,
+    admin: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    fn up() -> Cluster {
+        let name = format!("tt-{}", std::process::id());
+        let tmp = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&tmp).expect("mkdir");
+        let (router, admin) = (free_addr(), free_addr());
+        let file = tmp.join("cluster.toml");
+        std::fs::write(
+            &file,
+            format!(
+                r#"name = "{name}"
+service = "{svc}"
+[stable]
+count = 1
+memory_mib = 64
+[debug]
+count = 1
+spare = 0
+[router]
+listen = "{router}"
+admin = "{admin}"
+request_timeout_ms = 1500
+"#,
+                svc = janus_integration::sample_dir("faulty").display(),
+            ),
+        )
+        .expect("write cluster file");
+        let c = Cluster {
+            dir: janus::cluster::run_dir(&name),
+            name,
+            router,
+            admin,
+        };
+        let o = janus(&["up", file.to_str().expect("utf8")]);
+        assert!(o.status.success(), "janus up failed:\n{}", text(&o));
+        c
+    }
+
+    fn faults(&self, args: &[&str]) -> Output {
+        let mut a = vec!["faults"];
+        a.extend_from_slice(args);
+        a.extend(["--cluster", &self.name]);
+        janus(&a)
+    }
+
+    fn token(&self) -> String {
+        let cfg: toml::Value = std::fs::read_to_string(self.dir.join("router.toml"))
+            .expect("router.toml")
+            .parse()
+            .expect("toml");
+        cfg["admin"]["token"].as_str().expect("token").to_string()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let o = janus(&["down", "--cluster", &self.name]);
+        if !o.status.success() {
+            eprintln!("janus down: {}", text(&o));
+        }
+    }
+}
+
+/// The `#N ... in FUNCTION (...) at FILE:LINE` frames of gdb's `bt` output.
+fn frames(out: &str) -> Vec<&str> {
+    out.lines().filter(|l| l.starts_with('#')).collect()
+}
+
+/// The console the replay printed (after the marker `--console` prints).
+fn console(out: &str) -> &str {
+    out.split_once("---- replayed guest console ----")
+        .map(|(_, c)| c)
+        .unwrap_or("")
+}
+
+#[test]
+fn record_replay_and_reverse_step_a_unikernel_panic() {
+    let c = Cluster::up();
+    let _ = client::get(c.router, "/div?a=1&b=0", &[]);
+    let bearer = format!("Bearer {}", c.token());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let r = client::get(c.admin, "/faults", &[("authorization", &bearer)]).expect("admin");
+        let v: Value = serde_json::from_slice(&r.body).expect("json");
+        if let Some(id) = v["faults"][0]["id"].as_i64() {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no fault recorded");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let sid = id.to_string();
+
+    // Bad input first: an unknown fault, a fault not recorded yet.
+    let o = c.faults(&["record", "99999"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no fault 99999"), "{}", text(&o));
+    let o = c.faults(&["timetravel", &sid, "--exec", "bt"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains(&format!("janus faults record {id}")),
+        "{}",
+        text(&o)
+    );
+
+    // Record.
+    let o = c.faults(&["record", &sid, "--json"]);
+    assert!(o.status.success(), "record failed:\n{}", text(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).expect("json report");
+    eprintln!("{report:#}");
+    assert_eq!(report["reproduced"], true, "{report}");
+    let rec = &report["recording"];
+    assert!(rec["log_bytes"].as_u64().expect("log size") > 0, "{rec}");
+    assert!(
+        rec["outcome"]
+            .as_str()
+            .is_some_and(|l| l.contains("JANUS-EXIT status=33")),
+        "{rec}"
+    );
+    let dir = c.dir.join("faults").join(&sid);
+    for part in ["rr.bin", "snapshots.qcow2", "recording.json", "token"] {
+        assert!(
+            dir.join(part).is_file(),
+            "{part} missing in {}",
+            dir.display()
+        );
+    }
+    assert!(
+        std::fs::read_dir(&dir)
+            .expect("fault dir")
+            .filter_map(Result::ok)
+            .any(|e| e.path().extension().is_some_and(|x| x == "elf")),
+        "no unstripped ELF kept"
+    );
+
+    // Time travel, twice: stop at the panic, bt, two reverse steps, bt again.
+    let session = || {
+        c.faults(&[
+            "timetravel",
+            &sid,
+            "--timeout",
+            "60",
+            "--console",
+            "--exec",
+            "bt",
+            "--exec",
+            "print/x $pc",
+            "--exec",
+            "reverse-stepi",
+            "--exec",
+            "reverse-stepi",
+            "--exec",
+            "print/x $pc",
+            "--exec",
+            "bt",
+        ])
+    };
+    let first = session();
+    let out = text(&first);
+    assert!(first.status.success(), "timetravel failed:\n{out}");
+    eprintln!("{out}");
+    // At the panic handler: the backtrace names the service's function with its file and line.
+    let service_frame = frames(&out)
+        .into_iter()
+        .find(|l| l.contains("janus_samples_faulty::div"))
+        .unwrap_or_else(|| panic!("no janus_samples_faulty::div frame:\n{out}"));
+    let at = service_frame.rsplit(" at ").next().unwrap_or("");
+    let line: Option<u32> = at.rsplit(':').next().and_then(|n| n.trim().parse().ok());
+    assert!(
+        at.contains("samples/faulty/src/lib.rs:") && line.is_some_and(|n| n > 0),
+        "no file:line in {service_frame}"
+    );
+    assert!(
+        out.contains("Breakpoint 1,"),
+        "not stopped at the panic handler:\n{out}"
+    );
+    // Two reverse steps moved the program counter back, and the service is still on the stack.
+    let pcs: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.split_once("= 0x").map(|(_, h)| h.trim()))
+        .filter_map(|h| u64::from_str_radix(h, 16).ok())
+        .collect();
+    assert_eq!(pcs.len(), 2, "{out}");
+    assert_ne!(pcs[0], pcs[1], "reverse-stepi did not move:\n{out}");
+    assert!(pcs[1] < pcs[0], "reverse-stepi did not step back:\n{out}");
+    assert!(
+        frames(&out)
+            .iter()
+            .filter(|l| l.contains("janus_samples_faulty::div"))
+            .count()
+            >= 2,
+        "no service frame after the reverse steps:\n{out}"
+    );
+    let console_1 = console(&out).to_string();
+    assert!(
+        console_1.contains("attempt to divide by zero"),
+        "the replay did not reach the panic:\n{console_1}"
+    );
+
+    let second = session();
+    let out2 = text(&second);
+    assert!(second.status.success(), "second timetravel failed:\n{out2}");
+    assert_eq!(
+        console(&out2),
+        console_1,
+        "two replays of one recording printed different consoles"
+    );
+}
