@@ -2,57 +2,24 @@
 //! `janus` binary, a real supervisor, unikernel stable nodes under QEMU (set
 //! `JANUS_TEST_STABLE_FLAVOR=unix` to use process nodes instead), process debug nodes, the real router.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{Cluster, janus, stable_flavor, test_accel, text};
 use janus::client;
 use janus::supervisor::ClusterState;
 use janus_integration::conformance;
 use janus_integration::node::{Node, artifact, free_addr};
 
-fn janus_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_janus"))
-}
-
-fn janus(args: &[&str]) -> Output {
-    Command::new(janus_bin())
-        .args(args)
-        .output()
-        .expect("janus runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn stable_flavor() -> String {
-    std::env::var("JANUS_TEST_STABLE_FLAVOR").unwrap_or_else(|_| "uk".into())
-}
-
-struct Cluster {
-    name: String,
-    router: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Cluster {
-    fn up(stable: u32) -> Cluster {
-        let name = format!("it-{}", std::process::id());
-        let dir = std::env::temp_dir().join(&name);
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let router = free_addr();
-        let file = dir.join("cluster.toml");
-        std::fs::write(
-            &file,
-            format!(
-                r#"name = "{name}"
-service = "{svc}"
+/// A cluster of `stable` stable nodes, one debug node with a spare, `/stats` mirrored.
+fn faulty_cluster(stable: u32) -> Cluster {
+    Cluster::up(
+        &format!("it-{}", std::process::id()),
+        &format!(
+            r#"service = "{svc}"
 [stable]
 count = {stable}
 flavor = "{flavor}"
@@ -69,81 +36,18 @@ request_timeout_ms = 1500
 prefix = "/stats"
 fraction = 1.0
 "#,
-                svc = janus_integration::sample_dir("faulty").display(),
-                flavor = stable_flavor(),
-                // JANUS_TEST_ACCEL=tcg runs the stable VMs as CI machines without KVM do.
-                accel = std::env::var("JANUS_TEST_ACCEL").unwrap_or_else(|_| "auto".into()),
-                admin = free_addr(),
-            ),
-        )
-        .expect("write cluster file");
-        let o = janus(&["up", file.to_str().expect("utf8")]);
-        assert!(o.status.success(), "janus up failed:\n{}", text(&o));
-        Cluster {
-            name,
-            router,
-            dir: janus::cluster::run_dir(&format!("it-{}", std::process::id())),
-        }
-    }
-
-    fn state(&self) -> ClusterState {
-        ClusterState::read(&self.dir).expect("state.json")
-    }
-
-    /// Polls until process `id` has been restarted at least `restarts` times, runs, and answers
-    /// its health check; returns its state then. Fails after 60 s with the last state seen.
-    fn wait_running(&self, id: &str, restarts: u32) -> janus::supervisor::ProcState {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let st = self.state();
-            let p = st
-                .proc(id)
-                .unwrap_or_else(|| panic!("{id} in the cluster state"));
-            if p.restarts >= restarts
-                && p.state == "running"
-                && p.pid.is_some()
-                && janus::up::healthy(&p.spec)
-            {
-                return p.clone();
-            }
-            assert!(Instant::now() < deadline, "{id} not running: {p:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn send(&self, method: &str, path: &str, key: &str) -> anyhow::Result<client::Reply> {
-        client::request(self.router, method, path, &[("idempotency-key", key)], b"v")
-    }
-
-    fn faults_json(&self) -> Vec<serde_json::Value> {
-        let o = janus(&["faults", "list", "--json", "--cluster", &self.name]);
-        assert!(o.status.success(), "faults list: {}", text(&o));
-        serde_json::from_slice(&o.stdout).expect("faults list --json")
-    }
-
-    /// Polls until a fault matching `pred` is listed.
-    fn wait_fault(
-        &self,
-        timeout: Duration,
-        pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> Option<i64> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(f) = self.faults_json().into_iter().find(|f| pred(f)) {
-                return f["id"].as_i64();
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+            svc = janus_integration::sample_dir("faulty").display(),
+            flavor = stable_flavor(),
+            accel = test_accel(),
+            router = free_addr(),
+            admin = free_addr(),
+        ),
+    )
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = janus(&["down", "--cluster", &self.name]);
-    }
+/// A request through the router, with an idempotency key (so a failed stable try is retried).
+fn send(c: &Cluster, method: &str, path: &str, key: &str) -> anyhow::Result<client::Reply> {
+    client::request(c.router(), method, path, &[("idempotency-key", key)], b"v")
 }
 
 fn stable_panic(f: &serde_json::Value, path: &str) -> bool {
@@ -232,7 +136,7 @@ fn assert_tokens_off_command_lines(c: &Cluster) {
 
 #[test]
 fn faults_of_stable_nodes_are_captured_and_reproduced() {
-    let c = Cluster::up(2);
+    let c = faulty_cluster(2);
     let st = c.state();
     assert_eq!(st.procs.len(), 5, "2 stable + 1 debug + 1 spare + router");
     assert!(st.procs.iter().all(|p| p.state == "running"), "{st:?}");
@@ -243,7 +147,7 @@ fn faults_of_stable_nodes_are_captured_and_reproduced() {
     let mut client_errors = 0;
     let mut fault = None;
     for i in 0..60 {
-        let r = c.send("POST", "/counter/hits/incr", &format!("incr-{i}"));
+        let r = send(&c, "POST", "/counter/hits/incr", &format!("incr-{i}"));
         if r.as_ref().map_or(true, |r| r.status >= 500) {
             client_errors += 1;
         }
@@ -314,7 +218,7 @@ fn faults_of_stable_nodes_are_captured_and_reproduced() {
     c.wait_running("stable-1", 0);
     let mut fault = None;
     for i in 0..20 {
-        let _ = c.send("GET", "/div?a=1&b=0", &format!("div-{i}"));
+        let _ = send(&c, "GET", "/div?a=1&b=0", &format!("div-{i}"));
         fault = c.wait_fault(Duration::from_millis(500), |f| stable_panic(f, "/div"));
         if fault.is_some() {
             break;
@@ -332,7 +236,7 @@ fn faults_of_stable_nodes_are_captured_and_reproduced() {
     // given the stable node's state the debug build answers the same, so the builds agree and the
     // verdict says the divergence came from the mirror target's state (exit 3, not reproduced).
     for i in 0..80 {
-        let _ = c.send("PUT", &format!("/kv/k{i:03}"), &format!("put-{i}"));
+        let _ = send(&c, "PUT", &format!("/kv/k{i:03}"), &format!("put-{i}"));
     }
     // The bugs above crash stable VMs, and a GET answered while the stable nodes are restarting
     // goes to the debug pool (spill-over) and is not mirrored: first wait for both stable nodes,
@@ -341,7 +245,7 @@ fn faults_of_stable_nodes_are_captured_and_reproduced() {
     c.wait_running("stable-1", 0);
     let mut divergence = None;
     for i in 0..40 {
-        let _ = c.send("GET", "/stats", &format!("stats-{i}"));
+        let _ = send(&c, "GET", "/stats", &format!("stats-{i}"));
         divergence = c.wait_fault(Duration::from_millis(500), |f| f["kind"] == "divergence");
         if divergence.is_some() {
             break;

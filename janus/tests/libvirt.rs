@@ -8,13 +8,15 @@
 //! libvirtd (`qemu:///system`, `qemu+unix:///system`): nodes are spread over both, addresses are not
 //! given twice, and the router, which sees every domain on both URIs, keeps one node per id.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{Cluster, janus, text};
 use janus::client;
-use janus::supervisor::{ClusterState, ProcSpec};
 
 const INSIDE: &str = "JANUS_LIBVIRT_SANDBOX";
 
@@ -23,21 +25,6 @@ fn home() -> PathBuf {
         .parent()
         .expect("workspace")
         .to_path_buf()
-}
-
-fn janus(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_janus"))
-        .args(args)
-        .output()
-        .expect("janus runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn virsh(args: &[&str]) -> String {
@@ -97,59 +84,34 @@ fn libvirt_engine_end_to_end() {
     );
 }
 
-struct Cluster {
-    name: String,
-    dir: PathBuf,
+/// The ids of the router's nodes in `pool`.
+fn router_nodes(c: &Cluster, pool: &str) -> Vec<String> {
+    let r = janus::up::admin_get(&c.proc("router").spec, "/pools").expect("router /pools");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    v["pools"]
+        .as_array()
+        .expect("pools")
+        .iter()
+        .filter(|p| p["pool"] == pool)
+        .flat_map(|p| p["nodes"].as_array().cloned().unwrap_or_default())
+        .filter_map(|n| n["id"].as_str().map(str::to_string))
+        .collect()
 }
 
-impl Cluster {
-    fn state(&self) -> ClusterState {
-        ClusterState::read(&self.dir).expect("state.json")
-    }
-
-    fn proc(&self, id: &str) -> ProcSpec {
-        self.state()
-            .procs
-            .into_iter()
-            .find(|p| p.spec.id == id)
-            .map(|p| p.spec)
-            .unwrap_or_else(|| panic!("no {id}"))
-    }
-
-    /// The ids of the router's nodes in `pool`.
-    fn router_nodes(&self, pool: &str) -> Vec<String> {
-        let r = janus::up::admin_get(&self.proc("router"), "/pools").expect("router /pools");
-        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
-        v["pools"]
-            .as_array()
-            .expect("pools")
-            .iter()
-            .filter(|p| p["pool"] == pool)
-            .flat_map(|p| p["nodes"].as_array().cloned().unwrap_or_default())
-            .filter_map(|n| n["id"].as_str().map(str::to_string))
-            .collect()
-    }
-
-    fn wait_router_nodes(&self, want: &[&str], within: Duration) -> Duration {
-        let t0 = Instant::now();
-        loop {
-            let mut got = self.router_nodes("stable");
-            got.sort();
-            if got == want {
-                return t0.elapsed();
-            }
-            assert!(
-                t0.elapsed() < within,
-                "router's stable pool {got:?}, want {want:?} within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+/// Polls until the router's stable pool is `want`; how long that took.
+fn wait_router_nodes(c: &Cluster, want: &[&str], within: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let mut got = router_nodes(c, "stable");
+        got.sort();
+        if got == want {
+            return t0.elapsed();
         }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = janus(&["down", "--cluster", &self.name]);
+        assert!(
+            t0.elapsed() < within,
+            "router's stable pool {got:?}, want {want:?} within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -159,14 +121,10 @@ fn inside() {
         "lv{}",
         std::env::var("JANUS_LIBVIRT_TEST_ID").unwrap_or_default()
     );
-    let work = std::env::temp_dir().join(format!("janus-libvirt-{name}"));
-    std::fs::create_dir_all(&work).expect("mkdir");
-    let file = work.join("cluster.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"name = "{name}"
-service = "{svc}"
+    let c = Cluster::up(
+        &name,
+        &format!(
+            r#"service = "{svc}"
 [stable]
 count = 2
 memory_mib = 64
@@ -184,14 +142,7 @@ subnet = "10.78.0.0/24"
 "#,
             svc = janus_integration::sample_dir("faulty").display(),
         ),
-    )
-    .expect("cluster file");
-    let o = janus(&["up", file.to_str().expect("utf8")]);
-    assert!(o.status.success(), "janus up:\n{}", text(&o));
-    let c = Cluster {
-        dir: janus::cluster::run_dir(&name),
-        name,
-    };
+    );
     let dom = |id: &str| format!("janus-{}-{id}", c.name);
     let listed = virsh(&["list", "--name"]);
     for id in ["stable-0", "stable-1"] {
@@ -206,7 +157,7 @@ subnet = "10.78.0.0/24"
     }
     // The admin token reaches the guest through fw_cfg from a 0600 file: in no domain XML (readable
     // with read-only libvirt access) and on no command line.
-    let token = c.proc("stable-0").token;
+    let token = c.proc("stable-0").spec.token;
     for id in ["stable-0", "stable-1"] {
         let xml = virsh(&["dumpxml", &dom(id)]);
         assert!(
@@ -231,7 +182,7 @@ subnet = "10.78.0.0/24"
     // The stable nodes are in the router by discovery only (the config lists the debug node).
     let router_toml = std::fs::read_to_string(c.dir.join("router.toml")).expect("router.toml");
     assert!(router_toml.contains("kind = \"libvirt\"") && !router_toml.contains("10.78.0."));
-    c.wait_router_nodes(&["stable-0", "stable-1"], Duration::from_secs(30));
+    wait_router_nodes(&c, &["stable-0", "stable-1"], Duration::from_secs(30));
     let st = c.state();
     let uris: Vec<&str> = ["stable-0", "stable-1"]
         .iter()
@@ -245,7 +196,7 @@ subnet = "10.78.0.0/24"
     assert_eq!(uris, ["qemu:///system", "qemu+unix:///system"]);
 
     // Traffic flows through the bridge to both domains.
-    let router: SocketAddr = c.proc("router").listen;
+    let router: SocketAddr = c.router();
     let mut served = std::collections::BTreeSet::new();
     for _ in 0..60 {
         let r = client::get(router, "/stats", &[]).expect("GET /stats");
@@ -261,11 +212,11 @@ subnet = "10.78.0.0/24"
 
     // `virsh destroy`: out of the router by its lifecycle event (the re-listing runs every 10 s),
     // started again by the supervisor, back in the router after a passing health check.
-    let restarts = c.state().proc("stable-0").expect("stable-0").restarts;
+    let restarts = c.proc("stable-0").restarts;
     virsh(&["destroy", &dom("stable-0")]);
-    let gone = c.wait_router_nodes(&["stable-1"], Duration::from_secs(2));
+    let gone = wait_router_nodes(&c, &["stable-1"], Duration::from_secs(2));
     eprintln!("destroyed domain left the router after {gone:?}");
-    let back = c.wait_router_nodes(&["stable-0", "stable-1"], Duration::from_secs(30));
+    let back = wait_router_nodes(&c, &["stable-0", "stable-1"], Duration::from_secs(30));
     eprintln!("and was back after {back:?}");
     let st = c.state();
     let p = st.proc("stable-0").expect("stable-0");
@@ -366,9 +317,9 @@ subnet = "10.78.0.0/24"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let o = janus(&["up", file.to_str().expect("utf8")]);
+    let o = janus(&["up", c.file.to_str().expect("utf8")]);
     assert!(o.status.success(), "janus up again:\n{}", text(&o));
-    c.wait_router_nodes(&["stable-0", "stable-1"], Duration::from_secs(30));
+    wait_router_nodes(&c, &["stable-0", "stable-1"], Duration::from_secs(30));
 
     // Down leaves no domain and no network.
     let o = janus(&["down", "--cluster", &c.name]);
@@ -380,5 +331,4 @@ subnet = "10.78.0.0/24"
     let pools = virsh(&["pool-list", "--all", "--name"]);
     assert!(!pools.contains("janus"), "storage pools left: {pools}");
     assert!(count_procs("qemu-system-x86") == 0, "a QEMU is left");
-    std::fs::remove_dir_all(Path::new(&work)).ok();
 }

@@ -2,45 +2,25 @@
 //! 1 debug process node, the router), as a user runs them: `janus debug` (gdb on a running
 //! unikernel), the router's status page in a real headless chromium, and `janus top --once`.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Cluster, janus, text};
 use janus::client;
 use janus_integration::node::free_addr;
 use serde_json::{Value, json};
 
-fn janus(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_janus"))
-        .args(args)
-        .output()
-        .expect("janus runs")
-}
-
-use janus_integration::output_text as text;
-
-struct Cluster {
-    name: String,
-    router: SocketAddr,
-    admin: SocketAddr,
-    token: String,
-    dir: PathBuf,
-}
-
-impl Cluster {
-    fn up() -> Cluster {
-        let name = format!("op-{}", std::process::id());
-        let tmp = std::env::temp_dir().join(&name);
-        std::fs::create_dir_all(&tmp).expect("mkdir");
-        let (router, admin) = (free_addr(), free_addr());
-        let file = tmp.join("cluster.toml");
-        std::fs::write(
-            &file,
-            format!(
-                r#"name = "{name}"
-service = "{svc}"
+/// 2 unikernel stable nodes (stable-0 with a gdbstub), 1 debug node, the router.
+fn up() -> Cluster {
+    Cluster::up(
+        &format!("op-{}", std::process::id()),
+        &format!(
+            r#"service = "{svc}"
 [stable]
 count = 2
 memory_mib = 64
@@ -53,64 +33,35 @@ listen = "{router}"
 admin = "{admin}"
 request_timeout_ms = 1500
 "#,
-                svc = janus_integration::sample_dir("faulty").display(),
-            ),
-        )
-        .expect("write cluster file");
-        let o = janus(&["up", file.to_str().expect("utf8")]);
-        let dir = janus::cluster::run_dir(&name);
-        let mut c = Cluster {
-            name,
-            router,
-            admin,
-            token: String::new(),
-            dir,
-        };
-        assert!(o.status.success(), "janus up failed:\n{}", text(&o));
-        let cfg: toml::Value = std::fs::read_to_string(c.dir.join("router.toml"))
-            .expect("router.toml")
-            .parse()
-            .expect("toml");
-        c.token = cfg["admin"]["token"].as_str().expect("token").to_string();
-        c
-    }
-
-    fn debug(&self, node: &str, exec: &[&str]) -> Output {
-        let mut args = vec!["debug", node, "--cluster", &self.name];
-        for e in exec {
-            args.extend(["--exec", e]);
-        }
-        janus(&args)
-    }
-
-    fn node_listen(&self, id: &str) -> SocketAddr {
-        let st = janus::supervisor::ClusterState::read(&self.dir).expect("state");
-        st.proc(id).expect("node").spec.listen
-    }
-
-    fn admin_get(&self, path: &str, headers: &[(&str, &str)]) -> client::Reply {
-        client::get(self.admin, path, headers).expect("admin answers")
-    }
+            svc = janus_integration::sample_dir("faulty").display(),
+            router = free_addr(),
+            admin = free_addr(),
+        ),
+    )
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let o = janus(&["down", "--cluster", &self.name]);
-        if !o.status.success() {
-            eprintln!("janus down: {}", text(&o));
-        }
+/// `janus debug NODE --exec E...` on the cluster.
+fn debug(c: &Cluster, node: &str, exec: &[&str]) -> Output {
+    let mut args = vec!["debug", node, "--cluster", &c.name];
+    for e in exec {
+        args.extend(["--exec", e]);
     }
+    janus(&args)
+}
+
+fn admin_get(c: &Cluster, path: &str, headers: &[(&str, &str)]) -> client::Reply {
+    client::get(c.admin(), path, headers).expect("admin answers")
 }
 
 #[test]
 fn operator_tools_on_a_running_cluster() {
-    let c = Cluster::up();
-    let stable0 = c.node_listen("stable-0");
+    let c = up();
+    let stable0 = c.proc("stable-0").spec.listen;
 
     // ---- janus debug: gdb on a running unikernel -------------------------------------------
     let r = client::request(stable0, "PUT", "/kv/colour", &[], b"teal").expect("PUT");
     assert_eq!(r.status, 200, "{}", r.text());
-    let o = c.debug("stable-0", &["bt", "janus-store"]);
+    let o = debug(&c, "stable-0", &["bt", "janus-store"]);
     let out = text(&o);
     assert!(o.status.success(), "janus debug failed:\n{out}");
     // The backtrace walks from the CPL0 stub the idle vCPU sits in into the kernel's Rust code,
@@ -133,10 +84,10 @@ fn operator_tools_on_a_running_cluster() {
     let r = client::get(stable0, "/kv/colour", &[]).expect("the node still answers");
     assert_eq!((r.status, r.text().as_str()), (200, "teal"));
     // A node without a gdbstub, and a node that does not exist, are refused by name.
-    let o = c.debug("stable-1", &["bt"]);
+    let o = debug(&c, "stable-1", &["bt"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("gdbstub = true"), "{}", text(&o));
-    let o = c.debug("stable-9", &["bt"]);
+    let o = debug(&c, "stable-9", &["bt"]);
     assert!(!o.status.success());
     assert!(
         text(&o).contains("stable-0, stable-1, debug-0"),
@@ -146,14 +97,14 @@ fn operator_tools_on_a_running_cluster() {
 
     // ---- a fault to show: faulty's division by zero on a stable node, retried on debug -------
     for _ in 0..10 {
-        let r = client::get(c.router, "/div?a=6&b=3", &[]).expect("router answers");
+        let r = client::get(c.router(), "/div?a=6&b=3", &[]).expect("router answers");
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    let _ = client::get(c.router, "/div?a=1&b=0", &[]);
-    let bearer = format!("Bearer {}", c.token);
+    let _ = client::get(c.router(), "/div?a=1&b=0", &[]);
+    let bearer = format!("Bearer {}", c.token());
     let deadline = Instant::now() + Duration::from_secs(30);
     let fault_id = loop {
-        let r = c.admin_get("/faults", &[("authorization", &bearer)]);
+        let r = admin_get(&c, "/faults", &[("authorization", &bearer)]);
         let v: Value = serde_json::from_slice(&r.body).expect("json");
         if let Some(id) = v["faults"][0]["id"].as_i64() {
             break id;
@@ -163,19 +114,19 @@ fn operator_tools_on_a_running_cluster() {
     };
 
     // ---- the status page refuses without the token -----------------------------------------
-    let r = c.admin_get("/", &[]);
+    let r = admin_get(&c, "/", &[]);
     assert_eq!(r.status, 401);
     assert!(r.text().contains("name=\"token\""), "{}", r.text());
     assert!(!r.text().contains("stable-0"));
     for path in ["/status/data", "/pools", "/faults"] {
-        assert_eq!(c.admin_get(path, &[]).status, 401, "{path}");
-        let wrong = c.admin_get(path, &[("cookie", "janus_admin=not-the-token")]);
+        assert_eq!(admin_get(&c, path, &[]).status, 401, "{path}");
+        let wrong = admin_get(&c, path, &[("cookie", "janus_admin=not-the-token")]);
         assert_eq!(wrong.status, 401, "{path}");
     }
     // The cookie authorises reads only: a change still needs the bearer header.
-    let cookie = format!("janus_admin={}", c.token);
+    let cookie = format!("janus_admin={}", c.token());
     let r = client::request(
-        c.admin,
+        c.admin(),
         "POST",
         "/nodes/stable-1/drain",
         &[("cookie", &cookie)],
@@ -187,7 +138,7 @@ fn operator_tools_on_a_running_cluster() {
     // ---- the status page in a real browser, with traffic flowing -----------------------------
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
-        let (stop, router) = (stop.clone(), c.router);
+        let (stop, router) = (stop.clone(), c.router());
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let _ = client::get(router, "/div?a=6&b=3", &[]);
@@ -482,7 +433,7 @@ impl Browser {
 /// (kept at target/status-page.png); returns its path.
 fn browse_status_page(c: &Cluster, fault_id: i64) -> PathBuf {
     let mut b = Browser::start();
-    let base = format!("http://{}", c.admin);
+    let base = format!("http://{}", c.admin());
     // Without the token: the sign-in form and nothing else.
     b.navigate(&format!("{base}/"));
     assert_eq!(
@@ -505,7 +456,7 @@ fn browse_status_page(c: &Cluster, fault_id: i64) -> PathBuf {
     // The right token, once, through the form.
     b.eval(&format!(
         "document.getElementById('token').value = '{}'; document.forms[0].submit(); true",
-        c.token
+        c.token()
     ));
     b.wait_for(
         "document.getElementById('pools') && document.querySelectorAll('#pools tr[data-node]').length === 3",

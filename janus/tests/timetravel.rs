@@ -4,42 +4,21 @@
 //! twice: stopped at the panic handler, `bt` names the service's function with file and line,
 //! `reverse-stepi` walks back instruction by instruction, and both replays print the same console.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{Cluster, text};
 use janus::client;
 use janus_integration::node::free_addr;
-use janus_integration::output_text as text;
 use serde_json::Value;
 
-fn janus(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_janus"))
-        .args(args)
-        .output()
-        .expect("janus runs")
-}
-
-struct Cluster {
-    name: String,
-    router: SocketAddr,
-    admin: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Cluster {
-    fn up() -> Cluster {
-        let name = format!("tt-{}", std::process::id());
-        let tmp = std::env::temp_dir().join(&name);
-        std::fs::create_dir_all(&tmp).expect("mkdir");
-        let (router, admin) = (free_addr(), free_addr());
-        let file = tmp.join("cluster.toml");
-        std::fs::write(
-            &file,
-            format!(
-                r#"name = "{name}"
-service = "{svc}"
+/// 1 unikernel stable node, 1 debug node, the router.
+fn up() -> Cluster {
+    Cluster::up(
+        &format!("tt-{}", std::process::id()),
+        &format!(
+            r#"service = "{svc}"
 [stable]
 count = 1
 memory_mib = 64
@@ -51,44 +30,11 @@ listen = "{router}"
 admin = "{admin}"
 request_timeout_ms = 1500
 "#,
-                svc = janus_integration::sample_dir("faulty").display(),
-            ),
-        )
-        .expect("write cluster file");
-        let c = Cluster {
-            dir: janus::cluster::run_dir(&name),
-            name,
-            router,
-            admin,
-        };
-        let o = janus(&["up", file.to_str().expect("utf8")]);
-        assert!(o.status.success(), "janus up failed:\n{}", text(&o));
-        c
-    }
-
-    fn faults(&self, args: &[&str]) -> Output {
-        let mut a = vec!["faults"];
-        a.extend_from_slice(args);
-        a.extend(["--cluster", &self.name]);
-        janus(&a)
-    }
-
-    fn token(&self) -> String {
-        let cfg: toml::Value = std::fs::read_to_string(self.dir.join("router.toml"))
-            .expect("router.toml")
-            .parse()
-            .expect("toml");
-        cfg["admin"]["token"].as_str().expect("token").to_string()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let o = janus(&["down", "--cluster", &self.name]);
-        if !o.status.success() {
-            eprintln!("janus down: {}", text(&o));
-        }
-    }
+            svc = janus_integration::sample_dir("faulty").display(),
+            router = free_addr(),
+            admin = free_addr(),
+        ),
+    )
 }
 
 /// The `#N ... in FUNCTION (...) at FILE:LINE` frames of gdb's `bt` output.
@@ -105,18 +51,22 @@ fn console(out: &str) -> &str {
 
 #[test]
 fn record_replay_and_reverse_step_a_unikernel_panic() {
-    let c = Cluster::up();
-    let _ = client::get(c.router, "/div?a=1&b=0", &[]);
-    let bearer = format!("Bearer {}", c.token());
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let c = up();
+    // The unikernel's panic, captured with the stable node named: until the router sees stable-0
+    // healthy (a loaded machine boots it late) the request goes to the debug node instead.
+    c.wait_running("stable-0", 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let id = loop {
-        let r = client::get(c.admin, "/faults", &[("authorization", &bearer)]).expect("admin");
-        let v: Value = serde_json::from_slice(&r.body).expect("json");
-        if let Some(id) = v["faults"][0]["id"].as_i64() {
+        let _ = client::get(c.router(), "/div?a=1&b=0", &[]);
+        let on_stable = |f: &Value| f["kind"] != "debug_fault" && f["stable_node"] == "stable-0";
+        if let Some(id) = c.wait_fault(Duration::from_millis(500), on_stable) {
             break id;
         }
-        assert!(Instant::now() < deadline, "no fault recorded");
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            Instant::now() < deadline,
+            "no fault of stable-0 recorded: {:?}",
+            c.faults_json()
+        );
     };
     let sid = id.to_string();
 

@@ -2,31 +2,14 @@
 //! stable node (a unikernel under QEMU; `JANUS_TEST_STABLE_FLAVOR=unix` for a process) a twin that
 //! follows its store, and the real router mirrors the stable node's GETs to that twin at the same seq.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{Cluster, stable_flavor, text};
 use janus::client;
-use janus::supervisor::{ClusterState, ProcState, Role};
-
-fn janus(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_janus"))
-        .args(args)
-        .output()
-        .expect("run janus")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn stable_flavor() -> String {
-    std::env::var("JANUS_TEST_STABLE_FLAVOR").unwrap_or_else(|_| "uk".into())
-}
+use janus::supervisor::{ProcState, Role};
 
 fn auth(p: &ProcState) -> String {
     format!("Bearer {}", p.spec.token)
@@ -53,12 +36,9 @@ fn mirrors(router: &ProcState, result: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in {}", r.text()))
 }
 
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Polls `ok` for up to 30 s.
+fn wait_until(what: &str, ok: impl FnMut() -> bool) {
+    common::wait_until(what, Duration::from_secs(30), ok)
 }
 
 /// Every mirror sent has an outcome (matched, diverged, skipped, failed).
@@ -78,15 +58,10 @@ fn twin_converged(stable: &ProcState, twin: &ProcState) -> bool {
 
 #[test]
 fn twins_follow_their_stable_node_and_mirrors_compare_at_the_same_seq() {
-    let name = format!("twins-{}", std::process::id());
-    let dir = std::env::temp_dir().join(&name);
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let file = dir.join("cluster.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"name = "{name}"
-service = "{svc}"
+    let c = Cluster::up(
+        &format!("twins-{}", std::process::id()),
+        &format!(
+            r#"service = "{svc}"
 [stable]
 count = 1
 flavor = "{flavor}"
@@ -116,19 +91,8 @@ fraction = 1.0
             svc = janus_integration::sample_dir("faulty").display(),
             flavor = stable_flavor(),
         ),
-    )
-    .expect("write cluster file");
-    let o = janus(&["up", file.to_str().expect("utf8")]);
-    struct Down(String);
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = janus(&["down", "--cluster", &self.0]);
-        }
-    }
-    let _down = Down(name.clone());
-    assert!(o.status.success(), "janus up failed:\n{}", text(&o));
-    let state = ClusterState::read(&janus::cluster::run_dir(&name)).expect("state.json");
-    let proc = |id: &str| state.proc(id).unwrap_or_else(|| panic!("{id}")).clone();
+    );
+    let proc = |id: &str| c.proc(id);
     let (stable, twin, router) = (proc("stable-0"), proc("twin-stable-0"), proc("router"));
     assert_eq!(twin.spec.role, Role::Twin);
     let addr: SocketAddr = router.spec.listen;
@@ -159,8 +123,7 @@ fraction = 1.0
         Some(matched),
         "the twin answered exactly the compared mirrors: {h}"
     );
-    let faults = janus(&["faults", "list", "--json", "--cluster", &name]);
-    let faults: Vec<serde_json::Value> = serde_json::from_slice(&faults.stdout).expect("json");
+    let faults = c.faults_json();
     assert!(
         faults.iter().all(|f| f["kind"] != "divergence"),
         "{faults:?}"
@@ -226,8 +189,7 @@ fraction = 1.0
         wait_until("the divergence is recorded", || {
             mirrors(&router, "diverged") == 1
         });
-        let faults = janus(&["faults", "list", "--json", "--cluster", &name]);
-        let faults: Vec<serde_json::Value> = serde_json::from_slice(&faults.stdout).expect("json");
+        let faults = c.faults_json();
         let f = faults
             .iter()
             .find(|f| f["kind"] == "divergence")
@@ -248,7 +210,7 @@ fraction = 1.0
         assert!(r.as_ref().map_or(true, |r| r.status >= 500), "{r:?}");
         let mut id = None;
         wait_until("the out-of-memory fault is recorded", || {
-            let faults = janus(&["faults", "list", "--json", "--cluster", &name]);
+            let faults = c.faults(&["list", "--json"]);
             let faults: Vec<serde_json::Value> =
                 serde_json::from_slice(&faults.stdout).unwrap_or_default();
             id = faults
@@ -261,7 +223,7 @@ fraction = 1.0
             id.is_some()
         });
         let id = id.expect("fault id").to_string();
-        let o = janus(&["faults", "repro", &id, "--cluster", &name, "--json"]);
+        let o = c.faults(&["repro", &id, "--json"]);
         let report: serde_json::Value =
             serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
         assert_eq!(report["envelope_bytes"].as_u64(), Some(heap), "{report}");
