@@ -26,7 +26,6 @@ pub mod progress;
 pub mod secret;
 pub mod service;
 pub mod supervisor;
-pub mod timetravel;
 pub mod top;
 pub mod up;
 
