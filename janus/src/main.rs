@@ -282,7 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             node,
         } => {
             let a = janus::progress::build(&service, flavor, unix_profile(flavor, profile)?)?;
-            let mut cmd = janus::node::command(&a, &node)?;
+            let mut cmd = janus::launch::command(&a, &node)?;
             // Replace this process: signals and the exit status are the node's own.
             let err = cmd.exec();
             anyhow::bail!("cannot start {}: {err}", a.path.display())

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use janus::client;
 use janus::supervisor::ClusterState;
+use janus_integration::child::{Node, artifact, free_addr};
 use janus_integration::conformance;
-use janus_integration::node::{Node, artifact, free_addr};
 
 fn janus_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_janus"))

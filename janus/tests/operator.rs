@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use janus::client;
-use janus_integration::node::free_addr;
+use janus_integration::child::free_addr;
 use serde_json::{Value, json};
 
 fn janus(args: &[&str]) -> Output {

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use janus::client;
-use janus_integration::node::free_addr;
+use janus_integration::child::free_addr;
 use janus_integration::output_text as text;
 use serde_json::Value;
 

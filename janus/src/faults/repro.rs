@@ -49,12 +49,12 @@ pub fn repro_node(dir: &Path) -> anyhow::Result<ReproNode> {
     let admin = free_addr()?;
     let token = crate::secret::random_token()?;
     let id = format!("repro-{}", listen.port());
-    let opts = crate::node::NodeOpts {
+    let opts = crate::launch::NodeOpts {
         listen: Some(listen),
         admin: Some(admin),
         admin_token: Some(token.clone()),
         node_id: Some(id.clone()),
-        ..crate::node::NodeOpts::default()
+        ..crate::launch::NodeOpts::default()
     };
     let child = opts
         .unix_command(&debug.spec.program)

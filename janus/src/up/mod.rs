@@ -29,7 +29,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use crate::build::{Flavor, Layout, cargo, run_cargo};
 use crate::cluster::{ClusterFile, EngineKind, run_dir};
 use crate::flavor::uk::{Accel, Machine};
-use crate::node::NodeOpts;
+use crate::launch::NodeOpts;
 use crate::secret::random_token;
 use crate::supervisor::{ClusterState, Plan, ProcSpec, Role, write_json_atomic};
 
@@ -267,8 +267,8 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
             node_id: Some(id.clone()),
             log_level: (flavor == Flavor::Unix).then(|| cluster.debug.log_level.clone()),
             memory_mib: cluster.stable.memory_mib,
-            machine: crate::node::MachineArg(machine),
-            accel: crate::node::AccelArg(accel),
+            machine: crate::launch::MachineArg(machine),
+            accel: crate::launch::AccelArg(accel),
             secret_dir: Some(secret_dir.clone()),
             gdbstub: match flavor == Flavor::Uk && cluster.stable.gdbstub.enabled_for(&id) {
                 true => Some(crate::debug::prepare_gdbstub(&dir, &id)?),
@@ -282,7 +282,7 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
             Flavor::Unix => &unix,
             Flavor::Uk => uk.as_ref().context("no uk artifact")?,
         };
-        let mut cmd = crate::node::command(artifact, &opts)?;
+        let mut cmd = crate::launch::command(artifact, &opts)?;
         if role == Role::Twin {
             cmd.env(
                 "JANUS_MIRROR_WAIT_MS",
