@@ -336,7 +336,8 @@ fn log_query(query: Option<&str>) -> Result<(u64, u64), &'static str> {
 mod tests {
     use super::*;
     use crate::executor::Timers;
-    use crate::panic_state::{base64, set_panic_store, write_panic_state};
+    use crate::panic_state::tests::base64;
+    use crate::panic_state::{set_panic_store, write_panic_state};
     use crate::providers::{UkClock, UkEntropy};
     use runtime_abi::{BoxFuture, MemStore, Update};
     use runtime_abi::{

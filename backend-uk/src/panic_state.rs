@@ -11,43 +11,18 @@ use spinning_top::Spinlock;
 use crate::providers::UkStore;
 
 /// Standard base64 (with padding) of `data`, handed to `out` in pieces of at most 256 bytes
-/// (no allocation: the panic path streams a state of many MiB through it).
+/// (no allocation: the panic path streams a state of many MiB through it). Each piece is the
+/// `base64` crate's encoding of 192 input bytes (a multiple of 3, so the pieces concatenate).
 pub fn base64_to(data: &[u8], out: &mut dyn FnMut(&[u8])) {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    use base64::Engine as _;
     let mut buf = [0u8; 256];
-    let mut len = 0;
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            buf[len + i] = if i <= chunk.len() {
-                ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]
-            } else {
-                b'='
-            };
-        }
-        len += 4;
-        if len == buf.len() {
-            out(&buf);
-            len = 0;
+    for chunk in data.chunks(192) {
+        match base64::engine::general_purpose::STANDARD.encode_slice(chunk, &mut buf) {
+            Ok(n) => out(&buf[..n]),
+            // 192 bytes always encode into 256: unreachable, and never a panic on the panic path.
+            Err(_) => return,
         }
     }
-    if len > 0 {
-        out(&buf[..len]);
-    }
-}
-
-/// Standard base64 (with padding).
-pub fn base64(data: &[u8]) -> String {
-    let mut text = String::with_capacity(data.len().div_ceil(3) * 4);
-    base64_to(data, &mut |piece| {
-        text.extend(piece.iter().map(|&b| char::from(b)));
-    });
-    text
 }
 
 /// Most snapshot bytes per console line of the panic state dump (a multiple of 3, so the
@@ -115,9 +90,19 @@ pub fn set_panic_store(store: Option<Arc<UkStore>>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use alloc::vec::Vec;
+    use base64::Engine as _;
+
+    /// [`base64_to`]'s pieces, joined.
+    pub(crate) fn base64(data: &[u8]) -> String {
+        let mut text = String::new();
+        base64_to(data, &mut |piece| {
+            text.extend(piece.iter().map(|&b| char::from(b)));
+        });
+        text
+    }
 
     /// A state above one line's worth is streamed as numbered parts whose base64 texts
     /// concatenate to the whole state's.
@@ -149,6 +134,15 @@ mod tests {
     }
     #[test]
     fn base64_vectors() {
+        // Every length across the 192-byte pieces: the pieces concatenate to the whole encoding.
+        for n in 0..600 {
+            let data: Vec<u8> = (0..n).map(|i| (i * 31 % 251) as u8).collect();
+            assert_eq!(
+                base64(&data),
+                base64::engine::general_purpose::STANDARD.encode(&data),
+                "{n}"
+            );
+        }
         assert_eq!(base64(b""), "");
         assert_eq!(base64(b"f"), "Zg==");
         assert_eq!(base64(b"fo"), "Zm8=");
