@@ -1,99 +1,64 @@
-//! Entropy: a ChaCha20 generator seeded from RDSEED/RDRAND when the CPU has them, the host's
-//! `janus.seed`, TSC jitter and the wall clock (host-testable core).
+//! Entropy: a ChaCha20 generator (`rand_chacha`, no_std) seeded from RDRAND when the CPU has it,
+//! the host's `janus.seed`, TSC jitter and the wall clock (host-testable core).
 
 #[cfg(not(test))]
 use alloc::vec::Vec;
 
-/// The ChaCha20 block function (RFC 8439 section 2.3).
-pub fn chacha20_block(key: &[u32; 8], counter: u32, nonce: &[u32; 3]) -> [u8; 64] {
-    let mut state = [0u32; 16];
-    state[0] = 0x6170_7865;
-    state[1] = 0x3320_646e;
-    state[2] = 0x7962_2d32;
-    state[3] = 0x6b20_6574;
-    state[4..12].copy_from_slice(key);
-    state[12] = counter;
-    state[13..16].copy_from_slice(nonce);
-    let mut w = state;
-    fn qr(w: &mut [u32; 16], a: usize, b: usize, c: usize, d: usize) {
-        w[a] = w[a].wrapping_add(w[b]);
-        w[d] = (w[d] ^ w[a]).rotate_left(16);
-        w[c] = w[c].wrapping_add(w[d]);
-        w[b] = (w[b] ^ w[c]).rotate_left(12);
-        w[a] = w[a].wrapping_add(w[b]);
-        w[d] = (w[d] ^ w[a]).rotate_left(8);
-        w[c] = w[c].wrapping_add(w[d]);
-        w[b] = (w[b] ^ w[c]).rotate_left(7);
-    }
-    for _ in 0..10 {
-        qr(&mut w, 0, 4, 8, 12);
-        qr(&mut w, 1, 5, 9, 13);
-        qr(&mut w, 2, 6, 10, 14);
-        qr(&mut w, 3, 7, 11, 15);
-        qr(&mut w, 0, 5, 10, 15);
-        qr(&mut w, 1, 6, 11, 12);
-        qr(&mut w, 2, 7, 8, 13);
-        qr(&mut w, 3, 4, 9, 14);
-    }
-    let mut out = [0u8; 64];
-    for i in 0..16 {
-        out[i * 4..i * 4 + 4].copy_from_slice(&w[i].wrapping_add(state[i]).to_le_bytes());
-    }
-    out
-}
+use rand_chacha::ChaCha20Core;
+use rand_chacha::rand_core::SeedableRng as _;
+use rand_chacha::rand_core::block::BlockRngCore;
 
-/// A ChaCha20-based generator with fast key erasure (rekeys itself after every fill).
+/// A ChaCha20 generator (`rand_chacha`'s block core, 256 bytes of keystream per call) with fast
+/// key erasure: each fill rekeys it from keystream never handed out, so a later memory
+/// disclosure cannot recover what it handed out before. (The core is used without `rand_core`'s
+/// `BlockRng` buffer: the buffer would keep handed-out-next bytes in memory, and its code does not
+/// fit the hello image's 256 KiB budget.)
 #[derive(Debug, Clone)]
-pub struct Rng {
-    key: [u32; 8],
-    counter: u32,
+pub struct Rng(ChaCha20Core);
+
+/// One call's keystream: 64 words (4 ChaCha20 blocks).
+type Keystream = <ChaCha20Core as BlockRngCore>::Results;
+
+/// The last 32 bytes of `ks` as a key.
+fn key_of(ks: &Keystream) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    for (k, w) in key.chunks_exact_mut(4).zip(&ks.as_ref()[56..]) {
+        k.copy_from_slice(&w.to_le_bytes());
+    }
+    key
 }
 
 impl Rng {
-    /// A generator keyed by mixing `seed` material (any length) into 32 bytes.
+    /// A generator keyed by mixing `material` (any length) into a 32-byte seed: each 32-byte piece
+    /// is XORed into the key, which is then replaced by 32 bytes of its own ChaCha20 keystream.
     pub fn from_seed_material(material: &[u8]) -> Self {
-        // Absorb the material into a key by chaining ChaCha blocks (a simple sponge-like mixer).
-        let mut key = [0u32; 8];
+        let mut key = [0u8; 32];
+        let mut ks = Keystream::default();
         for chunk in material.chunks(32) {
-            let mut block = [0u32; 8];
-            for (i, b) in chunk.iter().enumerate() {
-                block[i / 4] |= u32::from(*b) << ((i % 4) * 8);
+            for (k, b) in key.iter_mut().zip(chunk) {
+                *k ^= b;
             }
-            for i in 0..8 {
-                key[i] ^= block[i];
-            }
-            let out = chacha20_block(&key, chunk.len() as u32, &[0x6a61_6e75, 0x732d_756b, 0]);
-            for i in 0..8 {
-                key[i] = u32::from_le_bytes([
-                    out[i * 4],
-                    out[i * 4 + 1],
-                    out[i * 4 + 2],
-                    out[i * 4 + 3],
-                ]);
-            }
+            ChaCha20Core::from_seed(key).generate(&mut ks);
+            key = key_of(&ks);
         }
-        Self { key, counter: 0 }
+        Self(ChaCha20Core::from_seed(key))
     }
 
     /// Fills `buf` with random bytes.
     pub fn fill(&mut self, buf: &mut [u8]) {
-        let nonce = [0, 0, 0];
-        for chunk in buf.chunks_mut(64) {
-            self.counter = self.counter.wrapping_add(1);
-            let block = chacha20_block(&self.key, self.counter, &nonce);
-            chunk.copy_from_slice(&block[..chunk.len()]);
+        let mut ks = Keystream::default();
+        // 224 bytes a call: the last 32 of each call's keystream are never handed out.
+        for chunk in buf.chunks_mut(224) {
+            self.0.generate(&mut ks);
+            for (out, w) in chunk.chunks_mut(4).zip(ks.as_ref()) {
+                out.copy_from_slice(&w.to_le_bytes()[..out.len()]);
+            }
         }
-        // Fast key erasure: the next key comes from a block never handed out.
-        self.counter = self.counter.wrapping_add(1);
-        let block = chacha20_block(&self.key, self.counter, &[1, 0, 0]);
-        for i in 0..8 {
-            self.key[i] = u32::from_le_bytes([
-                block[i * 4],
-                block[i * 4 + 1],
-                block[i * 4 + 2],
-                block[i * 4 + 3],
-            ]);
+        if buf.is_empty() {
+            self.0.generate(&mut ks);
         }
+        // Fast key erasure: the next key is keystream never handed out.
+        self.0 = ChaCha20Core::from_seed(key_of(&ks));
     }
 }
 
@@ -155,16 +120,19 @@ pub fn u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand_chacha::rand_core::RngCore as _;
 
     #[test]
     fn rfc8439_block_vector() {
-        // RFC 8439 2.3.2: key 00..1f, counter 1, nonce 000000090000004a00000000
-        let mut key = [0u32; 8];
-        for (i, k) in key.iter_mut().enumerate() {
-            let b = (i * 4) as u8;
-            *k = u32::from_le_bytes([b, b + 1, b + 2, b + 3]);
-        }
-        let out = chacha20_block(&key, 1, &[0x0900_0000, 0x4a00_0000, 0]);
+        // RFC 8439 2.3.2: key 00..1f, block counter 1, nonce 000000090000004a00000000. In
+        // rand_chacha's layout state words 12-13 are a 64-bit block counter and 14-15 the stream:
+        // counter 1 | 0x0900_0000 << 32, stream 0x4a00_0000.
+        let key: [u8; 32] = core::array::from_fn(|i| i as u8);
+        let mut rng = rand_chacha::ChaCha20Rng::from_seed(key);
+        rng.set_stream(0x4a00_0000);
+        rng.set_word_pos((1u128 | (0x0900_0000u128 << 32)) * 16);
+        let mut out = [0u8; 64];
+        rng.fill_bytes(&mut out);
         assert_eq!(&out[..8], &[0x10, 0xf1, 0xe7, 0xe4, 0xd1, 0x3b, 0x59, 0x15]);
         assert_eq!(
             &out[56..],

@@ -9,7 +9,11 @@
 //! - Safe, host-testable logic: [`cmdline`], [`clock`], [`entropy`], [`console`], [`executor`],
 //!   [`idle`] (adaptive halt polling), [`metrics`], [`boot`] (memory map).
 //! - [`net`]: smoltcp interface, TCP listener pools and async sockets.
-//! - [`node`]: the Janus node protocol around a `runtime_abi::Service`, and the [`entry!`] macro.
+//! - [`node`]: the Janus node protocol around a `runtime_abi::Service`; [`providers`]: the
+//!   capabilities it hands the service (store, clock, entropy); [`panic_state`]: what the panic
+//!   path reports (the request in flight, the state dump); `kernel`: the boot of a service and
+//!   its listeners; `conn`: one connection's loop; [`rt`]: bring-up, run loop and the [`entry!`]
+//!   macro.
 //!
 //! Everything runs at CPL3 on one CPU with interrupts disabled; the kernel loop polls the receive
 //! ring briefly, then idles through the `hlt` gate (#GP from CPL3) and wakes on the PIT one-shot
@@ -23,17 +27,23 @@ pub mod arch;
 pub mod boot;
 pub mod clock;
 pub mod cmdline;
+#[cfg(not(test))]
+pub mod conn;
 pub mod console;
 pub mod drivers;
 pub mod entropy;
 pub mod executor;
 pub mod idle;
+#[cfg(not(test))]
+pub mod kernel;
 pub mod log;
 pub mod metrics;
 pub mod mm;
 #[cfg(not(test))]
 pub mod net;
 pub mod node;
+pub mod panic_state;
+pub mod providers;
 pub mod rt;
 #[cfg(not(test))]
 pub mod upstream;

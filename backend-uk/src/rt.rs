@@ -124,7 +124,7 @@ macro_rules! entry {
     ($service:ty) => {
         #[unsafe(no_mangle)]
         fn __janus_uk_main(boot: $crate::boot::BootInfo) -> ! {
-            $crate::node::run::<$service>(boot)
+            $crate::kernel::run::<$service>(boot)
         }
     };
 }

@@ -41,15 +41,6 @@ pub struct AdminCtx {
     pub twin: Option<Arc<crate::twin::Twin>>,
 }
 
-/// Compares two byte strings in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for (i, x) in a.iter().enumerate() {
-        diff |= x ^ b.get(i).copied().unwrap_or(!x);
-    }
-    diff == 0
-}
-
 type Resp = hyper::Response<Full<Bytes>>;
 
 fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
@@ -86,7 +77,7 @@ async fn route(ctx: &AdminCtx, req: hyper::Request<Incoming>) -> Resp {
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .is_some_and(|t| constant_time_eq(t, ctx.token.as_bytes()));
+        .is_some_and(|t| runtime_abi::node::token_matches(t, ctx.token.as_bytes()));
     if !authorized {
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         r.headers_mut().insert(
@@ -353,16 +344,6 @@ async fn read(req: hyper::Request<Incoming>, limit: usize) -> Result<Bytes, Resp
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn constant_time_eq_compares_exactly() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"secret2", b"secret"));
-        assert!(!constant_time_eq(b"", b"x"));
-        assert!(constant_time_eq(b"", b""));
-    }
 
     #[test]
     fn query_params() {

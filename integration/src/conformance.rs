@@ -24,8 +24,8 @@ use std::time::Duration;
 use anyhow::Context;
 pub use janus::conformance::{Case, Expect, Req, Table};
 
+use crate::child::Node;
 use crate::client::{self, Reply};
-use crate::node::Node;
 
 /// Runs the table at `path` against `node`; returns one line per failed check (empty = conformant).
 pub fn run_file(path: &Path, node: &Node, stateful: bool) -> anyhow::Result<Vec<String>> {
@@ -197,7 +197,7 @@ fn truncate(s: &str) -> String {
 /// Builds `sample` as `flavor`, starts one node (hello's upstream `backend` mapped to a real test
 /// server answering "upstream says hi"), and runs the sample's table; returns the failures.
 pub fn run_sample(sample: &str, flavor: janus::Flavor) -> anyhow::Result<Vec<String>> {
-    let artifact = crate::node::artifact(sample, flavor);
+    let artifact = crate::child::artifact(sample, flavor);
     let stateful = !artifact.manifest["store"].is_null();
     let mut opts = janus::NodeOpts::default();
     let declared = artifact.manifest["upstreams"]
@@ -209,7 +209,7 @@ pub fn run_sample(sample: &str, flavor: janus::Flavor) -> anyhow::Result<Vec<Str
             .push((name.to_string(), static_upstream("upstream says hi")?));
     }
     let node = Node::start(&artifact, opts)?;
-    let table = crate::node::sample_dir(sample).join("conformance.toml");
+    let table = crate::child::sample_dir(sample).join("conformance.toml");
     run_file(&table, &node, stateful)
 }
 

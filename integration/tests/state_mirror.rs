@@ -2,8 +2,8 @@
 //! byte for byte, and the other way round, including state as of an earlier sequence number.
 
 use janus::Flavor;
+use janus_integration::child::{Node, artifact};
 use janus_integration::client;
-use janus_integration::node::{Node, artifact};
 
 fn kv(flavor: Flavor) -> Node {
     Node::start(&artifact("kv", flavor), janus::NodeOpts::default()).expect("kv node starts")

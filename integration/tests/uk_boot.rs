@@ -11,7 +11,7 @@ use janus::Flavor;
 use janus::NodeOpts;
 use janus::client::{self, Reply};
 use janus::flavor::uk::{Accel, EXIT_PANIC, MIN_MEMORY_MIB, Machine, kvm_available};
-use janus::node::{AccelArg, MachineArg};
+use janus::launch::{AccelArg, MachineArg};
 use janus_integration::{Node, artifact};
 
 fn opts(machine: Machine, accel: Accel) -> NodeOpts {

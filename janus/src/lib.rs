@@ -6,7 +6,7 @@
 //! - [`build`]: generates the per-flavour wrapper crate, builds it, writes the artifact and the
 //!   requirements manifest next to it.
 //! - [`flavor`]: what differs between the unix process and the unikernel image.
-//! - [`node`]: the node options both flavours take, and how `janus run` starts one.
+//! - [`launch`]: the node options both flavours take, and how `janus run` starts one.
 //! - [`deploy`]: `janus deploy --emit kubernetes|nomad DIR`: manifests and jobs written offline.
 //! - [`secret`]: admin tokens from the OS's random source, and the private files that hold them.
 #![forbid(unsafe_code)]
@@ -20,18 +20,17 @@ pub mod demo;
 pub mod deploy;
 pub mod faults;
 pub mod flavor;
+pub mod launch;
 pub mod libvirt;
-pub mod node;
 pub mod progress;
 pub mod secret;
 pub mod service;
 pub mod supervisor;
-pub mod timetravel;
 pub mod top;
 pub mod up;
 
 pub use build::{Artifact, Flavor, build};
-pub use node::NodeOpts;
+pub use launch::NodeOpts;
 pub use service::ServiceCrate;
 
 use std::path::PathBuf;

@@ -282,7 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             node,
         } => {
             let a = janus::progress::build(&service, flavor, unix_profile(flavor, profile)?)?;
-            let mut cmd = janus::node::command(&a, &node)?;
+            let mut cmd = janus::launch::command(&a, &node)?;
             // Replace this process: signals and the exit status are the node's own.
             let err = cmd.exec();
             anyhow::bail!("cannot start {}: {err}", a.path.display())
@@ -432,12 +432,12 @@ fn faults(cmd: FaultsCmd, cluster: &str) -> anyhow::Result<ExitCode> {
             attempts,
             json,
         } => {
-            let opts = janus::timetravel::RecordOpts {
+            let opts = janus::faults::timetravel::RecordOpts {
                 cluster: cluster.to_string(),
                 timeout: std::time::Duration::from_secs(timeout),
                 attempts,
             };
-            let report = janus::timetravel::record(id, &opts)?;
+            let report = janus::faults::timetravel::record(id, &opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -453,7 +453,7 @@ fn faults(cmd: FaultsCmd, cluster: &str) -> anyhow::Result<ExitCode> {
             timeout,
             console,
         } => {
-            let (code, text) = janus::timetravel::timetravel(
+            let (code, text) = janus::faults::timetravel::timetravel(
                 cluster,
                 id,
                 &exec,

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use common::{Cluster, janus, stable_flavor, test_accel, text};
 use janus::client;
 use janus::supervisor::ClusterState;
+use janus_integration::child::{Node, artifact, free_addr};
 use janus_integration::conformance;
-use janus_integration::node::{Node, artifact, free_addr};
 
 /// A cluster of `stable` stable nodes, one debug node with a spare, `/stats` mirrored.
 fn faulty_cluster(stable: u32) -> Cluster {

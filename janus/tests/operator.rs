@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, janus, text};
 use janus::client;
-use janus_integration::node::free_addr;
+use janus_integration::child::free_addr;
 use serde_json::{Value, json};
 
 /// 2 unikernel stable nodes (stable-0 with a gdbstub), 1 debug node, the router.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use janus_integration::node::free_addr;
+use janus_integration::child::free_addr;
 
 fn janus_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_janus"))

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, text};
 use janus::client;
-use janus_integration::node::free_addr;
+use janus_integration::child::free_addr;
 use serde_json::Value;
 
 /// 1 unikernel stable node, 1 debug node, the router.

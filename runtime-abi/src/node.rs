@@ -37,6 +37,14 @@ pub const LOG_MAX_BYTES: usize = 1 << 20;
 /// Longest long-poll of `GET /state/log?wait_ms=`.
 pub const LOG_MAX_WAIT_MS: u64 = 30_000;
 
+/// Whether `given` is the admin bearer token, in time that does not depend on where they differ
+/// (only on the lengths, which are not secret), so the token cannot be guessed byte by byte from
+/// timings: `subtle`'s constant-time comparison. Both builds check the admin token with it.
+pub fn token_matches(given: &[u8], token: &[u8]) -> bool {
+    use subtle::ConstantTimeEq as _;
+    bool::from(given.ct_eq(token))
+}
+
 /// Whether a response field belongs to the backend rather than the service: framing and connection
 /// management (`content-length`, `transfer-encoding`, `connection`, `keep-alive`, `upgrade`) and
 /// every `x-janus-*` field. Case-insensitive.
@@ -259,6 +267,16 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_comparison_is_exact() {
+        assert!(token_matches(b"s3cret", b"s3cret"));
+        assert!(token_matches(b"", b""));
+        for wrong in ["", "s", "s3cre", "s3creT", "x3cret", "s3cret ", "s3crets"] {
+            assert!(!token_matches(wrong.as_bytes(), b"s3cret"), "{wrong:?}");
+        }
+        assert!(!token_matches(b"s3crets", b"s3cret"));
+    }
 
     #[test]
     fn write_decimal_prints_what_f64_display_prints() {

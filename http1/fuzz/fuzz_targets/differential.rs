@@ -1,6 +1,6 @@
 //! Differential target: the unix build's HTTP front (`backend_unix::conn::Front`, the sans-IO part
 //! of its tokio connection loop) against janus-http1's `ServerConn` driven the way the uk build's
-//! connection loop drives it (`backend-uk/src/node.rs`, `serve_conn`; that crate is a no_std kernel
+//! connection loop drives it (`backend-uk/src/conn.rs`, `serve_conn`; that crate is a no_std kernel
 //! and cannot be linked here, so its loop is restated below step for step). The same bytes, cut at
 //! different places for each side (a socket may deliver them in any pieces), must give the same
 //! verdicts (requests with their method, target and body, or the refusal status), the same answer

@@ -85,7 +85,7 @@ class JanusStore(gdb.Command):
         super().__init__("janus-store", gdb.COMMAND_DATA)
 
     def invoke(self, arg, from_tty):
-        expr = "('backend_uk::node::PANIC_STORE').data.value"
+        expr = "('backend_uk::panic_state::PANIC_STORE').data.value"
         try:
             store = gdb.parse_and_eval(expr + ".Some.__0.ptr.pointer.data.inner.data.value")
         except gdb.error as e:

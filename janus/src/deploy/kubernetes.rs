@@ -322,7 +322,7 @@ fn unix_deployments(plan: &Plan, opts: &DeployOpts, pool: &str, ids: &[String]) 
                                     "--log-level", plan.cluster.debug.log_level,
                                     "--log-format", "json",
                                 ],
-                                "env": [secret_env(plan, crate::node::ADMIN_TOKEN_ENV, "node-token")],
+                                "env": [secret_env(plan, crate::launch::ADMIN_TOKEN_ENV, "node-token")],
                                 "ports": [
                                     { "name": "http", "containerPort": UNIX_SERVICE_PORT, "protocol": "TCP" },
                                     { "name": "admin", "containerPort": UNIX_ADMIN_PORT, "protocol": "TCP" },

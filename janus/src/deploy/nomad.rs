@@ -215,7 +215,7 @@ fn unix_group(plan: &Plan, opts: &DeployOpts, pool: &str, count: u32) -> Value {
             },
             "Artifacts": [artifact(opts, &bin)],
             "Templates": [secret_template(
-                format!("{}={}\n", crate::node::ADMIN_TOKEN_ENV, var_template(plan, "node_token")),
+                format!("{}={}\n", crate::launch::ADMIN_TOKEN_ENV, var_template(plan, "node_token")),
                 "node.env",
                 true,
             )],

@@ -527,7 +527,7 @@ pub fn qemu_command(image: &Path, opts: &UkRunOpts) -> anyhow::Result<Command> {
     };
     let mut cmd = Command::new("qemu-system-x86_64");
     // QEMU has no use for the token `janus run` may have taken from the environment.
-    cmd.env_remove(crate::node::ADMIN_TOKEN_ENV);
+    cmd.env_remove(crate::launch::ADMIN_TOKEN_ENV);
     cmd.args(["-M", machine, "-accel", accel, "-smp", "1", "-m"])
         .arg(opts.memory_mib.to_string())
         .args([

@@ -223,7 +223,7 @@ impl Qemu {
             .with_context(|| format!("cannot create {}", stderr.display()))?;
         let child = Command::new("qemu-system-x86_64")
             .args(args)
-            .env_remove(crate::node::ADMIN_TOKEN_ENV)
+            .env_remove(crate::launch::ADMIN_TOKEN_ENV)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

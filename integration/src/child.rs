@@ -81,7 +81,7 @@ impl Node {
             });
             janus::flavor::uk::token_file(dir, &node_id, listen.port())
         });
-        let mut cmd = janus::node::command(artifact, &opts)?;
+        let mut cmd = janus::launch::command(artifact, &opts)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

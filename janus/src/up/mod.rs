@@ -1,5 +1,20 @@
 //! `janus up | ps | logs | down`: a local mixed cluster (unikernel nodes under QEMU, process nodes,
 //! the router) run by the supervisor from a run directory of its own.
+//!
+//! `janus up` is here; `procs` holds what every command needs about a cluster's processes (ports,
+//! admin calls, liveness), and `ps`, `logs`, `down` are the other commands.
+
+mod down;
+mod logs;
+mod procs;
+mod ps;
+
+pub use down::down;
+use down::reap_leftovers;
+pub use logs::logs;
+pub(crate) use procs::which;
+pub use procs::{admin_get, free_addr, healthy, is_zombie, pid_alive};
+pub use ps::ps;
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -10,21 +25,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 use crate::build::{Flavor, Layout, cargo, run_cargo};
-use crate::client;
 use crate::cluster::{ClusterFile, EngineKind, run_dir};
 use crate::flavor::uk::{Accel, Machine};
-use crate::node::NodeOpts;
+use crate::launch::NodeOpts;
 use crate::secret::random_token;
-use crate::supervisor::{ClusterState, Plan, ProcSpec, Role, now_ms, write_json_atomic};
-
-/// A free loopback address.
-pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
+use crate::supervisor::{ClusterState, Plan, ProcSpec, Role, write_json_atomic};
 
 /// The ports of one cluster, each bound (and held) from the moment it is chosen until the cluster's
 /// processes are about to start: no two listeners of a cluster can be given the same port (binding
@@ -123,12 +130,6 @@ pub fn ensure_qemu() -> anyhow::Result<()> {
         "qemu-system-x86_64 is required to boot the unikernel nodes: install it with `sudo apt-get install -y qemu-system-x86` (or set stable.count = 0)"
     )
 }
-
-pub(crate) fn which(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-}
-
 /// Builds the lb-router binary (release, sharing the unix builds' target dir); returns its path.
 pub fn build_router(layout: &Layout) -> anyhow::Result<PathBuf> {
     let target = layout.target_dir("unix");
@@ -266,8 +267,8 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
             node_id: Some(id.clone()),
             log_level: (flavor == Flavor::Unix).then(|| cluster.debug.log_level.clone()),
             memory_mib: cluster.stable.memory_mib,
-            machine: crate::node::MachineArg(machine),
-            accel: crate::node::AccelArg(accel),
+            machine: crate::launch::MachineArg(machine),
+            accel: crate::launch::AccelArg(accel),
             secret_dir: Some(secret_dir.clone()),
             gdbstub: match flavor == Flavor::Uk && cluster.stable.gdbstub.enabled_for(&id) {
                 true => Some(crate::debug::prepare_gdbstub(&dir, &id)?),
@@ -281,7 +282,7 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
             Flavor::Unix => &unix,
             Flavor::Uk => uk.as_ref().context("no uk artifact")?,
         };
-        let mut cmd = crate::node::command(artifact, &opts)?;
+        let mut cmd = crate::launch::command(artifact, &opts)?;
         if role == Role::Twin {
             cmd.env(
                 "JANUS_MIRROR_WAIT_MS",
@@ -727,21 +728,6 @@ fn wait_healthy(
     Ok(())
 }
 
-/// Whether a process's admin `/health` answers 200.
-pub fn healthy(p: &ProcSpec) -> bool {
-    admin_get(p, "/health").is_ok_and(|r| r.status == 200)
-}
-
-/// An admin GET with the process's bearer token.
-pub fn admin_get(p: &ProcSpec, path: &str) -> anyhow::Result<client::Reply> {
-    let auth = format!("Bearer {}", p.token);
-    let raw = format!(
-        "GET {path} HTTP/1.1\r\nhost: {}\r\nauthorization: {auth}\r\nconnection: close\r\n\r\n",
-        p.admin
-    );
-    client::send_raw(p.admin, raw.as_bytes(), Duration::from_millis(1500))
-}
-
 /// Prints where everything is.
 pub fn describe(up: &UpResult) -> String {
     let mut s = String::new();
@@ -778,257 +764,4 @@ pub fn describe(up: &UpResult) -> String {
         "next: `janus ps`, `janus logs NODE --follow`, `janus faults list`, `janus down`"
     );
     s
-}
-
-/// Whether a pid is alive.
-pub fn pid_alive(pid: u32) -> bool {
-    i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), None).is_ok())
-}
-
-fn fmt_duration(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
-}
-
-/// Requests served, from the process's `/metrics` (sum of `janus_requests_total` series, or the
-/// router's `janus_router_requests_total`).
-fn requests(p: &ProcSpec) -> Option<u64> {
-    let r = admin_get(p, "/metrics").ok()?;
-    if r.status != 200 {
-        return None;
-    }
-    let prefix = if p.role == Role::Router {
-        "janus_router_requests_total"
-    } else {
-        "janus_requests_total"
-    };
-    let total: f64 = r
-        .text()
-        .lines()
-        .filter(|l| l.starts_with(prefix) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    Some(total as u64)
-}
-
-/// `janus ps`.
-pub fn ps(cluster: &str, json: bool) -> anyhow::Result<String> {
-    let dir = run_dir(cluster);
-    let state = ClusterState::read(&dir)?;
-    let alive = pid_alive(state.supervisor_pid);
-    let rows: Vec<serde_json::Value> = state
-        .procs
-        .iter()
-        .map(|p| {
-            let uptime = match (p.state.as_str(), p.started_ms) {
-                ("running", Some(t)) => Some(now_ms().saturating_sub(t)),
-                _ => None,
-            };
-            let last = p.exits.last();
-            serde_json::json!({
-                "node": p.spec.id,
-                "role": p.spec.role,
-                "flavor": p.spec.kind,
-                "state": if alive { p.state.clone() } else { "stopped (no supervisor)".into() },
-                "pid": p.pid,
-                "uptime_ms": uptime,
-                "restarts": p.restarts,
-                "last_exit": last.map(|e| format!("{}: {}", e.status, e.reason)),
-                "requests": if p.state == "running" { requests(&p.spec) } else { None },
-                "listen": p.spec.listen,
-            })
-        })
-        .collect();
-    if json {
-        return Ok(serde_json::to_string_pretty(&rows)?);
-    }
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:<9} {:<7} {:<7} {:<9} {:>8} {:>8} {:>9}  LAST EXIT",
-        "NODE", "ROLE", "FLAVOR", "STATE", "UPTIME", "RESTARTS", "REQUESTS"
-    );
-    for r in rows {
-        let _ = writeln!(
-            s,
-            "{:<9} {:<7} {:<7} {:<9} {:>8} {:>8} {:>9}  {}",
-            r["node"].as_str().unwrap_or(""),
-            r["role"].as_str().unwrap_or(""),
-            r["flavor"].as_str().unwrap_or(""),
-            r["state"].as_str().unwrap_or(""),
-            r["uptime_ms"]
-                .as_u64()
-                .map(fmt_duration)
-                .unwrap_or_else(|| "-".into()),
-            r["restarts"],
-            r["requests"]
-                .as_u64()
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| "-".into()),
-            r["last_exit"].as_str().unwrap_or("-"),
-        );
-    }
-    Ok(s)
-}
-
-/// `janus logs NODE [--follow]`.
-pub fn logs(cluster: &str, node: &str, lines: usize, follow: bool) -> anyhow::Result<()> {
-    let dir = run_dir(cluster);
-    let state = ClusterState::read(&dir)?;
-    if state.proc(node).is_none() {
-        let ids: Vec<&str> = state.procs.iter().map(|p| p.spec.id.as_str()).collect();
-        bail!(
-            "no node '{node}' in cluster '{cluster}' (nodes: {})",
-            ids.join(", ")
-        );
-    }
-    for l in crate::supervisor::tail_log(&dir, node, lines)? {
-        println!("{l}");
-    }
-    if !follow {
-        return Ok(());
-    }
-    let path = dir.join("logs").join(format!("{node}.log"));
-    let mut pos = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    loop {
-        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        if len < pos {
-            pos = 0; // rotated
-        }
-        if len > pos {
-            use std::io::{Read, Seek, SeekFrom};
-            let mut f = std::fs::File::open(&path)?;
-            f.seek(SeekFrom::Start(pos))?;
-            let mut buf = String::new();
-            f.read_to_string(&mut buf)?;
-            print!("{buf}");
-            pos = len;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// `janus down`: stops the supervisor (which stops every process) and checks nothing is left.
-pub fn down(cluster: &str) -> anyhow::Result<String> {
-    let dir = run_dir(cluster);
-    let state = ClusterState::read(&dir)?;
-    let sup = state.supervisor_pid;
-    if pid_alive(sup) {
-        let _ = kill(
-            Pid::from_raw(i32::try_from(sup).unwrap_or(i32::MAX)),
-            Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while pid_alive(sup) && !is_zombie(sup) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    // Anything still alive after the supervisor is gone is killed, so nothing leaks.
-    let leftovers = reap_leftovers(&state);
-    if pid_alive(sup) && !is_zombie(sup) {
-        let _ = kill(
-            Pid::from_raw(i32::try_from(sup).unwrap_or(i32::MAX)),
-            Signal::SIGKILL,
-        );
-    }
-    // libvirt: the supervisor undefined its domains as it stopped; what a dead one left, and the
-    // networks `janus up` created, go now.
-    let mut engine_errors = Vec::new();
-    for p in &state.procs {
-        if let Some(d) = &p.spec.domain
-            && let Err(e) = crate::libvirt::remove_domain(&d.uri, &d.name)
-        {
-            engine_errors.push(format!("{e:#}"));
-        }
-    }
-    let mut uris: Vec<&str> = state
-        .procs
-        .iter()
-        .filter_map(|p| p.spec.domain.as_ref().map(|d| d.uri.as_str()))
-        .collect();
-    uris.sort_unstable();
-    uris.dedup();
-    for uri in uris {
-        if let Err(e) = crate::libvirt::remove_volumes(uri, &state.cluster) {
-            engine_errors.push(format!("{e:#}"));
-        }
-    }
-    let plan: Option<Plan> = std::fs::read(dir.join("plan.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    if let Some(mut plan) = plan
-        && !plan.libvirt_networks.is_empty()
-    {
-        // Kept in the plan until removed: a later `up` or `down` retries.
-        plan.libvirt_networks.retain(
-            |(uri, net)| match crate::libvirt::remove_network(uri, net) {
-                Ok(()) => false,
-                Err(e) => {
-                    engine_errors.push(format!("{e:#}"));
-                    true
-                }
-            },
-        );
-        write_json_atomic(&dir.join("plan.json"), &plan)?;
-    }
-    std::fs::remove_file(dir.join("state.json")).ok();
-    if !engine_errors.is_empty() {
-        bail!(
-            "cluster '{cluster}' is stopped but libvirt kept: {}",
-            engine_errors.join("; ")
-        );
-    }
-    let mut s = format!("cluster '{cluster}' is down");
-    if !leftovers.is_empty() {
-        let _ = write!(s, " (killed leftovers: {})", leftovers.join(", "));
-    }
-    let _ = write!(s, "; logs and the fault store stay in {}", dir.display());
-    Ok(s)
-}
-
-/// Kills the processes of a cluster whose supervisor is gone (their pid and program as recorded in
-/// its state); returns their ids.
-fn reap_leftovers(state: &ClusterState) -> Vec<String> {
-    let mut leftovers = Vec::new();
-    for p in &state.procs {
-        if let Some(pid) = p.pid
-            && pid_alive(pid)
-            && !is_zombie(pid)
-            && cmdline_matches(pid, &p.spec.program)
-        {
-            let _ = kill(
-                Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)),
-                Signal::SIGKILL,
-            );
-            leftovers.push(p.spec.id.clone());
-        }
-    }
-    leftovers
-}
-
-/// Whether `pid` has exited and waits to be reaped by its parent.
-pub fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit(')')
-                .next()
-                .map(|r| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-fn cmdline_matches(pid: u32, program: &Path) -> bool {
-    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let first = cmd.split(|b| *b == 0).next().unwrap_or(&[]);
-    let name = program
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned());
-    name.is_some_and(|n| String::from_utf8_lossy(first).ends_with(&n))
 }
