@@ -169,6 +169,14 @@ pub fn enable_interrupts() {
     }
 }
 
+/// Arms the NIC's receive interrupt for the next frame (before halting; the caller then checks
+/// [`rx_pending`] once more). The NIC does not interrupt otherwise.
+pub fn arm_interrupts() {
+    if let Some(net) = NET.lock().as_deref() {
+        net.device.arm_interrupts();
+    }
+}
+
 /// Whether a frame is waiting in the receive ring.
 pub fn rx_pending() -> bool {
     NET.lock().as_deref().is_some_and(|n| n.device.can_recv())
@@ -325,6 +333,8 @@ pub fn poll_ingress(now_ms: u64) -> bool {
         }
     }
     net.maintain_pools();
+    // Receive buffers given back (and any frame answered on ingress): one doorbell per batch.
+    net.device.flush();
     changed
 }
 
@@ -347,6 +357,7 @@ pub fn poll_egress(now_ms: u64) -> bool {
     net.poll_dhcp();
     net.maintain_pools();
     net.reap();
+    net.device.flush();
     sent
 }
 
