@@ -138,11 +138,12 @@ fn probe_mmio(announced: &[MmioDevice]) -> Option<FoundNic> {
             continue;
         }
         let irq = irq.and_then(|i| u8::try_from(i).ok()).filter(|i| *i < 16);
+        let version = if mmio.legacy() { "v1" } else { "v2" };
         return Some(FoundNic {
             transport: NicTransport::mmio(mmio),
             irq,
             level_triggered: false,
-            location: alloc::format!("virtio-mmio@{addr:#x}"),
+            location: alloc::format!("virtio-mmio {version}@{addr:#x}"),
         });
     }
     None

@@ -100,6 +100,11 @@ impl Mmio {
         })
     }
 
+    /// Whether it is a legacy (v1) device.
+    pub fn legacy(&self) -> bool {
+        self.legacy
+    }
+
     fn read(&self, reg: usize) -> u32 {
         read_reg(self.base + reg)
     }
