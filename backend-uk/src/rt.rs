@@ -340,6 +340,8 @@ pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) ->
     use crate::net;
 
     *TIMERS.lock() = Some(executor.timers());
+    // Listening: tell the network where the address now is.
+    net::announce();
     let now_ms = || crate::clock::monotonic_ns() / 1_000_000;
     let mut armed_until = 0u64;
     // Starts at the window `KERNEL.halt_poll_window_ns` starts at.

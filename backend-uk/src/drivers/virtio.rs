@@ -331,9 +331,11 @@ impl phy::RxToken for NetRxToken<'_> {
     }
 }
 
-impl phy::TxToken for NetTxToken<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut rings = self.dev.rings.borrow_mut();
+impl NetDevice {
+    /// A free transmit buffer with the virtio header written, and where the frame starts in it.
+    /// (Not generic, unlike `consume`: one copy of the send path in the image.)
+    fn tx_buffer(&self) -> (Box<[u8]>, usize) {
+        let mut rings = self.rings.borrow_mut();
         rings.reclaim_tx();
         // Every buffer in flight: wait for the device to finish one (it is working on them).
         let mut buf = loop {
@@ -351,19 +353,40 @@ impl phy::TxToken for NetTxToken<'_> {
                 0
             }
         };
-        let total = (hdr + len).min(buf.len());
-        let result = f(&mut buf[hdr..total]);
+        (buf, hdr)
+    }
+
+    /// Queues `buf[..total]` (from [`Self::tx_buffer`]) for sending.
+    fn tx_queue(&self, buf: Box<[u8]>, total: usize) {
+        let mut rings = self.rings.borrow_mut();
         // SAFETY: `buf` stays untouched in `tx_busy` until `reclaim_tx` gets its token back.
         match unsafe { rings.raw.transmit_begin(&buf[..total]) } {
             Ok(token) => {
                 rings.tx_busy[usize::from(token)] = Some((buf, total));
-                self.dev.counters.borrow_mut().1 += 1;
+                self.counters.borrow_mut().1 += 1;
             }
             Err(e) => {
                 crate::kprintln!("virtio-net: send failed: {e}");
                 rings.tx_free.push(buf);
             }
         }
+    }
+
+    /// Sends one frame built outside smoltcp (a gratuitous ARP), cut to a buffer's size.
+    pub fn send_frame(&self, frame: &[u8]) {
+        let (mut buf, hdr) = self.tx_buffer();
+        let total = (hdr + frame.len()).min(buf.len());
+        buf[hdr..total].copy_from_slice(&frame[..total - hdr]);
+        self.tx_queue(buf, total);
+    }
+}
+
+impl phy::TxToken for NetTxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let (mut buf, hdr) = self.dev.tx_buffer();
+        let total = (hdr + len).min(buf.len());
+        let result = f(&mut buf[hdr..total]);
+        self.dev.tx_queue(buf, total);
         result
     }
 }
