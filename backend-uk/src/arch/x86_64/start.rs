@@ -160,7 +160,10 @@ extern "C" fn janus_rust_start(start_info: u64) -> ! {
             "no usable RAM for the heap",
         );
     }
-    for (base, size) in [heap, low].into_iter().flatten() {
+    if let Some((base, size)) = heap {
+        crate::mm::heap::init_growing(base, size);
+    }
+    if let Some((base, size)) = low {
         crate::mm::heap::init(base, size);
     }
     let cmdline = core::str::from_utf8(&cmdline[..cmdline_len]).unwrap_or("");
