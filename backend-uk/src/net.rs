@@ -150,6 +150,31 @@ pub fn init(device: NetDevice, ip: IpConfig, seed: u64, now_ms: u64) {
     }));
 }
 
+/// Announces the interface's address with a gratuitous ARP request (RFC 5227, 3): a host or
+/// bridge already trying to reach it (a client polling for the node to come up) learns its MAC
+/// now instead of at its next ARP retry, up to a second later. Nothing to announce while DHCP is
+/// pending.
+pub fn announce() {
+    let mut guard = NET.lock();
+    let Some(net) = guard.as_deref_mut() else {
+        return;
+    };
+    let Some(ip) = net.address else {
+        return;
+    };
+    let mac = net.device.mac();
+    let mut frame = [0u8; 42];
+    frame[..6].fill(0xff);
+    frame[6..12].copy_from_slice(&mac);
+    // EtherType ARP; Ethernet/IPv4, request; sender = target = our address.
+    frame[12..22].copy_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    frame[22..28].copy_from_slice(&mac);
+    frame[28..32].copy_from_slice(&ip.octets());
+    frame[38..42].copy_from_slice(&ip.octets());
+    net.device.send_frame(&frame);
+    net.device.flush();
+}
+
 /// The configured IPv4 address (None while DHCP is pending).
 pub fn address() -> Option<Ipv4Addr> {
     NET.lock().as_deref().and_then(|n| n.address)
@@ -166,6 +191,14 @@ pub fn ack_interrupt() {
 pub fn enable_interrupts() {
     if let Some(net) = NET.lock().as_deref() {
         net.device.enable_interrupts();
+    }
+}
+
+/// Arms the NIC's receive interrupt for the next frame (before halting; the caller then checks
+/// [`rx_pending`] once more). The NIC does not interrupt otherwise.
+pub fn arm_interrupts() {
+    if let Some(net) = NET.lock().as_deref() {
+        net.device.arm_interrupts();
     }
 }
 
@@ -325,6 +358,8 @@ pub fn poll_ingress(now_ms: u64) -> bool {
         }
     }
     net.maintain_pools();
+    // Receive buffers given back (and any frame answered on ingress): one doorbell per batch.
+    net.device.flush();
     changed
 }
 
@@ -347,6 +382,7 @@ pub fn poll_egress(now_ms: u64) -> bool {
     net.poll_dhcp();
     net.maintain_pools();
     net.reap();
+    net.device.flush();
     sent
 }
 

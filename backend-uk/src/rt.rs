@@ -168,13 +168,17 @@ pub struct BootMarks {
 
 #[cfg(not(test))]
 impl BootMarks {
-    fn start() -> Self {
+    /// Starts with two steps: `cpl0` (boot.s, up to the first Rust instruction, at `rust_tsc`)
+    /// and `early` (the Rust start: page tables, IDT, serial, memory map, heap).
+    fn start(rust_tsc: u64) -> Self {
         let mut m = BootMarks {
             entry: crate::arch::start::entry_tsc(),
             marks: [("", 0); 16],
             len: 0,
         };
-        m.mark("pre-rust");
+        m.marks[0] = ("cpl0", rust_tsc);
+        m.len = 1;
+        m.mark("early");
         m
     }
 
@@ -209,14 +213,11 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
     use crate::drivers::{pic, pit, rtc};
     use crate::{clock, cmdline, entropy, net};
 
-    let mut marks = BootMarks::start();
+    let mut marks = BootMarks::start(boot.boot_tsc);
     let config = match cmdline::parse(&boot.cmdline) {
         Ok(c) => c,
         Err(e) => fatal(ExitCode::BootFailure, &alloc::format!("{e}")),
     };
-    pic::init();
-    crate::drivers::lapic::route_pic();
-    marks.mark("pic");
     let (mut tsc_hz, mut tsc_source) = match crate::drivers::kvmclock::tsc_hz() {
         Some(hz) => (hz, "kvmclock"),
         None => (pit::calibrate_tsc(10), "pit"),
@@ -277,15 +278,18 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
         entropy::u64(),
         clock::monotonic_ns() / 1_000_000,
     );
+    marks.mark("net");
+    // The PIT (line 0) and the NIC's line are the only interrupts; the PICs are programmed once
+    // with their final masks.
     if let Some(irq) = irq {
         if level_triggered {
             crate::arch::cpu::set_irq_level_triggered(irq);
         }
         net::enable_interrupts();
-        pic::unmask(irq);
     }
-    pic::unmask(0);
-    marks.mark("net");
+    pic::init(1 | irq.filter(|i| *i < 16).map_or(0, |i| 1u16 << i));
+    crate::drivers::lapic::route_pic();
+    marks.mark("pic");
     let summary = alloc::format!(
         "heap {} KiB, tsc {} MHz ({tsc_source}), wall clock {}, entropy {entropy_source}, virtio-net {location} irq {}, ip {}",
         crate::mm::heap::size() >> 10,
@@ -336,6 +340,8 @@ pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) ->
     use crate::net;
 
     *TIMERS.lock() = Some(executor.timers());
+    // Listening: tell the network where the address now is.
+    net::announce();
     let now_ms = || crate::clock::monotonic_ns() / 1_000_000;
     let mut armed_until = 0u64;
     // Starts at the window `KERNEL.halt_poll_window_ns` starts at.
@@ -391,6 +397,12 @@ pub fn run_loop(mut executor: crate::executor::Executor, nic_irq: Option<u8>) ->
         if armed_until <= now || armed_until > wake_at {
             pit::oneshot_us(wait_ms * 1000);
             armed_until = wake_at;
+        }
+        // The NIC interrupts only when armed: arm it, then look at the ring once more (a frame
+        // that came before the arming raised nothing).
+        net::arm_interrupts();
+        if net::rx_pending() {
+            continue;
         }
         KernelCounters::bump(&KERNEL.halts);
         crate::arch::cpu::halt_until_interrupt();

@@ -6,7 +6,7 @@
 //! item's bytes in order from the data port. Key 0x0000 is the signature `QEMU`; key 0x0019 the file
 //! directory: a big-endian u32 count, then one 64-byte entry per file (`be32 size, be16 select,
 //! be16 reserved, char name[56]`, NUL-padded). QEMU's microvm and q35 machines both have the device;
-//! a hypervisor without it (Firecracker) reads back no signature and [`read_file`] returns `None`.
+//! a hypervisor without it (Firecracker) reads back all-ones and [`read_file`] returns `None`.
 //!
 //! Reads use `rep insb` (string port input), which KVM completes in one exit per page instead of
 //! one per byte.
@@ -16,11 +16,11 @@ use alloc::vec::Vec;
 
 const SELECTOR: u16 = 0x510;
 const DATA: u16 = 0x511;
-const KEY_SIGNATURE: u16 = 0x0000;
 const KEY_FILE_DIR: u16 = 0x0019;
 /// Files longer than this are not read (a token or a seed is tens of bytes).
 pub const MAX_FILE_BYTES: u32 = 4096;
-/// Directory entries looked at, at most (QEMU has a few dozen).
+/// Directory entries looked at, at most (QEMU has a few dozen); a larger count means there is
+/// no device (its ports read as all-ones).
 const MAX_ENTRIES: u32 = 4096;
 const ENTRY_BYTES: usize = 64;
 
@@ -50,14 +50,6 @@ fn read_into(buf: &mut [u8]) {
     }
 }
 
-/// Whether a fw_cfg device answers.
-pub fn present() -> bool {
-    select(KEY_SIGNATURE);
-    let mut sig = [0u8; 4];
-    read_into(&mut sig);
-    &sig == b"QEMU"
-}
-
 /// One file directory entry: (size, key, name).
 pub fn parse_entry(entry: &[u8; ENTRY_BYTES]) -> (u32, u16, &[u8]) {
     let size = u32::from_be_bytes([entry[0], entry[1], entry[2], entry[3]]);
@@ -68,19 +60,25 @@ pub fn parse_entry(entry: &[u8; ENTRY_BYTES]) -> (u32, u16, &[u8]) {
 }
 
 /// The contents of the fw_cfg file `name`, if the device exists and has it (and it is at most
-/// [`MAX_FILE_BYTES`] long).
+/// [`MAX_FILE_BYTES`] long). Three port accesses (VM exits) when the file is absent: select the
+/// directory, read its count, read all its entries in one string read (string reads cost per
+/// byte too, so no more than the entries). Without a device the ports read as all-ones, a count
+/// no fw_cfg has, so no signature read is needed.
 pub fn read_file(name: &str) -> Option<Vec<u8>> {
-    if !present() {
-        return None;
-    }
     select(KEY_FILE_DIR);
     let mut count = [0u8; 4];
     read_into(&mut count);
-    let count = u32::from_be_bytes(count).min(MAX_ENTRIES);
-    let mut entry = [0u8; ENTRY_BYTES];
-    for _ in 0..count {
-        read_into(&mut entry);
-        let (size, key, entry_name) = parse_entry(&entry);
+    let count = u32::from_be_bytes(count);
+    if count > MAX_ENTRIES {
+        return None;
+    }
+    let mut dir = vec![0u8; count as usize * ENTRY_BYTES];
+    read_into(&mut dir);
+    for entry in dir.chunks_exact(ENTRY_BYTES) {
+        let Ok(entry) = <&[u8; ENTRY_BYTES]>::try_from(entry) else {
+            continue;
+        };
+        let (size, key, entry_name) = parse_entry(entry);
         if entry_name == name.as_bytes() {
             if size > MAX_FILE_BYTES {
                 return None;

@@ -14,3 +14,4 @@ pub mod rtc;
 pub mod serial;
 #[cfg(not(test))]
 pub mod virtio;
+pub mod virtio_mmio;

@@ -9,24 +9,32 @@ const MASTER_DATA: u16 = 0x21;
 const SLAVE_CMD: u16 = 0xa0;
 const SLAVE_DATA: u16 = 0xa1;
 
-/// Remaps the PICs to vectors 32..48 and masks every line except the cascade (IRQ2).
-pub fn init() {
-    // SAFETY: standard 8259 initialisation words; no memory side effects.
+/// Remaps the PICs to vectors 32..48 in auto-EOI mode and leaves exactly the lines in `lines`
+/// (bit n = line n) unmasked. Every write is a VM exit, so the masks are written once, with
+/// their final values, and the slave is left alone (and masked off at the cascade line) when
+/// no line of it is wanted: 5 writes, or 10 with the slave.
+pub fn init(lines: u16) {
+    let slave_lines = (lines >> 8) as u8;
+    let master_lines = (lines as u8) | if slave_lines != 0 { 1 << 2 } else { 0 };
+    // SAFETY: standard 8259 initialisation words (ICW1 edge + ICW4, ICW2 vector base, ICW3
+    // cascade wiring, ICW4 8086 + auto-EOI) and the mask register; no memory side effects.
     unsafe {
         outb(MASTER_CMD, 0x11);
-        outb(SLAVE_CMD, 0x11);
         outb(MASTER_DATA, 32);
-        outb(SLAVE_DATA, 40);
         outb(MASTER_DATA, 4);
-        outb(SLAVE_DATA, 2);
         outb(MASTER_DATA, 0x03);
-        outb(SLAVE_DATA, 0x03);
-        outb(MASTER_DATA, 0xfb);
-        outb(SLAVE_DATA, 0xff);
+        outb(MASTER_DATA, !master_lines);
+        if slave_lines != 0 {
+            outb(SLAVE_CMD, 0x11);
+            outb(SLAVE_DATA, 40);
+            outb(SLAVE_DATA, 2);
+            outb(SLAVE_DATA, 0x03);
+            outb(SLAVE_DATA, !slave_lines);
+        }
     }
 }
 
-/// Unmasks PIC line `irq` (0..16).
+/// Unmasks PIC line `irq` (0..16) (a level-triggered line after its device was acknowledged).
 pub fn unmask(irq: u8) {
     let (port, bit) = if irq < 8 {
         (MASTER_DATA, irq)

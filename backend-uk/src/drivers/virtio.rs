@@ -5,6 +5,7 @@
 use alloc::alloc::{Layout, alloc_zeroed, dealloc};
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::RefCell;
@@ -13,11 +14,12 @@ use core::ptr::NonNull;
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use virtio_drivers::device::net::VirtIONetRaw;
-use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::pci::bus::{Command, ConfigurationAccess, DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::{PciTransport, virtio_device_type};
 use virtio_drivers::transport::{DeviceType, SomeTransport};
 use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE, PhysAddr};
+
+use super::virtio_mmio::{Doorbell, Mmio, NicTransport, RX, TX};
 
 use crate::arch::port::{inl, outl};
 use crate::cmdline::MmioDevice;
@@ -67,8 +69,6 @@ unsafe impl Hal for KernelHal {
 const MMIO_BASE: u64 = 0xfeb0_0000;
 const MMIO_SLOT_SIZE: u64 = 0x200;
 const MMIO_SLOTS: u64 = 24;
-const VIRTIO_MAGIC: u32 = 0x7472_6976;
-const VIRTIO_ID_NET: u32 = 1;
 
 /// PCI configuration access through ports 0xcf8/0xcfc (works on q35 and i440fx).
 #[derive(Debug)]
@@ -110,19 +110,13 @@ impl ConfigurationAccess for PortCam {
 /// A discovered virtio-net device.
 pub struct FoundNic {
     /// Its transport.
-    pub transport: SomeTransport<'static>,
+    pub transport: NicTransport,
     /// Its legacy PIC interrupt line, when known.
     pub irq: Option<u8>,
     /// Whether the line is level-triggered (PCI INTx) rather than edge (microvm virtio-mmio).
     pub level_triggered: bool,
     /// Where it was found (for the boot log).
     pub location: String,
-}
-
-fn read_mmio_u32(addr: u64) -> u32 {
-    // SAFETY: the microvm virtio-mmio window is identity-mapped; reading the magic and id
-    // registers has no side effects (absent slots read as zero or all-ones).
-    unsafe { core::ptr::read_volatile(addr as usize as *const u32) }
 }
 
 fn probe_mmio(announced: &[MmioDevice]) -> Option<FoundNic> {
@@ -134,28 +128,29 @@ fn probe_mmio(announced: &[MmioDevice]) -> Option<FoundNic> {
             .collect();
     }
     for (addr, irq) in candidates {
-        if read_mmio_u32(addr) != VIRTIO_MAGIC || read_mmio_u32(addr + 8) != VIRTIO_ID_NET {
+        // SAFETY: `addr` is a virtio-mmio slot (announced by the command line or microvm's fixed
+        // window), identity-mapped, and nothing else drives it; a slot without a device reads
+        // back no magic. The transport lives as long as the kernel.
+        let Some(mmio) = (unsafe { Mmio::probe(addr) }) else {
+            continue;
+        };
+        if mmio_device_type(&mmio) != DeviceType::Network {
             continue;
         }
-        let header = NonNull::new(addr as usize as *mut VirtIOHeader)?;
-        // SAFETY: `addr` is a virtio-mmio register block (magic checked) that nothing else uses;
-        // it stays mapped for the kernel's lifetime.
-        let transport = match unsafe { MmioTransport::new(header, MMIO_SLOT_SIZE as usize) } {
-            Ok(t) => t,
-            Err(e) => {
-                crate::kprintln!("virtio-mmio at {addr:#x}: {e}");
-                continue;
-            }
-        };
         let irq = irq.and_then(|i| u8::try_from(i).ok()).filter(|i| *i < 16);
+        let version = if mmio.legacy() { "v1" } else { "v2" };
         return Some(FoundNic {
-            transport: transport.into(),
+            transport: NicTransport::mmio(mmio),
             irq,
             level_triggered: false,
-            location: alloc::format!("virtio-mmio@{addr:#x}"),
+            location: alloc::format!("virtio-mmio {version}@{addr:#x}"),
         });
     }
     None
+}
+
+fn mmio_device_type(mmio: &Mmio) -> DeviceType {
+    virtio_drivers::transport::Transport::device_type(mmio)
 }
 
 fn probe_pci() -> Option<FoundNic> {
@@ -175,7 +170,7 @@ fn probe_pci() -> Option<FoundNic> {
             match PciTransport::new::<KernelHal, _>(&mut root, df) {
                 Ok(t) => {
                     return Some(FoundNic {
-                        transport: t.into(),
+                        transport: NicTransport::other(SomeTransport::from(t)),
                         irq: (irq < 16).then_some(irq),
                         level_triggered: true,
                         location: alloc::format!("pci {df}"),
@@ -198,11 +193,13 @@ const QUEUE: usize = 32;
 /// Buffer size per descriptor: an Ethernet frame (1514 bytes) plus the virtio header.
 const BUF_LEN: usize = 2048;
 
-type Raw = VirtIONetRaw<KernelHal, SomeTransport<'static>, QUEUE>;
+type Raw = VirtIONetRaw<KernelHal, NicTransport, QUEUE>;
 
 /// The device and the buffers it holds.
 struct Rings {
     raw: Raw,
+    /// Held-back notifications and interrupt suppression (see `virtio_mmio`).
+    bell: Arc<Doorbell>,
     /// Receive buffers by their descriptor token; `None` while a frame is out with smoltcp.
     rx: [Option<Box<[u8]>>; QUEUE],
     /// Transmit buffers the device is reading, by token, with the length handed over.
@@ -228,6 +225,8 @@ impl Rings {
             if let Err(e) = unsafe { self.raw.transmit_complete(token, &buf[..len]) } {
                 crate::kprintln!("virtio-net: completing a send failed: {e}");
             }
+            // No interrupts for completed sends: buffers are taken back on the next send.
+            self.bell.took(TX);
             self.tx_free.push(buf);
         }
     }
@@ -244,8 +243,9 @@ impl Rings {
 }
 
 /// virtio-net as a smoltcp device. Frames are sent without waiting for the device: a frame is
-/// copied into a free transmit buffer and queued (a notify only when the device asks for one),
-/// and buffers come back as the device completes them.
+/// copied into a free transmit buffer and queued, and buffers come back as the device completes
+/// them. The device is notified once per batch ([`NetDevice::flush`]) when it asked to be, and
+/// interrupts only when armed ([`NetDevice::arm_interrupts`], just before the kernel halts).
 pub struct NetDevice {
     rings: RefCell<Rings>,
     /// Frames received / sent (for the boot log and metrics).
@@ -254,10 +254,12 @@ pub struct NetDevice {
 
 impl NetDevice {
     /// Initialises the device and fills its receive ring.
-    pub fn new(transport: SomeTransport<'static>) -> Result<Self, virtio_drivers::Error> {
+    pub fn new(transport: NicTransport) -> Result<Self, virtio_drivers::Error> {
+        let bell = transport.doorbell();
         let raw = Raw::new(transport)?;
         let mut rings = Rings {
             raw,
+            bell,
             rx: core::array::from_fn(|_| None),
             tx_busy: core::array::from_fn(|_| None),
             tx_free: (0..QUEUE)
@@ -267,6 +269,7 @@ impl NetDevice {
         for _ in 0..QUEUE {
             rings.give_rx(vec![0u8; BUF_LEN].into_boxed_slice());
         }
+        rings.bell.ring(RX);
         Ok(Self {
             rings: RefCell::new(rings),
             counters: RefCell::new((0, 0)),
@@ -281,6 +284,20 @@ impl NetDevice {
     /// Enables used-buffer interrupts.
     pub fn enable_interrupts(&self) {
         self.rings.borrow_mut().raw.enable_interrupts();
+    }
+
+    /// Rings the doorbells for the buffers queued since the last call (receive buffers given
+    /// back, frames sent), where the device asked for it: one register write per batch at most.
+    pub fn flush(&self) {
+        let rings = self.rings.borrow();
+        rings.bell.ring(RX);
+        rings.bell.ring(TX);
+    }
+
+    /// Arms the receive interrupt (the next frame raises it). The kernel calls this just before
+    /// it halts, then checks the ring once more; otherwise the device does not interrupt.
+    pub fn arm_interrupts(&self) {
+        self.rings.borrow().bell.set_interrupts(RX, true);
     }
 
     /// Acknowledges a device interrupt.
@@ -314,15 +331,18 @@ impl phy::RxToken for NetRxToken<'_> {
     }
 }
 
-impl phy::TxToken for NetTxToken<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut rings = self.dev.rings.borrow_mut();
+impl NetDevice {
+    /// A free transmit buffer with the virtio header written, and where the frame starts in it.
+    /// (Not generic, unlike `consume`: one copy of the send path in the image.)
+    fn tx_buffer(&self) -> (Box<[u8]>, usize) {
+        let mut rings = self.rings.borrow_mut();
         rings.reclaim_tx();
         // Every buffer in flight: wait for the device to finish one (it is working on them).
         let mut buf = loop {
             if let Some(b) = rings.tx_free.pop() {
                 break b;
             }
+            rings.bell.ring(TX);
             core::hint::spin_loop();
             rings.reclaim_tx();
         };
@@ -333,19 +353,40 @@ impl phy::TxToken for NetTxToken<'_> {
                 0
             }
         };
-        let total = (hdr + len).min(buf.len());
-        let result = f(&mut buf[hdr..total]);
+        (buf, hdr)
+    }
+
+    /// Queues `buf[..total]` (from [`Self::tx_buffer`]) for sending.
+    fn tx_queue(&self, buf: Box<[u8]>, total: usize) {
+        let mut rings = self.rings.borrow_mut();
         // SAFETY: `buf` stays untouched in `tx_busy` until `reclaim_tx` gets its token back.
         match unsafe { rings.raw.transmit_begin(&buf[..total]) } {
             Ok(token) => {
                 rings.tx_busy[usize::from(token)] = Some((buf, total));
-                self.dev.counters.borrow_mut().1 += 1;
+                self.counters.borrow_mut().1 += 1;
             }
             Err(e) => {
                 crate::kprintln!("virtio-net: send failed: {e}");
                 rings.tx_free.push(buf);
             }
         }
+    }
+
+    /// Sends one frame built outside smoltcp (a gratuitous ARP), cut to a buffer's size.
+    pub fn send_frame(&self, frame: &[u8]) {
+        let (mut buf, hdr) = self.tx_buffer();
+        let total = (hdr + frame.len()).min(buf.len());
+        buf[hdr..total].copy_from_slice(&frame[..total - hdr]);
+        self.tx_queue(buf, total);
+    }
+}
+
+impl phy::TxToken for NetTxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let (mut buf, hdr) = self.dev.tx_buffer();
+        let total = (hdr + len).min(buf.len());
+        let result = f(&mut buf[hdr..total]);
+        self.dev.tx_queue(buf, total);
         result
     }
 }
@@ -362,7 +403,9 @@ impl phy::Device for NetDevice {
             return None;
         };
         // SAFETY: `buf` is the buffer handed over with this token by `give_rx`, untouched since.
-        let frame = match unsafe { rings.raw.receive_complete(token, &mut buf) } {
+        let done = unsafe { rings.raw.receive_complete(token, &mut buf) };
+        rings.bell.took(RX);
+        let frame = match done {
             Ok((hdr, len)) => hdr..(hdr + len).min(buf.len()),
             Err(e) => {
                 crate::kprintln!("virtio-net: receive failed: {e}");

@@ -21,118 +21,61 @@
     .code32
     .global janus_pvh_start32
 janus_pvh_start32:
-    cli
-    cld
+    /* Every instruction here is emulated (~2 us each on this nested host): the machine state is
+     * written as constants, with no read-modify-write. The PVH entry state: IF=0, paging off,
+     * CR4 = 0, CR0 = PE, EFER = 0. DF is cleared by the popfq below, before any Rust code. */
     rdtsc                       /* boot-time figure: TSC at the PVH entry */
-    mov %eax, %ebp
-    mov %edx, %esp
-    mov %ebx, %esi
-    /* .bss is not zeroed here: CPL0 code is emulated slowly on this host, and PVH loaders
-     * (QEMU, Firecracker, cloud-hypervisor) place the image in fresh, zeroed guest RAM. */
-    mov %esi, janus_start_info_paddr
-    mov %ebp, janus_entry_tsc
-    mov %esp, janus_entry_tsc + 4
+    mov %eax, janus_entry_tsc
+    mov %edx, janus_entry_tsc + 4
+    mov %ebx, janus_start_info_paddr
     mov $janus_boot_stack_top, %esp
+    /* .bss is not zeroed here: PVH loaders (QEMU, Firecracker, cloud-hypervisor) place the image
+     * in fresh, zeroed guest RAM. */
 
-    /* Page tables live in .bss (zeroed by the loader) and start with the first 2 MiB only:
-     * the image, its stacks and the PVH start info. No loop runs at CPL0 (emulated slowly on
-     * this host): arch::x86_64::start::map_identity fills the rest of the map from CPL3 before
+    /* Page tables live in .bss (zeroed by the loader). Boot maps the first 2 MiB only (the
+     * image, its stacks and the PVH start info) through janus_pd_boot. No loop runs at CPL0:
+     * arch::x86_64::start::map_identity fills janus_pd_low and janus_pd_high from CPL3 while no
+     * page table points at them (a write to a page the MMU walks traps to the hypervisor: ~2 us
+     * each, 2 ms for 1024 entries), links them and reloads CR3 through the #GP gate, before
      * anything above 2 MiB is touched. */
     movl $(janus_pdpt + 7), janus_pml4
-    movl $(janus_pd_low + 7), janus_pdpt
-    movl $(janus_pd_high + 7), janus_pdpt + 24
-    movl $0x87, janus_pd_low
-    mov %cr4, %eax
-    or $0x20, %eax              /* PAE */
+    movl $(janus_pd_boot + 7), janus_pdpt
+    movl $0x87, janus_pd_boot
+    mov $0x620, %eax            /* CR4: PAE | OSFXSR | OSXMMEXCPT (SSE) */
     mov %eax, %cr4
     mov $janus_pml4, %eax
     mov %eax, %cr3
-    mov $0xC0000080, %ecx       /* EFER */
-    rdmsr
-    or $0x100, %eax             /* LME */
+    mov $0xC0000080, %ecx       /* EFER = LME */
+    mov $0x100, %eax
+    xor %edx, %edx
     wrmsr
-    mov %cr0, %eax
-    or $0x80000001, %eax        /* PG | PE */
+    mov $0x80000033, %eax       /* CR0: PG | NE | ET | MP | PE (EM, TS clear: SSE) */
     mov %eax, %cr0
     lgdt janus_gdt_ptr
     ljmp $0x08, $janus_long_mode
 
     .code64
 janus_long_mode:
-    mov $0x10, %ax
-    mov %ax, %ds
-    mov %ax, %es
-    mov %ax, %ss
-    xor %ax, %ax
-    mov %ax, %fs
-    mov %ax, %gs
-
-    /* SSE: CR0.EM=0, CR0.TS=0, CR0.MP=1; CR4.OSFXSR|OSXMMEXCPT */
-    mov %cr0, %rax
-    and $~0xC, %rax
-    or $0x2, %rax
-    mov %rax, %cr0
-    mov %cr4, %rax
-    or $0x600, %rax
-    mov %rax, %cr4
-    mov $1, %eax
-    cpuid
-    bt $26, %ecx                /* XSAVE */
-    jnc 2f
-    mov %cr4, %rax
-    or $0x40000, %rax           /* OSXSAVE */
-    mov %rax, %cr4
-    xor %ecx, %ecx
-    xor %edx, %edx
-    mov $3, %eax                /* XCR0 = x87 | SSE (xgetbv is not emulated here) */
-    xsetbv
-2:
-    /* TSS descriptor (GDT slot 0x28) */
-    movabs $janus_tss, %rax
-    mov %rax, %rcx
-    and $0xFFFF, %rcx
-    shl $16, %rcx
-    or $(104 + 8192), %rcx      /* limit covers the I/O bitmap and its 0xff terminator */
-    mov %rax, %rdx
-    shr $16, %rdx
-    and $0xFF, %rdx
-    shl $32, %rdx
-    or %rdx, %rcx
-    movabs $0x0000890000000000, %rdx
-    or %rdx, %rcx
-    mov %rax, %rdx
-    shr $24, %rdx
-    and $0xFF, %rdx
-    shl $56, %rdx
-    or %rdx, %rcx
-    mov %rcx, janus_gdt + 0x28
-    shr $32, %rax
-    mov %rax, janus_gdt + 0x30
-    movabs $janus_irq_stack_top, %rax
-    mov %rax, janus_tss + 4     /* RSP0: stack for CPL3 -> CPL0 transitions */
-    movabs $janus_ist1_stack_top, %rax
-    mov %rax, janus_tss + 36    /* IST1: NMI and double fault */
-    movw $104, janus_tss + 102  /* I/O bitmap right after the TSS: all ports allowed (zeros) */
-    movb $0xff, janus_tss + 104 + 8192
+    /* Data segment registers keep the loader's flat selectors (ignored in 64-bit mode, nulled by
+     * the iretq to CPL3). No XSAVE/XCR0: the kernel never uses AVX state. The TSS descriptor is a
+     * link-time constant (linker.ld); its RSP0/IST1 fields are written by the first Rust code,
+     * before anything can trap. */
     mov $0x28, %ax
     ltr %ax
-
-    /* The IDT is filled from CPL3 by arch::x86_64::idt::init before interrupts are enabled
-     * (its page is user-mapped); the first Rust code runs with an all-absent IDT. */
+    /* The IDT is filled from CPL3 by arch::x86_64::idt::init before anything traps (its page
+     * is user-mapped); the first Rust code runs with an all-absent IDT. */
     lidt janus_idt_ptr
 
     /* drop to CPL3, IOPL=3, IF=0. IOPL is also set with popfq first: this host's nested KVM
      * does not take IOPL from the iretq image. */
     pushq $0x3002
     popfq
-    mov janus_start_info_paddr, %edi
+    mov %ebx, %edi
     pushq $0x1b
-    movabs $janus_user_stack_top - 8, %rax
-    push %rax
+    pushq $(janus_user_stack_top - 8)
     pushq $0x3002
     pushq $0x23
-    movabs $janus_rust_start, %rax
-    push %rax
+    pushq $janus_rust_start
     iretq
 
 /* ---- CPL0 stubs ---- */
@@ -182,7 +125,9 @@ janus_isr_spurious:
 
 /* #GP from CPL3 doubles as the privileged-instruction gate: a `hlt` (F4) at CPL3 is performed
  * here as `sti; hlt; cli` (wake on the next interrupt), a `wrmsr` (0F 30) is performed with the
- * caller's ecx/edx:eax; then the instruction is skipped. Anything else is a real fault.
+ * caller's ecx/edx:eax, a `mov %reg, %cr3` (0F 22 /3, register form) reloads CR3 with its own
+ * value (flushes the TLB after the page tables changed); then the instruction is skipped.
+ * Anything else is a real fault.
  * Stack on entry: err, rip, cs, rflags, rsp, ss. */
 janus_exc_13:
     push %rax
@@ -204,11 +149,25 @@ janus_exc_13:
 8:
     movzwl (%rax), %ebx
     cmp $0x300f, %ebx
-    jne 9f
+    jne 10f
     addq $2, 24(%rsp)
     pop %rbx
     pop %rax
     wrmsr
+    add $8, %rsp
+    iretq
+10:
+    cmp $0x220f, %ebx
+    jne 9f
+    movzbl 2(%rax), %ebx
+    and $0xf8, %ebx
+    cmp $0xd8, %ebx             /* ModRM 11 011 rrr: mov %r, %cr3 */
+    jne 9f
+    addq $3, 24(%rsp)
+    mov %cr3, %rbx
+    mov %rbx, %cr3
+    pop %rbx
+    pop %rax
     add $8, %rsp
     iretq
 9:
@@ -768,7 +727,8 @@ janus_gdt:
     .quad 0x00CF92000000FFFF    /* 0x10 kernel data */
     .quad 0x00CFF2000000FFFF    /* 0x18 user data */
     .quad 0x00AFFA000000FFFF    /* 0x20 user code64 */
-    .quad 0, 0                  /* 0x28 TSS (filled at boot) */
+    .quad janus_tss_desc_low    /* 0x28 TSS (linker.ld computes the descriptor) */
+    .quad 0                     /* TSS base bits 32..63: the image is below 4 GiB */
 janus_gdt_end:
     .p2align 3
 janus_gdt_ptr:
@@ -781,11 +741,13 @@ janus_idt_ptr:
 
     .section .bss
     /* Identity map, 2 MiB pages, user bit set: 0..1 GiB (RAM) and 3..4 GiB (MMIO: PCI BARs,
-     * virtio-mmio, IOAPIC, LAPIC). The boot code sets the links and the first 2 MiB entry; the
-     * other entries are written by arch::x86_64::start::map_identity. */
+     * virtio-mmio, IOAPIC, LAPIC). The boot code maps the first 2 MiB through janus_pd_boot;
+     * arch::x86_64::start::map_identity fills janus_pd_low/janus_pd_high and links them. */
     .p2align 12
 janus_pml4: .skip 4096
+    .global janus_pdpt
 janus_pdpt: .skip 4096
+janus_pd_boot: .skip 4096
     .global janus_pd_low
 janus_pd_low: .skip 4096
     .global janus_pd_high
@@ -794,6 +756,7 @@ janus_pd_high: .skip 4096
     .global janus_idt
 janus_idt: .skip 4096
     .p2align 4
+    .global janus_tss
 janus_tss: .skip 104 + 8192 + 16
     .global janus_trap_info
 janus_trap_info: .skip 64
@@ -809,8 +772,10 @@ janus_entry_tsc: .skip 8
 janus_boot_stack: .skip 8192
 janus_boot_stack_top:
 janus_irq_stack: .skip 16384
+    .global janus_irq_stack_top
 janus_irq_stack_top:
 janus_ist1_stack: .skip 8192
+    .global janus_ist1_stack_top
 janus_ist1_stack_top:
     .p2align 4
     .global janus_trap_stack_top

@@ -7,25 +7,34 @@ unsafe extern "C" {
     static janus_trap_info: [u64; 7];
     static __kernel_end: u8;
     static janus_user_stack_bottom: u8;
+    static mut janus_pdpt: [u64; 512];
+    static mut janus_tss: [u8; 104 + 8192 + 16];
+    static janus_irq_stack_top: u8;
+    static janus_ist1_stack_top: u8;
     static mut janus_pd_low: [u64; 512];
     static mut janus_pd_high: [u64; 512];
 }
 
 /// Page-directory entry flags: present, writable, user, 2 MiB page.
 const PDE_2M: u64 = 0x87;
+/// Page-directory-pointer entry flags: present, writable, user (points at a page directory).
+const PDE_TABLE: u64 = 0x07;
 const PAGE_2M: u64 = 1 << 21;
 /// Physical base of the MMIO gigabyte mapped by `janus_pd_high` (PDPT slot 3).
 const MMIO_GIB: u64 = 3 << 30;
 
-/// Completes the identity map that boot.s started (it maps only the first 2 MiB, so that no loop
-/// runs at CPL0): 2 MiB pages over 0..1 GiB (RAM) and 3..4 GiB (MMIO). Runs before anything above
-/// 2 MiB is touched. The entries written were not present, so no TLB entry can be stale.
+/// Completes the identity map that boot.s started (the first 2 MiB, through a boot page
+/// directory, so that no loop runs at CPL0): 2 MiB pages over 0..1 GiB (RAM) and 3..4 GiB
+/// (MMIO). The two directories are filled while no page table points at them (on this nested
+/// host a write to a page the MMU walks traps to the hypervisor, ~2 us each), then linked into
+/// the PDPT (two writes) and the TLB flushed by reloading CR3 through the #GP gate: the PDPT's
+/// first entry changes from the boot directory, which maps the same first 2 MiB, to the full
+/// one. Runs before anything above 2 MiB is touched.
 fn map_identity() {
     for i in 0..512u64 {
         // SAFETY: janus_pd_low/janus_pd_high are boot.s's page directories in .bss, inside the
-        // first 2 MiB that boot.s maps user-writable; entry 0 of janus_pd_low (the page this
-        // code runs from) is rewritten with the value it already holds. Volatile, and fenced
-        // below, so that no access to the newly mapped memory is moved before these stores.
+        // first 2 MiB that boot.s maps user-writable, and no page table points at them yet.
+        // Volatile, so the stores are not elided or moved past the linking below.
         unsafe {
             let low = &raw mut janus_pd_low;
             let high = &raw mut janus_pd_high;
@@ -36,7 +45,36 @@ fn map_identity() {
             );
         }
     }
-    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    // SAFETY: janus_pdpt is boot.s's PDPT (user-writable, first 2 MiB). Slot 0 goes from the boot
+    // directory to janus_pd_low, whose first entry maps the same 2 MiB page identically, so the
+    // code and data in use stay mapped throughout; slot 3 was not present. The CR3 reload (the
+    // #GP stub reloads CR3 with its current value and skips the instruction) then drops every
+    // cached translation of the old directory.
+    unsafe {
+        let pdpt = (&raw mut janus_pdpt).cast::<u64>();
+        core::ptr::write_volatile(pdpt, (&raw const janus_pd_low) as u64 | PDE_TABLE);
+        core::ptr::write_volatile(pdpt.add(3), (&raw const janus_pd_high) as u64 | PDE_TABLE);
+        core::arch::asm!("mov cr3, rax", in("rax") 0u64, options(nostack, preserves_flags));
+    }
+}
+
+/// Fills the TSS fields a privilege change reads (boot.s only loaded its descriptor, to keep
+/// CPL0 code short): RSP0, the stack for interrupts and exceptions from CPL3; IST1, the stack for
+/// NMI and double fault; the I/O bitmap (all ports open, after the 104-byte TSS) and its 0xff
+/// terminator. Runs first: nothing traps before it.
+fn init_tss() {
+    let rsp0 = (&raw const janus_irq_stack_top) as u64;
+    let ist1 = (&raw const janus_ist1_stack_top) as u64;
+    // SAFETY: janus_tss is boot.s's TSS in .bss (user-mapped, first 2 MiB); the CPU reads these
+    // fields only on a privilege change or an IST switch, and none can happen before this
+    // returns (IF=0, no gate used yet). Unaligned writes: RSP0 is at offset 4, IST1 at 36.
+    unsafe {
+        let tss = (&raw mut janus_tss).cast::<u8>();
+        core::ptr::write_unaligned(tss.add(4).cast::<u64>(), rsp0);
+        core::ptr::write_unaligned(tss.add(36).cast::<u64>(), ist1);
+        core::ptr::write_unaligned(tss.add(102).cast::<u16>(), 104);
+        core::ptr::write_volatile(tss.add(104 + 8192), 0xff);
+    }
 }
 
 unsafe extern "Rust" {
@@ -62,8 +100,10 @@ unsafe fn read_phys<T: Copy>(paddr: u64) -> T {
 #[unsafe(no_mangle)]
 extern "C" fn janus_rust_start(start_info: u64) -> ! {
     let boot_tsc = crate::arch::cpu::rdtsc();
-    map_identity();
+    init_tss();
+    // The IDT first: map_identity goes through the #GP gate.
     crate::arch::idt::init();
+    map_identity();
     crate::drivers::serial::init();
     // SAFETY: the boot code passes EBX unchanged; PVH guarantees it points at hvm_start_info,
     // which lies below 4 GiB (identity-mapped). Fields are read with their documented offsets.
@@ -120,7 +160,10 @@ extern "C" fn janus_rust_start(start_info: u64) -> ! {
             "no usable RAM for the heap",
         );
     }
-    for (base, size) in [heap, low].into_iter().flatten() {
+    if let Some((base, size)) = heap {
+        crate::mm::heap::init_growing(base, size);
+    }
+    if let Some((base, size)) = low {
         crate::mm::heap::init(base, size);
     }
     let cmdline = core::str::from_utf8(&cmdline[..cmdline_len]).unwrap_or("");
