@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use janus::client;
 use janus::supervisor::ClusterState;
 use janus_integration::child::{Node, artifact, free_addr};
+use janus_integration::client;
 use janus_integration::conformance;
 
 fn janus_bin() -> PathBuf {

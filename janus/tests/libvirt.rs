@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use janus::client;
 use janus::supervisor::{ClusterState, ProcSpec};
+use janus_integration::client;
 
 const INSIDE: &str = "JANUS_LIBVIRT_SANDBOX";
 

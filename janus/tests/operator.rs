@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use janus::client;
 use janus_integration::child::free_addr;
+use janus_integration::client;
 use serde_json::{Value, json};
 
 fn janus(args: &[&str]) -> Output {

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use janus::client;
 use janus_integration::child::free_addr;
+use janus_integration::client;
 use janus_integration::output_text as text;
 use serde_json::Value;
 

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use janus::client;
 use janus::supervisor::{ClusterState, ProcState, Role};
+use janus_integration::client;
 
 fn janus(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_janus"))

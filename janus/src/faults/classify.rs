@@ -101,23 +101,12 @@ impl Verdict {
 /// unikernel (its kernel stops on a panic and the connection goes with it).
 pub(crate) fn replay_class(result: &anyhow::Result<Reply>, dropped: OutcomeClass) -> OutcomeClass {
     match result {
-        Err(e) if is_timeout(e) => OutcomeClass::Hang,
+        Err(e) if crate::client::is_timeout(e) => OutcomeClass::Hang,
         Err(_) => dropped,
         Ok(r) if r.header("x-janus-fault").is_some() => OutcomeClass::Panic,
         Ok(r) if r.status >= 500 => OutcomeClass::ServerError(r.status),
         Ok(r) => OutcomeClass::Answered(r.status),
     }
-}
-
-fn is_timeout(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            )
-        })
-    })
 }
 
 #[cfg(test)]
