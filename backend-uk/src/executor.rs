@@ -10,6 +10,12 @@
 //! Wake contract: a future returning `Pending` MUST have arranged for its waker to be called
 //! (socket waker, timer, or a [`Notify`]); a task that is woken is polled at the next
 //! `run_ready`.
+//!
+//! Why not an existing executor: `embassy-executor` wants statically allocated tasks (a service's
+//! connections are spawned per accept, boxed) and a time driver and critical-section
+//! implementation of its own, and `async-task`/`futures`' `LocalPool` would still leave the timers,
+//! the idle decision and the `hlt` wake-up to this kernel loop. What remains here is a slab, a
+//! ready queue and a timer map (about 400 lines with their docs, without tests), driven by [`crate::rt::run_loop`].
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};

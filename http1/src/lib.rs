@@ -19,6 +19,18 @@
 //!    millisecond timestamp passed in by the caller (`now_ms`); the crate has no clock, does no
 //!    I/O and has no globals, so a smoltcp socket loop, a tokio task or a unit test drive it alike.
 //!
+//! # Why a codec of its own
+//!
+//! The unikernel needs HTTP/1.1 without `std`, without an async runtime and without a clock of
+//! the library's own. hyper (and the crates built on it) needs `std` and a tokio-style runtime;
+//! `httparse` is `no_std` and does the tokenising here, but it is only the head parser: body
+//! framing (`Content-Length`, chunked with extensions and trailers, read-until-close),
+//! pipelining, keep-alive, timeouts, size limits with their 4xx answers and response encoding
+//! are the codec's job, and no maintained `no_std` crate does them. The unix build uses this same
+//! codec for its service port, so both builds answer malformed input identically (the
+//! `http_differential` test compares the two builds over real sockets, the fuzz targets the two
+//! connection loops).
+//!
 //! # Server usage (from a TCP socket loop)
 //!
 //! ```text

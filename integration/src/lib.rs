@@ -3,8 +3,8 @@
 //! either build.
 #![forbid(unsafe_code)]
 
-pub use janus::client;
 pub mod child;
+pub mod client;
 pub mod conformance;
 
 pub use child::{Node, artifact, free_addr, sample_dir};

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use janus::Flavor;
 use janus::NodeOpts;
-use janus::client::{self, Reply};
 use janus::flavor::uk::{Accel, EXIT_PANIC, MIN_MEMORY_MIB, Machine, kvm_available};
 use janus::launch::{AccelArg, MachineArg};
+use janus_integration::client::{self, Reply};
 use janus_integration::{Node, artifact};
 
 fn opts(machine: Machine, accel: Accel) -> NodeOpts {

@@ -1,11 +1,17 @@
-//! A deliberately small HTTP/1.1 client over `std::net::TcpStream`, so tests can send exactly the bytes
-//! they mean (including malformed ones) and read exactly what came back.
+//! The CLI's blocking HTTP/1.1 client (health checks, admin calls, replays of captured requests):
+//! `ureq` over plain HTTP, one connection per call, an answer of any status returned as a
+//! [`Reply`]. Tests that must send exact (or malformed) bytes use the raw client in
+//! `janus-integration` instead.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one read or write may wait, unless the call says otherwise.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A parsed response.
 #[derive(Debug, Clone)]
@@ -37,7 +43,7 @@ impl Reply {
     }
 }
 
-/// Sends a request with `Connection: close` and reads the whole response.
+/// Sends a request and reads the whole response (30 s per read or write).
 pub fn request(
     addr: SocketAddr,
     method: &str,
@@ -45,17 +51,7 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> anyhow::Result<Reply> {
-    let mut head = format!("{method} {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
-    for (n, v) in headers {
-        head.push_str(&format!("{n}: {v}\r\n"));
-    }
-    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
-        head.push_str(&format!("content-length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    let mut raw = head.into_bytes();
-    raw.extend_from_slice(body);
-    send_raw(addr, &raw, Duration::from_secs(30))
+    request_timeout(addr, method, target, headers, body, IO_TIMEOUT)
 }
 
 /// `GET target` with optional headers.
@@ -63,73 +59,55 @@ pub fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> anyhow::
     request(addr, "GET", target, headers, b"")
 }
 
-/// Sends raw bytes and parses the first response. Write errors are ignored when a response arrives
-/// anyway (a server may answer 413 and close before the client has sent its whole body).
-pub fn send_raw(addr: SocketAddr, raw: &[u8], timeout: Duration) -> anyhow::Result<Reply> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("connect to {addr}"))?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    let write_result = s.write_all(raw);
-    let mut buf = Vec::new();
-    let read_result = read_response(&mut s, &mut buf, raw.starts_with(b"HEAD "));
-    match (read_result, write_result) {
-        (Ok(r), _) => Ok(r),
-        (Err(e), Err(w)) => Err(e.context(format!("and the request write failed: {w}"))),
-        (Err(e), Ok(())) => Err(e),
-    }
-}
-
-/// Reads one response from a stream (Content-Length, chunked, or to EOF); the answer to a HEAD
-/// request has no body whatever its headers say.
-pub fn read_response(
-    s: &mut impl Read,
-    buf: &mut Vec<u8>,
-    head_request: bool,
+/// Sends a request and reads the whole response; connecting may take 5 s, each read or write
+/// `timeout`. A timeout is an error whose chain holds a [`ureq::Error::Timeout`] (see
+/// [`is_timeout`]).
+pub fn request_timeout(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
 ) -> anyhow::Result<Reply> {
-    let head_end = loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        if !fill(s, buf)? {
-            bail!(
-                "connection closed before a complete response head ({} bytes)",
-                buf.len()
-            );
-        }
-    };
-    let head = std::str::from_utf8(&buf[..head_end]).context("response head is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut rest = buf.split_off(head_end);
-    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-    let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-        Vec::new()
-    } else if let Some(len) = get("content-length") {
-        let len: usize = len.parse().context("bad content-length")?;
-        while rest.len() < len {
-            if !fill(s, &mut rest)? {
-                bail!("body cut off at {} of {len} bytes", rest.len());
-            }
-        }
-        rest.truncate(len);
-        rest
-    } else if get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
-        dechunk(s, rest)?
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_per_read(Some(timeout))
+        .timeout_per_write(Some(timeout))
+        .max_idle_connections(0)
+        .build()
+        .into();
+    let mut req = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{target}"));
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let context = || format!("{method} {target} to {addr}");
+    let sent = if body.is_empty() && !matches!(method, "POST" | "PUT" | "PATCH") {
+        agent.run(req.body(()).with_context(context)?)
     } else {
-        while fill(s, &mut rest)? {}
-        rest
+        agent.run(req.body(body).with_context(context)?)
     };
+    let mut resp = sent.with_context(context)?;
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()
+        .with_context(context)?;
     Ok(Reply {
         status,
         headers,
@@ -137,47 +115,84 @@ pub fn read_response(
     })
 }
 
-fn dechunk(s: &mut impl Read, mut buf: Vec<u8>) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = loop {
-            if let Some(i) = find(&buf, b"\r\n") {
-                break i;
-            }
-            if !fill(s, &mut buf)? {
-                bail!("chunked body cut off");
-            }
-        };
-        let size_str = std::str::from_utf8(&buf[..line_end])?;
-        let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
-            .context("bad chunk size")?;
-        buf.drain(..line_end + 2);
-        if size == 0 {
-            return Ok(out);
-        }
-        while buf.len() < size + 2 {
-            if !fill(s, &mut buf)? {
-                bail!("chunk cut off");
-            }
-        }
-        out.extend_from_slice(&buf[..size]);
-        buf.drain(..size + 2);
-    }
+/// Whether a call failed because a read or write (or the connect) took longer than allowed.
+pub fn is_timeout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<ureq::Error>()
+            .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)))
+            || c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            })
+    })
 }
 
-fn fill(s: &mut impl Read, buf: &mut Vec<u8>) -> anyhow::Result<bool> {
-    let mut tmp = [0u8; 16384];
-    match s.read(&mut tmp) {
-        Ok(0) => Ok(false),
-        Ok(n) => {
-            buf.extend_from_slice(&tmp[..n]);
-            Ok(true)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(false),
-        Err(e) => Err(e).context("read failed"),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    /// A one-connection server: reads the request head, answers `answer` (if any), returns what
+    /// it read.
+    fn serve_once(answer: Option<&'static [u8]>) -> (SocketAddr, std::thread::JoinHandle<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().expect("accept");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            match answer {
+                Some(a) => s.write_all(a).expect("write"),
+                None => std::thread::sleep(Duration::from_millis(1500)),
+            }
+            String::from_utf8_lossy(&got).into_owned()
+        });
+        (addr, t)
+    }
+
+    #[test]
+    fn any_status_is_a_reply_with_its_headers_and_dechunked_body() {
+        let (addr, t) = serve_once(Some(
+            b"HTTP/1.1 503 Service Unavailable\r\nX-Janus-Fault: panic\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        ));
+        let r = request(
+            addr,
+            "PUT",
+            "/state?seq=1",
+            &[("authorization", "Bearer t")],
+            b"xy",
+        )
+        .expect("reply");
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("x-janus-fault"), Some("panic"));
+        assert_eq!(r.text(), "abcde");
+        let head = t.join().expect("server");
+        assert!(head.starts_with("PUT /state?seq=1 HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("authorization: Bearer t\r\n"), "{head}");
+        assert!(head.contains("content-length: 2\r\n"), "{head}");
+    }
+
+    #[test]
+    fn a_silent_server_is_a_timeout_and_a_closed_port_is_not() {
+        let (addr, t) = serve_once(None);
+        let e = request_timeout(addr, "GET", "/slow", &[], b"", Duration::from_millis(200))
+            .expect_err("no answer");
+        assert!(is_timeout(&e), "{e:#}");
+        t.join().expect("server");
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port");
+        let e = get(closed, "/health", &[]).expect_err("refused");
+        assert!(!is_timeout(&e), "{e:#}");
+        assert!(format!("{e:#}").contains(&closed.to_string()), "{e:#}");
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! - [`service`]: reads a service crate (name, library, service type) and refuses one that is not
 //!   `#![no_std]`.
-//! - [`client`]: a small blocking HTTP/1.1 client for health checks, admin calls and tests.
+//! - [`client`]: the blocking HTTP/1.1 client (ureq) for health checks, admin calls and replays.
+//! - [`up`] (`janus up/ps/logs/down`), [`faults`] (`janus faults ...`): one file per command or job.
 //! - [`build`]: generates the per-flavour wrapper crate, builds it, writes the artifact and the
 //!   requirements manifest next to it.
 //! - [`flavor`]: what differs between the unix process and the unikernel image.

@@ -9,9 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, janus, stable_flavor, test_accel, text};
-use janus::client;
 use janus::supervisor::ClusterState;
 use janus_integration::child::{Node, artifact, free_addr};
+use janus_integration::client;
 use janus_integration::conformance;
 
 /// A cluster of `stable` stable nodes, one debug node with a spare, `/stats` mirrored.

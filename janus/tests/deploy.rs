@@ -1038,7 +1038,11 @@ fn admin_health(admin: std::net::SocketAddr, token: &str) -> anyhow::Result<janu
     let raw = format!(
         "GET /health HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
     );
-    janus::client::send_raw(admin, raw.as_bytes(), std::time::Duration::from_millis(500))
+    janus_integration::client::send_raw(
+        admin,
+        raw.as_bytes(),
+        std::time::Duration::from_millis(500),
+    )
 }
 
 /// Polls the admin API until `/health` answers 200 with `token` (QEMU must not exit meanwhile).
@@ -1148,7 +1152,7 @@ fn nomad_qemu_arguments_boot_the_unikernel_on_pc_and_microvm() {
         let health = wait_healthy(&mut qemu, admin, token, &console);
         let body = health.text();
         assert!(body.contains("\"node\":\"stable-1\""), "{body}");
-        let reply = janus::client::send_raw(
+        let reply = janus_integration::client::send_raw(
             http,
             b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
             std::time::Duration::from_secs(2),
@@ -1232,7 +1236,7 @@ fn kubevirt_shaped_vm_boots_with_the_rendered_kernel_args_and_halts_on_a_panic()
         health.text()
     );
     // Bug 1 of the faulty sample: a panic.
-    let _ = janus::client::send_raw(
+    let _ = janus_integration::client::send_raw(
         http,
         b"GET /div?a=1&b=0 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
         std::time::Duration::from_secs(2),
@@ -1252,7 +1256,7 @@ fn kubevirt_shaped_vm_boots_with_the_rendered_kernel_args_and_halts_on_a_panic()
         qemu.try_wait().expect("wait").is_none(),
         "without isa-debug-exit QEMU does not exit"
     );
-    let after = janus::client::send_raw(
+    let after = janus_integration::client::send_raw(
         http,
         b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
         std::time::Duration::from_secs(1),

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, janus, text};
-use janus::client;
+use janus_integration::client;
 
 const INSIDE: &str = "JANUS_LIBVIRT_SANDBOX";
 

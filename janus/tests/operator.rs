@@ -11,8 +11,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Cluster, janus, text};
-use janus::client;
 use janus_integration::child::free_addr;
+use janus_integration::client;
 use serde_json::{Value, json};
 
 /// 2 unikernel stable nodes (stable-0 with a gdbstub), 1 debug node, the router.

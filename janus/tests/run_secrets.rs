@@ -31,7 +31,13 @@ fn wait_admin(node: &mut Running, admin: SocketAddr, token: &str, timeout: Durat
         if let Some(st) = node.0.try_wait().expect("try_wait") {
             panic!("janus run exited ({st}) before its admin API answered");
         }
-        let r = janus::client::request(admin, "GET", "/health", &[("authorization", &auth)], b"");
+        let r = janus_integration::client::request(
+            admin,
+            "GET",
+            "/health",
+            &[("authorization", &auth)],
+            b"",
+        );
         if r.is_ok_and(|r| r.status == 200) {
             return;
         }

@@ -9,8 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, text};
-use janus::client;
 use janus_integration::child::free_addr;
+use janus_integration::client;
 use serde_json::Value;
 
 /// 1 unikernel stable node, 1 debug node, the router.

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{Cluster, stable_flavor, text};
-use janus::client;
 use janus::supervisor::{ProcState, Role};
+use janus_integration::client;
 
 fn auth(p: &ProcState) -> String {
     format!("Bearer {}", p.spec.token)

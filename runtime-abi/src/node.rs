@@ -6,6 +6,16 @@
 //! A backend MUST drop every field of a service's answer that [`backend_owned`] names, so a
 //! service can neither forge the protocol headers (the router trusts `x-janus-fault`, the
 //! operator `x-janus-node`) nor break the framing.
+//!
+//! Why [`Metrics`] renders the Prometheus text format itself instead of using `prometheus-client`
+//! (which the router uses): that crate needs `std` (its registry, metric families and encoder are
+//! built on std's locks and `Arc`s), and this crate is `no_std` because the unikernel has no std.
+//! The node side needs one implementation shared by both builds, so their series cannot drift
+//! (backend-unix renders through this same [`Metrics::render`]), and every update is one relaxed
+//! atomic add: lock-free on the unikernel, whose panic path may run with any lock held. The output
+//! is text format 0.0.4 (`# HELP` and `# TYPE` per family, cumulative `_bucket{le=..}` with
+//! `+Inf`, `_sum`, `_count`); its label values are fixed (status codes, store op names), so none
+//! needs escaping. A test parses it with the `prometheus-parse` crate, as a scraper would.
 
 use alloc::string::String;
 use core::fmt::Write as _;
@@ -267,6 +277,71 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The text a scraper reads: parsed by `prometheus-parse`, each family typed and documented,
+    /// the values those recorded.
+    #[test]
+    fn metrics_parse_as_prometheus_text() {
+        extern crate std;
+        use prometheus_parse::{Scrape, Value};
+        use std::borrow::ToOwned;
+        let m = Metrics::default();
+        m.record_request(200, 1_500);
+        m.record_request(200, 250_000);
+        m.record_request(503, 10);
+        m.request_started();
+        m.store_op(StoreOp::Put);
+        m.panic();
+        let text = m.render();
+        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parses");
+        for family in [
+            "janus_requests_total",
+            "janus_request_duration_seconds",
+            "janus_requests_in_flight",
+            "janus_store_ops_total",
+            "janus_panics_total",
+        ] {
+            assert!(scrape.docs.contains_key(family), "no HELP for {family}");
+        }
+        let value = |name: &str, label: Option<(&str, &str)>| {
+            scrape
+                .samples
+                .iter()
+                .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+                .map(|s| s.value.clone())
+        };
+        assert!(matches!(
+            value("janus_requests_total", Some(("status", "200"))),
+            Some(Value::Counter(n)) if n == 2.0
+        ));
+        assert!(matches!(
+            value("janus_requests_total", Some(("status", "503"))),
+            Some(Value::Counter(n)) if n == 1.0
+        ));
+        assert!(matches!(
+            value("janus_store_ops_total", Some(("op", "put"))),
+            Some(Value::Counter(n)) if n == 1.0
+        ));
+        assert!(
+            matches!(value("janus_requests_in_flight", None), Some(Value::Gauge(n)) if n == 1.0)
+        );
+        assert!(matches!(value("janus_panics_total", None), Some(Value::Counter(n)) if n == 1.0));
+        match value("janus_request_duration_seconds", None) {
+            Some(Value::Histogram(buckets)) => {
+                let inf = buckets
+                    .iter()
+                    .find(|b| b.less_than.is_infinite())
+                    .expect("+Inf");
+                assert_eq!(inf.count, 3.0);
+                // Cumulative: never decreasing with the bound.
+                assert!(
+                    buckets.windows(2).all(|w| w[0].count <= w[1].count),
+                    "{buckets:?}"
+                );
+            }
+            other => panic!("histogram expected, got {other:?}"),
+        }
+    }
 
     #[test]
     fn token_comparison_is_exact() {

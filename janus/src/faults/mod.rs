@@ -33,6 +33,7 @@ use serde::Serialize;
 use crate::cluster::run_dir;
 use crate::supervisor::{ClusterState, now_ms};
 
+use classify::Judged;
 pub(crate) use classify::replay_class;
 pub use classify::{OutcomeClass, Verdict, stable_class};
 pub use export::export;
@@ -179,96 +180,25 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
     .map(|b| String::from_utf8_lossy(b).into_owned());
     // The stable node's exact state (not the empty fallback) was what the replay ran on.
     let exact_state = !opts.without_state && !mirrored.source.starts_with("none");
-    let (verdict, why) = if replay_class == OutcomeClass::Unavailable {
-        (
-            Verdict::Inconclusive,
-            format!(
-                "the replay on {} failed in transport: {}",
-                node.spec.id,
-                result
-                    .as_ref()
-                    .err()
-                    .map(|e| format!("{e:#}"))
-                    .unwrap_or_default()
-            ),
-        )
-    } else if f.summary.kind == "divergence" {
-        let same = matches!(replay_class, OutcomeClass::Answered(c) if Some(c) == f.stable_status)
-            && replay_answer.is_some()
-            && replay_answer == stable_answer;
-        if same {
-            (
-                Verdict::NotReproduced,
-                "given the stable node's state the debug build gives the stable answer: the \
-                 builds agree, the divergence came from the mirror target's own state"
-                    .to_owned(),
-            )
-        } else if exact_state {
-            (
-                Verdict::BuildSpecific,
-                format!(
-                    "given the stable node's state the debug build answers {replay_class:?}, \
-                     the stable build answered {}",
-                    f.stable_status.map_or("?".to_owned(), |s| s.to_string())
-                ),
-            )
-        } else {
-            (
-                Verdict::NotReproduced,
-                "the stable node's state was not available: the answers cannot be compared \
-                 on the same state"
-                    .to_owned(),
-            )
-        }
-    } else if stable != OutcomeClass::Unavailable && replay_class == stable {
-        if exact_state {
+    let (verdict, why) = classify::judge(
+        &Judged {
+            kind: &f.summary.kind,
+            stable: &stable,
+            replay: &replay_class,
+            stable_status: f.stable_status,
+            stable_answer: stable_answer.as_deref(),
+            replay_answer: replay_answer.as_deref(),
+            exact_state,
+            transport_error: result.as_ref().err().map(|e| format!("{e:#}")),
+            debug_node: &node.spec.id,
+        },
+        || {
             // Does it need the state? The same replay on an empty state says.
             let control = crate::secret::random_token()?;
             let empty = MirroredState::empty("control: an empty state");
-            let (without, _) = replay_on(&node, &f, &empty, &control, opts.timeout)?;
-            if without == stable {
-                (
-                    Verdict::Reproduced,
-                    "the debug build fails the same way, with or without the mirrored state"
-                        .to_owned(),
-                )
-            } else {
-                (
-                    Verdict::StateDependent,
-                    format!(
-                        "the debug build fails the same way under the mirrored state; on an \
-                         empty state it answers {without:?}"
-                    ),
-                )
-            }
-        } else {
-            (
-                Verdict::Reproduced,
-                "the debug build fails the same way".to_owned(),
-            )
-        }
-    } else if stable != OutcomeClass::Unavailable && exact_state {
-        (
-            Verdict::BuildSpecific,
-            format!(
-                "the stable node failed ({stable:?}); the debug build under the same state \
-                 answers {replay_class:?}: see the unikernel's panic report, console and \
-                 janus_uk_* counters"
-            ),
-        )
-    } else {
-        (
-            Verdict::NotReproduced,
-            format!(
-                "the debug build answers {replay_class:?}{}",
-                if exact_state {
-                    ""
-                } else {
-                    " (without the stable node's exact state)"
-                }
-            ),
-        )
-    };
+            Ok(replay_on(&node, &f, &empty, &control, opts.timeout)?.0)
+        },
+    )?;
     let reproduced = verdict.reproduced();
     let trace = fetch_trace(&node.spec, &trace_id);
     let stable_panic_report = ClusterState::read(&dir)

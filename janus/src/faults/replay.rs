@@ -1,7 +1,6 @@
 //! Sending a captured request again: which headers are replayed, the mirrored state restored first,
 //! the debug node's trace of the replay fetched after.
 
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -68,21 +67,20 @@ pub(crate) fn replay(
     trace_id: &str,
     timeout: Duration,
 ) -> anyhow::Result<Reply> {
-    let mut head = format!(
-        "{} {} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n",
-        f.summary.method, f.summary.path
-    );
-    for (n, v) in replayable(&request_headers(f)) {
-        let _ = write!(head, "{n}: {v}\r\n");
-    }
-    let _ = write!(
-        head,
-        "x-janus-trace-id: {trace_id}\r\ncontent-length: {}\r\n\r\n",
-        f.request_body.len()
-    );
-    let mut raw = head.into_bytes();
-    raw.extend_from_slice(&f.request_body);
-    client::send_raw(addr, &raw, timeout)
+    let headers = replayable(&request_headers(f));
+    let mut fields: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    fields.push(("x-janus-trace-id", trace_id));
+    client::request_timeout(
+        addr,
+        &f.summary.method,
+        &f.summary.path,
+        &fields,
+        &f.request_body,
+        timeout,
+    )
 }
 
 /// Restores `state` into the repro node and replays the captured request there. A transport error

@@ -26,11 +26,14 @@ pub fn healthy(p: &ProcSpec) -> bool {
 /// An admin GET with the process's bearer token.
 pub fn admin_get(p: &ProcSpec, path: &str) -> anyhow::Result<client::Reply> {
     let auth = format!("Bearer {}", p.token);
-    let raw = format!(
-        "GET {path} HTTP/1.1\r\nhost: {}\r\nauthorization: {auth}\r\nconnection: close\r\n\r\n",
-        p.admin
-    );
-    client::send_raw(p.admin, raw.as_bytes(), Duration::from_millis(1500))
+    client::request_timeout(
+        p.admin,
+        "GET",
+        path,
+        &[("authorization", &auth)],
+        b"",
+        Duration::from_millis(1500),
+    )
 }
 /// Whether a pid is alive.
 pub fn pid_alive(pid: u32) -> bool {
