@@ -6,7 +6,7 @@
 //! (the capability spans `store.*` and `upstream.call` included) and every event inside those spans is
 //! recorded into that trace. The trace completes when its `request` span closes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::{self, Write as _};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -184,12 +184,6 @@ impl Fields {
             None => self.0.push((name, value)),
         }
     }
-
-    fn merge(&mut self, other: Fields) {
-        for (name, value) in other.0 {
-            self.set(name, value);
-        }
-    }
 }
 
 impl Serialize for Fields {
@@ -291,7 +285,8 @@ fn lock_trace(t: &LiveTrace) -> MutexGuard<'_, TraceRecord> {
 #[derive(Debug)]
 struct Inner {
     capacity: usize,
-    in_flight: HashMap<u64, LiveTrace>,
+    /// By key: keys grow, so new traces are appended at the end (no hashing on the request path).
+    in_flight: BTreeMap<u64, LiveTrace>,
     completed: VecDeque<TraceRecord>,
 }
 
@@ -316,7 +311,7 @@ impl FlightRecorder {
         FlightRecorder {
             inner: Arc::new(Mutex::new(Inner {
                 capacity: capacity.max(1),
-                in_flight: HashMap::new(),
+                in_flight: BTreeMap::new(),
                 completed: VecDeque::new(),
             })),
             next_key: Arc::new(AtomicU64::new(1)),
@@ -406,6 +401,50 @@ impl Visit for FieldVisitor {
     }
 }
 
+/// Records the fields of a `Span::record` straight into the recorded span's fields (under the
+/// trace's lock), without a list of its own. A `message` is not a span field and is ignored.
+struct MergeVisitor<'a>(&'a mut Fields);
+
+impl Visit for MergeVisitor<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.set(field.name(), FieldValue::F64(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.set(field.name(), FieldValue::I64(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.set(field.name(), FieldValue::U64(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.set(field.name(), FieldValue::Bool(value));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() != "message" {
+            self.0.set(field.name(), FieldValue::Str(Text::new(value)));
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() != "message" {
+            self.0.set(field.name(), FieldValue::Str(debug_text(value)));
+        }
+    }
+}
+
+/// Where the records of `span` go: its own link, or (for a span the recorder does not keep, a
+/// TRACE span) the nearest kept ancestor's.
+fn link_of<S>(span: &tracing_subscriber::registry::SpanRef<'_, S>) -> Option<SpanLink>
+where
+    S: for<'a> LookupSpan<'a>,
+{
+    span.scope()
+        .find_map(|s| s.extensions().get::<SpanLink>().cloned())
+}
+
+/// The recorder keeps spans and events down to DEBUG (whatever the log level); TRACE is left out.
+fn kept(level: &Level) -> bool {
+    *level != Level::TRACE
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -418,11 +457,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let parent_link = span
-            .parent()
-            .and_then(|p| p.extensions().get::<SpanLink>().cloned());
         let meta = attrs.metadata();
+        if !kept(meta.level()) {
+            return;
+        }
+        let Some(span) = ctx.span(id) else { return };
+        let parent_link = span.parent().and_then(|p| link_of(&p));
         if parent_link.is_none() && meta.name() != ROOT_SPAN {
             return;
         }
@@ -500,30 +540,27 @@ where
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        let Some(link) = ctx
-            .span(id)
-            .and_then(|s| s.extensions().get::<SpanLink>().cloned())
-        else {
+        let Some(span) = ctx.span(id) else { return };
+        let extensions = span.extensions();
+        let Some(link) = extensions.get::<SpanLink>() else {
             return;
         };
-        let mut visitor = FieldVisitor::default();
-        values.record(&mut visitor);
         let mut trace = lock_trace(&link.trace);
         if let Some(span) = trace.spans.get_mut(link.index) {
-            span.fields.merge(visitor.fields);
+            values.record(&mut MergeVisitor(&mut span.fields));
         }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let Some(link) = ctx
-            .event_span(event)
-            .and_then(|s| s.extensions().get::<SpanLink>().cloned())
-        else {
+        let meta = event.metadata();
+        if !kept(meta.level()) {
+            return;
+        }
+        let Some(link) = ctx.event_span(event).and_then(|s| link_of(&s)) else {
             return;
         };
         let mut visitor = FieldVisitor::default();
         event.record(&mut visitor);
-        let meta = event.metadata();
         let mut trace = lock_trace(&link.trace);
         if !trace.in_flight {
             return;
@@ -544,10 +581,8 @@ where
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        let Some(link) = ctx
-            .span(&id)
-            .and_then(|s| s.extensions().get::<SpanLink>().cloned())
-        else {
+        let Some(span) = ctx.span(&id) else { return };
+        let Some(link) = span.extensions().get::<SpanLink>().cloned() else {
             return;
         };
         let mut trace = lock_trace(&link.trace);
@@ -615,6 +650,33 @@ mod tests {
         assert_eq!(t.events[0].message.as_deref(), Some("inside"));
         assert_eq!(t.events[0].fields.get("answer"), Some(42.into()));
         assert_eq!(recorder.last(10).len(), 2);
+    }
+
+    #[test]
+    fn trace_level_is_left_out_and_its_children_attach_to_the_nearest_kept_span() {
+        let recorder = FlightRecorder::new(4);
+        let subscriber = tracing_subscriber::registry().with(recorder.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let root =
+                tracing::info_span!("request", trace_id = "t", status = tracing::field::Empty);
+            let _r = root.enter();
+            let noisy = tracing::trace_span!("noisy");
+            let _n = noisy.enter();
+            tracing::trace!("not kept");
+            let call = tracing::debug_span!("store.get", key = "k");
+            call.in_scope(|| tracing::debug!("kept"));
+            tracing::info!(parent: &root, answer = 1, "explicit parent");
+            root.record("status", 201u64);
+        });
+        let t = recorder.get("t").expect("kept");
+        let names: Vec<_> = t.spans.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["request", "store.get"]);
+        assert_eq!(t.spans[1].parent, Some(0));
+        let messages: Vec<_> = t.events.iter().map(|e| e.message.as_deref()).collect();
+        assert_eq!(messages, [Some("kept"), Some("explicit parent")]);
+        assert_eq!(t.events[0].span, 1);
+        assert_eq!(t.events[1].span, 0);
+        assert_eq!(t.spans[0].fields.get("status"), Some(201.into()));
     }
 
     #[test]

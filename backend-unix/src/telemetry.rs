@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tracing::Dispatch;
 use tracing_subscriber::field::RecordFields;
-use tracing_subscriber::filter::{LevelFilter, filter_fn};
+use tracing_subscriber::filter::{FilterExt, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
@@ -403,9 +403,11 @@ impl Telemetry {
         // The panic event carries a whole backtrace for the recorder; the log already gets the
         // previous hook's stderr report and the handler's one-line error, so it skips the event.
         let not_panic = filter_fn(|meta| meta.target() != PANIC_TARGET);
+        // One per-layer filter (the log's): each per-layer filter costs a span lookup on every
+        // span callback. The recorder has none: it keeps everything down to DEBUG itself.
         let subscriber = Registry::default()
-            .with(fmt_layer.with_filter(filter).with_filter(not_panic))
-            .with(recorder.clone().with_filter(LevelFilter::DEBUG));
+            .with(fmt_layer.with_filter(filter.and(not_panic)))
+            .with(recorder.clone());
         install_panic_hook();
         Ok(Telemetry {
             dispatch: Dispatch::new(subscriber),
