@@ -287,7 +287,19 @@ struct Inner {
     capacity: usize,
     /// By key: keys grow, so new traces are appended at the end (no hashing on the request path).
     in_flight: BTreeMap<u64, LiveTrace>,
-    completed: VecDeque<TraceRecord>,
+    /// Completed traces, oldest first (`in_flight` false: nothing records into them any more).
+    completed: VecDeque<LiveTrace>,
+}
+
+/// Most emptied traces kept per thread for reuse.
+const SPARE_TRACES: usize = 16;
+/// Most span or event slots a spare trace keeps allocated.
+const SPARE_ENTRIES: usize = 64;
+
+thread_local! {
+    /// Evicted traces, emptied, whose allocations (the trace itself, its span and event lists, its
+    /// id) the next trace started on this thread reuses instead of allocating them again.
+    static SPARE: std::cell::RefCell<Vec<LiveTrace>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The recorder's store, shared by the layer and the admin endpoints.
@@ -340,12 +352,10 @@ impl FlightRecorder {
             .filter(|t| t.trace_id == trace_id)
             .max_by_key(|t| t.started)
             .or_else(|| {
-                inner
-                    .completed
-                    .iter()
-                    .rev()
-                    .find(|t| t.trace_id == trace_id)
-                    .cloned()
+                inner.completed.iter().rev().find_map(|t| {
+                    let t = lock_trace(t);
+                    (t.trace_id == trace_id).then(|| t.clone())
+                })
             })
     }
 
@@ -354,7 +364,14 @@ impl FlightRecorder {
         let inner = self.lock();
         let mut live = Self::live(&inner);
         live.sort_by_key(|t| std::cmp::Reverse(t.started));
-        live.extend(inner.completed.iter().rev().take(n).cloned());
+        live.extend(
+            inner
+                .completed
+                .iter()
+                .rev()
+                .take(n)
+                .map(|t| lock_trace(t).clone()),
+        );
         live
     }
 
@@ -507,14 +524,20 @@ where
                 else {
                     return;
                 };
-                let trace_id = trace_id.to_string();
                 let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-                let trace = Arc::new(Mutex::new(TraceRecord {
-                    trace_id,
-                    in_flight: true,
-                    started_unix_ms: unix_ms(),
-                    duration_us: None,
-                    spans: vec![SpanRecord {
+                let trace = SPARE
+                    .with(|spare| spare.borrow_mut().pop())
+                    .unwrap_or_default();
+                {
+                    let mut t = lock_trace(&trace);
+                    t.trace_id.clear();
+                    t.trace_id.push_str(trace_id);
+                    t.in_flight = true;
+                    t.started_unix_ms = unix_ms();
+                    t.duration_us = None;
+                    t.dropped = 0;
+                    t.started = Some(Instant::now());
+                    t.spans.push(SpanRecord {
                         id: 0,
                         parent: None,
                         name: meta.name(),
@@ -523,11 +546,8 @@ where
                         fields: visitor.fields,
                         start_us: 0,
                         end_us: None,
-                    }],
-                    events: Vec::new(),
-                    dropped: 0,
-                    started: Some(Instant::now()),
-                }));
+                    });
+                }
                 self.lock().in_flight.insert(key, Arc::clone(&trace));
                 SpanLink {
                     key,
@@ -593,19 +613,41 @@ where
         if link.index != 0 || !trace.in_flight {
             return;
         }
-        let mut done = std::mem::take(&mut *trace);
+        trace.in_flight = false;
+        trace.duration_us = Some(now);
         drop(trace);
-        done.in_flight = false;
-        done.duration_us = Some(now);
         let evicted = {
             let mut inner = self.lock();
             inner.in_flight.remove(&link.key);
-            inner.completed.push_back(done);
-            let over = inner.completed.len().saturating_sub(inner.capacity);
-            inner.completed.drain(..over).collect::<Vec<_>>()
+            inner.completed.push_back(link.trace);
+            if inner.completed.len() > inner.capacity {
+                inner.completed.pop_front()
+            } else {
+                None
+            }
         };
-        // Freed outside the lock.
-        drop(evicted);
+        // Emptied outside the recorder's lock, and kept for reuse unless something (a span that
+        // outlived its request) still holds it.
+        if let Some(evicted) = evicted.filter(|t| Arc::strong_count(t) == 1) {
+            {
+                let mut t = lock_trace(&evicted);
+                t.spans.clear();
+                t.events.clear();
+                // A spare holds no more than a typical trace's worth.
+                if t.spans.capacity() > SPARE_ENTRIES {
+                    t.spans = Vec::new();
+                }
+                if t.events.capacity() > SPARE_ENTRIES {
+                    t.events = Vec::new();
+                }
+            }
+            SPARE.with(|spare| {
+                let mut spare = spare.borrow_mut();
+                if spare.len() < SPARE_TRACES {
+                    spare.push(evicted);
+                }
+            });
+        }
     }
 }
 
@@ -677,6 +719,32 @@ mod tests {
         assert_eq!(t.events[0].span, 1);
         assert_eq!(t.events[1].span, 0);
         assert_eq!(t.spans[0].fields.get("status"), Some(201.into()));
+    }
+
+    #[test]
+    fn a_reused_trace_holds_only_its_own_records() {
+        let recorder = FlightRecorder::new(1);
+        let subscriber = tracing_subscriber::registry().with(recorder.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..40u64 {
+                let id = format!("r{i}");
+                let root = tracing::info_span!("request", trace_id = id.as_str());
+                root.in_scope(|| {
+                    for _ in 0..=i % 3 {
+                        tracing::debug_span!("store.get", n = i)
+                            .in_scope(|| tracing::info!(i, "e"));
+                    }
+                });
+            }
+        });
+        assert_eq!(recorder.completed_len(), 1);
+        let t = recorder.get("r39").expect("the newest");
+        assert!(!t.in_flight);
+        assert_eq!(t.spans.len(), 2, "{t:?}");
+        assert_eq!(t.events.len(), 1);
+        assert_eq!(t.spans[1].fields.get("n"), Some(39.into()));
+        assert_eq!(t.events[0].fields.get("i"), Some(39.into()));
+        assert!(recorder.get("r38").is_none());
     }
 
     #[test]
