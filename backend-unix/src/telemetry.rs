@@ -6,6 +6,7 @@
 //! node spawns runs under it with `WithSubscriber`.
 
 use std::backtrace::Backtrace;
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex, Once, PoisonError, Weak};
 use std::time::Duration;
@@ -202,13 +203,19 @@ impl<'a> MakeWriter<'a> for LogSink {
     }
 }
 
+thread_local! {
+    /// [`PlainFields`]' buffer.
+    static FIELDS_BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// Field formatter of the human log without colours: `name=value` pairs separated by spaces, the
 /// message first and bare, strings quoted (as tracing-subscriber's default, minus its styling).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlainFields;
 
 struct PlainVisitor<'a> {
-    writer: Writer<'a>,
+    /// Where the text goes (a plain `String`: no dynamic call per piece).
+    out: &'a mut String,
     first: bool,
     result: std::fmt::Result,
 }
@@ -216,7 +223,7 @@ struct PlainVisitor<'a> {
 impl PlainVisitor<'_> {
     fn sep(&mut self) {
         if !self.first && self.result.is_ok() {
-            self.result = self.writer.write_char(' ');
+            self.out.push(' ');
         }
         self.first = false;
     }
@@ -226,15 +233,13 @@ impl PlainVisitor<'_> {
             return false;
         }
         self.sep();
-        self.result = self
-            .writer
-            .write_str(field.name())
-            .and_then(|()| self.writer.write_char('='));
-        self.result.is_ok()
+        self.out.push_str(field.name());
+        self.out.push('=');
+        true
     }
     fn field(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Display) {
         if self.name(field) {
-            self.result = write!(self.writer, "{value}");
+            self.result = write!(self.out, "{value}");
         }
     }
     fn decimal(&mut self, field: &tracing::field::Field, negative: bool, value: u64) {
@@ -254,9 +259,8 @@ impl PlainVisitor<'_> {
                 at -= 1;
                 digits[at] = b'-';
             }
-            self.result = self
-                .writer
-                .write_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+            self.out
+                .push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
         }
     }
 }
@@ -279,7 +283,7 @@ impl tracing::field::Visit for PlainVisitor<'_> {
     }
     fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
         if self.name(field) {
-            self.result = self.writer.write_str(if value { "true" } else { "false" });
+            self.out.push_str(if value { "true" } else { "false" });
         }
     }
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
@@ -287,11 +291,9 @@ impl tracing::field::Visit for PlainVisitor<'_> {
             return self.record_debug(field, &value);
         }
         if self.name(field) {
-            self.result = self
-                .writer
-                .write_char('"')
-                .and_then(|()| self.writer.write_str(value))
-                .and_then(|()| self.writer.write_char('"'));
+            self.out.push('"');
+            self.out.push_str(value);
+            self.out.push('"');
         }
     }
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
@@ -301,9 +303,9 @@ impl tracing::field::Visit for PlainVisitor<'_> {
         self.sep();
         if self.result.is_ok() {
             self.result = if field.name() == "message" {
-                write!(self.writer, "{value:?}")
+                write!(self.out, "{value:?}")
             } else {
-                write!(self.writer, "{}={value:?}", field.name())
+                write!(self.out, "{}={value:?}", field.name())
             };
         }
     }
@@ -315,13 +317,36 @@ impl<'writer> fmt::FormatFields<'writer> for PlainFields {
         writer: Writer<'writer>,
         fields: R,
     ) -> std::fmt::Result {
-        let mut v = PlainVisitor {
-            writer,
-            first: true,
-            result: Ok(()),
+        let mut writer = writer;
+        let visit = |out: &mut String| {
+            let mut v = PlainVisitor {
+                out,
+                first: true,
+                result: Ok(()),
+            };
+            fields.record(&mut v);
+            v.result
         };
-        fields.record(&mut v);
-        v.result
+        // Gathered in a reused buffer and written once: a span's fields then take one allocation
+        // of their exact size instead of a string grown piece by piece.
+        FIELDS_BUF.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                let r = visit(&mut buf);
+                writer.write_str(&buf)?;
+                if buf.capacity() > 4096 {
+                    *buf = String::new();
+                }
+                r
+            }
+            // Formatting a field logged (re-entered): a buffer of its own.
+            Err(_) => {
+                let mut buf = String::new();
+                let r = visit(&mut buf);
+                writer.write_str(&buf)?;
+                r
+            }
+        })
     }
 
     fn add_fields(
@@ -331,7 +356,7 @@ impl<'writer> fmt::FormatFields<'writer> for PlainFields {
     ) -> std::fmt::Result {
         let first = current.fields.is_empty();
         let mut v = PlainVisitor {
-            writer: current.as_writer(),
+            out: &mut current.fields,
             first,
             result: Ok(()),
         };
