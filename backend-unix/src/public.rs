@@ -93,7 +93,7 @@ impl<S> PublicCtx<S> {
             node = self.node_id.as_str(),
             status,
         );
-        span.in_scope(|| tracing::warn!(status, reason = reason.as_str(), "request refused"));
+        tracing::warn!(parent: &span, status, reason = reason.as_str(), "request refused");
         self.metrics.record_request(status, 0);
         let own = NodeHeaders {
             node_id: &self.node_id,
@@ -206,7 +206,6 @@ pub async fn handle<S: Service>(
         path = req.path.as_str(),
         node = ctx.node_id.as_str(),
         status = tracing::field::Empty,
-        latency_ms = tracing::field::Empty,
     );
     let request = Request {
         method: Method::parse(req.method.as_str()),
@@ -221,14 +220,13 @@ pub async fn handle<S: Service>(
     let status = response.status.as_u16();
     let latency = started.elapsed();
     span.record("status", status);
-    span.record("latency_ms", latency.as_secs_f64() * 1e3);
-    span.in_scope(|| {
-        tracing::info!(
-            status,
-            latency_us = latency.as_micros() as u64,
-            "request completed"
-        )
-    });
+    // The latency is the event's (and the trace's `duration_us`), not recorded on the span too.
+    tracing::info!(
+        parent: &span,
+        status,
+        latency_us = crate::metrics::micros(latency),
+        "request completed"
+    );
     ctx.metrics
         .record_request(status, crate::metrics::micros(latency));
     let own = NodeHeaders {

@@ -6,7 +6,7 @@
 //! (the capability spans `store.*` and `upstream.call` included) and every event inside those spans is
 //! recorded into that trace. The trace completes when its `request` span closes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::{self, Write as _};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -184,12 +184,6 @@ impl Fields {
             None => self.0.push((name, value)),
         }
     }
-
-    fn merge(&mut self, other: Fields) {
-        for (name, value) in other.0 {
-            self.set(name, value);
-        }
-    }
 }
 
 impl Serialize for Fields {
@@ -291,8 +285,21 @@ fn lock_trace(t: &LiveTrace) -> MutexGuard<'_, TraceRecord> {
 #[derive(Debug)]
 struct Inner {
     capacity: usize,
-    in_flight: HashMap<u64, LiveTrace>,
-    completed: VecDeque<TraceRecord>,
+    /// By key: keys grow, so new traces are appended at the end (no hashing on the request path).
+    in_flight: BTreeMap<u64, LiveTrace>,
+    /// Completed traces, oldest first (`in_flight` false: nothing records into them any more).
+    completed: VecDeque<LiveTrace>,
+}
+
+/// Most emptied traces kept per thread for reuse.
+const SPARE_TRACES: usize = 16;
+/// Most span or event slots a spare trace keeps allocated.
+const SPARE_ENTRIES: usize = 64;
+
+thread_local! {
+    /// Evicted traces, emptied, whose allocations (the trace itself, its span and event lists, its
+    /// id) the next trace started on this thread reuses instead of allocating them again.
+    static SPARE: std::cell::RefCell<Vec<LiveTrace>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The recorder's store, shared by the layer and the admin endpoints.
@@ -316,7 +323,7 @@ impl FlightRecorder {
         FlightRecorder {
             inner: Arc::new(Mutex::new(Inner {
                 capacity: capacity.max(1),
-                in_flight: HashMap::new(),
+                in_flight: BTreeMap::new(),
                 completed: VecDeque::new(),
             })),
             next_key: Arc::new(AtomicU64::new(1)),
@@ -345,12 +352,10 @@ impl FlightRecorder {
             .filter(|t| t.trace_id == trace_id)
             .max_by_key(|t| t.started)
             .or_else(|| {
-                inner
-                    .completed
-                    .iter()
-                    .rev()
-                    .find(|t| t.trace_id == trace_id)
-                    .cloned()
+                inner.completed.iter().rev().find_map(|t| {
+                    let t = lock_trace(t);
+                    (t.trace_id == trace_id).then(|| t.clone())
+                })
             })
     }
 
@@ -359,7 +364,14 @@ impl FlightRecorder {
         let inner = self.lock();
         let mut live = Self::live(&inner);
         live.sort_by_key(|t| std::cmp::Reverse(t.started));
-        live.extend(inner.completed.iter().rev().take(n).cloned());
+        live.extend(
+            inner
+                .completed
+                .iter()
+                .rev()
+                .take(n)
+                .map(|t| lock_trace(t).clone()),
+        );
         live
     }
 
@@ -373,6 +385,19 @@ impl FlightRecorder {
 struct FieldVisitor {
     fields: Fields,
     message: Option<Text>,
+}
+
+impl FieldVisitor {
+    /// A visitor with room for the fields a callsite declares (one allocation, no regrowth; none
+    /// for a bare message).
+    fn for_fields(meta: &tracing::Metadata<'_>) -> FieldVisitor {
+        let fields = meta.fields();
+        let n = fields.len() - usize::from(fields.field("message").is_some());
+        FieldVisitor {
+            fields: Fields(Vec::with_capacity(n)),
+            message: None,
+        }
+    }
 }
 
 impl Visit for FieldVisitor {
@@ -406,6 +431,50 @@ impl Visit for FieldVisitor {
     }
 }
 
+/// Records the fields of a `Span::record` straight into the recorded span's fields (under the
+/// trace's lock), without a list of its own. A `message` is not a span field and is ignored.
+struct MergeVisitor<'a>(&'a mut Fields);
+
+impl Visit for MergeVisitor<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.set(field.name(), FieldValue::F64(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.set(field.name(), FieldValue::I64(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.set(field.name(), FieldValue::U64(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.set(field.name(), FieldValue::Bool(value));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() != "message" {
+            self.0.set(field.name(), FieldValue::Str(Text::new(value)));
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() != "message" {
+            self.0.set(field.name(), FieldValue::Str(debug_text(value)));
+        }
+    }
+}
+
+/// Where the records of `span` go: its own link, or (for a span the recorder does not keep, a
+/// TRACE span) the nearest kept ancestor's.
+fn link_of<S>(span: &tracing_subscriber::registry::SpanRef<'_, S>) -> Option<SpanLink>
+where
+    S: for<'a> LookupSpan<'a>,
+{
+    span.scope()
+        .find_map(|s| s.extensions().get::<SpanLink>().cloned())
+}
+
+/// The recorder keeps spans and events down to DEBUG (whatever the log level); TRACE is left out.
+fn kept(level: &Level) -> bool {
+    *level != Level::TRACE
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -418,15 +487,16 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let parent_link = span
-            .parent()
-            .and_then(|p| p.extensions().get::<SpanLink>().cloned());
         let meta = attrs.metadata();
+        if !kept(meta.level()) {
+            return;
+        }
+        let Some(span) = ctx.span(id) else { return };
+        let parent_link = span.parent().and_then(|p| link_of(&p));
         if parent_link.is_none() && meta.name() != ROOT_SPAN {
             return;
         }
-        let mut visitor = FieldVisitor::default();
+        let mut visitor = FieldVisitor::for_fields(meta);
         attrs.record(&mut visitor);
         let link = match parent_link {
             Some(parent) => {
@@ -467,14 +537,20 @@ where
                 else {
                     return;
                 };
-                let trace_id = trace_id.to_string();
                 let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-                let trace = Arc::new(Mutex::new(TraceRecord {
-                    trace_id,
-                    in_flight: true,
-                    started_unix_ms: unix_ms(),
-                    duration_us: None,
-                    spans: vec![SpanRecord {
+                let trace = SPARE
+                    .with(|spare| spare.borrow_mut().pop())
+                    .unwrap_or_default();
+                {
+                    let mut t = lock_trace(&trace);
+                    t.trace_id.clear();
+                    t.trace_id.push_str(trace_id);
+                    t.in_flight = true;
+                    t.started_unix_ms = unix_ms();
+                    t.duration_us = None;
+                    t.dropped = 0;
+                    t.started = Some(Instant::now());
+                    t.spans.push(SpanRecord {
                         id: 0,
                         parent: None,
                         name: meta.name(),
@@ -483,11 +559,8 @@ where
                         fields: visitor.fields,
                         start_us: 0,
                         end_us: None,
-                    }],
-                    events: Vec::new(),
-                    dropped: 0,
-                    started: Some(Instant::now()),
-                }));
+                    });
+                }
                 self.lock().in_flight.insert(key, Arc::clone(&trace));
                 SpanLink {
                     key,
@@ -500,30 +573,27 @@ where
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        let Some(link) = ctx
-            .span(id)
-            .and_then(|s| s.extensions().get::<SpanLink>().cloned())
-        else {
+        let Some(span) = ctx.span(id) else { return };
+        let extensions = span.extensions();
+        let Some(link) = extensions.get::<SpanLink>() else {
             return;
         };
-        let mut visitor = FieldVisitor::default();
-        values.record(&mut visitor);
         let mut trace = lock_trace(&link.trace);
         if let Some(span) = trace.spans.get_mut(link.index) {
-            span.fields.merge(visitor.fields);
+            values.record(&mut MergeVisitor(&mut span.fields));
         }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let Some(link) = ctx
-            .event_span(event)
-            .and_then(|s| s.extensions().get::<SpanLink>().cloned())
-        else {
+        let meta = event.metadata();
+        if !kept(meta.level()) {
+            return;
+        }
+        let Some(link) = ctx.event_span(event).and_then(|s| link_of(&s)) else {
             return;
         };
-        let mut visitor = FieldVisitor::default();
+        let mut visitor = FieldVisitor::for_fields(meta);
         event.record(&mut visitor);
-        let meta = event.metadata();
         let mut trace = lock_trace(&link.trace);
         if !trace.in_flight {
             return;
@@ -544,10 +614,8 @@ where
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        let Some(link) = ctx
-            .span(&id)
-            .and_then(|s| s.extensions().get::<SpanLink>().cloned())
-        else {
+        let Some(span) = ctx.span(&id) else { return };
+        let Some(link) = span.extensions().get::<SpanLink>().cloned() else {
             return;
         };
         let mut trace = lock_trace(&link.trace);
@@ -558,19 +626,41 @@ where
         if link.index != 0 || !trace.in_flight {
             return;
         }
-        let mut done = std::mem::take(&mut *trace);
+        trace.in_flight = false;
+        trace.duration_us = Some(now);
         drop(trace);
-        done.in_flight = false;
-        done.duration_us = Some(now);
         let evicted = {
             let mut inner = self.lock();
             inner.in_flight.remove(&link.key);
-            inner.completed.push_back(done);
-            let over = inner.completed.len().saturating_sub(inner.capacity);
-            inner.completed.drain(..over).collect::<Vec<_>>()
+            inner.completed.push_back(link.trace);
+            if inner.completed.len() > inner.capacity {
+                inner.completed.pop_front()
+            } else {
+                None
+            }
         };
-        // Freed outside the lock.
-        drop(evicted);
+        // Emptied outside the recorder's lock, and kept for reuse unless something (a span that
+        // outlived its request) still holds it.
+        if let Some(evicted) = evicted.filter(|t| Arc::strong_count(t) == 1) {
+            {
+                let mut t = lock_trace(&evicted);
+                t.spans.clear();
+                t.events.clear();
+                // A spare holds no more than a typical trace's worth.
+                if t.spans.capacity() > SPARE_ENTRIES {
+                    t.spans = Vec::new();
+                }
+                if t.events.capacity() > SPARE_ENTRIES {
+                    t.events = Vec::new();
+                }
+            }
+            SPARE.with(|spare| {
+                let mut spare = spare.borrow_mut();
+                if spare.len() < SPARE_TRACES {
+                    spare.push(evicted);
+                }
+            });
+        }
     }
 }
 
@@ -615,6 +705,59 @@ mod tests {
         assert_eq!(t.events[0].message.as_deref(), Some("inside"));
         assert_eq!(t.events[0].fields.get("answer"), Some(42.into()));
         assert_eq!(recorder.last(10).len(), 2);
+    }
+
+    #[test]
+    fn trace_level_is_left_out_and_its_children_attach_to_the_nearest_kept_span() {
+        let recorder = FlightRecorder::new(4);
+        let subscriber = tracing_subscriber::registry().with(recorder.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let root =
+                tracing::info_span!("request", trace_id = "t", status = tracing::field::Empty);
+            let _r = root.enter();
+            let noisy = tracing::trace_span!("noisy");
+            let _n = noisy.enter();
+            tracing::trace!("not kept");
+            let call = tracing::debug_span!("store.get", key = "k");
+            call.in_scope(|| tracing::debug!("kept"));
+            tracing::info!(parent: &root, answer = 1, "explicit parent");
+            root.record("status", 201u64);
+        });
+        let t = recorder.get("t").expect("kept");
+        let names: Vec<_> = t.spans.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["request", "store.get"]);
+        assert_eq!(t.spans[1].parent, Some(0));
+        let messages: Vec<_> = t.events.iter().map(|e| e.message.as_deref()).collect();
+        assert_eq!(messages, [Some("kept"), Some("explicit parent")]);
+        assert_eq!(t.events[0].span, 1);
+        assert_eq!(t.events[1].span, 0);
+        assert_eq!(t.spans[0].fields.get("status"), Some(201.into()));
+    }
+
+    #[test]
+    fn a_reused_trace_holds_only_its_own_records() {
+        let recorder = FlightRecorder::new(1);
+        let subscriber = tracing_subscriber::registry().with(recorder.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..40u64 {
+                let id = format!("r{i}");
+                let root = tracing::info_span!("request", trace_id = id.as_str());
+                root.in_scope(|| {
+                    for _ in 0..=i % 3 {
+                        tracing::debug_span!("store.get", n = i)
+                            .in_scope(|| tracing::info!(i, "e"));
+                    }
+                });
+            }
+        });
+        assert_eq!(recorder.completed_len(), 1);
+        let t = recorder.get("r39").expect("the newest");
+        assert!(!t.in_flight);
+        assert_eq!(t.spans.len(), 2, "{t:?}");
+        assert_eq!(t.events.len(), 1);
+        assert_eq!(t.spans[1].fields.get("n"), Some(39.into()));
+        assert_eq!(t.events[0].fields.get("i"), Some(39.into()));
+        assert!(recorder.get("r38").is_none());
     }
 
     #[test]

@@ -6,14 +6,16 @@
 //! node spawns runs under it with `WithSubscriber`.
 
 use std::backtrace::Backtrace;
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex, Once, PoisonError, Weak};
 use std::time::Duration;
 
 use tracing::Dispatch;
 use tracing_subscriber::field::RecordFields;
-use tracing_subscriber::filter::{LevelFilter, filter_fn};
+use tracing_subscriber::filter::{FilterExt, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::FormatFields as _;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::layer::SubscriberExt;
@@ -201,13 +203,19 @@ impl<'a> MakeWriter<'a> for LogSink {
     }
 }
 
+thread_local! {
+    /// [`PlainFields`]' buffer.
+    static FIELDS_BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// Field formatter of the human log without colours: `name=value` pairs separated by spaces, the
 /// message first and bare, strings quoted (as tracing-subscriber's default, minus its styling).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlainFields;
 
 struct PlainVisitor<'a> {
-    writer: Writer<'a>,
+    /// Where the text goes (a plain `String`: no dynamic call per piece).
+    out: &'a mut String,
     first: bool,
     result: std::fmt::Result,
 }
@@ -215,36 +223,78 @@ struct PlainVisitor<'a> {
 impl PlainVisitor<'_> {
     fn sep(&mut self) {
         if !self.first && self.result.is_ok() {
-            self.result = self.writer.write_char(' ');
+            self.out.push(' ');
         }
         self.first = false;
     }
-    fn field(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Display) {
+    /// Starts `name=` (false: skip this field).
+    fn name(&mut self, field: &tracing::field::Field) -> bool {
         if field.name().starts_with("log.") || self.result.is_err() {
-            return;
+            return false;
         }
         self.sep();
-        if self.result.is_ok() {
-            self.result = write!(self.writer, "{}={}", field.name(), value);
+        self.out.push_str(field.name());
+        self.out.push('=');
+        true
+    }
+    fn field(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Display) {
+        if self.name(field) {
+            self.result = write!(self.out, "{value}");
+        }
+    }
+    fn decimal(&mut self, field: &tracing::field::Field, negative: bool, value: u64) {
+        if self.name(field) {
+            let mut digits = [0u8; 21];
+            let mut at = digits.len();
+            let mut n = value;
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            if negative {
+                at -= 1;
+                digits[at] = b'-';
+            }
+            self.out
+                .push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
         }
     }
 }
 
+/// Whether `{s:?}` is `s` in quotes: printable ASCII without `"` or `\`.
+fn debug_is_plain(s: &str) -> bool {
+    s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
 impl tracing::field::Visit for PlainVisitor<'_> {
     fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        self.field(field, &value);
+        self.decimal(field, false, value);
     }
     fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
-        self.field(field, &value);
+        self.decimal(field, value < 0, value.unsigned_abs());
     }
     fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
         self.field(field, &value);
     }
     fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
-        self.field(field, &value);
+        if self.name(field) {
+            self.out.push_str(if value { "true" } else { "false" });
+        }
     }
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.record_debug(field, &value);
+        if field.name() == "message" || !debug_is_plain(value) {
+            return self.record_debug(field, &value);
+        }
+        if self.name(field) {
+            self.out.push('"');
+            self.out.push_str(value);
+            self.out.push('"');
+        }
     }
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         if field.name().starts_with("log.") || self.result.is_err() {
@@ -253,9 +303,9 @@ impl tracing::field::Visit for PlainVisitor<'_> {
         self.sep();
         if self.result.is_ok() {
             self.result = if field.name() == "message" {
-                write!(self.writer, "{value:?}")
+                write!(self.out, "{value:?}")
             } else {
-                write!(self.writer, "{}={value:?}", field.name())
+                write!(self.out, "{}={value:?}", field.name())
             };
         }
     }
@@ -267,13 +317,36 @@ impl<'writer> fmt::FormatFields<'writer> for PlainFields {
         writer: Writer<'writer>,
         fields: R,
     ) -> std::fmt::Result {
-        let mut v = PlainVisitor {
-            writer,
-            first: true,
-            result: Ok(()),
+        let mut writer = writer;
+        let visit = |out: &mut String| {
+            let mut v = PlainVisitor {
+                out,
+                first: true,
+                result: Ok(()),
+            };
+            fields.record(&mut v);
+            v.result
         };
-        fields.record(&mut v);
-        v.result
+        // Gathered in a reused buffer and written once: a span's fields then take one allocation
+        // of their exact size instead of a string grown piece by piece.
+        FIELDS_BUF.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                let r = visit(&mut buf);
+                writer.write_str(&buf)?;
+                if buf.capacity() > 4096 {
+                    *buf = String::new();
+                }
+                r
+            }
+            // Formatting a field logged (re-entered): a buffer of its own.
+            Err(_) => {
+                let mut buf = String::new();
+                let r = visit(&mut buf);
+                writer.write_str(&buf)?;
+                r
+            }
+        })
     }
 
     fn add_fields(
@@ -283,12 +356,64 @@ impl<'writer> fmt::FormatFields<'writer> for PlainFields {
     ) -> std::fmt::Result {
         let first = current.fields.is_empty();
         let mut v = PlainVisitor {
-            writer: current.as_writer(),
+            out: &mut current.fields,
             first,
             result: Ok(()),
         };
         fields.record(&mut v);
         v.result
+    }
+}
+
+/// The human log line without colours: the text of tracing-subscriber's default `Full` format with
+/// ANSI off (`{time} {level:>5} {span}{{fields}}:...: {target}: {fields}`), written with plain
+/// `write_str` calls instead of its styling and padding machinery. The time is [`CachedTime`]'s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlainFormat;
+
+impl<S, N> fmt::FormatEvent<S, N> for PlainFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &fmt::FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        CachedTime.format_time(&mut writer)?;
+        writer.write_str(match *meta.level() {
+            tracing::Level::TRACE => " TRACE ",
+            tracing::Level::DEBUG => " DEBUG ",
+            tracing::Level::INFO => "  INFO ",
+            tracing::Level::WARN => "  WARN ",
+            tracing::Level::ERROR => " ERROR ",
+        })?;
+        if let Some(scope) = ctx.event_scope() {
+            let mut seen = false;
+            for span in scope.from_root() {
+                writer.write_str(span.metadata().name())?;
+                seen = true;
+                let ext = span.extensions();
+                if let Some(fields) = ext.get::<fmt::FormattedFields<N>>()
+                    && !fields.is_empty()
+                {
+                    writer.write_char('{')?;
+                    writer.write_str(fields)?;
+                    writer.write_char('}')?;
+                }
+                writer.write_char(':')?;
+            }
+            if seen {
+                writer.write_char(' ')?;
+            }
+        }
+        writer.write_str(meta.target())?;
+        writer.write_str(": ")?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writer.write_char('\n')
     }
 }
 
@@ -347,7 +472,13 @@ impl FormatTime for CachedTime {
             }
             w.write_str(std::str::from_utf8(&last.1).unwrap_or_default())
         })?;
-        write!(w, ".{:06}Z", now.subsec_micros())
+        let mut frac = *b".000000Z";
+        let mut micros = now.subsec_micros();
+        for digit in frac[1..7].iter_mut().rev() {
+            *digit = b'0' + (micros % 10) as u8;
+            micros /= 10;
+        }
+        w.write_str(std::str::from_utf8(&frac).unwrap_or_default())
     }
 }
 
@@ -389,7 +520,7 @@ impl Telemetry {
                 fmt::layer()
                     .with_ansi(false)
                     .fmt_fields(PlainFields)
-                    .with_timer(CachedTime)
+                    .event_format(PlainFormat)
                     .with_writer(sink.clone()),
             ),
             (LogFormat::Json, true) => Box::new(
@@ -403,9 +534,11 @@ impl Telemetry {
         // The panic event carries a whole backtrace for the recorder; the log already gets the
         // previous hook's stderr report and the handler's one-line error, so it skips the event.
         let not_panic = filter_fn(|meta| meta.target() != PANIC_TARGET);
+        // One per-layer filter (the log's): each per-layer filter costs a span lookup on every
+        // span callback. The recorder has none: it keeps everything down to DEBUG itself.
         let subscriber = Registry::default()
-            .with(fmt_layer.with_filter(filter).with_filter(not_panic))
-            .with(recorder.clone().with_filter(LevelFilter::DEBUG));
+            .with(fmt_layer.with_filter(filter.and(not_panic)))
+            .with(recorder.clone());
         install_panic_hook();
         Ok(Telemetry {
             dispatch: Dispatch::new(subscriber),
@@ -551,6 +684,62 @@ mod tests {
         assert!(
             stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
             "{stamp}"
+        );
+    }
+
+    /// Log lines (timestamps cut off) of the events below, through `layer`.
+    fn lines_through(plain_format: bool) -> Vec<String> {
+        use tracing_subscriber::layer::SubscriberExt;
+        let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let out = Arc::clone(&buf);
+        let make = move || Capture(Arc::clone(&out));
+        let layer = fmt::layer()
+            .with_ansi(false)
+            .fmt_fields(PlainFields)
+            .with_timer(CachedTime)
+            .with_writer(make);
+        let subscriber = Registry::default().with(if plain_format {
+            Box::new(layer.event_format(PlainFormat)) as Box<dyn Layer<Registry> + Send + Sync>
+        } else {
+            Box::new(layer)
+        });
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(
+                n = -5i64,
+                min = i64::MIN,
+                max = u64::MAX,
+                "outside any span"
+            );
+            let root = tracing::info_span!(
+                "request",
+                trace_id = "0af7651916cd43dd8448eb211c80319c",
+                path = "/a \"b\" \\ é\n",
+                status = tracing::field::Empty
+            );
+            root.record("status", 200u64);
+            root.in_scope(|| {
+                let bare = tracing::debug_span!("bare");
+                bare.in_scope(|| {
+                    tracing::warn!(ok = false, x = 0.25, s = "plain", "inner {}", 7);
+                    tracing::trace!(empty = "", "trace level");
+                });
+            });
+            tracing::info!(parent: &root, status = 200u16, latency_us = 12u64, "request completed");
+        });
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        text.lines().map(|l| l[27..].to_string()).collect()
+    }
+
+    #[test]
+    fn plain_format_writes_the_default_full_format_text() {
+        let ours = lines_through(true);
+        assert_eq!(ours.len(), 4, "{ours:#?}");
+        assert_eq!(ours, lines_through(false));
+        assert!(ours[0].starts_with(" ERROR backend_unix::telemetry::tests: outside any span n=-5 min=-9223372036854775808 max=18446744073709551615"), "{}", ours[0]);
+        assert!(
+            ours[3].contains("request completed status=200 latency_us=12"),
+            "{}",
+            ours[3]
         );
     }
 

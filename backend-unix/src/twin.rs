@@ -430,12 +430,13 @@ impl Twin {
                 .restore_as(&body, epoch)
                 .map_err(|e| format!("restore: {e}"))?
         };
+        // Counted before anything else is awaited: the restored seq is already visible.
+        self.resyncs.fetch_add(1, Ordering::Relaxed);
         self.epoch.store(epoch, Ordering::Release);
         self.leader_seq.store(seq, Ordering::Release);
         if self.auto_envelope {
             self.adopt_envelope(client).await;
         }
-        self.resyncs.fetch_add(1, Ordering::Relaxed);
         tracing::info!(leader = %self.leader, seq, "twin: took the leader's snapshot");
         Ok(())
     }

@@ -323,3 +323,45 @@ fn a_second_signal_cuts_the_drain_short_with_exit_1() {
     assert_eq!(status.code(), Some(1), "{}", node.output());
     assert!(node.output().contains("second signal"), "{}", node.output());
 }
+
+/// The default unix build (profile `checked`) keeps overflow checks in the service's own code while
+/// its registry dependencies are built with release semantics: faulty's `u8` sum panics (500,
+/// `x-janus-fault: panic`, the message in the body) where the unikernel would wrap silently.
+#[test]
+fn the_checked_build_keeps_overflow_checks_in_the_service() {
+    let a = artifact("faulty", Flavor::Unix);
+    let node = Node::start(&a, NodeOpts::default()).expect("node starts");
+    let reply = client::request(node.listen, "GET", "/avg?values=200,100", &[], b"").expect("avg");
+    assert_eq!(reply.status, 500, "{}", reply.text());
+    assert_eq!(reply.header("x-janus-fault"), Some("panic"));
+    assert!(
+        reply.text().contains("attempt to add with overflow"),
+        "{}",
+        reply.text()
+    );
+    let fine = client::request(node.listen, "GET", "/avg?values=20,10", &[], b"").expect("avg");
+    assert_eq!(fine.status, 200, "{}", fine.text());
+    let manifest = std::fs::read_to_string(
+        janus::janus_home().join("target/janus/gen/janus-samples-faulty-unix/Cargo.toml"),
+    )
+    .expect("the generated wrapper");
+    for local in [
+        "janus-samples-faulty",
+        "backend-unix",
+        "runtime-abi",
+        "janus-http1",
+    ] {
+        assert!(
+            manifest.contains(&format!(
+                "[profile.checked.package.\"{local}\"]\noverflow-checks = true\ndebug-assertions = true"
+            )),
+            "{local} keeps its checks:\n{manifest}"
+        );
+    }
+    assert!(
+        manifest.contains(
+            "[profile.checked.package.\"*\"]\noverflow-checks = false\ndebug-assertions = false"
+        ),
+        "{manifest}"
+    );
+}

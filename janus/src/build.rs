@@ -113,9 +113,11 @@ impl Default for Layout {
 /// The cargo profile of a unix build. The uk build is always `release`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum UnixProfile {
-    /// Optimised, with `overflow-checks` and `debug-assertions` on: an arithmetic overflow or a
-    /// failed `debug_assert!` that the unikernel silently lives with (wrapping, a broken invariant)
-    /// is a panic with a backtrace on the debug build.
+    /// Optimised, with `overflow-checks` and `debug-assertions` on in the local crates (the service,
+    /// its path dependencies, backend-unix, runtime-abi, janus-http1; registry dependencies keep
+    /// release semantics): an arithmetic overflow or a failed `debug_assert!` that the unikernel
+    /// silently lives with (wrapping, a broken invariant) is a panic with a backtrace on the debug
+    /// build.
     #[default]
     Checked,
     /// Plain release semantics, like the unikernel (overflow wraps, debug assertions compiled out).

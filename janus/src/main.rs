@@ -31,7 +31,8 @@ enum Cmd {
         #[arg(long, default_value = "unix")]
         flavor: Flavor,
         /// Cargo profile of a unix build: checked (optimised, overflow-checks and
-        /// debug-assertions on) or release (the unikernel's semantics). uk is always release.
+        /// debug-assertions on in the service and Janus's crates) or release (the unikernel's
+        /// semantics). uk is always release.
         #[arg(long, value_enum)]
         profile: Option<janus::build::UnixProfile>,
     },

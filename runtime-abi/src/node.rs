@@ -150,6 +150,9 @@ const STATUSES: usize = 500;
 #[derive(Debug)]
 pub struct Metrics {
     requests: [AtomicU64; STATUSES],
+    /// Requests per latency bucket, each counted once (in the first bucket whose bound it is
+    /// within); made cumulative when rendered, so a request costs one bucket increment, not one per
+    /// bound above it.
     buckets: [AtomicU64; LATENCY_BUCKETS_MICROS.len()],
     latency_sum_micros: AtomicU64,
     latency_count: AtomicU64,
@@ -180,10 +183,12 @@ impl Metrics {
     /// Counts a finished request (also those the HTTP layer answers itself: 400/408/413/431).
     pub fn record_request(&self, status: u16, latency_micros: u64) {
         self.requests[status_index(status)].fetch_add(1, Ordering::Relaxed);
-        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS_MICROS) {
-            if latency_micros <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(bucket) = LATENCY_BUCKETS_MICROS
+            .iter()
+            .position(|bound| latency_micros <= *bound)
+            .and_then(|i| self.buckets.get(i))
+        {
+            bucket.fetch_add(1, Ordering::Relaxed);
         }
         self.latency_sum_micros
             .fetch_add(latency_micros, Ordering::Relaxed);
@@ -240,10 +245,12 @@ impl Metrics {
         }
         out.push_str("# HELP janus_request_duration_seconds Request latency.\n");
         out.push_str("# TYPE janus_request_duration_seconds histogram\n");
+        let mut cumulative = 0u64;
         for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS_MICROS) {
+            cumulative = cumulative.saturating_add(bucket.load(Ordering::Relaxed));
             out.push_str("janus_request_duration_seconds_bucket{le=\"");
             write_decimal(&mut out, bound, 6);
-            let _ = writeln!(out, "\"}} {}", bucket.load(Ordering::Relaxed));
+            let _ = writeln!(out, "\"}} {cumulative}");
         }
         let count = self.latency_count.load(Ordering::Relaxed);
         let _ = writeln!(
