@@ -98,7 +98,7 @@ pub(crate) async fn serve_conn<S: Service>(
                         }
                     };
                     if let Err(e) = conn.respond(&resp) {
-                        kprintln!("http: cannot encode response: {e:?}");
+                        kprintln!("http: cannot encode response: {e}");
                         let _ = conn.respond(&janus_http1::Response::text(
                             500,
                             "response could not be encoded\n",

@@ -69,9 +69,31 @@ impl Visit for LineVisitor {
         if field.name() == "message" {
             let _ = write!(self.0, " {value}");
         } else {
-            let _ = write!(self.0, " {}={value:?}", field.name());
+            let _ = write!(self.0, " {}=", field.name());
+            write_quoted(&mut self.0, value);
         }
     }
+}
+
+/// Writes `value` quoted, as `{:?}` does for the ASCII a log field holds (`"`, `\` and control
+/// characters escaped); other characters are written as they are. `{:?}` on a `str` would link
+/// core's Unicode printability tables for log fields only.
+fn write_quoted(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_ascii_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Writes a float as a decimal rounded to 6 places (`NaN`, `inf`, and `>=1e19` beyond what a
@@ -157,6 +179,25 @@ pub fn init(level: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn str_fields_are_quoted_as_debug_quotes_ascii() {
+        for value in [
+            "plain",
+            "a \"quoted\" word",
+            "back\\slash",
+            "line\nbreak\ttab\r",
+            "\u{1}\u{7f}",
+            "",
+        ] {
+            let mut out = String::new();
+            write_quoted(&mut out, value);
+            assert_eq!(out, alloc::format!("{value:?}"), "{value:?}");
+        }
+        let mut out = String::new();
+        write_quoted(&mut out, "café");
+        assert_eq!(out, "\"café\"");
+    }
 
     #[test]
     fn floats_print_as_rounded_decimals() {

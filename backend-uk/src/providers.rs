@@ -157,7 +157,7 @@ impl StoreBackend for UkStore {
         let mut store = self.inner.lock();
         if store.seq() != seq {
             drop(store);
-            panic!("store: the update closure of key {key:?} wrote to the store itself");
+            panic!("store: the update closure of key '{key}' wrote to the store itself");
         }
         let r = store.update(key, &mut |_| decision.take().unwrap_or(Update::Keep));
         drop(store);

@@ -56,7 +56,7 @@ async fn call(addr: SocketAddrV4, name: String, req: Request) -> Result<Response
     creq = creq.with_header("Connection", "close").with_body(req.body);
     let mut out = Vec::new();
     creq.encode(&mut out)
-        .map_err(|e| UpstreamError::Protocol(alloc::format!("cannot encode request: {e:?}")))?;
+        .map_err(|e| UpstreamError::Protocol(alloc::format!("cannot encode request: {e}")))?;
     stream
         .write_all(&out)
         .await
@@ -65,7 +65,7 @@ async fn call(addr: SocketAddrV4, name: String, req: Request) -> Result<Response
     let mut buf = vec![0u8; 8192];
     loop {
         if let Some(result) = parser.poll(now_ms()) {
-            let resp = result.map_err(|e| UpstreamError::Protocol(alloc::format!("{e:?}")))?;
+            let resp = result.map_err(|e| UpstreamError::Protocol(alloc::format!("{e}")))?;
             let status = StatusCode::new(resp.status)
                 .ok_or_else(|| UpstreamError::Protocol(alloc::format!("status {}", resp.status)))?;
             let mut out = Response::new(status);
