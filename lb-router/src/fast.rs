@@ -14,7 +14,6 @@
 //!   retry on a debug node, fault capture, the same answer the general path gives;
 //! * a mirrored request is copied into the buffered types `mirror` compares.
 
-use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::pin::Pin;
@@ -22,24 +21,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Method, Response};
+use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, timeout, timeout_at};
 
 use crate::config::Config;
 use crate::ids::{Pool, TraceId};
-use crate::metrics::Flavor;
-use crate::pool::Node;
 use crate::proxy::{self, Channel, ProxyError};
+use crate::relay;
 use crate::router::Router;
 use crate::transport::{
-    self, KEEP_CAPACITY, Limits, Outgoing, READ_CHUNK, field_slots, header_map, is_hop_by_hop,
-    parse_decimal,
+    self, KEEP_CAPACITY, Limits, Outgoing, READ_CHUNK, field_slots, header_map, parse_decimal,
 };
 use crate::upstream::{BufferedRequest, Verdict};
-use janus_http1::{push_decimal, push_field};
 
 /// One client connection on the fast path.
 struct Client {
@@ -102,7 +98,7 @@ pub async fn serve_connection(router: Arc<Router>, stream: TcpStream, peer: Sock
                         timeout_ms: cfg.downstream.body_read_timeout_ms,
                     };
                     let resp = proxy::router_response(&router, &err, Some(&req.trace_id));
-                    encode_general(resp, false, false, &mut c.out).await;
+                    relay::encode_general(resp, false, false, &mut c.out).await;
                     let _ = write_out(&mut c.stream, &c.out, &cfg).await;
                     return;
                 }
@@ -167,7 +163,13 @@ async fn serve_request(
             return answer_general(c, resp, req, cfg).await;
         }
     };
-    let scan = relay_head(answer.head(), &node, req, answer.body(), &mut c.out);
+    let scan = relay::relay_head(
+        answer.head(),
+        &node,
+        answer.body(),
+        req.keep_alive,
+        &mut c.out,
+    );
     if crate::upstream::judge_answer(scan.status, scan.fault) != Verdict::Good {
         let breq = buffered_request(&c.buf, head_len, req, c.peer);
         let bresp = answer.to_buffered();
@@ -202,7 +204,7 @@ async fn answer_general(
     req: &Prepared,
     cfg: &Config,
 ) -> bool {
-    encode_general(resp, req.keep_alive, req.head_request, &mut c.out).await;
+    relay::encode_general(resp, req.keep_alive, req.head_request, &mut c.out).await;
     write_out(&mut c.stream, &c.out, cfg).await.is_ok() && req.keep_alive
 }
 
@@ -453,149 +455,6 @@ fn buffered_request(
         trace_id: req.trace_id,
         client_ip: Some(client_ip),
     }
-}
-
-/// What the relay learnt from the node's answer head.
-struct Scan {
-    status: u16,
-    fault: bool,
-    flavor: Flavor,
-    seq: Option<u64>,
-}
-
-/// Phase *respond* on the fast path: writes the status line and header fields for the client into
-/// `out` (the node's minus hop-by-hop ones, plus who answered and the framing), and reports what
-/// *judge outcome* needs. The body is appended by the caller.
-fn relay_head(head: &[u8], node: &Node, req: &Prepared, body: &[u8], out: &mut Vec<u8>) -> Scan {
-    let mut slots = field_slots();
-    let mut parsed = httparse::Response::new(&mut []);
-    let _ = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut parsed,
-        head,
-        &mut slots,
-    );
-    let status = parsed.code.unwrap_or(502);
-    let mut scan = Scan {
-        status,
-        fault: false,
-        flavor: Flavor::Unknown,
-        seq: None,
-    };
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_decimal(out, u64::from(status));
-    out.push(b' ');
-    out.extend_from_slice(parsed.reason.unwrap_or_default().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    let (mut has_node, mut has_date) = (false, false);
-    let mut node_length = None;
-    for h in parsed.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            node_length = Some(h.value);
-            continue;
-        }
-        if is_hop_by_hop(name) {
-            continue;
-        }
-        if name.eq_ignore_ascii_case("x-janus-fault") {
-            scan.fault = true;
-        } else if name.eq_ignore_ascii_case("x-janus-flavor") {
-            scan.flavor = Flavor::parse(std::str::from_utf8(h.value).ok());
-        } else if name.eq_ignore_ascii_case("x-janus-state-seq") {
-            scan.seq = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|s| s.trim().parse().ok());
-        } else if name.eq_ignore_ascii_case("x-janus-node") {
-            has_node = true;
-        } else if name.eq_ignore_ascii_case("date") {
-            has_date = true;
-        }
-        push_field(out, name.as_bytes(), h.value);
-    }
-    // An empty body with a length is a HEAD (or 304) answer: keep the node's length.
-    match node_length {
-        _ if status == 204 => {}
-        Some(v) if body.is_empty() => push_field(out, b"content-length", v),
-        None if status == 304 => {}
-        _ => {
-            out.extend_from_slice(b"content-length: ");
-            push_decimal(out, body.len() as u64);
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    if !has_node {
-        push_field(out, b"x-janus-node", node.id.as_str().as_bytes());
-    }
-    push_field(out, b"x-janus-pool", node.pool.as_str().as_bytes());
-    finish_head(out, has_date, req.keep_alive);
-    scan
-}
-
-/// Encodes an answer of the general path (a fault's answer, a router error) for the client.
-async fn encode_general(
-    resp: Response<Full<Bytes>>,
-    keep_alive: bool,
-    head_request: bool,
-    out: &mut Vec<u8>,
-) {
-    let (parts, body) = resp.into_parts();
-    let body = match body.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(never) => match never {},
-    };
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_decimal(out, u64::from(parts.status.as_u16()));
-    out.push(b' ');
-    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if !is_hop_by_hop(name.as_str()) {
-            push_field(out, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-    if !parts.headers.contains_key(http::header::CONTENT_LENGTH)
-        && parts.status != StatusCode::NO_CONTENT
-    {
-        out.extend_from_slice(b"content-length: ");
-        push_decimal(out, body.len() as u64);
-        out.extend_from_slice(b"\r\n");
-    }
-    finish_head(
-        out,
-        parts.headers.contains_key(http::header::DATE),
-        keep_alive,
-    );
-    if !head_request {
-        out.extend_from_slice(&body);
-    }
-}
-
-/// `date` (if the node sent none), `connection: close` (if the client asked for it) and the empty line.
-fn finish_head(out: &mut Vec<u8>, has_date: bool, keep_alive: bool) {
-    if !has_date {
-        DATE.with(|d| {
-            let mut d = d.borrow_mut();
-            let now = std::time::SystemTime::now();
-            let secs = now
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            if d.0 != secs {
-                *d = (secs, httpdate::fmt_http_date(now));
-            }
-            push_field(out, b"date", d.1.as_bytes());
-        });
-    }
-    if !keep_alive {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-thread_local! {
-    /// The `date` value, formatted once a second.
-    static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
 
 #[cfg(test)]

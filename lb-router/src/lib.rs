@@ -41,6 +41,8 @@ pub mod pool;
 pub mod proxy;
 pub mod rand;
 #[cfg(not(loom))]
+mod relay;
+#[cfg(not(loom))]
 pub mod router;
 #[cfg(not(loom))]
 pub mod server;
