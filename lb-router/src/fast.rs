@@ -1,11 +1,13 @@
 //! The downstream fast path: how nearly every client request is served.
 //!
-//! A plain HTTP/1.1 request (origin-form target, `Host`, no body or a `Content-Length` one) is parsed
-//! in place with `httparse`, forwarded on one of this worker's raw keep-alive connections to the node
-//! as one write, and the node's answer is relayed as one write: no `http` types are built, no second
-//! task is woken, no buffer is allocated per request. It takes the same decisions as the general path
-//! with the same functions (`proxy::classify_channel`, `proxy::choose_node`, the same health,
-//! metrics, budget and mirror calls), and hands over whatever it does not do itself:
+//! The client side only: a plain HTTP/1.1 request (origin-form target, `Host`, no body or a
+//! `Content-Length` one) is parsed in place with `httparse`, its head for the node written by
+//! `transport::head` into the connection's reused buffer, sent by `transport::send` (the transport
+//! the general path uses too), and the node's answer relayed by `relay` as one write: no `http`
+//! types are built, no second task is woken, no buffer is allocated per request. It takes the same
+//! decisions as the general path with the same functions (`proxy::classify_channel`,
+//! `proxy::choose_node`, the same health, metrics, budget and mirror calls), and hands over whatever
+//! it does not do itself:
 //!
 //! * a request it does not take (HTTP/1.0, chunked or `Expect` bodies, upgrades, absolute-form
 //!   targets, malformed or over-limit heads) moves, bytes already read included, to the general
