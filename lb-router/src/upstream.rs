@@ -221,7 +221,7 @@ impl Upstream {
             timeout,
         )
         .await
-        .map_err(|e| format!("upstream admin of node {}: {e}", node.id))
+        .map_err(|e| format!("admin API: {e}"))
     }
 }
 
