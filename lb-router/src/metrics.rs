@@ -104,8 +104,6 @@ impl Flavor {
     }
 }
 
-/// Status classes counted per pool and flavour: 1xx..5xx.
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Fault kinds counted by `janus_router_faults_total`.
 pub const FAULT_KINDS: [&str; 3] = ["fault", "divergence", "debug_fault"];

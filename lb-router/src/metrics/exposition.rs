@@ -16,8 +16,11 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::{FAULT_KINDS, Flavor, LATENCY_BUCKETS, RouterMetrics, STATUS_CLASSES};
+use super::{FAULT_KINDS, Flavor, LATENCY_BUCKETS, RouterMetrics};
 use crate::ids::Pool;
+
+/// The `status` label of the status classes counted per pool and flavour (index = class - 1).
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// The `Content-Type` of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
