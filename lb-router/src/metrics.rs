@@ -104,7 +104,6 @@ impl Flavor {
     }
 }
 
-
 /// Fault kinds counted by `janus_router_faults_total`.
 pub const FAULT_KINDS: [&str; 3] = ["fault", "divergence", "debug_fault"];
 
