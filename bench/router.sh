@@ -174,8 +174,12 @@ cpu_ticks() { # pid
   python3 - "$1" <<'PY'
 import os, sys
 root = sys.argv[1]
-pids = {root} | {p for p in os.listdir("/proc") if p.isdigit() and
-                 open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == root} if root != "-" else set()
+def parent(p):  # None for a process that ended while /proc was read (the machine is shared)
+    try:
+        return open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1]
+    except OSError:
+        return None
+pids = {root} | {p for p in os.listdir("/proc") if p.isdigit() and parent(p) == root} if root != "-" else set()
 u = s = 0
 for p in pids:
     try:

@@ -12,14 +12,13 @@
 //! | `GET /faults?kind=&route=&since_ms=&until_ms=&limit=` | list faults, newest first             |
 //! | `GET /faults/{id}`               | one fault in full                                          |
 //! | `POST /faults/{id}/replay?node=ID` | replay a captured request on a debug node                |
-//! | `GET /metrics`                   | Prometheus text                                            |
+//! | `GET /metrics`                   | OpenMetrics text (`prometheus-client`), `janus_router_*`    |
 //! | `POST /reload`                   | re-read the config (like SIGHUP); 400 names the bad key    |
 //!
 //! The status page (`GET /`, its login form and the data it polls) lives in [`crate::status`]; its
 //! cookie authorises GETs only.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -30,12 +29,16 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
 use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::config::NodeConfig;
 use crate::faults::FaultFilter;
 use crate::ids::{Pool, TraceId};
+use crate::metrics::exposition::{self, Label};
 use crate::router::Router;
 use crate::upstream::BufferedRequest;
 
@@ -132,8 +135,8 @@ async fn handle(
         (Method::GET, ["pools"]) => json_reply(StatusCode::OK, &pools_json(&router)),
         (Method::GET, ["metrics"]) => reply(
             StatusCode::OK,
-            "text/plain; version=0.0.4",
-            render_metrics(&router),
+            exposition::CONTENT_TYPE,
+            render_metrics(router.clone()),
         ),
         (Method::POST, ["reload"]) => match router.reload().await {
             Ok(()) => json_reply(StatusCode::OK, &json!({"reloaded": true})),
@@ -377,70 +380,75 @@ pub(crate) fn pools_json(router: &Router) -> serde_json::Value {
     json!({ "pools": pools, "retry_budget_tokens": router.budget.tokens() })
 }
 
-/// Prometheus text: router-wide metrics plus one gauge family per node.
-pub fn render_metrics(router: &Router) -> String {
-    let mut out = String::with_capacity(8192);
-    router.metrics.render(&mut out);
-    let topo = router.pools.current();
-    out.push_str("# TYPE janus_router_node_requests_total counter\n");
-    for n in &topo.nodes {
-        let _ = writeln!(
-            out,
-            "janus_router_node_requests_total{{node=\"{}\",pool=\"{}\"}} {}",
-            n.id,
-            n.pool,
-            n.requests.get()
-        );
-    }
-    out.push_str("# TYPE janus_router_node_failures_total counter\n");
-    for n in &topo.nodes {
-        let _ = writeln!(
-            out,
-            "janus_router_node_failures_total{{node=\"{}\",pool=\"{}\"}} {}",
-            n.id,
-            n.pool,
-            n.failures.get()
-        );
-    }
-    type Flag = fn(&crate::health::NodeHealth) -> bool;
-    let flags: [(&str, Flag); 2] = [
-        (
+/// The metrics exposition (OpenMetrics text): router-wide metrics plus the per-node families.
+pub fn render_metrics(router: Arc<Router>) -> String {
+    exposition::render(Metrics(router))
+}
+
+/// The admin API's metrics collector: read on each scrape.
+#[derive(Debug)]
+struct Metrics(Arc<Router>);
+
+impl Collector for Metrics {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let router = &self.0;
+        router.metrics.encode(&mut enc)?;
+        let topo = router.pools.current();
+        let per_node = |f: &dyn Fn(&crate::pool::Node) -> u64| {
+            topo.nodes
+                .iter()
+                .map(|n| {
+                    let labels = [
+                        ("node", Label(n.id.as_str())),
+                        ("pool", Label(n.pool.as_str())),
+                    ];
+                    (labels, f(n))
+                })
+                .collect::<Vec<_>>()
+        };
+        exposition::family(
+            &mut enc,
+            "janus_router_node_requests",
+            "Requests sent to each node.",
+            MetricType::Counter,
+            per_node(&|n| n.requests.get()),
+        )?;
+        exposition::family(
+            &mut enc,
+            "janus_router_node_failures",
+            "Faults of each node (any outcome judged a fault).",
+            MetricType::Counter,
+            per_node(&|n| n.failures.get()),
+        )?;
+        exposition::family(
+            &mut enc,
             "janus_router_node_ejected",
-            crate::health::NodeHealth::is_ejected,
-        ),
-        (
+            "1 while a node is ejected by outlier detection.",
+            MetricType::Gauge,
+            per_node(&|n| u64::from(n.health.is_ejected())),
+        )?;
+        exposition::family(
+            &mut enc,
             "janus_router_node_unhealthy",
-            crate::health::NodeHealth::is_unhealthy,
-        ),
-    ];
-    for (name, flag) in flags {
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        for n in &topo.nodes {
-            let _ = writeln!(
-                out,
-                "{name}{{node=\"{}\",pool=\"{}\"}} {}",
-                n.id,
-                n.pool,
-                u8::from(flag(&n.health))
-            );
-        }
+            "1 while a node fails its active health checks.",
+            MetricType::Gauge,
+            per_node(&|n| u64::from(n.health.is_unhealthy())),
+        )?;
+        exposition::family(
+            &mut enc,
+            "janus_router_node_weight",
+            "Each node's weight within its pool.",
+            MetricType::Gauge,
+            per_node(&|n| u64::from(n.weight())),
+        )?;
+        enc.encode_descriptor(
+            "janus_router_retry_budget_tokens",
+            "Retries the budget allows right now.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&router.budget.tokens())
     }
-    out.push_str("# TYPE janus_router_node_weight gauge\n");
-    for n in &topo.nodes {
-        let _ = writeln!(
-            out,
-            "janus_router_node_weight{{node=\"{}\",pool=\"{}\"}} {}",
-            n.id,
-            n.pool,
-            n.weight()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# TYPE janus_router_retry_budget_tokens gauge\njanus_router_retry_budget_tokens {}",
-        router.budget.tokens()
-    );
-    out
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@
 //!
 //! Layers, bottom-up: [`ids`] (newtypes) and [`sync`] (loom seam); the lock-free shared state
 //! ([`health`], [`budget`], [`metrics`]); [`config`] and the live topology [`pool`]; the upstream
-//! client [`upstream`]; the request path [`proxy`] (its phases) with [`capture`] and [`mirror`]; the
+//! vocabulary [`upstream`] and the one [`transport`] to nodes (pool, lanes, head writer, answer
+//! reader); the request path [`proxy`] (its phases) with [`capture`] and [`mirror`]; the
 //! listeners [`server`] and [`admin`]; [`router`] ties the state together and [`start`] runs it all.
 #![forbid(unsafe_code)]
 
@@ -40,12 +41,16 @@ pub mod pool;
 pub mod proxy;
 pub mod rand;
 #[cfg(not(loom))]
+mod relay;
+#[cfg(not(loom))]
 pub mod router;
 #[cfg(not(loom))]
 pub mod server;
 #[cfg(not(loom))]
 pub mod status;
 pub(crate) mod sync;
+#[cfg(not(loom))]
+pub mod transport;
 #[cfg(not(loom))]
 pub mod upstream;
 

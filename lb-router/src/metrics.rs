@@ -1,8 +1,9 @@
-//! Router metrics: lock-free counters and latency histograms (loom-checked), rendered as Prometheus
-//! text by the admin API. Names: `janus_router_*`; labels use the same words as the code
-//! (`pool`, `flavor`, `node`, `kind`).
+//! Router metrics: lock-free counters and latency histograms (loom-checked), rendered as
+//! OpenMetrics text by [`exposition`] (`prometheus-client`) for the admin API. Names:
+//! `janus_router_*`; labels use the same words as the code (`pool`, `flavor`, `node`, `kind`).
 
-use std::fmt::Write as _;
+#[cfg(not(loom))]
+pub mod exposition;
 
 use crate::ids::Pool;
 use crate::sync::{AtomicU64, Ordering};
@@ -72,25 +73,6 @@ impl Histogram {
     pub fn count(&self) -> u64 {
         self.count.get()
     }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (b, c) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
-            cumulative += c.get();
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
-            self.count.get()
-        );
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{labels}}} {}",
-            self.sum_micros.get() as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count.get());
-    }
 }
 
 /// The flavour a node reported in `x-janus-flavor`.
@@ -121,9 +103,6 @@ impl Flavor {
         self as usize
     }
 }
-
-/// Status classes counted per pool and flavour: 1xx..5xx.
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Fault kinds counted by `janus_router_faults_total`.
 pub const FAULT_KINDS: [&str; 3] = ["fault", "divergence", "debug_fault"];
@@ -242,137 +221,6 @@ impl RouterMetrics {
             .flatten()
             .map(Counter::get)
             .sum()
-    }
-
-    /// Prometheus text exposition of the router-wide metrics (node gauges are appended by the caller).
-    pub fn render(&self, out: &mut String) {
-        out.push_str("# HELP janus_router_requests_total Responses sent to clients, by answering pool, flavor and status class.\n");
-        out.push_str("# TYPE janus_router_requests_total counter\n");
-        for pool in Pool::ALL {
-            for flavor in Flavor::ALL {
-                for (ci, class) in STATUS_CLASSES.iter().enumerate() {
-                    let v = self.responses[Self::pool_index(pool)][flavor.index()][ci].get();
-                    let _ = writeln!(
-                        out,
-                        "janus_router_requests_total{{pool=\"{pool}\",flavor=\"{}\",status=\"{class}\"}} {v}",
-                        flavor.as_str()
-                    );
-                }
-            }
-        }
-        for (ci, class) in STATUS_CLASSES.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "janus_router_requests_total{{pool=\"router\",flavor=\"none\",status=\"{class}\"}} {}",
-                self.router_responses[ci].get()
-            );
-        }
-        out.push_str("# HELP janus_router_request_duration_seconds Time from request read to response ready, by answering pool.\n");
-        out.push_str("# TYPE janus_router_request_duration_seconds histogram\n");
-        for pool in Pool::ALL {
-            self.latency[Self::pool_index(pool)].render(
-                out,
-                "janus_router_request_duration_seconds",
-                &format!("pool=\"{pool}\""),
-            );
-        }
-        out.push_str("# TYPE janus_router_retries_total counter\n");
-        for (result, c) in [
-            ("sent", &self.retries_sent),
-            ("denied_budget", &self.retries_denied_budget),
-            ("not_replayable", &self.retries_not_replayable),
-            ("no_debug_node", &self.retries_no_debug_node),
-        ] {
-            let _ = writeln!(
-                out,
-                "janus_router_retries_total{{result=\"{result}\"}} {}",
-                c.get()
-            );
-        }
-        out.push_str("# TYPE janus_router_faults_total counter\n");
-        for (kind, c) in FAULT_KINDS.iter().zip(&self.faults) {
-            let _ = writeln!(
-                out,
-                "janus_router_faults_total{{kind=\"{kind}\"}} {}",
-                c.get()
-            );
-        }
-        let _ = writeln!(out, "# TYPE janus_router_fault_store_errors_total counter");
-        let _ = writeln!(
-            out,
-            "janus_router_fault_store_errors_total {}",
-            self.fault_store_errors.get()
-        );
-        out.push_str("# TYPE janus_router_mirror_total counter\n");
-        for (result, c) in [
-            ("sent", &self.mirror_sent),
-            ("match", &self.mirror_match),
-            ("diverged", &self.mirror_diverged),
-            ("dropped", &self.mirror_dropped),
-            ("error", &self.mirror_errors),
-            ("skipped_lag", &self.mirror_skipped_lag),
-            ("noisy", &self.mirror_noisy),
-        ] {
-            let _ = writeln!(
-                out,
-                "janus_router_mirror_total{{result=\"{result}\"}} {}",
-                c.get()
-            );
-        }
-        out.push_str("# HELP janus_router_health_transitions_total Nodes turned unhealthy or healthy by active checks.\n");
-        out.push_str("# TYPE janus_router_health_transitions_total counter\n");
-        for (to, c) in [
-            ("unhealthy", &self.turned_unhealthy),
-            ("healthy", &self.turned_healthy),
-        ] {
-            let _ = writeln!(
-                out,
-                "janus_router_health_transitions_total{{to=\"{to}\"}} {}",
-                c.get()
-            );
-        }
-        for (name, c) in [
-            (
-                "janus_router_channel_fallbacks_total",
-                &self.channel_fallbacks,
-            ),
-            ("janus_router_panic_routed_total", &self.panic_routed),
-            (
-                "janus_router_downstream_rejected_total",
-                &self.downstream_rejected,
-            ),
-            (
-                "janus_router_upstream_pipelined_requests_total",
-                &self.pipelined_requests,
-            ),
-            (
-                "janus_router_upstream_pipelined_batches_total",
-                &self.pipelined_batches,
-            ),
-            ("janus_router_upstream_lane_resent_total", &self.lane_resent),
-            ("janus_router_reloads_ok_total", &self.reloads_ok),
-            ("janus_router_reloads_failed_total", &self.reloads_failed),
-        ] {
-            let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", c.get());
-        }
-    }
-}
-
-#[cfg(all(test, not(loom)))]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histogram_buckets_are_cumulative() {
-        let h = Histogram::new();
-        h.observe_micros(50);
-        h.observe_micros(3_000);
-        h.observe_micros(10_000_000);
-        let mut s = String::new();
-        h.render(&mut s, "x", "a=\"b\"");
-        assert!(s.contains("x_bucket{a=\"b\",le=\"0.0001\"} 1"), "{s}");
-        assert!(s.contains("x_bucket{a=\"b\",le=\"0.005\"} 2"), "{s}");
-        assert!(s.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3"), "{s}");
     }
 }
 

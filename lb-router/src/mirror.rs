@@ -93,15 +93,15 @@ pub fn mirror_sampled(
         if let Some(seq) = at_seq {
             extra.push((X_MIRROR_SEQ, HeaderValue::from(seq)));
         }
-        let shadow = crate::upstream::local(&cfg.upstream)
-            .forward(
-                &debug,
-                &req,
-                &extra,
-                cfg.upstream_request_timeout(),
-                cfg.mirror.max_body_bytes,
-            )
-            .await;
+        let shadow = crate::transport::forward(
+            &cfg,
+            &router.metrics,
+            &debug,
+            &req,
+            &extra,
+            cfg.mirror.max_body_bytes,
+        )
+        .await;
         let shadow = match shadow {
             Ok(s) => s,
             Err(e) => {
@@ -122,7 +122,16 @@ pub fn mirror_sampled(
         }
         // Noise: the same request again on the stable node; where its two answers at the same
         // seq differ, the route is noisy there and the twin's difference there is no divergence.
-        let diffs = match stable_noise(&cfg, &req, &primary_node, &primary, &filter).await {
+        let diffs = match stable_noise(
+            &cfg,
+            &router.metrics,
+            &req,
+            &primary_node,
+            &primary,
+            &filter,
+        )
+        .await
+        {
             Some(noise) => {
                 let real: Vec<Diff> = diffs
                     .into_iter()
@@ -196,22 +205,23 @@ pub fn mirror_sampled(
 /// (`None` when the second answer is at another seq: noise cannot be told then).
 async fn stable_noise(
     cfg: &Config,
+    metrics: &crate::metrics::RouterMetrics,
     req: &BufferedRequest,
     node: &Node,
     primary: &BufferedResponse,
     filter: &Filter<'_>,
 ) -> Option<Vec<Diff>> {
     let seq = primary.state_seq()?;
-    let again = crate::upstream::local(&cfg.upstream)
-        .forward(
-            node,
-            req,
-            &[(X_MIRROR, HeaderValue::from_static("1"))],
-            cfg.upstream_request_timeout(),
-            cfg.mirror.max_body_bytes,
-        )
-        .await
-        .ok()?;
+    let again = crate::transport::forward(
+        cfg,
+        metrics,
+        node,
+        req,
+        &[(X_MIRROR, HeaderValue::from_static("1"))],
+        cfg.mirror.max_body_bytes,
+    )
+    .await
+    .ok()?;
     (again.state_seq() == Some(seq)).then(|| compare_diffs(filter, primary, &again))
 }
 

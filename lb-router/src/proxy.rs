@@ -514,15 +514,15 @@ pub async fn attempt(
 ) -> Attempt {
     let result = {
         let _in_flight = node.start_request();
-        crate::upstream::local(&cfg.upstream)
-            .forward(
-                &node,
-                req,
-                &[],
-                cfg.upstream_request_timeout(),
-                cfg.upstream.max_response_body_bytes,
-            )
-            .await
+        crate::transport::forward(
+            cfg,
+            &router.metrics,
+            &node,
+            req,
+            &[],
+            cfg.upstream.max_response_body_bytes,
+        )
+        .await
     };
     account(router, node, result)
 }
@@ -533,15 +533,14 @@ pub fn account(
     node: Arc<Node>,
     result: Result<BufferedResponse, UpstreamError>,
 ) -> Attempt {
-    if let Ok(r) = &result
-        && let Some(seq) = r.state_seq()
-    {
-        node.observe_seq(seq);
-    }
     let verdict = judge(&result);
+    let seq = result.as_ref().ok().and_then(BufferedResponse::state_seq);
     match verdict {
-        Verdict::Good => node.health.record_success(),
+        Verdict::Good => record_good(&node, seq),
         Verdict::Fault(kind) => {
+            if let Some(seq) = seq {
+                node.observe_seq(seq);
+            }
             node.failures.inc();
             let effect = node.health.record_failure(
                 &router.pools.policy(),
@@ -556,6 +555,15 @@ pub fn account(
         node,
         result,
         verdict,
+    }
+}
+
+/// Phase *judge outcome* for a good answer: passive health counts it, and the node's state seq
+/// (`x-janus-state-seq`) is noted for state capture.
+pub fn record_good(node: &Node, seq: Option<u64>) {
+    node.health.record_success();
+    if let Some(seq) = seq {
+        node.observe_seq(seq);
     }
 }
 

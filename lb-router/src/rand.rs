@@ -1,40 +1,20 @@
-//! A small, fast, non-cryptographic random source (per-thread xorshift seeded from the clock and a
-//! counter) for load balancing and sampling decisions. Never used for anything secret.
+//! Non-cryptographic randomness for load balancing, sampling and jitter (`fastrand`'s per-thread
+//! generator), and the stable hash that keeps a user on one channel and pool. Never used for
+//! anything secret.
 
-use std::cell::Cell;
-use std::hash::{BuildHasher, Hasher};
-
-thread_local! {
-    static STATE: Cell<u64> = Cell::new(seed());
-}
-
-fn seed() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::process::id().into());
-    let s = h.finish();
-    if s == 0 { 0x9E37_79B9_7F4A_7C15 } else { s }
-}
-
-/// Next pseudo-random u64 (xorshift64*).
+/// Next pseudo-random u64.
 pub fn next_u64() -> u64 {
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        s.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    })
+    fastrand::u64(..)
 }
 
-/// Uniform in `0..n` (n > 0); slight modulo bias is irrelevant for balancing.
+/// Uniform in `0..n` (0 when `n` is 0).
 pub fn below(n: u64) -> u64 {
-    if n == 0 { 0 } else { next_u64() % n }
+    if n == 0 { 0 } else { fastrand::u64(..n) }
 }
 
 /// Uniform in `[0, 1)`.
 pub fn unit() -> f64 {
-    (next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    fastrand::f64()
 }
 
 /// A stable 64-bit hash (FNV-1a) used for consistent user -> channel/pool assignment. Stable across

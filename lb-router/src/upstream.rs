@@ -1,18 +1,12 @@
-//! The upstream side: pooled keep-alive HTTP/1.1 connections to nodes, the *forward* phase, the
-//! *judge outcome* phase, and authenticated calls to nodes' admin APIs.
+//! The upstream vocabulary: the buffered request and answer types both request paths share, how a
+//! node can fail ([`UpstreamError`], [`FaultKind`]), the *judge outcome* rule, and authenticated
+//! calls to nodes' admin APIs. Requests reach nodes' service listeners through [`crate::transport`].
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http::header::{HeaderMap, HeaderName};
+use http::{Method, StatusCode};
 
 use crate::config::UpstreamConfig;
 use crate::ids::TraceId;
@@ -183,212 +177,28 @@ pub fn judge(result: &Result<BufferedResponse, UpstreamError>) -> Verdict {
     }
 }
 
-/// Pooled clients to nodes' service and admin listeners.
+/// Calls to nodes' admin APIs (health checks, state and trace fetches: low volume), over the same
+/// transport as service requests (the worker's pool, keyed by the admin listener's address).
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// For admin calls (low volume).
-    client: Client<HttpConnector, Full<Bytes>>,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-    max_idle: usize,
+    limits: crate::transport::Limits,
 }
 
-/// One idle keep-alive connection to a node's service listener.
-struct IdleConn {
-    sender: SendRequest<Full<Bytes>>,
-    since: std::time::Instant,
-}
-
-thread_local! {
-    /// This thread's idle connections, per node address. Each downstream worker thread drives its own
-    /// connections (their tasks run on its runtime), so checkout and checkin are plain, lock-free.
-    static IDLE: std::cell::RefCell<HashMap<SocketAddr, Vec<IdleConn>>> = std::cell::RefCell::new(HashMap::new());
-}
+/// Largest admin answer read (a state snapshot or a trace).
+const MAX_ADMIN_BODY: usize = 64 * 1024 * 1024;
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_millis(cfg.pool_idle_timeout_ms))
-            .pool_max_idle_per_host(cfg.pool_max_idle_per_node)
-            .build(connector);
         Self {
-            client,
-            connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
-            idle_timeout: Duration::from_millis(cfg.pool_idle_timeout_ms),
-            max_idle: cfg.pool_max_idle_per_node,
-        }
-    }
-
-    /// A ready connection to `addr`: an idle one of this thread if one is alive, else a new one.
-    /// Returns whether it was reused.
-    async fn checkout(
-        &self,
-        node: &str,
-        addr: SocketAddr,
-    ) -> Result<(SendRequest<Full<Bytes>>, bool), UpstreamError> {
-        loop {
-            let idle = IDLE.with(|p| p.borrow_mut().get_mut(&addr).and_then(Vec::pop));
-            let Some(mut conn) = idle else { break };
-            if conn.sender.is_closed() || conn.since.elapsed() > self.idle_timeout {
-                continue;
-            }
-            if conn.sender.ready().await.is_ok() {
-                return Ok((conn.sender, true));
-            }
-        }
-        self.checkout_fresh(node, addr).await
-    }
-
-    /// A new connection, bypassing the idle set.
-    async fn checkout_fresh(
-        &self,
-        node: &str,
-        addr: SocketAddr,
-    ) -> Result<(SendRequest<Full<Bytes>>, bool), UpstreamError> {
-        let stream =
-            tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
-                .await
-                .map_err(|_| UpstreamError::Connect {
-                    node: node.to_owned(),
-                    reason: format!(
-                        "no connection within {} ms",
-                        self.connect_timeout.as_millis()
-                    ),
-                })?
-                .map_err(|e| UpstreamError::Connect {
-                    node: node.to_owned(),
-                    reason: e.to_string(),
-                })?;
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::Connect {
-                node: node.to_owned(),
-                reason: error_chain(&e),
-            })?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok((sender, false))
-    }
-
-    /// Gives a connection back to this thread's idle set, if it can carry another request.
-    fn checkin(&self, addr: SocketAddr, sender: SendRequest<Full<Bytes>>) {
-        if sender.is_closed() {
-            return;
-        }
-        IDLE.with(|p| {
-            let mut p = p.borrow_mut();
-            let list = p.entry(addr).or_default();
-            if list.len() < self.max_idle {
-                list.push(IdleConn {
-                    sender,
-                    since: std::time::Instant::now(),
-                });
-            }
-        });
-    }
-
-    /// Phase *forward*: sends the buffered request to `node` and reads the whole answer.
-    pub async fn forward(
-        &self,
-        node: &Node,
-        req: &BufferedRequest,
-        extra: &[(HeaderName, HeaderValue)],
-        timeout: Duration,
-        max_body: usize,
-    ) -> Result<BufferedResponse, UpstreamError> {
-        let node_name = node.id.to_string();
-        let mut uri = String::with_capacity(node.base_uri.len() + req.path.len());
-        uri.push_str(&node.base_uri);
-        uri.push_str(&req.path);
-        let mut builder = Request::builder().method(req.method.clone()).uri(uri);
-        if let Some(h) = builder.headers_mut() {
-            for (name, value) in &req.headers {
-                if !HOP_BY_HOP.contains(&name.as_str()) && name != header::CONTENT_LENGTH {
-                    h.append(name.clone(), value.clone());
-                }
-            }
-            if let Ok(v) = HeaderValue::from_str(req.trace_id.as_str()) {
-                h.insert(X_TRACE_ID, v);
-            }
-            if let Some(ip) = req.client_ip
-                && let Ok(v) = HeaderValue::from_str(&ip.to_string())
-            {
-                h.append(HeaderName::from_static("x-forwarded-for"), v);
-            }
-            for (k, v) in extra {
-                h.insert(k.clone(), v.clone());
-            }
-        }
-        let request = builder
-            .body(Full::new(req.body.clone()))
-            .map_err(|e| UpstreamError::BadRequest(e.to_string()))?;
-        let addr = node.addr.0;
-        let exchange = async {
-            let (mut sender, reused) = self.checkout(&node_name, addr).await?;
-            let resp = match sender.try_send_request(request).await {
-                Ok(resp) => resp,
-                Err(mut e) => {
-                    // A reused connection the node had already closed: the request was not sent, so
-                    // it goes out once more on a fresh connection.
-                    match e.take_message() {
-                        Some(req) if reused => {
-                            let (mut fresh, _) = self.checkout_fresh(&node_name, addr).await?;
-                            let r = fresh.send_request(req).await.map_err(|e| {
-                                UpstreamError::Reset {
-                                    node: node_name.clone(),
-                                    reason: error_chain(&e),
-                                }
-                            })?;
-                            sender = fresh;
-                            r
-                        }
-                        _ => {
-                            return Err(UpstreamError::Reset {
-                                node: node_name.clone(),
-                                reason: error_chain(e.error()),
-                            });
-                        }
-                    }
-                }
-            };
-            let (parts, body) = resp.into_parts();
-            let body = Limited::new(body, max_body).collect().await.map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    UpstreamError::ResponseTooLarge {
-                        node: node_name.clone(),
-                        limit: max_body,
-                    }
-                } else {
-                    UpstreamError::BodyCutOff {
-                        node: node_name.clone(),
-                        reason: e.to_string(),
-                    }
-                }
-            })?;
-            self.checkin(addr, sender);
-            Ok(BufferedResponse {
-                status: parts.status,
-                headers: parts.headers,
-                body: body.to_bytes(),
-            })
-        };
-        tokio::select! {
-            biased;
-            r = tokio::time::timeout(timeout, exchange) => r.unwrap_or_else(|_| Err(UpstreamError::Timeout {
-                node: node.id.to_string(),
-                timeout_ms: timeout.as_millis() as u64,
-            })),
-            () = node.until_unhealthy() => Err(node.abandoned()),
+            limits: crate::transport::Limits {
+                depth: 0,
+                connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+                request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+                idle_timeout: Duration::from_millis(cfg.pool_idle_timeout_ms),
+                max_idle: cfg.pool_max_idle_per_node,
+                max_body: MAX_ADMIN_BODY,
+                stall: Duration::ZERO,
+            },
         }
     }
 
@@ -401,50 +211,18 @@ impl Upstream {
         timeout: Duration,
     ) -> Result<BufferedResponse, String> {
         let token = node.admin_token.as_deref().unwrap_or(default_token);
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(format!("http://{}{}", node.admin_addr, path))
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| format!("internal: bad admin request: {e}"))?;
-        let fut = async {
-            let resp =
-                self.client.request(req).await.map_err(|e| {
-                    format!("upstream admin of node {}: {}", node.id, error_chain(&e))
-                })?;
-            let (parts, body) = resp.into_parts();
-            let body = Limited::new(body, 64 * 1024 * 1024)
-                .collect()
-                .await
-                .map_err(|e| format!("upstream admin of node {}: body: {e}", node.id))?;
-            Ok(BufferedResponse {
-                status: parts.status,
-                headers: parts.headers,
-                body: body.to_bytes(),
-            })
-        };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| {
-            format!(
-                "upstream admin of node {}: timeout after {} ms",
-                node.id,
-                timeout.as_millis()
-            )
-        })?
+        let authorization = format!("Bearer {token}");
+        crate::transport::admin_get(
+            &self.limits,
+            node.admin_addr.0,
+            node.id.as_str(),
+            &authorization,
+            path,
+            timeout,
+        )
+        .await
+        .map_err(|e| format!("admin API: {e}"))
     }
-}
-
-thread_local! {
-    static LOCAL: std::cell::RefCell<Option<Upstream>> = const { std::cell::RefCell::new(None) };
-}
-
-/// The calling thread's own upstream pool. Each downstream worker thread runs its own runtime, so its
-/// connections to nodes are driven on the same thread that uses them (no cross-thread wake-ups).
-pub fn local(cfg: &UpstreamConfig) -> Upstream {
-    LOCAL.with(|l| {
-        l.borrow_mut()
-            .get_or_insert_with(|| Upstream::new(cfg))
-            .clone()
-    })
 }
 
 /// The error and its sources, one line.
@@ -461,6 +239,8 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use http::header::HeaderValue;
+
     use super::*;
 
     fn resp(status: u16, fault: bool) -> Result<BufferedResponse, UpstreamError> {

@@ -1,4 +1,4 @@
-//! Lanes: pipelined node connections for the fast path (`upstream.pipeline_depth` > 0).
+//! Lanes: the pool's pipelined mode (`upstream.pipeline_depth` > 0).
 //!
 //! Requests for the same node that become ready in the same scheduler turn of one worker go out on
 //! one connection as one write, and their answers come back in order on it: the node reads many
@@ -32,13 +32,13 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep, sleep_until, timeout};
 
-use super::{AnswerReader, ExchangeError, READ_CHUNK, RawResponse};
+use super::answer::{AnswerReader, ExchangeError, RawResponse};
+use super::{Limits, READ_CHUNK};
 
 /// A node's answer taken off a lane: its bytes (head and body as sent) and where its parts are.
 #[derive(Debug)]
@@ -47,19 +47,6 @@ pub(super) struct Answer {
     pub(super) raw: RawResponse,
     /// The first answer of its batch (counts batches in the metrics).
     pub(super) first: bool,
-}
-
-/// What a lane needs to know of the configuration, fixed when the lane starts.
-#[derive(Clone, Copy)]
-pub(super) struct LaneLimits {
-    pub(super) depth: usize,
-    pub(super) connect_timeout: Duration,
-    pub(super) request_timeout: Duration,
-    pub(super) idle_timeout: Duration,
-    pub(super) max_idle: usize,
-    pub(super) max_body: usize,
-    /// An answer at the front of the lane slower than this hands the requests behind it back.
-    pub(super) stall: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -222,13 +209,13 @@ thread_local! {
 /// starting a new lane if none is collecting.
 pub(super) fn submit(
     addr: SocketAddr,
-    limits: LaneLimits,
+    limits: Limits,
     request: &[u8],
     head_request: bool,
 ) -> Pending {
     LANES.with(|lanes| {
         let mut lanes = lanes.borrow_mut();
-        let list = super::per_node(&mut lanes, addr);
+        let list = super::conn::per_node(&mut lanes, addr);
         // From the back: the lane that took the last request is kept there, and is still collecting
         // while the requests of the same turn come (the first request of a turn finds an idle lane
         // and moves it there).
@@ -270,14 +257,14 @@ fn forget(addr: SocketAddr, lane: &Arc<Lane>) {
 }
 
 /// The lane's task: connects, then writes each batch and hands out its answers in order.
-async fn drive(lane: Arc<Lane>, addr: SocketAddr, limits: LaneLimits) {
+async fn drive(lane: Arc<Lane>, addr: SocketAddr, limits: Limits) {
     let why = run(&lane, addr, limits).await;
     lane.close(&why);
     forget(addr, &lane);
 }
 
 /// Runs the lane until it closes; returns why.
-async fn run(lane: &Lane, addr: SocketAddr, limits: LaneLimits) -> String {
+async fn run(lane: &Lane, addr: SocketAddr, limits: Limits) -> String {
     let mut stream = match timeout(limits.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -393,7 +380,7 @@ async fn answers(
     buf: &mut Vec<u8>,
     waiting: &mut VecDeque<Waiting>,
     mut deadline: Pin<&mut Sleep>,
-    limits: LaneLimits,
+    limits: Limits,
 ) -> Result<(), String> {
     let mut reader = AnswerReader::default();
     let mut first = true;
@@ -507,11 +494,14 @@ fn fail_all(waiting: &mut VecDeque<Waiting>, why: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
+
     use tokio::net::TcpListener;
 
-    fn limits() -> LaneLimits {
-        LaneLimits {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
             depth: 16,
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
@@ -715,7 +705,7 @@ mod tests {
     #[tokio::test]
     async fn requests_behind_a_hanging_answer_are_handed_back() {
         let addr = sequential_node().await;
-        let limits = LaneLimits {
+        let limits = Limits {
             stall: Duration::from_millis(50),
             ..limits()
         };
