@@ -52,6 +52,8 @@ spare = 0
 listen = "{router}"
 admin = "{admin}"
 request_timeout_ms = 1500
+# The request goes to the unikernel (the fault to record), its retry to the debug node.
+debug_weight = 0
 "#,
                 svc = janus_integration::sample_dir("faulty").display(),
             ),
