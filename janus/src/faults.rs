@@ -435,6 +435,8 @@ pub struct ReproReport {
     pub trace: String,
     /// The unikernel's panic report, when the supervisor kept one.
     pub stable_panic_report: Vec<String>,
+    /// For a build-specific verdict on a unikernel: its console and `janus_uk_*` counters.
+    pub stable_evidence: Option<crate::evidence::UkEvidence>,
     /// Time the reproduction took.
     pub repro_ms: u64,
     /// From the fault's capture to the verdict.
@@ -796,6 +798,14 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
                 .map(|e| e.panic_report.clone())
         })
         .unwrap_or_default();
+    let stable_evidence = if verdict == Verdict::BuildSpecific {
+        f.summary
+            .stable_node
+            .as_deref()
+            .and_then(|n| crate::evidence::uk_evidence(&dir, n, &f.summary.trace_id))
+    } else {
+        None
+    };
     Ok(ReproReport {
         fault: id,
         kind: f.summary.kind.clone(),
@@ -814,6 +824,7 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
         replay_answer,
         trace,
         stable_panic_report,
+        stable_evidence,
         repro_ms: started.elapsed().as_millis() as u64,
         fault_to_verdict_ms: now_ms().saturating_sub(u64::try_from(f.summary.time_ms).unwrap_or(0)),
     })
@@ -982,6 +993,20 @@ pub fn render_report(r: &ReproReport) -> String {
     if !r.stable_panic_report.is_empty() {
         let _ = writeln!(s, "  the unikernel's panic report:");
         for l in r.stable_panic_report.iter().take(8) {
+            let _ = writeln!(s, "    {l}");
+        }
+    }
+    if let Some(e) = &r.stable_evidence {
+        let _ = writeln!(
+            s,
+            "  attached: the unikernel's console and janus_uk_* counters (the debug build did not fail)"
+        );
+        let _ = writeln!(s, "  the unikernel's console ({}):", e.console_log);
+        for l in &e.console {
+            let _ = writeln!(s, "    {l}");
+        }
+        let _ = writeln!(s, "  the unikernel's janus_uk_* counters:");
+        for l in &e.counters {
             let _ = writeln!(s, "    {l}");
         }
     }

@@ -236,6 +236,36 @@ fraction = 1.0
         assert_eq!(f["debug_outcome"], "panic", "{f}");
         let detail = f["detail"].as_str().unwrap_or_default();
         assert!(detail.contains("twin twin-stable-0 at seq"), "{f}");
+        // Reproduced as build-specific, with the unikernel's own evidence attached.
+        let id = f["id"].as_i64().expect("id").to_string();
+        let o = janus(&["faults", "repro", &id, "--cluster", &name, "--json"]);
+        let report: serde_json::Value =
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        assert_eq!(report["verdict"], "build_specific", "{report}");
+        let evidence = &report["stable_evidence"];
+        let counters = evidence["counters"].as_array().expect("counters");
+        assert!(
+            !counters.is_empty()
+                && counters
+                    .iter()
+                    .all(|c| c.as_str().is_some_and(|c| c.starts_with("janus_uk_"))),
+            "{evidence}"
+        );
+        assert!(
+            evidence["console"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty())
+                && evidence["console_log"]
+                    .as_str()
+                    .is_some_and(|l| l.ends_with("logs/stable-0.log")),
+            "no unikernel console: {evidence}"
+        );
+        let o = janus(&["faults", "repro", &id, "--cluster", &name]);
+        assert!(
+            text(&o).contains("attached: the unikernel's console and janus_uk_* counters"),
+            "{}",
+            text(&o)
+        );
 
         // Bug 6 under the resource envelope: a blob bigger than the unikernel's heap ends it out
         // of memory; reproduced on a debug node running under that heap size as an allocation
