@@ -215,6 +215,21 @@ fraction = 1.0
         0,
         "noise recorded as a divergence"
     );
+    // Reported per route, with the key the stable node itself varies on; no other route is.
+    let noisy = admin_json(&router, "/mirrors/noisy");
+    let routes = noisy["routes"].as_array().expect("routes");
+    assert_eq!(routes.len(), 1, "{noisy}");
+    assert_eq!(routes[0]["route"], "/nonce", "{noisy}");
+    assert!(
+        routes[0]["count"].as_u64().is_some_and(|c| c >= 3),
+        "{noisy}"
+    );
+    assert!(
+        routes[0]["keys"].as_array().is_some_and(|k| k
+            .iter()
+            .any(|k| k.as_str().is_some_and(|k| k.contains("nonce")))),
+        "{noisy}"
+    );
 
     // Bug 5, a build difference: the unikernel wraps the u8 sum and answers a wrong average; its
     // twin (the checked debug build) panics on the same request at the same seq: a divergence

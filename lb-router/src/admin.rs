@@ -130,6 +130,9 @@ async fn handle(
             &json!({"status": "ok", "service": "lb-router"}),
         ),
         (Method::GET, ["pools"]) => json_reply(StatusCode::OK, &pools_json(&router)),
+        (Method::GET, ["mirrors", "noisy"]) => {
+            json_reply(StatusCode::OK, &json!({ "routes": router.noisy.list() }))
+        }
         (Method::GET, ["metrics"]) => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
@@ -381,6 +384,7 @@ pub(crate) fn pools_json(router: &Router) -> serde_json::Value {
 pub fn render_metrics(router: &Router) -> String {
     let mut out = String::with_capacity(8192);
     router.metrics.render(&mut out);
+    router.noisy.render(&mut out);
     let topo = router.pools.current();
     out.push_str("# TYPE janus_router_node_requests_total counter\n");
     for n in &topo.nodes {
