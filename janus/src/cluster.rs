@@ -351,9 +351,10 @@ impl ClusterFile {
             self.stable.accel
         );
         anyhow::ensure!(
-            self.stable.memory_mib >= 16,
-            "stable.memory_mib = {} is below 16",
-            self.stable.memory_mib
+            self.stable.memory_mib >= crate::flavor::uk::MIN_MEMORY_MIB,
+            "stable.memory_mib = {} is below {} (the least a unikernel boots with)",
+            self.stable.memory_mib,
+            crate::flavor::uk::MIN_MEMORY_MIB
         );
         for (key, set) in [
             ("stable.gdbstub", &self.stable.gdbstub),

@@ -46,6 +46,11 @@ pub struct BugOutcome {
     pub reproduced_without_state: Option<bool>,
     /// From capture to verdict.
     pub fault_to_verdict_ms: Option<u64>,
+    /// The resource envelope the replay ran under (the unikernel's heap size), if any.
+    pub envelope_bytes: Option<u64>,
+    /// Whether the replay failed as an allocation past the envelope (the debug build's panic
+    /// "exceeds the resource envelope", with the allocation's backtrace in its trace).
+    pub allocation_failure: bool,
 }
 
 /// The demo's summary.
@@ -129,6 +134,9 @@ fn is_stable_crash(f: &lb_router::FaultSummary) -> bool {
         )
 }
 
+/// Guest memory of the demo's unikernel nodes (`--memory 8`).
+pub const DEMO_STABLE_MEMORY_MIB: u32 = 8;
+
 /// Runs the demo; `out` receives the narration as it happens.
 pub fn demo(out: &mut dyn FnMut(&str)) -> anyhow::Result<DemoSummary> {
     let started = Instant::now();
@@ -138,6 +146,8 @@ pub fn demo(out: &mut dyn FnMut(&str)) -> anyhow::Result<DemoSummary> {
     cluster.router.listen = free_addr()?;
     cluster.router.admin = free_addr()?;
     cluster.debug.twins = crate::cluster::GdbStubSpec::All(true);
+    // Small unikernels, as on an edge host: bug 6 exhausts their heap (phase 6).
+    cluster.stable.memory_mib = DEMO_STABLE_MEMORY_MIB;
     cluster.router.mirror = ["/stats", "/avg"]
         .map(|prefix| crate::cluster::MirrorSpec {
             prefix: prefix.into(),
@@ -182,7 +192,14 @@ fn as_expected(b: &BugOutcome) -> bool {
                 && b.verdict == Some(Verdict::StateDependent)
                 && b.client_errors == 0
         }
-        // input, hang, memory (the last under the resource envelope)
+        // Out of memory on the unikernel, an allocation failure under its heap size on the twin.
+        "memory" => {
+            b.fault_id.is_some()
+                && b.verdict == Some(Verdict::Reproduced)
+                && b.envelope_bytes.is_some()
+                && b.allocation_failure
+        }
+        // input, hang
         _ => b.fault_id.is_some() && b.verdict == Some(Verdict::Reproduced),
     }
 }
@@ -306,7 +323,7 @@ fn drive(cluster: &ClusterFile, out: &mut dyn FnMut(&str)) -> anyhow::Result<Vec
     // node running under that heap size (the resource envelope) as an allocation failure.
     let heap = faults::stable_heap_bytes(&crate::cluster::run_dir(name), Some("stable-0"));
     out(&format!(
-        "\n== 6. POST /blob?kib=N past a unikernel's heap ({} KiB)\n",
+        "\n== 6. POST /blob?kib=N past the heap of the {DEMO_STABLE_MEMORY_MIB} MiB unikernels ({} KiB)\n",
         heap.map_or("?".to_owned(), |h| (h / 1024).to_string())
     ));
     let kib = heap.map_or(1024, |h| h / 1024 + 1024);
@@ -402,6 +419,8 @@ fn repro_bug(
         expected,
         reproduced_without_state: None,
         fault_to_verdict_ms: None,
+        envelope_bytes: None,
+        allocation_failure: false,
     };
     let fault = t.found;
     let Some(f) = fault else {
@@ -430,8 +449,24 @@ fn repro_bug(
     outcome.reproduced = Some(report.reproduced);
     outcome.verdict = Some(report.verdict);
     outcome.fault_to_verdict_ms = Some(report.fault_to_verdict_ms);
+    outcome.envelope_bytes = report.envelope_bytes;
+    outcome.allocation_failure = [Some(&report.trace), report.replay_answer.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|t| t.contains(ENVELOPE_PANIC));
+    if let (true, Some(bytes)) = (outcome.allocation_failure, outcome.envelope_bytes) {
+        out(&format!(
+            "   under the unikernel's heap size ({} KiB) as its envelope, the debug build failed \
+             the allocation (a panic with the allocation's backtrace, in the trace above)\n",
+            bytes / 1024
+        ));
+    }
     Ok(outcome)
 }
+
+/// What the debug build's panic says for an allocation past the resource envelope
+/// (backend-unix `public.rs`).
+const ENVELOPE_PANIC: &str = "exceeds the resource envelope";
 
 /// The summary table.
 pub fn render_summary(s: &DemoSummary) -> String {

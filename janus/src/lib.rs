@@ -9,6 +9,7 @@
 //! - [`flavor`]: what differs between the unix process and the unikernel image.
 //! - [`launch`]: the node options both flavours take, and how `janus run` starts one.
 //! - [`deploy`]: `janus deploy --emit kubernetes|nomad DIR`: manifests and jobs written offline.
+//! - [`evidence`]: the unikernel's console and `janus_uk_*` counters a build-specific verdict attaches.
 //! - [`secret`]: admin tokens from the OS's random source, and the private files that hold them.
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod conformance;
 pub mod debug;
 pub mod demo;
 pub mod deploy;
+pub mod evidence;
 pub mod faults;
 pub mod flavor;
 pub mod launch;

@@ -49,6 +49,15 @@ fn janus_demo_captures_and_reproduces_every_injected_fault() {
             "the fault happened on a stable node: {b}"
         );
     }
+    // Bug 6 on an 8 MiB unikernel: out of memory there, an allocation failure under the envelope
+    // (the unikernel's heap size, below its 8 MiB of guest memory) on the debug build.
+    let memory = bug("memory");
+    let envelope = memory["envelope_bytes"].as_u64().expect("an envelope");
+    assert!(
+        envelope > 0 && envelope < 8 * 1024 * 1024,
+        "envelope {envelope} is not an 8 MiB unikernel's heap: {memory}"
+    );
+    assert_eq!(memory["allocation_failure"], true, "{memory}");
     let state = bug("state");
     assert_eq!(state["reproduced_without_state"], false);
     assert_eq!(state["client_errors"], 0, "clients never saw the state bug");

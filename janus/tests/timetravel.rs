@@ -2,7 +2,9 @@
 //! stable node, 1 debug process node, the router), faulty's input bug (`/div?b=0`) on the stable
 //! node, `janus faults record ID` (QEMU record mode, TCG), then `janus faults timetravel ID --exec`
 //! twice: stopped at the panic handler, `bt` names the service's function with file and line,
-//! `reverse-stepi` walks back instruction by instruction, and both replays print the same console.
+//! `reverse-stepi` walks back instruction by instruction, `reverse-continue` with no breakpoint
+//! behind ends with a message, `reverse-continue` to a breakpoint in the service function stops
+//! there with its source line, and both replays print the same console.
 
 mod common;
 
@@ -29,6 +31,8 @@ spare = 0
 listen = "{router}"
 admin = "{admin}"
 request_timeout_ms = 1500
+# The request goes to the unikernel (the fault to record), its retry to the debug node.
+debug_weight = 0
 "#,
             svc = janus_integration::sample_dir("faulty").display(),
             router = free_addr(),
@@ -132,6 +136,20 @@ fn record_replay_and_reverse_step_a_unikernel_panic() {
             "print/x $pc",
             "--exec",
             "bt",
+            // No breakpoint lies in the past (the panic handler's is ahead now): bounded, says so.
+            "--exec",
+            "reverse-continue",
+            "--exec",
+            "janus-icount",
+            // A breakpoint in the service: reverse-continue stops there, with its source line.
+            "--exec",
+            "break janus_samples_faulty::div",
+            "--exec",
+            "reverse-continue",
+            "--exec",
+            "janus-icount",
+            "--exec",
+            "bt 1",
         ])
     };
     let first = session();
@@ -169,6 +187,34 @@ fn record_replay_and_reverse_step_a_unikernel_panic() {
             .count()
             >= 2,
         "no service frame after the reverse steps:\n{out}"
+    );
+    // reverse-continue with no breakpoint behind: a clear message, and the replay stays put.
+    assert!(
+        out.contains("No breakpoint or watchpoint was hit between the start of the recording"),
+        "{out}"
+    );
+    let icounts: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("icount "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    assert_eq!(icounts.len(), 2, "{out}");
+    // reverse-continue to the breakpoint in the service function: stopped there, earlier in
+    // the recording, with file and line.
+    let stop = out
+        .lines()
+        .find(|l| l.starts_with("Breakpoint 3, janus_samples_faulty::div"))
+        .unwrap_or_else(|| panic!("reverse-continue did not stop in div:\n{out}"));
+    assert!(stop.contains("samples/faulty/src/lib.rs:"), "{stop}");
+    assert!(
+        icounts[1] < icounts[0],
+        "reverse-continue did not go back: {icounts:?}\n{out}"
+    );
+    assert!(
+        frames(&out)
+            .last()
+            .is_some_and(|l| l.contains("janus_samples_faulty::div")),
+        "{out}"
     );
     let console_1 = console(&out).to_string();
     assert!(

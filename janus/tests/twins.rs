@@ -178,6 +178,21 @@ fraction = 1.0
         0,
         "noise recorded as a divergence"
     );
+    // Reported per route, with the key the stable node itself varies on; no other route is.
+    let noisy = admin_json(&router, "/mirrors/noisy");
+    let routes = noisy["routes"].as_array().expect("routes");
+    assert_eq!(routes.len(), 1, "{noisy}");
+    assert_eq!(routes[0]["route"], "/nonce", "{noisy}");
+    assert!(
+        routes[0]["count"].as_u64().is_some_and(|c| c >= 3),
+        "{noisy}"
+    );
+    assert!(
+        routes[0]["keys"].as_array().is_some_and(|k| k
+            .iter()
+            .any(|k| k.as_str().is_some_and(|k| k.contains("nonce")))),
+        "{noisy}"
+    );
 
     // Bug 5, a build difference: the unikernel wraps the u8 sum and answers a wrong average; its
     // twin (the checked debug build) panics on the same request at the same seq: a divergence
@@ -198,6 +213,36 @@ fraction = 1.0
         assert_eq!(f["debug_outcome"], "panic", "{f}");
         let detail = f["detail"].as_str().unwrap_or_default();
         assert!(detail.contains("twin twin-stable-0 at seq"), "{f}");
+        // Reproduced as build-specific, with the unikernel's own evidence attached.
+        let id = f["id"].as_i64().expect("id").to_string();
+        let o = c.faults(&["repro", &id, "--json"]);
+        let report: serde_json::Value =
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        assert_eq!(report["verdict"], "build_specific", "{report}");
+        let evidence = &report["stable_evidence"];
+        let counters = evidence["counters"].as_array().expect("counters");
+        assert!(
+            !counters.is_empty()
+                && counters
+                    .iter()
+                    .all(|c| c.as_str().is_some_and(|c| c.starts_with("janus_uk_"))),
+            "{evidence}"
+        );
+        assert!(
+            evidence["console"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty())
+                && evidence["console_log"]
+                    .as_str()
+                    .is_some_and(|l| l.ends_with("logs/stable-0.log")),
+            "no unikernel console: {evidence}"
+        );
+        let o = c.faults(&["repro", &id]);
+        assert!(
+            text(&o).contains("attached: the unikernel's console and janus_uk_* counters"),
+            "{}",
+            text(&o)
+        );
 
         // Bug 6 under the resource envelope: a blob bigger than the unikernel's heap ends it out
         // of memory; reproduced on a debug node running under that heap size as an allocation

@@ -133,6 +133,9 @@ async fn handle(
             &json!({"status": "ok", "service": "lb-router"}),
         ),
         (Method::GET, ["pools"]) => json_reply(StatusCode::OK, &pools_json(&router)),
+        (Method::GET, ["mirrors", "noisy"]) => {
+            json_reply(StatusCode::OK, &json!({ "routes": router.noisy.list() }))
+        }
         (Method::GET, ["metrics"]) => reply(
             StatusCode::OK,
             exposition::CONTENT_TYPE,
@@ -393,6 +396,7 @@ impl Collector for Metrics {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let router = &self.0;
         router.metrics.encode(&mut enc)?;
+        router.noisy.encode(&mut enc)?;
         let topo = router.pools.current();
         let per_node = |f: &dyn Fn(&crate::pool::Node) -> u64| {
             topo.nodes

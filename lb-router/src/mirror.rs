@@ -139,6 +139,12 @@ pub fn mirror_sampled(
                     .collect();
                 if real.is_empty() {
                     router.metrics.mirror_noisy.inc();
+                    router.noisy.record(
+                        &route_label(&cfg, &req.path),
+                        &req.path,
+                        noise.iter().map(|n| n.key.as_str()),
+                        unix_ms(),
+                    );
                     tracing::debug!(path = %req.path, "mirror: stable answers differ at the same seq: noisy, not divergent");
                     return;
                 }

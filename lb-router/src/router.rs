@@ -52,6 +52,8 @@ pub struct Router {
     pub upstream: Upstream,
     pub faults: Arc<FaultStore>,
     pub mirror_slots: Arc<Semaphore>,
+    /// Routes whose mirrors were judged noisy (admin `GET /mirrors/noisy`).
+    pub noisy: crate::noisy::NoisyRoutes,
     clock: tokio::time::Instant,
     reload_lock: tokio::sync::Mutex<()>,
     /// Nodes found by `[discovery]`, in force beside the config's `[[nodes]]`.
@@ -87,6 +89,7 @@ impl Router {
             upstream: Upstream::new(&config.upstream),
             faults,
             mirror_slots: Arc::new(Semaphore::new(config.mirror.max_in_flight)),
+            noisy: crate::noisy::NoisyRoutes::default(),
             clock: tokio::time::Instant::now(),
             reload_lock: tokio::sync::Mutex::new(()),
             discovered: RwLock::new(Vec::new()),

@@ -24,6 +24,9 @@ use crate::supervisor::{ClusterState, Role};
 /// The gdb helper script (unwinder, `janus-store`, nested-KVM guards).
 pub const GDB_SCRIPT: &str = include_str!("janus-gdb.py");
 
+/// The gdb script of `janus faults timetravel` (reverse-continue over QMP, see the script).
+pub const TIMETRAVEL_SCRIPT: &str = include_str!("janus-timetravel.py");
+
 /// The gdbstub socket of a node in a run directory.
 pub fn gdbstub_socket(run_dir: &Path, node: &str) -> PathBuf {
     run_dir.join("gdb").join(format!("{node}.sock"))
@@ -104,7 +107,7 @@ fn write_script(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Quotes a string for a gdb Python one-liner.
-fn py_str(s: &str) -> String {
+pub(crate) fn py_str(s: &str) -> String {
     let mut q = String::from("'");
     for c in s.chars() {
         match c {

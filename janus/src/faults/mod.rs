@@ -133,6 +133,8 @@ pub struct ReproReport {
     pub trace: String,
     /// The unikernel's panic report, when the supervisor kept one.
     pub stable_panic_report: Vec<String>,
+    /// For a build-specific verdict on a unikernel: its console and `janus_uk_*` counters.
+    pub stable_evidence: Option<crate::evidence::UkEvidence>,
     /// Time the reproduction took.
     pub repro_ms: u64,
     /// From the fault's capture to the verdict.
@@ -216,6 +218,14 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
                 .map(|e| e.panic_report.clone())
         })
         .unwrap_or_default();
+    let stable_evidence = if verdict == Verdict::BuildSpecific {
+        f.summary
+            .stable_node
+            .as_deref()
+            .and_then(|n| crate::evidence::uk_evidence(&dir, n, &f.summary.trace_id))
+    } else {
+        None
+    };
     Ok(ReproReport {
         fault: id,
         kind: f.summary.kind.clone(),
@@ -234,6 +244,7 @@ pub fn repro(id: i64, opts: &ReproOpts) -> anyhow::Result<ReproReport> {
         replay_answer,
         trace,
         stable_panic_report,
+        stable_evidence,
         repro_ms: started.elapsed().as_millis() as u64,
         fault_to_verdict_ms: now_ms().saturating_sub(u64::try_from(f.summary.time_ms).unwrap_or(0)),
     })

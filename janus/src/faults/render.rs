@@ -265,6 +265,20 @@ pub fn render_report(r: &ReproReport) -> String {
             let _ = writeln!(s, "    {l}");
         }
     }
+    if let Some(e) = &r.stable_evidence {
+        let _ = writeln!(
+            s,
+            "  attached: the unikernel's console and janus_uk_* counters (the debug build did not fail)"
+        );
+        let _ = writeln!(s, "  the unikernel's console ({}):", e.console_log);
+        for l in &e.console {
+            let _ = writeln!(s, "    {l}");
+        }
+        let _ = writeln!(s, "  the unikernel's janus_uk_* counters:");
+        for l in &e.counters {
+            let _ = writeln!(s, "    {l}");
+        }
+    }
     let _ = writeln!(s, "  debug trace {}:", r.trace_id);
     s.push_str(&r.trace);
     let _ = writeln!(

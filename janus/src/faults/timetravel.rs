@@ -11,7 +11,8 @@
 //! **timetravel** replays the recording under QEMU's gdbstub and starts gdb (the same plumbing as
 //! `janus debug`) stopped at the fault: the panic handler, or the kernel's exit for other exits.
 //! From there `reverse-stepi` and `reverse-continue` walk back: QEMU loads the snapshot taken at the
-//! start of the recording and replays forward to the instruction before.
+//! start of the recording and replays forward to the instruction before. `reverse-continue` is
+//! janus' own (`debug/janus-timetravel.py`, over QEMU's QMP socket): QEMU 7.2's deadlocks.
 //!
 //! The recording lives in `<run-dir>/faults/<ID>/`: `rr.bin` (the event log), `snapshots.qcow2`
 //! (the VM snapshot `init` taken at boot), the image and its unstripped ELF, `token` (the recorded
@@ -110,6 +111,17 @@ fn failing_node(dir: &Path, f: &lb_router::FaultRecord) -> anyhow::Result<ProcSp
     Ok(p.spec.clone())
 }
 
+/// A path as a QEMU option value can hold it (UTF-8, no comma).
+fn qemu_path(p: &Path) -> anyhow::Result<String> {
+    let s = p
+        .to_str()
+        .with_context(|| format!("{} is not UTF-8 (QEMU option)", p.display()))?;
+    if s.contains(',') {
+        bail!("{s} contains a comma, which QEMU options cannot hold here");
+    }
+    Ok(s.to_string())
+}
+
 /// QEMU's arguments for a record or replay of `node_args` (a node's command line made by
 /// [`crate::flavor::uk::qemu_command`]): TCG, the image and token from `dir`, no gdbstub, no
 /// isa-debug-exit (QEMU exiting from inside a device write loses the end of the log: the kernel
@@ -122,15 +134,7 @@ pub fn rr_args(
     record: bool,
     forward: Option<(SocketAddr, SocketAddr)>,
 ) -> anyhow::Result<Vec<String>> {
-    let path = |p: &Path| -> anyhow::Result<String> {
-        let s = p
-            .to_str()
-            .with_context(|| format!("{} is not UTF-8 (QEMU option)", p.display()))?;
-        if s.contains(',') {
-            bail!("{s} contains a comma, which QEMU options cannot hold here");
-        }
-        Ok(s.to_string())
-    };
+    let path = qemu_path;
     let mut out = Vec::new();
     let mut it = node_args.iter();
     while let Some(a) = it.next() {
@@ -620,15 +624,22 @@ pub fn timetravel(
         let snap = session.join("snapshots.qcow2");
         std::fs::copy(dir.join("snapshots.qcow2"), &snap)?;
         let sock = session.join("gdb.sock");
+        let qmp = session.join("qmp.sock");
         let mut args = with_snapshot_drive(&rec.replay_args, &snap)?;
         args.extend([
             "-gdb".into(),
             crate::flavor::uk::gdbstub_arg(&sock)?,
             "-S".into(),
+            // reverse-continue (janus-timetravel.py) loads snapshots and sets replay breaks here.
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", qemu_path(&qmp)?),
         ]);
+        let script = session.join("janus-timetravel.py");
+        std::fs::write(&script, crate::debug::TIMETRAVEL_SCRIPT)
+            .with_context(|| format!("cannot write {}", script.display()))?;
         let mut qemu = Qemu::start(&args, &session.join("console.txt"))?;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
+        while !sock.exists() || !qmp.exists() {
             if let Some(status) = qemu.child.try_wait()? {
                 bail!("QEMU exited ({status}) on replay: {}", qemu.stderr().trim());
             }
@@ -642,12 +653,20 @@ pub fn timetravel(
             elf: rec.elf.clone(),
             accel: Some("tcg".into()),
         };
-        let pre: Vec<String> = STOP_AT_FAULT.iter().map(|s| s.to_string()).collect();
+        let mut pre = vec![
+            format!("source {}", script.display()),
+            format!(
+                "python janus_timetravel({})",
+                crate::debug::py_str(&qmp.to_string_lossy())
+            ),
+        ];
+        pre.extend(STOP_AT_FAULT.iter().map(|s| s.to_string()));
         let mut cmd = crate::debug::gdb_command_with(&target, &pre, exec, &session)?;
         let code = if exec.is_empty() {
             eprintln!(
                 "janus: replaying fault {id} ({} on {}); gdb stops at the fault: \
-                 reverse-stepi, reverse-continue (to a breakpoint), bt, `quit` ends the replay",
+                 reverse-stepi, `break FUNCTION` then reverse-continue, janus-icount, bt; \
+                 `quit` ends the replay",
                 rec.request, rec.node
             );
             cmd.status()
