@@ -397,7 +397,9 @@ pub fn up_cluster(cluster: &ClusterFile) -> anyhow::Result<UpResult> {
     write_json_atomic(&dir.join("plan.json"), &plan)?;
     ports.release();
     start_supervisor(&dir)?;
-    wait_healthy(&mp, &dir, &plan, Duration::from_secs(120))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    wait_healthy(&mp, &dir, &plan, deadline)?;
+    wait_router_admits(&mp, &plan, deadline)?;
     Ok(UpResult { run_dir: dir, plan })
 }
 
@@ -435,9 +437,9 @@ fn wait_healthy(
     mp: &MultiProgress,
     dir: &Path,
     plan: &Plan,
-    timeout: Duration,
+    deadline: Instant,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
+    let timeout = deadline.saturating_duration_since(Instant::now());
     let bars: Vec<(ProgressBar, &ProcSpec)> = plan
         .procs
         .iter()
@@ -474,6 +476,63 @@ fn wait_healthy(
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
+}
+
+/// Polls the router's `/pools` until it has every stable and debug node of the plan in its pools
+/// as `healthy`: a node answering its own `/health` may still be one the router's first health
+/// checks found closed (a unikernel booting on a loaded host), and until the router admits it
+/// requests go elsewhere. `janus up` returns once the cluster serves as planned.
+fn wait_router_admits(mp: &MultiProgress, plan: &Plan, deadline: Instant) -> anyhow::Result<()> {
+    let Some(router) = plan.procs.iter().find(|p| p.role == Role::Router) else {
+        return Ok(());
+    };
+    let want: Vec<&str> = plan
+        .procs
+        .iter()
+        .filter(|p| matches!(p.role, Role::Stable | Role::Debug))
+        .map(|p| p.id.as_str())
+        .collect();
+    let pb = spinner(mp, format!("router admitting {} nodes", want.len()));
+    let started = Instant::now();
+    loop {
+        let states: Vec<(String, String)> = admin_get(router, "/pools")
+            .ok()
+            .filter(|r| r.status == 200)
+            .and_then(|r| r.json().ok())
+            .map(|v: serde_json::Value| {
+                v["pools"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|p| p["nodes"].as_array().cloned().unwrap_or_default())
+                    .map(|n| {
+                        let field = |k: &str| n[k].as_str().unwrap_or_default().to_string();
+                        (field("id"), field("state"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let waiting: Vec<&str> = want
+            .iter()
+            .copied()
+            .filter(|id| !states.iter().any(|(n, st)| n == id && st == "healthy"))
+            .collect();
+        if waiting.is_empty() {
+            pb.finish_with_message(format!(
+                "router admitted {} nodes after {:.2}s",
+                want.len(),
+                started.elapsed().as_secs_f64()
+            ));
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the router has not admitted {} as healthy (its /pools: {states:?}; `janus down` cleans up)",
+                waiting.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Prints where everything is.
