@@ -24,6 +24,7 @@ fn now_us() -> u64 {
 /// socket costs 32 KiB of buffers, touched (and so faulted in by the host) at boot.
 const SERVICE_BACKLOG: usize = 4;
 const ADMIN_BACKLOG: usize = 2;
+const _: () = assert!(SERVICE_BACKLOG + ADMIN_BACKLOG == runtime_abi::node::UK_LISTENING_SOCKETS);
 
 /// Boots service `S`: brings the kernel up, builds the service from its capabilities and
 /// serves it until the VM stops.

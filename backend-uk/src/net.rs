@@ -31,14 +31,13 @@ const RX_BUF: usize = 16 * 1024;
 /// Transmit buffer per TCP socket.
 const TX_BUF: usize = 16 * 1024;
 /// Most TCP sockets (listening + connected + closing).
-pub const MAX_SOCKETS: usize = 512;
+pub const MAX_SOCKETS: usize = runtime_abi::node::UK_MAX_SOCKETS;
+const _: () = assert!((RX_BUF + TX_BUF) as u64 == runtime_abi::node::UK_SOCKET_BUFFER_BYTES);
 
-/// The socket cap for a heap of `heap_bytes`: socket buffers may use at most a quarter of the
-/// heap (so a connection flood is refused instead of exhausting memory), between 12 (the
-/// listener pools) and [`MAX_SOCKETS`].
+/// The socket cap for a heap of `heap_bytes` ([`runtime_abi::node::uk_socket_cap`], which a debug
+/// node under this node's resource envelope applies too).
 pub fn socket_cap(heap_bytes: u64) -> usize {
-    let per_socket = (RX_BUF + TX_BUF) as u64;
-    ((heap_bytes / 4 / per_socket) as usize).clamp(12, MAX_SOCKETS)
+    runtime_abi::node::uk_socket_cap(heap_bytes)
 }
 /// A closed stream's socket is aborted if the peer has not finished closing after this long.
 const LINGER_MS: u64 = 5_000;

@@ -400,6 +400,19 @@ async fn run<S: Service>(
             _ = conn::stopped(&mut stop) => break,
             accepted = public.accept() => match accepted {
                 Ok((stream, _peer)) => {
+                    // Under a unikernel's resource envelope, no more connections than it holds:
+                    // past its socket cap it refuses them, and so does this node.
+                    let cap = crate::envelope::cap();
+                    while cap > 0 && conns.try_join_next().is_some() {}
+                    if cap > 0 && conns.len() >= runtime_abi::node::uk_connection_cap(cap) {
+                        tracing::warn!(
+                            connections = conns.len(),
+                            envelope_bytes = cap,
+                            "connection refused: the resource envelope's socket cap"
+                        );
+                        drop(stream);
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     let serve =
                         conn::serve(stream, limits, Arc::clone(&public_ctx), stop.clone());

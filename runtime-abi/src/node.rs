@@ -47,6 +47,28 @@ pub const LOG_MAX_BYTES: usize = 1 << 20;
 /// Longest long-poll of `GET /state/log?wait_ms=`.
 pub const LOG_MAX_WAIT_MS: u64 = 30_000;
 
+/// A unikernel node's TCP buffers per socket (receive + transmit).
+pub const UK_SOCKET_BUFFER_BYTES: u64 = 32 * 1024;
+/// Most TCP sockets a unikernel node holds (listening + connected + closing).
+pub const UK_MAX_SOCKETS: usize = 512;
+/// Sockets a unikernel node keeps listening: the service port's pool and the admin port's.
+pub const UK_LISTENING_SOCKETS: usize = 4 + 2;
+
+/// A unikernel node's TCP socket cap for a heap of `heap_bytes`: socket buffers may use at most a
+/// quarter of the heap (a connection flood is refused instead of exhausting memory), between 12
+/// and [`UK_MAX_SOCKETS`]. One formula for the unikernel and for a debug node run under its
+/// resource envelope.
+pub fn uk_socket_cap(heap_bytes: u64) -> usize {
+    ((heap_bytes / 4 / UK_SOCKET_BUFFER_BYTES) as usize).clamp(12, UK_MAX_SOCKETS)
+}
+
+/// Client connections a unikernel node of `heap_bytes` holds at once: its socket cap less the
+/// sockets that listen. (Closing sockets also count on the unikernel for a few seconds, so this
+/// is the most it can hold, not always what it does.)
+pub fn uk_connection_cap(heap_bytes: u64) -> usize {
+    uk_socket_cap(heap_bytes) - UK_LISTENING_SOCKETS
+}
+
 /// Whether `given` is the admin bearer token, in time that does not depend on where they differ
 /// (only on the lengths, which are not secret), so the token cannot be guessed byte by byte from
 /// timings: `subtle`'s constant-time comparison. Both builds check the admin token with it.
@@ -348,6 +370,15 @@ mod tests {
             }
             other => panic!("histogram expected, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn unikernel_socket_cap_follows_the_heap() {
+        assert_eq!(uk_socket_cap(0), 12);
+        assert_eq!(uk_socket_cap(4 << 20), 32);
+        assert_eq!(uk_connection_cap(4 << 20), 26);
+        assert_eq!(uk_socket_cap(1 << 30), UK_MAX_SOCKETS);
+        assert_eq!(uk_connection_cap(0), 6);
     }
 
     #[test]
