@@ -7,34 +7,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Cluster, stable_flavor, text};
+use common::{Cluster, admin_json, mirrors, stable_flavor, text};
 use janus::supervisor::{ProcState, Role};
 use janus_integration::client;
-
-fn auth(p: &ProcState) -> String {
-    format!("Bearer {}", p.spec.token)
-}
-
-fn admin_json(p: &ProcState, path: &str) -> serde_json::Value {
-    let r = client::get(p.spec.admin, path, &[("authorization", &auth(p))]).expect("admin GET");
-    assert_eq!(r.status, 200, "{} {path}: {}", p.spec.id, r.text());
-    r.json().expect("json")
-}
-
-/// `janus_router_mirror_total{result="<result>"}`.
-fn mirrors(router: &ProcState, result: &str) -> u64 {
-    let r = client::get(
-        router.spec.admin,
-        "/metrics",
-        &[("authorization", &auth(router))],
-    )
-    .expect("router metrics");
-    let key = format!("janus_router_mirror_total{{result=\"{result}\"}} ");
-    r.text()
-        .lines()
-        .find_map(|l| l.strip_prefix(&key)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {}", r.text()))
-}
 
 /// Polls `ok` for up to 30 s.
 fn wait_until(what: &str, ok: impl FnMut() -> bool) {
@@ -139,7 +114,7 @@ fraction = 1.0
         twin.spec.admin,
         "PUT",
         "/state",
-        &[("authorization", &auth(&twin))],
+        &[("authorization", &format!("Bearer {}", twin.spec.token))],
         &far,
     )
     .expect("PUT /state");

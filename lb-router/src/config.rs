@@ -716,14 +716,18 @@ impl Config {
                         "a twin is a debug node (pool = \"debug\")",
                     ));
                 }
-                if !self
-                    .nodes
-                    .iter()
-                    .any(|s| &s.id == of && s.pool == Pool::Stable && s.twin_of.is_none())
+                // With discovery, the stable node may be one discovered later (a libvirt domain).
+                if self.discovery.kind == "static"
+                    && !self
+                        .nodes
+                        .iter()
+                        .any(|s| &s.id == of && s.pool == Pool::Stable && s.twin_of.is_none())
                 {
                     return Err(invalid(
                         format!("nodes[{i}].twin_of"),
-                        format!("`{of}` is not a stable node of this config"),
+                        format!(
+                            "`{of}` is not a stable node of this config (nor discovered: discovery is static)"
+                        ),
                     ));
                 }
             }

@@ -35,6 +35,7 @@ pub mod ids;
 pub mod metrics;
 #[cfg(not(loom))]
 pub mod mirror;
+#[cfg(not(loom))]
 pub mod noisy;
 #[cfg(not(loom))]
 pub mod pool;

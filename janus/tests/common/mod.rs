@@ -45,6 +45,28 @@ pub fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// An admin GET on process `p` with its token, answered 200 with JSON.
+pub fn admin_json(p: &ProcState, path: &str) -> serde_json::Value {
+    let auth = format!("Bearer {}", p.spec.token);
+    let r = janus_integration::client::get(p.spec.admin, path, &[("authorization", &auth)])
+        .expect("admin GET");
+    assert_eq!(r.status, 200, "{} {path}: {}", p.spec.id, r.text());
+    r.json().expect("json")
+}
+
+/// The router's `janus_router_mirror_total{result="<result>"}`.
+pub fn mirrors(router: &ProcState, result: &str) -> u64 {
+    let auth = format!("Bearer {}", router.spec.token);
+    let r =
+        janus_integration::client::get(router.spec.admin, "/metrics", &[("authorization", &auth)])
+            .expect("router metrics");
+    let key = format!("janus_router_mirror_total{{result=\"{result}\"}} ");
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&key)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {}", r.text()))
+}
+
 /// A cluster started by `janus up`; dropped, it runs `janus down` and removes its cluster file.
 pub struct Cluster {
     pub name: String,
