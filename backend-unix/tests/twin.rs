@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use backend_unix::Node;
-use common::{admin, config, get, poll, request, start};
+use common::{admin, config, get, metric, poll, request, start};
 use janus_samples_hello::Hello;
 use janus_samples_kv::Kv;
 
@@ -183,7 +183,11 @@ async fn mirrored_requests_answer_at_exactly_the_asked_seq() {
         )
         .await
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The write only once the twin holds the mirror (it waits for seq `next`).
+    poll("the twin holding the mirror", || async {
+        (metric(&twin, "janus_requests_in_flight").await == Some(1.0)).then_some(())
+    })
+    .await;
     put(&leader, "a", "2").await;
     let r = waiting.await.expect("mirror");
     assert_eq!((r.status, r.text()), (200, "2".to_owned()));
