@@ -28,8 +28,12 @@ pub struct BugOutcome {
     pub request: String,
     /// Requests sent in this phase.
     pub requests: u32,
-    /// Answers the client saw that were errors (5xx or no answer).
+    /// Answers the client saw that were errors (5xx or no answer) from a request that went to a
+    /// stable node (answered there, or retried on a debug node after it failed).
     pub client_errors: u32,
+    /// Error answers from a debug node that the mix picked first: the debug build's own answer
+    /// (its checked arithmetic panics where the unikernel wraps), never a stable node's.
+    pub debug_pool_errors: u32,
     /// What the client saw for the faulting request.
     pub client_saw: String,
     /// The captured fault.
@@ -88,6 +92,17 @@ fn is_error(r: &anyhow::Result<Reply>) -> bool {
     match r {
         Ok(r) => r.status >= 500,
         Err(_) => true,
+    }
+}
+
+/// Whether an answer came from a debug node the mix picked first (`x-janus-pool: debug` with no
+/// `x-janus-retried-from`): no stable node saw the request.
+fn from_debug_pick(r: &anyhow::Result<Reply>) -> bool {
+    match r {
+        Ok(r) => {
+            r.header("x-janus-pool") == Some("debug") && r.header("x-janus-retried-from").is_none()
+        }
+        Err(_) => false,
     }
 }
 
@@ -186,7 +201,11 @@ fn as_expected(b: &BugOutcome) -> bool {
     match b.bug {
         // Shared by both builds: mirrored at the same seq, no divergence is recorded.
         "shared wrong answer" => b.fault_id.is_none() && b.client_errors == 0,
-        "build" => b.fault_id.is_some() && b.verdict == Some(Verdict::BuildSpecific),
+        "build" => {
+            b.fault_id.is_some()
+                && b.verdict == Some(Verdict::BuildSpecific)
+                && b.client_errors == 0
+        }
         "state" => {
             b.fault_id.is_some()
                 && b.verdict == Some(Verdict::StateDependent)
@@ -355,6 +374,7 @@ struct Triggered {
     request: String,
     sent: u32,
     errors: u32,
+    debug_pool_errors: u32,
     saw: String,
     found: Option<lb_router::FaultSummary>,
 }
@@ -375,13 +395,20 @@ fn trigger(
         request: format!("{method} {path}"),
         sent: 0,
         errors: 0,
+        debug_pool_errors: 0,
         saw: String::new(),
         found: None,
     };
     for _ in 0..tries {
         let r = d.send(method, path, b"");
         out.sent += 1;
-        out.errors += u32::from(is_error(&r));
+        if is_error(&r) {
+            if from_debug_pick(&r) {
+                out.debug_pool_errors += 1;
+            } else {
+                out.errors += 1;
+            }
+        }
         out.saw = describe(&r);
         out.found = wait_fault(cluster, t, wait, &pred)?;
         if out.found.is_some() {
@@ -403,14 +430,16 @@ fn repro_bug(
     out: &mut dyn FnMut(&str),
 ) -> anyhow::Result<BugOutcome> {
     out(&format!(
-        "   {} requests, {} client-visible errors; the client got: {}\n",
-        t.sent, t.errors, t.saw
+        "   {} requests, {} client-visible errors from stable nodes ({} more from debug nodes the mix \
+         picked first); the client got: {}\n",
+        t.sent, t.errors, t.debug_pool_errors, t.saw
     ));
     let mut outcome = BugOutcome {
         bug,
         request: t.request,
         requests: t.sent,
         client_errors: t.errors,
+        debug_pool_errors: t.debug_pool_errors,
         client_saw: t.saw,
         fault_id: None,
         stable_node: None,

@@ -1003,6 +1003,35 @@ fn signal(pid: u32, signal: &str) {
         .status()
         .expect("kill");
     assert!(st.success(), "kill -{signal} {pid}");
+    if signal == "STOP" {
+        // kill(2) returns before the signal is delivered: wait until every thread of the process is
+        // stopped, or a busy router could still read what the caller writes next.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {pid} did not stop"
+            );
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Whether every thread of `pid` is in state `T` (stopped), from `/proc/PID/task/*/stat`.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                // The state follows the parenthesised command name, which may hold spaces.
+                let after = stat.rsplit_once(')')?.1;
+                after.split_whitespace().next().map(|s| s == "T")
+            })
+            .unwrap_or(false)
+    })
 }
 
 /// One GET that hangs on the stable node (`/slow`, no answer within the request timeout: like
