@@ -161,8 +161,10 @@ fraction = 1.0
         let r = client::get(addr, "/avg?values=200,100", &[]).expect("GET /avg");
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json().expect("json")["avg"], 22, "the stable build wraps");
+        // Counted when judged, listed once written to the fault store: wait for both.
         wait_until("the divergence is recorded", || {
             mirrors(&router, "diverged") == 1
+                && c.faults_json().iter().any(|f| f["kind"] == "divergence")
         });
         let faults = c.faults_json();
         let f = faults
