@@ -3,6 +3,8 @@
 //! `JANUS_TEST_STABLE_FLAVOR=unix`; debug pool: unix builds), a real router (in-process, real sockets),
 //! a real client.
 
+mod support;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -52,7 +54,6 @@ fn start_router(name: &str, extra: &str, nodes: &[(&Node, &str)]) -> Router {
 fn start_router_with(name: &str, upstream: &str, extra: &str, nodes: &[(&Node, &str)]) -> Router {
     let dir = std::env::temp_dir().join(format!("janus-router-real-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
     let mut cfg = format!(
         "[downstream]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{ADMIN_TOKEN}\"\n\
          [upstream]\nadmin_token = \"{TOKEN}\"\n{upstream}\n[faults]\npath = \"{}\"\n{extra}\n",
@@ -61,20 +62,7 @@ fn start_router_with(name: &str, upstream: &str, extra: &str, nodes: &[(&Node, &
     for (n, pool) in nodes {
         cfg.push_str(&node_toml(n, pool));
     }
-    let path = dir.join("router.toml");
-    std::fs::write(&path, cfg).expect("write config");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let source = lb_router::ConfigSource {
-        file: Some(path),
-        flags: lb_router::FlagOverrides::default(),
-    };
-    let running = rt
-        .block_on(lb_router::start(source))
-        .expect("router starts");
+    let (rt, running) = support::start_router(&dir, &cfg);
     Router { rt, running, dir }
 }
 

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, janus, text};
+use common::{Cluster, janus, mirrors, mirrors_settled, text, twin_converged};
 use janus_integration::client;
 
 const INSIDE: &str = "JANUS_LIBVIRT_SANDBOX";
@@ -52,14 +52,32 @@ fn count_procs(name: &str) -> usize {
 
 #[test]
 fn libvirt_engine_end_to_end() {
-    if std::env::var_os(INSIDE).is_some() {
+    if sandboxed("libvirt_engine_end_to_end") {
         inside();
-        return;
+    }
+}
+
+#[test]
+fn twins_follow_a_libvirt_stable_node() {
+    if sandboxed("twins_follow_a_libvirt_stable_node") {
+        twins_inside();
+    }
+}
+
+/// Runs test `name` again inside scripts/libvirt-sandbox (one sandbox at a time: the daemons
+/// count below is the machine's). `true`: this is the run inside, go on.
+fn sandboxed(name: &str) -> bool {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if std::env::var_os(INSIDE).is_some() {
+        return true;
     }
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: the libvirt engine test runs libvirtd's system instance (needs root)");
-        return;
+        return false;
     }
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let deps = Command::new(home().join("scripts/install-deps"))
         .args(["libvirt-daemon-system", "dnsmasq-base", "iproute2"])
         .status()
@@ -68,7 +86,7 @@ fn libvirt_engine_end_to_end() {
     let daemons = (count_procs("libvirtd"), count_procs("virtlogd"));
     let status = Command::new(home().join("scripts/libvirt-sandbox"))
         .arg(std::env::current_exe().expect("test exe"))
-        .args(["--exact", "libvirt_engine_end_to_end", "--nocapture"])
+        .args(["--exact", name, "--nocapture"])
         .env(INSIDE, "1")
         .env("JANUS_LIBVIRT_TEST_ID", std::process::id().to_string())
         .status()
@@ -81,6 +99,133 @@ fn libvirt_engine_end_to_end() {
         (count_procs("libvirtd"), count_procs("virtlogd")),
         daemons,
         "the sandbox's daemons are gone with it"
+    );
+    false
+}
+
+/// Bug 2, state-triggered: `POST /counter/hits/incr` (each with its own Idempotency-Key, so a
+/// fault is retried on a debug node) until a stable node's panic is captured; that fault.
+fn counter_panic(c: &Cluster) -> serde_json::Value {
+    for i in 0..60 {
+        let key = format!("incr-{i}");
+        let _ = client::request(
+            c.router(),
+            "POST",
+            "/counter/hits/incr",
+            &[("idempotency-key", key.as_str())],
+            b"v",
+        );
+        let fault = c.faults_json().into_iter().find(|f| {
+            f["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/counter/"))
+                && f["stable_node"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("stable-"))
+        });
+        if let Some(fault) = fault {
+            // The VM stopped under the request: discovery's Stopped event ended it (no reset on
+            // a TAP).
+            assert!(
+                matches!(
+                    fault["stable_outcome"].as_str(),
+                    Some("node_stopped" | "reset" | "body_cut_off")
+                ),
+                "{fault}"
+            );
+            return fault;
+        }
+    }
+    panic!("no stable panic captured after 60 increments");
+}
+
+/// `janus up` with the libvirt engine and `[debug] twins = true`: the unikernel domain's twin (a
+/// unix process on the host) follows its store through the bridge, mirrored GETs compare at the
+/// same seq without a divergence, and a state-triggered panic on the domain is captured and
+/// reproduced as state-dependent. The domain then restarts at the same address: the router's
+/// connections to the destroyed VM are not taken for the new one's faults.
+fn twins_inside() {
+    let c = sandbox_cluster(
+        "lt",
+        &format!(
+            r#"service = "{svc}"
+[stable]
+count = 1
+memory_mib = 64
+[debug]
+count = 1
+spare = 1
+twins = true
+[router]
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+stable_weight = 100
+debug_weight = 0
+[[router.mirror]]
+prefix = "/kv"
+fraction = 1.0
+[engine]
+kind = "libvirt"
+uri = ["qemu:///system"]
+subnet = "10.79.0.0/24"
+"#,
+            svc = janus_integration::sample_dir("faulty").display(),
+        ),
+    );
+    wait_router_nodes(&c, &["stable-0"], Duration::from_secs(30));
+    let (stable, twin, router) = (
+        c.proc("stable-0"),
+        c.proc("twin-stable-0"),
+        c.proc("router"),
+    );
+    assert!(
+        stable.spec.admin.ip().to_string().starts_with("10.79.0."),
+        "{:?}",
+        stable.spec
+    );
+    let addr = c.router();
+    for i in 0..40 {
+        let key = format!("/kv/k{}", i % 10);
+        let r = client::request(addr, "PUT", &key, &[], format!("v{i}").as_bytes()).expect("PUT");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-janus-node"), Some("stable-0"));
+        let r = client::get(addr, &key, &[]).expect("GET");
+        assert_eq!(r.text(), format!("v{i}"));
+    }
+    let within = Duration::from_secs(30);
+    common::wait_until("the twin applies the domain's last seq", within, || {
+        twin_converged(&stable, &twin)
+    });
+    common::wait_until("every mirror has an outcome", within, || {
+        mirrors_settled(&router)
+    });
+    assert!(mirrors(&router, "match") > 0, "no mirror compared");
+    assert_eq!(mirrors(&router, "diverged"), 0, "a false divergence");
+
+    let fault = counter_panic(&c);
+    let id = fault["id"].as_i64().expect("id").to_string();
+    let o = c.faults(&["repro", &id, "--json"]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    assert_eq!(report["verdict"], "state_dependent", "{report}");
+
+    // The supervisor starts the domain again at the same address; reads reach the new VM (an
+    // empty store) and nothing but the panic is a fault.
+    let restarts = stable.restarts;
+    common::wait_until("the domain runs again", within, || {
+        c.proc("stable-0").restarts > restarts
+    });
+    wait_router_nodes(&c, &["stable-0"], within);
+    for i in 0..10 {
+        let r = client::get(addr, &format!("/kv/k{i}"), &[]).expect("GET");
+        assert!(r.status == 200 || r.status == 404, "{}", r.text());
+    }
+    let faults = c.faults_json();
+    assert!(
+        faults.iter().all(|f| f["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/counter/"))),
+        "{faults:?}"
     );
 }
 
@@ -115,14 +260,16 @@ fn wait_router_nodes(c: &Cluster, want: &[&str], within: Duration) -> Duration {
     }
 }
 
+/// `janus up` inside the sandbox of a cluster named `prefix` and the outer test's pid (the pid
+/// inside the sandbox's pid namespace repeats from run to run: the outer one does not).
+fn sandbox_cluster(prefix: &str, body: &str) -> Cluster {
+    let id = std::env::var("JANUS_LIBVIRT_TEST_ID").unwrap_or_default();
+    Cluster::up(&format!("{prefix}{id}"), body)
+}
+
 fn inside() {
-    // The pid inside the sandbox's pid namespace repeats from run to run: the outer one does not.
-    let name = format!(
-        "lv{}",
-        std::env::var("JANUS_LIBVIRT_TEST_ID").unwrap_or_default()
-    );
-    let c = Cluster::up(
-        &name,
+    let c = sandbox_cluster(
+        "lv",
         &format!(
             r#"service = "{svc}"
 [stable]
@@ -231,39 +378,7 @@ subnet = "10.78.0.0/24"
 
     // A state-triggered panic on a domain (faulty's 8th increment of a counter) is captured with
     // the console's state dump and reproduced on a spare debug node.
-    let mut fault = None;
-    for i in 0..60 {
-        let key = format!("incr-{i}");
-        let _ = client::request(
-            router,
-            "POST",
-            "/counter/hits/incr",
-            &[("idempotency-key", key.as_str())],
-            b"v",
-        );
-        let o = janus(&["faults", "list", "--json", "--cluster", &c.name]);
-        let list: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).expect("faults json");
-        fault = list.into_iter().find(|f| {
-            f["path"]
-                .as_str()
-                .is_some_and(|p| p.starts_with("/counter/"))
-                && f["stable_node"]
-                    .as_str()
-                    .is_some_and(|n| n.starts_with("stable-"))
-        });
-        if fault.is_some() {
-            break;
-        }
-    }
-    let fault = fault.expect("a stable panic is captured");
-    // The VM stopped under the request: discovery's Stopped event ended it (no reset on a TAP).
-    assert!(
-        matches!(
-            fault["stable_outcome"].as_str(),
-            Some("node_stopped" | "reset" | "body_cut_off")
-        ),
-        "{fault}"
-    );
+    let fault = counter_panic(&c);
     let node = fault["stable_node"].as_str().expect("node").to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     let exit = loop {

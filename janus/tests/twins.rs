@@ -7,28 +7,13 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Cluster, admin_json, mirrors, stable_flavor, text};
-use janus::supervisor::{ProcState, Role};
+use common::{Cluster, admin_json, mirrors, mirrors_settled, stable_flavor, text, twin_converged};
+use janus::supervisor::Role;
 use janus_integration::client;
 
 /// Polls `ok` for up to 30 s.
 fn wait_until(what: &str, ok: impl FnMut() -> bool) {
     common::wait_until(what, Duration::from_secs(30), ok)
-}
-
-/// Every mirror sent has an outcome (matched, diverged, skipped, failed).
-fn mirrors_settled(router: &ProcState) -> bool {
-    let sent = mirrors(router, "sent");
-    sent == ["match", "diverged", "skipped_lag", "noisy", "error"]
-        .iter()
-        .map(|r| mirrors(router, r))
-        .sum::<u64>()
-}
-
-fn twin_converged(stable: &ProcState, twin: &ProcState) -> bool {
-    let want = admin_json(stable, "/health")["seq"].as_u64();
-    let h = admin_json(twin, "/health");
-    want.is_some() && h["twin"]["applied_seq"].as_u64() == want && h["seq"].as_u64() == want
 }
 
 #[test]
@@ -176,8 +161,10 @@ fraction = 1.0
         let r = client::get(addr, "/avg?values=200,100", &[]).expect("GET /avg");
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json().expect("json")["avg"], 22, "the stable build wraps");
+        // Counted when judged, listed once written to the fault store: wait for both.
         wait_until("the divergence is recorded", || {
             mirrors(&router, "diverged") == 1
+                && c.faults_json().iter().any(|f| f["kind"] == "divergence")
         });
         let faults = c.faults_json();
         let f = faults

@@ -143,6 +143,9 @@ pub struct RouterMetrics {
     /// Requests a lane handed back unsent (stalled behind a slow answer, or the node closed the
     /// connection) and sent again on a connection of their own.
     pub lane_resent: Counter,
+    /// Repeatable requests sent again on a new connection after a reused one ended before any byte
+    /// of their answer (a stale keep-alive connection; see `transport`).
+    pub stale_resent: Counter,
     pub reloads_ok: Counter,
     pub reloads_failed: Counter,
 }
@@ -186,6 +189,7 @@ impl RouterMetrics {
             pipelined_requests: Counter::new(),
             pipelined_batches: Counter::new(),
             lane_resent: Counter::new(),
+            stale_resent: Counter::new(),
             reloads_ok: Counter::new(),
             reloads_failed: Counter::new(),
         }

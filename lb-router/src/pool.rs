@@ -82,7 +82,15 @@ impl Node {
     /// reset; without this they would wait for `upstream.request_timeout_ms`).
     pub fn mark_stopped(&self) {
         self.stopped.store(true, Ordering::Release);
+        self.retire_connections();
         self.turned_unhealthy.notify_waiters();
+    }
+
+    /// No connection made to the node's addresses until now is used again (see
+    /// [`crate::transport::retire`]): whatever answers there next may be another process or VM.
+    pub fn retire_connections(&self) {
+        crate::transport::retire::retire(self.addr.0);
+        crate::transport::retire::retire(self.admin_addr.0);
     }
 
     pub fn is_stopped(&self) -> bool {
@@ -101,6 +109,7 @@ impl Node {
 
     /// Called by the checker when this node turned unhealthy.
     pub fn abandon_in_flight(&self) {
+        self.retire_connections();
         self.turned_unhealthy.notify_waiters();
     }
 
@@ -307,11 +316,18 @@ impl Pools {
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             old
         };
-        // Nodes that left must give back their ejection slot.
+        // Nodes that left must give back their ejection slot; connections to nodes that left or
+        // joined are not used again (a node that joins may be a new VM where an old one was).
         let cur = self.current();
         for n in &old.nodes {
             if cur.get(n.id.as_str()).is_none_or(|c| !Arc::ptr_eq(c, n)) {
                 n.health.forget(self.ejections(n.pool));
+                n.retire_connections();
+            }
+        }
+        for n in &cur.nodes {
+            if old.get(n.id.as_str()).is_none_or(|o| !Arc::ptr_eq(o, n)) {
+                n.retire_connections();
             }
         }
     }

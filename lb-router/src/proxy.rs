@@ -473,16 +473,20 @@ fn other_pool(pool: Pool) -> Pool {
     }
 }
 
+/// Whether requests of this method may be repeated (RFC 9110 9.2.2).
+pub fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
 /// Why a request may not be replayed, if it may not.
 pub fn replay_refusal(cfg: &Config, req: &BufferedRequest) -> Option<String> {
     if !cfg.retry.enabled {
         return Some("retry is disabled (retry.enabled = false)".to_owned());
     }
-    let idempotent = matches!(
-        req.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    );
-    if !idempotent && !req.headers.contains_key(IDEMPOTENCY_KEY) {
+    if !idempotent(&req.method) && !req.headers.contains_key(IDEMPOTENCY_KEY) {
         return Some(format!(
             "{} is not idempotent and carries no Idempotency-Key",
             req.method
@@ -548,6 +552,9 @@ pub fn account(
                 router.now_ms(),
                 kind.ejects_at_once(),
             );
+            if matches!(effect, crate::health::FailureEffect::Ejected { .. }) {
+                node.retire_connections();
+            }
             crate::checks::log_effect(&node, effect, &kind.outcome());
         }
     }

@@ -376,8 +376,15 @@ mod tests {
         let a = r.pools.current().get("a").cloned().expect("a joined");
         a.requests.inc();
         let b = r.pools.current().get("b").cloned().expect("b joined");
+        let made = crate::transport::retire::generation();
         r.set_discovered(vec![discovered_node("a", 80), discovered_node("c", 100)])
             .await;
+        // Connections to a node that left or joined are not used again; to one that stayed they are.
+        let current =
+            |n: &NodeConfig| crate::transport::retire::still_current(n.addr.0, &mut { made });
+        assert!(current(&discovered_node("a", 80)));
+        assert!(!current(&discovered_node("b", 90)), "b left");
+        assert!(!current(&discovered_node("c", 100)), "c joined");
         let topo = r.pools.current();
         assert!(Arc::ptr_eq(topo.get("a").expect("a stays"), &a));
         assert_eq!(topo.get("a").expect("a").requests.get(), 1);

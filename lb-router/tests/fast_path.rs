@@ -23,6 +23,8 @@ struct RawNode {
     connections: Arc<AtomicU64>,
     /// Requests that arrived with the one before them (read together: pipelined).
     pipelined: Arc<AtomicU64>,
+    /// `/crash-once` and `/crash` requests received.
+    crashes: Arc<AtomicU64>,
 }
 
 impl RawNode {
@@ -37,10 +39,11 @@ impl RawNode {
         let pipelined = Arc::new(AtomicU64::new(0));
         let (count, together) = (connections.clone(), pipelined.clone());
         let crashes = Arc::new(AtomicU64::new(0));
+        let crashed = crashes.clone();
         tokio::spawn(async move {
             while let Ok((s, _)) = svc.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve_scripted(s, crashes.clone(), together.clone()));
+                tokio::spawn(serve_scripted(s, crashed.clone(), together.clone()));
             }
         });
         tokio::spawn(async move {
@@ -64,6 +67,7 @@ impl RawNode {
             admin_addr,
             connections,
             pipelined,
+            crashes,
         }
     }
 
@@ -88,8 +92,9 @@ async fn read_head(s: &mut (impl AsyncRead + Unpin)) -> Option<String> {
     Some(String::from_utf8_lossy(&head).into_owned())
 }
 
-/// `crashes` counts `/crash-once` requests: the first drops the connection without an answer (a node
-/// dying on a request), later ones are answered (the node came back with fresh state).
+/// `crashes` counts `/crash-once` and `/crash` requests: the first `/crash-once` drops the connection
+/// without an answer (a node dying on a request), later ones are answered (the node came back with
+/// fresh state); every `/crash` drops its connection.
 async fn serve_scripted(s: TcpStream, crashes: Arc<AtomicU64>, pipelined: Arc<AtomicU64>) {
     let mut s = BufReader::new(s);
     while let Some(head) = read_head(&mut s).await {
@@ -125,6 +130,10 @@ async fn serve_scripted(s: TcpStream, crashes: Arc<AtomicU64>, pipelined: Arc<At
             "/close-after" => (fixed("closing"), true),
             "/head" => (fixed(&head), false),
             "/crash-once" if crashes.fetch_add(1, Ordering::SeqCst) == 0 => return,
+            "/crash" => {
+                crashes.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
             _ => (fixed(&path), false),
         };
         if s.get_mut().write_all(out.as_bytes()).await.is_err() || close {
@@ -293,17 +302,33 @@ async fn a_node_dying_on_a_request_is_a_fault_not_hidden_by_a_resend() {
     let node = RawNode::start().await;
     let router = router_for(&node, "crash").await;
     let client = HttpClient::new();
-    // A kept-alive node connection first, so the crash happens on a reused one.
-    assert_eq!(client.get(&router, "/warm", &[]).await.status, 200);
+    // On a new node connection (the node's first request): never sent again.
     let r = client.get(&router, "/crash-once", &[]).await;
     assert_eq!(
         r.status, 502,
         "the node answers a second copy of the request: the router must not send one: {r:?}"
     );
+    assert_eq!(node.crashes.load(Ordering::SeqCst), 1);
+    // On a reused one, closed before any byte of the answer, the router cannot tell a crash from
+    // a stale keep-alive connection: a GET goes once more on a new connection. A node that dies on
+    // it there is a fault all the same.
+    assert_eq!(client.get(&router, "/warm", &[]).await.status, 200);
+    let r = client.get(&router, "/crash", &[]).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(
+        node.crashes.load(Ordering::SeqCst),
+        3,
+        "sent twice, not more"
+    );
     let faults = faults(&router).await;
     let list = faults["faults"].as_array().expect("faults");
-    assert_eq!(list.len(), 1, "{faults}");
-    assert_eq!(list[0]["stable_outcome"], "reset", "{faults}");
+    let paths: Vec<_> = list.iter().map(|f| f["path"].as_str()).collect();
+    assert_eq!(list.len(), 2, "{faults}");
+    assert!(paths.contains(&Some("/crash")), "{faults}");
+    assert!(
+        list.iter().all(|f| f["stable_outcome"] == "reset"),
+        "{faults}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -67,6 +67,22 @@ pub fn mirrors(router: &ProcState, result: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in {}", r.text()))
 }
 
+/// Every mirror sent has an outcome (matched, diverged, skipped, failed).
+pub fn mirrors_settled(router: &ProcState) -> bool {
+    let sent = mirrors(router, "sent");
+    sent == ["match", "diverged", "skipped_lag", "noisy", "error"]
+        .iter()
+        .map(|r| mirrors(router, r))
+        .sum::<u64>()
+}
+
+/// The twin has applied the stable node's current seq.
+pub fn twin_converged(stable: &ProcState, twin: &ProcState) -> bool {
+    let want = admin_json(stable, "/health")["seq"].as_u64();
+    let h = admin_json(twin, "/health");
+    want.is_some() && h["twin"]["applied_seq"].as_u64() == want && h["seq"].as_u64() == want
+}
+
 /// A cluster started by `janus up`; dropped, it runs `janus down` and removes its cluster file.
 pub struct Cluster {
     pub name: String,

@@ -247,6 +247,11 @@ impl RouterMetrics {
                 &self.lane_resent,
             ),
             (
+                "janus_router_upstream_stale_resent",
+                "Repeatable requests sent again on a new connection after a reused one ended before any byte of their answer.",
+                &self.stale_resent,
+            ),
+            (
                 "janus_router_reloads_ok",
                 "Configuration reloads applied.",
                 &self.reloads_ok,

@@ -49,6 +49,9 @@ pub(crate) enum ExchangeError {
     Connect(String),
     Unsent(String),
     Unanswered(String),
+    /// Written on a lane that had carried earlier batches, which ended before any byte of this
+    /// batch's answers: most likely a stale keep-alive connection (see `transport::send`).
+    Stale(String),
     Reset(String),
     CutOff(String),
     TooLarge,

@@ -21,6 +21,8 @@ pub(crate) struct RawConn {
     /// The answer being read (cleared before each request).
     pub(crate) buf: Vec<u8>,
     idle_since: std::time::Instant,
+    /// The generation it was made at (see [`super::retire`]).
+    generation: u64,
 }
 
 thread_local! {
@@ -37,8 +39,10 @@ pub(crate) fn checkout(limits: &Limits, addr: SocketAddr, now: Instant) -> Optio
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let (_, list) = idle.iter_mut().find(|(a, _)| *a == addr)?;
-        while let Some(conn) = list.pop() {
-            if now.saturating_duration_since(conn.idle_since) <= idle_timeout && quiet(&conn.stream)
+        while let Some(mut conn) = list.pop() {
+            if now.saturating_duration_since(conn.idle_since) <= idle_timeout
+                && quiet(&conn.stream)
+                && super::retire::still_current(addr, &mut conn.generation)
             {
                 return Some(conn);
             }
@@ -91,6 +95,7 @@ pub(crate) async fn connect(
         node: node.to_owned(),
         reason,
     };
+    let generation = super::retire::generation();
     let stream = timeout(limit, TcpStream::connect(addr))
         .await
         .map_err(|_| connect_error(format!("no connection within {} ms", limit.as_millis())))?
@@ -100,6 +105,7 @@ pub(crate) async fn connect(
         stream,
         buf: Vec::with_capacity(READ_CHUNK),
         idle_since: std::time::Instant::now(),
+        generation,
     })
 }
 

@@ -132,6 +132,8 @@ struct LaneState {
     closed: bool,
     /// The lane's task, waiting for requests.
     task: Option<Waker>,
+    /// The generation the lane's connection was made at (see [`super::retire`]).
+    generation: u64,
 }
 
 struct Lane(Mutex<LaneState>);
@@ -165,10 +167,14 @@ impl Lane {
         !st.busy && !st.closed && st.queued.is_empty()
     }
 
-    /// Waits until requests are queued, then takes them (written next: the lane turns busy).
-    async fn next_batch(&self, out: &mut Vec<u8>, slots: &mut VecDeque<Waiting>) {
+    /// Waits until requests are queued, then takes them (written next: the lane turns busy);
+    /// `false` if the lane was closed meanwhile.
+    async fn next_batch(&self, out: &mut Vec<u8>, slots: &mut VecDeque<Waiting>) -> bool {
         std::future::poll_fn(|cx| {
             let mut st = lock(&self.0);
+            if st.closed {
+                return Poll::Ready(false);
+            }
             if st.queued.is_empty() {
                 st.task = Some(cx.waker().clone());
                 return Poll::Pending;
@@ -176,9 +182,9 @@ impl Lane {
             st.busy = true;
             std::mem::swap(out, &mut st.outbox);
             slots.extend(st.queued.drain(..));
-            Poll::Ready(())
+            Poll::Ready(true)
         })
-        .await;
+        .await
     }
 
     /// The written requests are all answered: the lane collects again.
@@ -188,12 +194,15 @@ impl Lane {
 
     /// Closes the lane; requests it took and never wrote fail as unsent.
     fn close(&self, why: &str) {
-        let queued = {
+        let (queued, task) = {
             let mut st = lock(&self.0);
             st.closed = true;
             st.outbox = Vec::new();
-            std::mem::take(&mut st.queued)
+            (std::mem::take(&mut st.queued), st.task.take())
         };
+        if let Some(w) = task {
+            w.wake();
+        }
         for w in queued {
             w.slot.fill(Err(ExchangeError::Unsent(why.to_owned())));
         }
@@ -215,6 +224,7 @@ pub(super) fn submit(
 ) -> Pending {
     LANES.with(|lanes| {
         let mut lanes = lanes.borrow_mut();
+        close_retired(&mut lanes);
         let list = super::conn::per_node(&mut lanes, addr);
         // From the back: the lane that took the last request is kept there, and is still collecting
         // while the requests of the same turn come (the first request of a turn finds an idle lane
@@ -227,7 +237,10 @@ pub(super) fn submit(
             }
         }
         list.retain(|l| !lock(&l.0).closed);
-        let lane = Arc::new(Lane(Mutex::new(LaneState::default())));
+        let lane = Arc::new(Lane(Mutex::new(LaneState {
+            generation: super::retire::generation(),
+            ..LaneState::default()
+        })));
         let pending = lane
             .offer(limits.depth, request, head_request)
             .expect("a new lane takes a request");
@@ -235,6 +248,30 @@ pub(super) fn submit(
         tokio::spawn(drive(lane, addr, limits));
         pending
     })
+}
+
+thread_local! {
+    /// The generation at which this worker last closed its lanes to retired addresses.
+    static SWEPT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// After an address was retired (see [`super::retire`]): closes this worker's lanes made before
+/// it. A request already written on such a lane keeps waiting for its answer there.
+fn close_retired(lanes: &mut [(SocketAddr, Vec<Arc<Lane>>)]) {
+    let now = super::retire::generation();
+    if SWEPT.get() == now {
+        return;
+    }
+    for (addr, list) in lanes.iter_mut() {
+        list.retain(|lane| {
+            let current = super::retire::still_current(*addr, &mut lock(&lane.0).generation);
+            if !current {
+                lane.close("the node's address was retired");
+            }
+            current
+        });
+    }
+    SWEPT.set(now);
 }
 
 /// Idle lanes of this worker for `addr` beyond `max`: the newest one closes.
@@ -286,6 +323,8 @@ async fn run(lane: &Lane, addr: SocketAddr, limits: Limits) -> String {
     let mut waiting: VecDeque<Waiting> = VecDeque::new();
     // One timer for the lane's life, moved from deadline to deadline.
     let mut timer = Box::pin(sleep_until(Instant::now() + limits.idle_timeout));
+    // The connection carried an earlier batch: it may have gone stale since.
+    let mut reused = false;
     loop {
         // Collecting: wait for requests; meanwhile the node must stay quiet.
         timer.as_mut().reset(Instant::now() + limits.idle_timeout);
@@ -302,7 +341,11 @@ async fn run(lane: &Lane, addr: SocketAddr, limits: Limits) -> String {
                     Ok(_) => return "the node sent bytes nobody asked for".into(),
                 }
             }
-            () = lane.next_batch(&mut out, &mut waiting) => {}
+            taken = lane.next_batch(&mut out, &mut waiting) => {
+                if !taken {
+                    return "closed".into();
+                }
+            }
             () = timer.as_mut() => return "idle".into(),
         }
         timer
@@ -323,10 +366,18 @@ async fn run(lane: &Lane, addr: SocketAddr, limits: Limits) -> String {
             return why;
         }
         out.clear();
-        let answered = answers(&mut stream, &mut buf, &mut waiting, timer.as_mut(), limits);
+        let answered = answers(
+            &mut stream,
+            &mut buf,
+            &mut waiting,
+            timer.as_mut(),
+            limits,
+            reused,
+        );
         if let Err(why) = answered.await {
             return why;
         }
+        reused = true;
         lane.answered();
         if surplus(addr, limits.max_idle) {
             return "more idle lanes than upstream.pool_max_idle_per_node".into();
@@ -374,13 +425,15 @@ fn fail_queued(lane: &Lane, e: impl Fn() -> ExchangeError) {
 }
 
 /// Reads the answers to the written requests in order and hands each to its slot. `Err`: the lane
-/// must close (every request still waiting has been failed).
+/// must close (every request still waiting has been failed). A `reused` connection that ends before
+/// any byte of the batch's answers fails them all as [`ExchangeError::Stale`].
 async fn answers(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     waiting: &mut VecDeque<Waiting>,
     mut deadline: Pin<&mut Sleep>,
     limits: Limits,
+    reused: bool,
 ) -> Result<(), String> {
     let mut reader = AnswerReader::default();
     let mut first = true;
@@ -437,6 +490,12 @@ async fn answers(
             Ok(_) => continue,
             Err(e) => Err(reader.on_error(buf, e)),
         };
+        if let (true, Err(ExchangeError::Unanswered(why))) = (reused && first, &front) {
+            for w in waiting.drain(..) {
+                w.slot.fill(Err(ExchangeError::Stale(why.clone())));
+            }
+            return Err("stale".into());
+        }
         let w = waiting.pop_front().expect("checked above");
         match front {
             Ok(raw) => {

@@ -10,14 +10,22 @@
 //!   `upstream.max_response_body_bytes` (or the caller's limit) and `upstream.request_timeout_ms`;
 //! * re-sent once, on a new connection, only when the node cannot have seen it: a reused
 //!   connection whose write failed, or a lane that never wrote it. A failure after the request
-//!   went out is never re-sent to the same node (that could hide the very crash the router is there
-//!   to catch): it is a `reset` fault, judged by the caller;
+//!   went out is not re-sent to the same node (that could hide the very crash the router is there
+//!   to catch): it is a `reset` fault, judged by the caller. One exception, the stale keep-alive
+//!   connection (as pingora, envoy and hyper have it): a *reused* connection (pooled, or a lane
+//!   that carried earlier batches) that is reset or closed before any byte of the answer came, for
+//!   a request safe to repeat (an idempotent method or an `Idempotency-Key`), is re-sent once on a
+//!   new connection and is no fault (`janus_router_upstream_stale_resent_total`). The node that
+//!   crashed on it is still caught: the new connection fails too (a `reset` fault, also when it
+//!   cannot be made). Pooled connections to an address are never reused once the address was
+//!   retired ([`retire`]: the node left or joined, stopped, or was found unhealthy);
 //! * abandoned as soon as the node turns unhealthy or is reported stopped.
 
 pub(crate) mod answer;
 pub(crate) mod conn;
 pub(crate) mod head;
 pub(crate) mod lane;
+pub mod retire;
 
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
@@ -32,7 +40,7 @@ use self::answer::{ExchangeError, RawResponse};
 use self::conn::RawConn;
 use crate::config::Config;
 use crate::ids::Pool;
-use crate::metrics::RouterMetrics;
+use crate::metrics::{Counter, RouterMetrics};
 use crate::pool::Node;
 use crate::upstream::{BufferedRequest, BufferedResponse, HOP_BY_HOP, UpstreamError};
 
@@ -92,6 +100,27 @@ pub(crate) struct Outgoing<'a> {
 impl Outgoing<'_> {
     fn head_request(&self) -> bool {
         *self.method == Method::HEAD
+    }
+
+    /// Whether the request may reach the node twice: an idempotent method or an `Idempotency-Key`
+    /// field (the replay rule of `proxy::replay_refusal`). Read only after a reused connection
+    /// failed, so the head is parsed again only then.
+    fn repeatable(&self) -> bool {
+        if crate::proxy::idempotent(self.method) {
+            return true;
+        }
+        let mut slots = field_slots();
+        let mut parsed = httparse::Request::new(&mut []);
+        let parse = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+            &mut parsed,
+            self.bytes,
+            &mut slots,
+        );
+        matches!(parse, Ok(httparse::Status::Complete(_)))
+            && parsed.headers.iter().any(|h| {
+                h.name
+                    .eq_ignore_ascii_case(crate::proxy::IDEMPOTENCY_KEY.as_str())
+            })
     }
 
     /// Whether the request goes on a lane: pipelining is on, the node is a stable one (a unikernel
@@ -192,12 +221,26 @@ pub(crate) async fn send(
                     metrics.lane_resent.inc();
                     None
                 }
+                // A lane's requests are idempotent: safe to repeat.
+                Err(ExchangeError::Stale(why)) => {
+                    metrics.stale_resent.inc();
+                    return once_more_fresh(limits, node.addr.0, node.id.as_str(), req, why).await;
+                }
                 Err(e) => return Err(upstream_error(node.id.as_str(), e, limits.max_body)),
             }
         } else {
             conn::checkout(limits, node.addr.0, started)
         };
-        exclusive(limits, node.addr.0, node.id.as_str(), pooled, req).await
+        let stale_resent = Some(&metrics.stale_resent);
+        exclusive(
+            limits,
+            node.addr.0,
+            node.id.as_str(),
+            pooled,
+            req,
+            stale_resent,
+        )
+        .await
     };
     timer.as_mut().reset(started + limits.request_timeout);
     tokio::select! {
@@ -214,13 +257,15 @@ pub(crate) async fn send(
 /// One exchange on an exclusive connection: `pooled` if the pool had one, else a new one. The
 /// retry-on-failed-write rule: a reused connection the node had closed before the request reached
 /// it (the write itself failed) cannot have delivered the request, which goes out once more on a
-/// new connection; any other failure is the caller's to judge.
+/// new connection; so does a repeatable request on a stale reused connection (counted in
+/// `stale_resent`); any other failure is the caller's to judge.
 async fn exclusive(
     limits: &Limits,
     addr: SocketAddr,
     name: &str,
     pooled: Option<RawConn>,
     req: &Outgoing<'_>,
+    stale_resent: Option<&Counter>,
 ) -> Result<Exchange, UpstreamError> {
     let head_request = req.head_request();
     let (mut conn, reused) = match pooled {
@@ -232,9 +277,40 @@ async fn exclusive(
             conn = conn::connect(limits, addr, name).await?;
             conn::exchange(&mut conn, req.bytes, head_request, limits.max_body).await
         }
+        Err(ExchangeError::Unanswered(why)) if reused && req.repeatable() => {
+            if let Some(c) = stale_resent {
+                c.inc();
+            }
+            return once_more_fresh(limits, addr, name, req, why).await;
+        }
         r => r,
     }
     .map_err(|e| upstream_error(name, e, limits.max_body))?;
+    Ok(Exchange {
+        via: Via::Conn(conn),
+        raw,
+    })
+}
+
+/// A repeatable request once more, on a new connection, after a reused connection ended before any
+/// byte of its answer (`why`). If no new connection can be made the node is gone, and the reset
+/// stands.
+async fn once_more_fresh(
+    limits: &Limits,
+    addr: SocketAddr,
+    name: &str,
+    req: &Outgoing<'_>,
+    why: String,
+) -> Result<Exchange, UpstreamError> {
+    let Ok(mut conn) = conn::connect(limits, addr, name).await else {
+        return Err(UpstreamError::Reset {
+            node: name.to_owned(),
+            reason: why,
+        });
+    };
+    let raw = conn::exchange(&mut conn, req.bytes, req.head_request(), limits.max_body)
+        .await
+        .map_err(|e| upstream_error(name, e, limits.max_body))?;
     Ok(Exchange {
         via: Via::Conn(conn),
         raw,
@@ -327,7 +403,7 @@ pub(crate) async fn admin_get(
         lanes_allowed: false,
     };
     let pooled = conn::checkout(limits, addr, started);
-    let exchange = tokio::time::timeout(timeout, exclusive(limits, addr, node, pooled, &req))
+    let exchange = tokio::time::timeout(timeout, exclusive(limits, addr, node, pooled, &req, None))
         .await
         .map_err(|_| UpstreamError::Timeout {
             node: node.to_owned(),
@@ -344,6 +420,7 @@ fn upstream_error(node: &str, e: ExchangeError, limit: usize) -> UpstreamError {
         ExchangeError::Connect(reason) => UpstreamError::Connect { node, reason },
         ExchangeError::Unsent(reason)
         | ExchangeError::Unanswered(reason)
+        | ExchangeError::Stale(reason)
         | ExchangeError::Reset(reason) => UpstreamError::Reset { node, reason },
         ExchangeError::CutOff(reason) => UpstreamError::BodyCutOff { node, reason },
         ExchangeError::TooLarge => UpstreamError::ResponseTooLarge { node, limit },
@@ -395,5 +472,22 @@ mod tests {
         push_decimal(&mut out, 0);
         push_decimal(&mut out, 1234);
         assert_eq!(out, b"01234");
+    }
+
+    #[test]
+    fn repeatable_requests_have_an_idempotent_method_or_an_idempotency_key() {
+        let out = |bytes: &'static [u8], method: &'static Method| Outgoing {
+            bytes,
+            method,
+            has_body: false,
+            lanes_allowed: false,
+        };
+        let get = b"GET /a HTTP/1.1\r\nhost: n\r\n\r\n";
+        assert!(out(get, &Method::GET).repeatable());
+        assert!(out(b"PUT /a HTTP/1.1\r\n\r\n", &Method::PUT).repeatable());
+        let post = b"POST /c HTTP/1.1\r\nhost: n\r\ncontent-length: 0\r\n\r\n";
+        assert!(!out(post, &Method::POST).repeatable());
+        let keyed = b"POST /c HTTP/1.1\r\nIdempotency-Key: k1\r\ncontent-length: 2\r\n\r\n{}";
+        assert!(out(keyed, &Method::POST).repeatable());
     }
 }
