@@ -284,3 +284,96 @@ thread_local! {
     /// The `date` value, formatted once a second.
     static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NodeConfig;
+    use crate::ids::{AdminAddr, Pool, UpstreamAddr};
+
+    fn node() -> Node {
+        Node::new(&NodeConfig {
+            id: NodeId::new("debug-1"),
+            pool: Pool::Debug,
+            addr: UpstreamAddr("127.0.0.1:1".parse().expect("addr")),
+            admin_addr: AdminAddr("127.0.0.1:2".parse().expect("addr")),
+            weight: 1,
+            admin_token: None,
+            twin_of: None,
+        })
+    }
+
+    /// The head hyper frames for a buffered answer has the fields the fast path writes as bytes.
+    #[test]
+    fn both_paths_get_the_same_head() {
+        let node = node();
+        let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\nx-janus-pool: stable\r\nx-janus-flavor: unix\r\n\r\n";
+        let mut bytes = Vec::new();
+        let scan = relay_head(head, &node, b"hello", true, &mut bytes);
+        assert_eq!((scan.status, scan.flavor), (200, Flavor::Unix));
+        // The date may turn to the next second between the two heads: compared apart.
+        let wire: String = String::from_utf8(bytes)
+            .expect("ascii")
+            .split_inclusive("\r\n")
+            .filter(|l| !l.starts_with("date: "))
+            .collect();
+
+        let mut headers = HeaderMap::new();
+        for (n, v) in [
+            ("content-type", "text/plain"),
+            ("connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("x-janus-pool", "stable"),
+            ("x-janus-flavor", "unix"),
+        ] {
+            headers.append(n, HeaderValue::from_static(v));
+        }
+        let resp = BufferedResponse {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from_static(b"hello"),
+        };
+        let by = Answerer {
+            node: &node,
+            retried_from: None,
+            fault_id: None,
+        };
+        let (out, _) = relay_buffered(resp, &by);
+        let mut fields = String::new();
+        for (n, v) in out.headers().iter().filter(|(n, _)| n.as_str() != "date") {
+            fields.push_str(&format!("{n}: {}\r\n", v.to_str().expect("ascii")));
+        }
+        assert_eq!(wire, format!("HTTP/1.1 200 OK\r\n{fields}\r\n"));
+        let h = out.headers();
+        assert_eq!(h["content-length"], "5");
+        assert_eq!(h["x-janus-node"], "debug-1");
+        assert_eq!(h.get_all("x-janus-pool").iter().count(), 1);
+        assert_eq!(
+            h["x-janus-pool"], "debug",
+            "the node's own is not passed on"
+        );
+        assert!(h.contains_key("date"));
+        assert!(!h.contains_key("connection") && !h.contains_key("transfer-encoding"));
+    }
+
+    #[test]
+    fn a_retried_fault_says_so() {
+        let node = node();
+        let from = NodeId::new("stable-1");
+        let resp = BufferedResponse {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        };
+        let by = Answerer {
+            node: &node,
+            retried_from: Some(&from),
+            fault_id: Some(42),
+        };
+        let (out, _) = relay_buffered(resp, &by);
+        let h = out.headers();
+        assert_eq!(h["x-janus-retried-from"], "stable-1");
+        assert_eq!(h["x-janus-fault-id"], "42");
+        assert_eq!(h["content-length"], "0");
+    }
+}
