@@ -334,7 +334,11 @@ mod tests {
         let e = balance.assign(0);
         assert_eq!((e.worker, load(&balance)), (1, [2, 1]));
         let f = balance.assign(1);
-        assert_eq!((f.worker, load(&balance)), (1, [2, 2]), "worker 1 keeps its own when even");
+        assert_eq!(
+            (f.worker, load(&balance)),
+            (1, [2, 2]),
+            "worker 1 keeps its own when even"
+        );
         drop((a, c, e, f));
         assert_eq!(load(&balance), [0, 0]);
     }
