@@ -173,8 +173,10 @@ pub async fn start_with(
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let mut worker_threads = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
+    let (balance, handed) = server::Balance::new(listeners.len());
+    for (i, (listener, handed)) in listeners.into_iter().zip(handed).enumerate() {
         let (router, slots, mut stop_rx) = (router.clone(), slots.clone(), stop_rx.clone());
+        let balance = balance.clone();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -195,7 +197,7 @@ pub async fn start_with(
                         }
                     };
                     tokio::select! {
-                        () = server::serve_downstream(router, listener, slots) => {}
+                        () = server::serve_downstream(router, listener, slots, balance, i, handed) => {}
                         _ = stop_rx.wait_for(|stop| *stop) => {}
                     }
                 });

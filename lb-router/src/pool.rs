@@ -9,6 +9,23 @@ use crate::ids::{AdminAddr, NodeId, Pool, UpstreamAddr};
 use crate::metrics::Counter;
 use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+/// Shards of a node's wake-up list ([`Node::until_unhealthy`]): more than the downstream workers of a
+/// small machine, so that no two workers share one.
+const WAKE_SHARDS: usize = 8;
+
+/// This thread's shard of the wake-up lists: threads take shards in turn as they first ask. Tokio's
+/// lock-free paths end where a waiter joins a `Notify`'s list (a mutex): two workers locking one list
+/// per request contend, and on a loaded host a worker that loses the race can sleep until the other
+/// is scheduled again (a tail-latency spike for all of its connections).
+fn wake_shard() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering as O};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, O::Relaxed) % WAKE_SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
 /// Sentinel for "no state sequence number seen yet".
 const NO_SEQ: u64 = u64::MAX;
 
@@ -31,8 +48,10 @@ pub struct Node {
     pub failures: Counter,
     in_flight: AtomicU64,
     last_seq: AtomicU64,
-    /// Woken when the node turns unhealthy: its in-flight requests stop waiting for it.
-    turned_unhealthy: tokio::sync::Notify,
+    /// Woken when the node turns unhealthy: its in-flight requests stop waiting for it. One
+    /// `Notify` per thread shard ([`wake_shard`]): every request on a stable node registers with
+    /// one and leaves it (each a lock of its waiter list), so the workers must not share a list.
+    turned_unhealthy: [tokio::sync::Notify; WAKE_SHARDS],
     /// The engine reported the node stopped (see [`Node::mark_stopped`]).
     stopped: AtomicBool,
 }
@@ -53,7 +72,7 @@ impl Node {
             failures: Counter::new(),
             in_flight: AtomicU64::new(0),
             last_seq: AtomicU64::new(NO_SEQ),
-            turned_unhealthy: tokio::sync::Notify::new(),
+            turned_unhealthy: std::array::from_fn(|_| tokio::sync::Notify::new()),
             stopped: AtomicBool::new(false),
         }
     }
@@ -68,7 +87,7 @@ impl Node {
         if self.pool == Pool::Debug {
             return std::future::pending().await;
         }
-        let notified = self.turned_unhealthy.notified();
+        let notified = self.turned_unhealthy[wake_shard()].notified();
         let mut notified = std::pin::pin!(notified);
         notified.as_mut().enable();
         if self.health.is_unhealthy() || self.is_stopped() {
@@ -83,7 +102,7 @@ impl Node {
     pub fn mark_stopped(&self) {
         self.stopped.store(true, Ordering::Release);
         self.retire_connections();
-        self.turned_unhealthy.notify_waiters();
+        self.wake_in_flight();
     }
 
     /// No connection made to the node's addresses until now is used again (see
@@ -110,7 +129,13 @@ impl Node {
     /// Called by the checker when this node turned unhealthy.
     pub fn abandon_in_flight(&self) {
         self.retire_connections();
-        self.turned_unhealthy.notify_waiters();
+        self.wake_in_flight();
+    }
+
+    fn wake_in_flight(&self) {
+        for shard in &self.turned_unhealthy {
+            shard.notify_waiters();
+        }
     }
 
     pub fn weight(&self) -> u32 {

@@ -19,13 +19,12 @@ use hyper::body::Incoming;
 use crate::capture::{self, FaultContext};
 use crate::config::{ChannelConfig, Config, MixConfig};
 use crate::ids::{NodeId, Pool, TraceId};
-use crate::metrics::Flavor;
 use crate::pool::{Node, Topology};
 use crate::rand;
 use crate::router::Router;
 use crate::upstream::{
-    BufferedRequest, BufferedResponse, FaultKind, HOP_BY_HOP, UpstreamError, Verdict, X_FAULT,
-    X_FLAVOR, X_NODE, X_TRACE_ID, judge,
+    BufferedRequest, BufferedResponse, FaultKind, UpstreamError, Verdict, X_FAULT, X_TRACE_ID,
+    judge,
 };
 
 pub const X_POOL: HeaderName = HeaderName::from_static("x-janus-pool");
@@ -804,8 +803,8 @@ pub fn redact_fault_answer(resp: &mut BufferedResponse) {
     resp.headers.remove(header::CONTENT_LENGTH);
 }
 
-/// Phase *respond*: the node's answer, minus hop-by-hop headers, plus who answered; a fault
-/// answer without its details ([`redact_fault_answer`]).
+/// Phase *respond*: the node's answer with the head every client gets (`relay`: hop-by-hop fields
+/// dropped, who answered added), a fault answer without its details ([`redact_fault_answer`]).
 pub fn respond(
     router: &Router,
     mut resp: BufferedResponse,
@@ -814,40 +813,20 @@ pub fn respond(
     fault_id: Option<i64>,
     started: tokio::time::Instant,
 ) -> Response<Full<Bytes>> {
-    let flavor = Flavor::parse(resp.headers.get(X_FLAVOR).and_then(|v| v.to_str().ok()));
+    redact_fault_answer(&mut resp);
+    let status = resp.status.as_u16();
+    let by = crate::relay::Answerer {
+        node,
+        retried_from,
+        fault_id,
+    };
+    let (out, scan) = crate::relay::relay_buffered(resp, &by);
     router.metrics.record_response(
         node.pool,
-        flavor,
-        resp.status.as_u16(),
+        scan.flavor,
+        status,
         started.elapsed().as_micros() as u64,
     );
-    redact_fault_answer(&mut resp);
-    // An empty buffered body with a content-length is a HEAD (or 304) answer: keep the node's length.
-    // Otherwise the length is the buffered body's, set by hyper.
-    let keep_length = resp.body.is_empty();
-    let mut out = Response::new(Full::new(resp.body));
-    *out.status_mut() = resp.status;
-    // The node's headers move over as they are (no copy), minus the hop-by-hop ones.
-    *out.headers_mut() = resp.headers;
-    let h = out.headers_mut();
-    for name in HOP_BY_HOP {
-        h.remove(name);
-    }
-    if !keep_length {
-        h.remove(header::CONTENT_LENGTH);
-    }
-    if !h.contains_key(X_NODE)
-        && let Ok(v) = HeaderValue::from_str(node.id.as_str())
-    {
-        h.insert(X_NODE, v);
-    }
-    h.insert(X_POOL, HeaderValue::from_static(node.pool.as_str()));
-    if let Some(from) = retried_from.and_then(|f| HeaderValue::from_str(f.as_str()).ok()) {
-        h.insert(X_RETRIED_FROM, from);
-    }
-    if let Some(id) = fault_id {
-        h.insert(X_FAULT_ID, HeaderValue::from(id));
-    }
     out
 }
 
