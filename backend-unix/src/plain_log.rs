@@ -24,7 +24,7 @@ use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
-use crate::recorder::{FieldValue, Fields, is_recorded, with_recorded_fields};
+use crate::recorder::{FieldValue, Fields, just_kept, with_recorded_fields};
 
 /// A buffer grown past this (a huge field) is not kept for reuse.
 const KEEP_BYTES: usize = 4096;
@@ -64,10 +64,10 @@ where
     W: for<'w> MakeWriter<'w> + 'static,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        if is_recorded(&span) {
+        if just_kept(id) {
             return;
         }
+        let Some(span) = ctx.span(id) else { return };
         let mut text = Vec::new();
         attrs.record(&mut PlainVisitor::new(&mut text));
         // Counted before it exists, so that no callback on it sees none.

@@ -504,12 +504,16 @@ where
     trace.spans.get(link.index).map(|s| f(&s.fields))
 }
 
-/// Whether the recorder keeps `span`'s fields (see [`with_recorded_fields`]).
-pub(crate) fn is_recorded<S>(span: &tracing_subscriber::registry::SpanRef<'_, S>) -> bool
-where
-    S: for<'a> LookupSpan<'a>,
-{
-    span.extensions().get::<SpanLink>().is_some()
+thread_local! {
+    /// The id of the span the recorder saw made last on this thread if it keeps it, else 0.
+    static JUST_KEPT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the recorder keeps the fields of the span `id` (see [`with_recorded_fields`]), for a
+/// layer above the recorder in its own `on_new_span` of that span (the recorder's ran just before,
+/// on the same thread): no lookup of the span.
+pub(crate) fn just_kept(id: &Id) -> bool {
+    JUST_KEPT.get() == id.into_u64()
 }
 
 /// The recorder keeps spans and events down to DEBUG (whatever the log level); TRACE is left out.
@@ -529,6 +533,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        JUST_KEPT.set(0);
         let meta = attrs.metadata();
         if !kept(meta.level()) {
             return;
@@ -612,6 +617,7 @@ where
             }
         };
         span.extensions_mut().insert(link);
+        JUST_KEPT.set(id.into_u64());
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
