@@ -30,11 +30,11 @@ for level in off info; do
   count() { curl -fsS -H 'Authorization: Bearer bench' "http://127.0.0.1:$admin/metrics" | awk '/^janus_requests_total/ {s+=$2} END {print s}'; }
   wrk -t1 -c16 -d3s "http://127.0.0.1:$port/" >/dev/null
   n0=$(count)
-  callgrind_control -i on "$vpid" >/dev/null
+  callgrind_control -i on "$vpid" >/dev/null 2>&1
   wrk -t1 -c16 -d"${COUNTED}s" "http://127.0.0.1:$port/" >/dev/null
-  callgrind_control -i off "$vpid" >/dev/null
+  callgrind_control -i off "$vpid" >/dev/null 2>&1
   n1=$(count)
-  callgrind_control -d "$vpid" >/dev/null
+  callgrind_control -d "$vpid" >/dev/null 2>&1
   sleep 1
   kill "$vpid"; wait "$vpid" 2>/dev/null || true
   ir=$(callgrind_annotate "$OUT/$level.cg.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
