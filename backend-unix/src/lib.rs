@@ -19,6 +19,7 @@ pub mod envelope;
 pub mod error;
 pub mod metrics;
 pub mod node;
+pub mod plain_log;
 pub mod providers;
 pub mod public;
 pub mod recorder;

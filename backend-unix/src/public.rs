@@ -221,11 +221,13 @@ pub async fn handle<S: Service>(
     let latency = started.elapsed();
     span.record("status", status);
     // The latency is the event's (and the trace's `duration_us`), not recorded on the span too.
+    // The message as a `&str` field: the log and the recorder copy it (a format string would go
+    // through `core::fmt` in each).
     tracing::info!(
         parent: &span,
         status,
         latency_us = crate::metrics::micros(latency),
-        "request completed"
+        message = "request completed"
     );
     ctx.metrics
         .record_request(status, crate::metrics::micros(latency));

@@ -55,6 +55,16 @@ impl Text {
     }
 }
 
+impl Text {
+    /// The text's bytes (UTF-8), without checking them again.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Text::Inline(n, buf) => buf.get(..usize::from(*n)).unwrap_or_default(),
+            Text::Heap(s) => s.as_bytes(),
+        }
+    }
+}
+
 impl std::ops::Deref for Text {
     type Target = str;
     fn deref(&self) -> &str {
@@ -134,8 +144,10 @@ pub enum FieldValue {
     F64(f64),
     /// A boolean.
     Bool(bool),
-    /// A string, or the `Debug`/`Display` text of any other value.
+    /// A string (recorded as a `&str`).
     Str(Text),
+    /// The `Debug` (or, for `%value`, `Display`) text of any other value.
+    Debug(Text),
 }
 
 impl FieldValue {
@@ -146,7 +158,7 @@ impl FieldValue {
             FieldValue::U64(v) => Value::from(*v),
             FieldValue::F64(v) => Value::from(*v),
             FieldValue::Bool(v) => Value::from(*v),
-            FieldValue::Str(v) => Value::from(&**v),
+            FieldValue::Str(v) | FieldValue::Debug(v) => Value::from(&**v),
         }
     }
 }
@@ -159,7 +171,7 @@ impl Serialize for FieldValue {
             FieldValue::F64(v) if v.is_finite() => s.serialize_f64(*v),
             FieldValue::F64(_) => s.serialize_none(),
             FieldValue::Bool(v) => s.serialize_bool(*v),
-            FieldValue::Str(v) => s.serialize_str(v),
+            FieldValue::Str(v) | FieldValue::Debug(v) => s.serialize_str(v),
         }
     }
 }
@@ -176,6 +188,11 @@ impl Fields {
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, v)| v.to_json())
+    }
+
+    /// The fields, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &(&'static str, FieldValue)> {
+        self.0.iter()
     }
 
     fn set(&mut self, name: &'static str, value: FieldValue) {
@@ -426,7 +443,7 @@ impl Visit for FieldVisitor {
         if field.name() == "message" {
             self.message = Some(text);
         } else {
-            self.fields.set(field.name(), FieldValue::Str(text));
+            self.fields.set(field.name(), FieldValue::Debug(text));
         }
     }
 }
@@ -455,7 +472,8 @@ impl Visit for MergeVisitor<'_> {
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if field.name() != "message" {
-            self.0.set(field.name(), FieldValue::Str(debug_text(value)));
+            self.0
+                .set(field.name(), FieldValue::Debug(debug_text(value)));
         }
     }
 }
@@ -468,6 +486,34 @@ where
 {
     span.scope()
         .find_map(|s| s.extensions().get::<SpanLink>().cloned())
+}
+
+/// Runs `f` on the fields recorded for `span` (under its trace's lock: `f` must not log); `None`
+/// when the recorder does not keep this span (outside a trace, TRACE, past the trace's bound).
+/// The log formats a kept span's fields from here instead of keeping them a second time.
+pub(crate) fn with_recorded_fields<S, R>(
+    span: &tracing_subscriber::registry::SpanRef<'_, S>,
+    f: impl FnOnce(&Fields) -> R,
+) -> Option<R>
+where
+    S: for<'a> LookupSpan<'a>,
+{
+    let extensions = span.extensions();
+    let link = extensions.get::<SpanLink>()?;
+    let trace = lock_trace(&link.trace);
+    trace.spans.get(link.index).map(|s| f(&s.fields))
+}
+
+thread_local! {
+    /// The id of the span the recorder saw made last on this thread if it keeps it, else 0.
+    static JUST_KEPT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the recorder keeps the fields of the span `id` (see [`with_recorded_fields`]), for a
+/// layer above the recorder in its own `on_new_span` of that span (the recorder's ran just before,
+/// on the same thread): no lookup of the span.
+pub(crate) fn just_kept(id: &Id) -> bool {
+    JUST_KEPT.get() == id.into_u64()
 }
 
 /// The recorder keeps spans and events down to DEBUG (whatever the log level); TRACE is left out.
@@ -487,6 +533,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        JUST_KEPT.set(0);
         let meta = attrs.metadata();
         if !kept(meta.level()) {
             return;
@@ -528,7 +575,7 @@ where
                 }
             }
             None => {
-                let Some(FieldValue::Str(trace_id)) = visitor
+                let Some(FieldValue::Str(trace_id) | FieldValue::Debug(trace_id)) = visitor
                     .fields
                     .0
                     .iter()
@@ -570,6 +617,7 @@ where
             }
         };
         span.extensions_mut().insert(link);
+        JUST_KEPT.set(id.into_u64());
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {

@@ -1,4 +1,4 @@
-//! Per-node tracing: a `fmt` log layer (human or JSON) behind a reloadable `EnvFilter`, the flight
+//! Per-node tracing: a log layer (human: [`PlainLog`] without a terminal, else `fmt`; or JSON) behind a reloadable `EnvFilter`, the flight
 //! recorder (always at DEBUG, whatever the log level), and the process-wide panic hook that attaches a
 //! panic's message, location and backtrace to the trace being handled.
 //!
@@ -6,23 +6,26 @@
 //! node spawns runs under it with `WithSubscriber`.
 
 use std::backtrace::Backtrace;
-use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once, PoisonError, Weak};
 use std::time::Duration;
 
 use tracing::Dispatch;
-use tracing_subscriber::field::RecordFields;
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Metadata, level_filters::LevelFilter};
 use tracing_subscriber::filter::{FilterExt, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::fmt::format::FormatFields as _;
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::time::FormatTime;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Context, Filter, Layered, SubscriberExt};
 use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, reload};
 
 use crate::config::LogFormat;
+use crate::plain_log::PlainLog;
 use crate::recorder::FlightRecorder;
+
+/// What the log layer is layered over: the registry with the flight recorder.
+type UnderLog = Layered<FlightRecorder, Registry>;
 
 /// Target of the event the panic hook emits.
 pub const PANIC_TARGET: &str = "janus::panic";
@@ -45,7 +48,9 @@ pub enum LogLevelError {
 
 /// Changes the log filter at run time.
 pub struct LogControl {
-    handle: reload::Handle<EnvFilter, Registry>,
+    handle: reload::Handle<EnvFilter, UnderLog>,
+    /// [`LogFilter::spans`].
+    spans: Arc<AtomicBool>,
     current: Mutex<String>,
 }
 
@@ -71,12 +76,104 @@ impl LogControl {
             directive: directive.to_string(),
             reason: e.to_string(),
         })?;
+        // Span callbacks flow before a filter that needs them is in force, and stop after.
+        let spans = names_spans(directive);
+        if spans {
+            self.spans.store(true, Ordering::Release);
+        }
         self.handle
             .reload(filter)
             .map_err(|e| LogLevelError::Reload(e.to_string()))?;
+        if !spans {
+            self.spans.store(false, Ordering::Release);
+        }
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = directive.to_string();
         Ok(())
     }
+}
+
+/// Whether an EnvFilter directive has a part that matches spans (`target[span{field=value}]=level`;
+/// such a part is always in brackets).
+fn names_spans(directive: &str) -> bool {
+    directive.contains('[')
+}
+
+/// The log's filter: the reloadable EnvFilter, whose span callbacks (on every new span, record,
+/// enter, exit and close) are passed on only while its directive matches spans: without such a
+/// part EnvFilter does nothing with them but take two read locks each (its own and the reload
+/// layer's). A directive that matches spans, set at run time, applies to the spans made after it,
+/// as with EnvFilter alone (a reloaded EnvFilter knows no earlier span).
+struct LogFilter {
+    env: reload::Layer<EnvFilter, UnderLog>,
+    /// Whether the directive in force matches spans.
+    spans: Arc<AtomicBool>,
+}
+
+impl LogFilter {
+    fn spans(&self) -> bool {
+        self.spans.load(Ordering::Acquire)
+    }
+}
+
+impl Filter<UnderLog> for LogFilter {
+    fn enabled(&self, meta: &Metadata<'_>, cx: &Context<'_, UnderLog>) -> bool {
+        Filter::enabled(&self.env, meta, cx)
+    }
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        Filter::callsite_enabled(&self.env, meta)
+    }
+    fn event_enabled(&self, event: &tracing::Event<'_>, cx: &Context<'_, UnderLog>) -> bool {
+        Filter::event_enabled(&self.env, event, cx)
+    }
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Filter::max_level_hint(&self.env)
+    }
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, cx: Context<'_, UnderLog>) {
+        if self.spans() {
+            Filter::on_new_span(&self.env, attrs, id, cx);
+        }
+    }
+    fn on_record(&self, id: &Id, values: &Record<'_>, cx: Context<'_, UnderLog>) {
+        if self.spans() {
+            Filter::on_record(&self.env, id, values, cx);
+        }
+    }
+    fn on_enter(&self, id: &Id, cx: Context<'_, UnderLog>) {
+        if self.spans() {
+            Filter::on_enter(&self.env, id, cx);
+        }
+    }
+    fn on_exit(&self, id: &Id, cx: Context<'_, UnderLog>) {
+        if self.spans() {
+            Filter::on_exit(&self.env, id, cx);
+        }
+    }
+    fn on_close(&self, id: Id, cx: Context<'_, UnderLog>) {
+        if self.spans() {
+            Filter::on_close(&self.env, id, cx);
+        }
+    }
+}
+
+/// The log's filter for `directive` and its control.
+fn log_filter(directive: &str) -> Result<(LogFilter, LogControl), LogLevelError> {
+    let env = EnvFilter::try_new(directive).map_err(|e| LogLevelError::Invalid {
+        directive: directive.to_string(),
+        reason: e.to_string(),
+    })?;
+    let (env, handle) = reload::Layer::new(env);
+    let spans = Arc::new(AtomicBool::new(names_spans(directive)));
+    Ok((
+        LogFilter {
+            env,
+            spans: Arc::clone(&spans),
+        },
+        LogControl {
+            handle,
+            spans,
+            current: Mutex::new(directive.to_string()),
+        },
+    ))
 }
 
 /// Bytes gathered before a writer writes them out itself.
@@ -86,17 +183,26 @@ const LOG_BUFFER_BYTES: usize = 64 * 1024;
 struct SinkInner {
     /// Lines made and not yet written.
     pending: Mutex<Vec<u8>>,
-    /// Held while writing to stderr, so batches go out in the order they were taken.
-    out: Mutex<()>,
+    /// The batch being written (held while writing to stderr, so batches go out in the order
+    /// they were taken); emptied, it becomes the next `pending`, so neither buffer is allocated
+    /// or grown again once the log runs at its pace.
+    out: Mutex<Vec<u8>>,
 }
 
 impl SinkInner {
     fn flush(&self) {
-        let _out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
-        let batch =
-            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        if !batch.is_empty() {
-            let _ = std::io::stderr().lock().write_all(&batch);
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::swap(
+            &mut *out,
+            &mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner),
+        );
+        if !out.is_empty() {
+            let _ = std::io::stderr().lock().write_all(&out);
+            out.clear();
+            // A burst's buffer is not kept.
+            if out.capacity() > 4 * LOG_BUFFER_BYTES {
+                *out = Vec::new();
+            }
         }
     }
 }
@@ -203,285 +309,6 @@ impl<'a> MakeWriter<'a> for LogSink {
     }
 }
 
-thread_local! {
-    /// [`PlainFields`]' buffer.
-    static FIELDS_BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-}
-
-/// Field formatter of the human log without colours: `name=value` pairs separated by spaces, the
-/// message first and bare, strings quoted (as tracing-subscriber's default, minus its styling).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PlainFields;
-
-struct PlainVisitor<'a> {
-    /// Where the text goes (a plain `String`: no dynamic call per piece).
-    out: &'a mut String,
-    first: bool,
-    result: std::fmt::Result,
-}
-
-impl PlainVisitor<'_> {
-    fn sep(&mut self) {
-        if !self.first && self.result.is_ok() {
-            self.out.push(' ');
-        }
-        self.first = false;
-    }
-    /// Starts `name=` (false: skip this field).
-    fn name(&mut self, field: &tracing::field::Field) -> bool {
-        if field.name().starts_with("log.") || self.result.is_err() {
-            return false;
-        }
-        self.sep();
-        self.out.push_str(field.name());
-        self.out.push('=');
-        true
-    }
-    fn field(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Display) {
-        if self.name(field) {
-            self.result = write!(self.out, "{value}");
-        }
-    }
-    fn decimal(&mut self, field: &tracing::field::Field, negative: bool, value: u64) {
-        if self.name(field) {
-            let mut digits = [0u8; 21];
-            let mut at = digits.len();
-            let mut n = value;
-            loop {
-                at -= 1;
-                digits[at] = b'0' + (n % 10) as u8;
-                n /= 10;
-                if n == 0 {
-                    break;
-                }
-            }
-            if negative {
-                at -= 1;
-                digits[at] = b'-';
-            }
-            self.out
-                .push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
-        }
-    }
-}
-
-/// Whether `{s:?}` is `s` in quotes: printable ASCII without `"` or `\`.
-fn debug_is_plain(s: &str) -> bool {
-    s.bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-}
-
-impl tracing::field::Visit for PlainVisitor<'_> {
-    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        self.decimal(field, false, value);
-    }
-    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
-        self.decimal(field, value < 0, value.unsigned_abs());
-    }
-    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
-        self.field(field, &value);
-    }
-    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
-        if self.name(field) {
-            self.out.push_str(if value { "true" } else { "false" });
-        }
-    }
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        if field.name() == "message" || !debug_is_plain(value) {
-            return self.record_debug(field, &value);
-        }
-        if self.name(field) {
-            self.out.push('"');
-            self.out.push_str(value);
-            self.out.push('"');
-        }
-    }
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name().starts_with("log.") || self.result.is_err() {
-            return;
-        }
-        self.sep();
-        if self.result.is_ok() {
-            self.result = if field.name() == "message" {
-                write!(self.out, "{value:?}")
-            } else {
-                write!(self.out, "{}={value:?}", field.name())
-            };
-        }
-    }
-}
-
-impl<'writer> fmt::FormatFields<'writer> for PlainFields {
-    fn format_fields<R: RecordFields>(
-        &self,
-        writer: Writer<'writer>,
-        fields: R,
-    ) -> std::fmt::Result {
-        let mut writer = writer;
-        let visit = |out: &mut String| {
-            let mut v = PlainVisitor {
-                out,
-                first: true,
-                result: Ok(()),
-            };
-            fields.record(&mut v);
-            v.result
-        };
-        // Gathered in a reused buffer and written once: a span's fields then take one allocation
-        // of their exact size instead of a string grown piece by piece.
-        FIELDS_BUF.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => {
-                buf.clear();
-                let r = visit(&mut buf);
-                writer.write_str(&buf)?;
-                if buf.capacity() > 4096 {
-                    *buf = String::new();
-                }
-                r
-            }
-            // Formatting a field logged (re-entered): a buffer of its own.
-            Err(_) => {
-                let mut buf = String::new();
-                let r = visit(&mut buf);
-                writer.write_str(&buf)?;
-                r
-            }
-        })
-    }
-
-    fn add_fields(
-        &self,
-        current: &'writer mut fmt::FormattedFields<Self>,
-        fields: &tracing::span::Record<'_>,
-    ) -> std::fmt::Result {
-        let first = current.fields.is_empty();
-        let mut v = PlainVisitor {
-            out: &mut current.fields,
-            first,
-            result: Ok(()),
-        };
-        fields.record(&mut v);
-        v.result
-    }
-}
-
-/// The human log line without colours: the text of tracing-subscriber's default `Full` format with
-/// ANSI off (`{time} {level:>5} {span}{{fields}}:...: {target}: {fields}`), written with plain
-/// `write_str` calls instead of its styling and padding machinery. The time is [`CachedTime`]'s.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PlainFormat;
-
-impl<S, N> fmt::FormatEvent<S, N> for PlainFormat
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    N: for<'a> fmt::FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &fmt::FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &tracing::Event<'_>,
-    ) -> std::fmt::Result {
-        let meta = event.metadata();
-        CachedTime.format_time(&mut writer)?;
-        writer.write_str(match *meta.level() {
-            tracing::Level::TRACE => " TRACE ",
-            tracing::Level::DEBUG => " DEBUG ",
-            tracing::Level::INFO => "  INFO ",
-            tracing::Level::WARN => "  WARN ",
-            tracing::Level::ERROR => " ERROR ",
-        })?;
-        if let Some(scope) = ctx.event_scope() {
-            let mut seen = false;
-            for span in scope.from_root() {
-                writer.write_str(span.metadata().name())?;
-                seen = true;
-                let ext = span.extensions();
-                if let Some(fields) = ext.get::<fmt::FormattedFields<N>>()
-                    && !fields.is_empty()
-                {
-                    writer.write_char('{')?;
-                    writer.write_str(fields)?;
-                    writer.write_char('}')?;
-                }
-                writer.write_char(':')?;
-            }
-            if seen {
-                writer.write_char(' ')?;
-            }
-        }
-        writer.write_str(meta.target())?;
-        writer.write_str(": ")?;
-        ctx.format_fields(writer.by_ref(), event)?;
-        writer.write_char('\n')
-    }
-}
-
-/// RFC 3339 UTC timestamps with microseconds (as tracing-subscriber's default timer prints them),
-/// the date and time of day formatted once per second per thread.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CachedTime;
-
-thread_local! {
-    static LAST_SECOND: std::cell::RefCell<(u64, [u8; 19])> = const { std::cell::RefCell::new((u64::MAX, [0; 19])) };
-}
-
-/// `YYYY-MM-DDTHH:MM:SS` of a Unix time (UTC, proleptic Gregorian; H. Hinnant's civil_from_days).
-pub fn civil_time(secs: u64) -> [u8; 19] {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    let mut out = [0u8; 19];
-    let mut put = |at: usize, n: u64, width: usize| {
-        let mut n = n;
-        for i in (0..width).rev() {
-            out[at + i] = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-    };
-    put(0, year, 4);
-    put(5, month, 2);
-    put(8, day, 2);
-    put(11, rem / 3600, 2);
-    put(14, rem / 60 % 60, 2);
-    put(17, rem % 60, 2);
-    for (i, c) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')] {
-        out[i] = c;
-    }
-    out
-}
-
-impl FormatTime for CachedTime {
-    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let secs = now.as_secs();
-        LAST_SECOND.with(|last| {
-            let mut last = last.borrow_mut();
-            if last.0 != secs {
-                *last = (secs, civil_time(secs));
-            }
-            w.write_str(std::str::from_utf8(&last.1).unwrap_or_default())
-        })?;
-        let mut frac = *b".000000Z";
-        let mut micros = now.subsec_micros();
-        for digit in frac[1..7].iter_mut().rev() {
-            *digit = b'0' + (micros % 10) as u8;
-            micros /= 10;
-        }
-        w.write_str(std::str::from_utf8(&frac).unwrap_or_default())
-    }
-}
-
 /// A node's tracing setup.
 pub struct Telemetry {
     /// The node's dispatcher.
@@ -503,26 +330,17 @@ impl Telemetry {
         trace_capacity: usize,
         flush: Duration,
     ) -> Result<Telemetry, LogLevelError> {
-        let filter = EnvFilter::try_new(directive).map_err(|e| LogLevelError::Invalid {
-            directive: directive.to_string(),
-            reason: e.to_string(),
-        })?;
-        let (filter, handle) = reload::Layer::new(filter);
+        let (filter, log) = log_filter(directive)?;
+        let recorder = FlightRecorder::new(trace_capacity);
         let sink = LogSink::new(if to_stderr { flush } else { Duration::ZERO });
-        let fmt_layer: Box<dyn Layer<Registry> + Send + Sync> = match (format, to_stderr) {
+        let fmt_layer: Box<dyn Layer<UnderLog> + Send + Sync> = match (format, to_stderr) {
             (_, false) => Box::new(fmt::layer().with_writer(std::io::sink)),
             (LogFormat::Human, true) if std::io::stderr().is_terminal() => {
                 Box::new(fmt::layer().with_ansi(true).with_writer(sink.clone()))
             }
-            // Not a terminal: the same text without colours, made with plain field and time
-            // formatters (no ANSI styling calls, the date formatted once per second).
-            (LogFormat::Human, true) => Box::new(
-                fmt::layer()
-                    .with_ansi(false)
-                    .fmt_fields(PlainFields)
-                    .event_format(PlainFormat)
-                    .with_writer(sink.clone()),
-            ),
+            // Not a terminal: the same text without colours, made by a layer of our own (plain
+            // string pushes, buffers reused, the date formatted once per second).
+            (LogFormat::Human, true) => Box::new(PlainLog::new(sink.clone())),
             (LogFormat::Json, true) => Box::new(
                 fmt::layer()
                     .json()
@@ -530,23 +348,21 @@ impl Telemetry {
                     .with_writer(sink.clone()),
             ),
         };
-        let recorder = FlightRecorder::new(trace_capacity);
         // The panic event carries a whole backtrace for the recorder; the log already gets the
         // previous hook's stderr report and the handler's one-line error, so it skips the event.
         let not_panic = filter_fn(|meta| meta.target() != PANIC_TARGET);
         // One per-layer filter (the log's): each per-layer filter costs a span lookup on every
         // span callback. The recorder has none: it keeps everything down to DEBUG itself.
+        // The recorder is the inner layer: it sees a new span before the log, which formats the
+        // fields of a span the recorder keeps from the recorder's copy.
         let subscriber = Registry::default()
-            .with(fmt_layer.with_filter(filter.and(not_panic)))
-            .with(recorder.clone());
+            .with(recorder.clone())
+            .with(fmt_layer.with_filter(filter.and(not_panic)));
         install_panic_hook();
         Ok(Telemetry {
             dispatch: Dispatch::new(subscriber),
             recorder,
-            log: LogControl {
-                handle,
-                current: Mutex::new(directive.to_string()),
-            },
+            log,
             sink,
         })
     }
@@ -640,118 +456,56 @@ pub fn trim_backtrace(text: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Lines the log writes for a DEBUG event in a request span for `/x` and one for `/y`, under
+    /// `first`, then under each directive of `then` set at run time.
     #[test]
-    fn civil_time_matches_the_calendar() {
-        for (secs, want) in [
-            (0, "1970-01-01T00:00:00"),
-            (951_782_400, "2000-02-29T00:00:00"),
-            (1_764_534_326, "2025-11-30T20:25:26"),
-            (4_102_444_799, "2099-12-31T23:59:59"),
-        ] {
-            assert_eq!(std::str::from_utf8(&civil_time(secs)).unwrap(), want);
-        }
-    }
-
-    #[test]
-    fn plain_fields_read_like_the_default_ones() {
-        use tracing_subscriber::layer::SubscriberExt;
-        let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let out = Arc::clone(&buf);
-        let make = move || Capture(Arc::clone(&out));
-        let subscriber = Registry::default().with(
-            fmt::layer()
-                .with_ansi(false)
-                .fmt_fields(PlainFields)
-                .with_timer(CachedTime)
-                .with_writer(make),
-        );
+    fn span_directives_apply_whatever_the_directive_before() {
+        let out = crate::plain_log::tests::Capture::default();
+        let (filter, control) = log_filter("info").unwrap();
+        assert!(!control.spans.load(Ordering::Acquire));
+        let subscriber = Registry::default()
+            .with(FlightRecorder::new(4))
+            .with(PlainLog::new(out.clone()).with_filter(filter));
+        let round = |tag: &str| {
+            for path in ["/x", "/y"] {
+                let span = tracing::info_span!("request", trace_id = "t", path);
+                span.in_scope(|| tracing::debug!(tag, "inside"));
+            }
+        };
         tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("request", trace_id = "ab", n = tracing::field::Empty);
-            span.record("n", 3u64);
-            span.in_scope(|| {
-                tracing::info!(status = 200u64, ok = true, x = 1.5, "request completed")
-            });
+            round("info");
+            control.set("warn,[request{path=/x}]=debug").unwrap();
+            assert!(control.spans.load(Ordering::Acquire));
+            round("spans");
+            control.set("debug").unwrap();
+            assert!(!control.spans.load(Ordering::Acquire));
+            round("debug");
+            control.set("[{path=/y}]=debug").unwrap();
+            round("fields");
         });
-        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
-        assert!(
-            text.contains(
-                "INFO request{trace_id=\"ab\" n=3}: backend_unix::telemetry::tests: request completed status=200 ok=true x=1.5"
-            ),
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let seen: Vec<(&str, &str)> = text
+            .lines()
+            .map(|l| {
+                let path = if l.contains("path=\"/x\"") {
+                    "/x"
+                } else {
+                    "/y"
+                };
+                let tag = l.rsplit("tag=\"").next().unwrap().trim_end_matches('"');
+                (tag, path)
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("spans", "/x"),
+                ("debug", "/x"),
+                ("debug", "/y"),
+                ("fields", "/y")
+            ],
             "{text}"
         );
-        let stamp = &text[..27];
-        assert_eq!(stamp.len(), 27, "{text}");
-        assert!(
-            stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
-            "{stamp}"
-        );
-    }
-
-    /// Log lines (timestamps cut off) of the events below, through `layer`.
-    fn lines_through(plain_format: bool) -> Vec<String> {
-        use tracing_subscriber::layer::SubscriberExt;
-        let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let out = Arc::clone(&buf);
-        let make = move || Capture(Arc::clone(&out));
-        let layer = fmt::layer()
-            .with_ansi(false)
-            .fmt_fields(PlainFields)
-            .with_timer(CachedTime)
-            .with_writer(make);
-        let subscriber = Registry::default().with(if plain_format {
-            Box::new(layer.event_format(PlainFormat)) as Box<dyn Layer<Registry> + Send + Sync>
-        } else {
-            Box::new(layer)
-        });
-        tracing::subscriber::with_default(subscriber, || {
-            tracing::error!(
-                n = -5i64,
-                min = i64::MIN,
-                max = u64::MAX,
-                "outside any span"
-            );
-            let root = tracing::info_span!(
-                "request",
-                trace_id = "0af7651916cd43dd8448eb211c80319c",
-                path = "/a \"b\" \\ é\n",
-                status = tracing::field::Empty
-            );
-            root.record("status", 200u64);
-            root.in_scope(|| {
-                let bare = tracing::debug_span!("bare");
-                bare.in_scope(|| {
-                    tracing::warn!(ok = false, x = 0.25, s = "plain", "inner {}", 7);
-                    tracing::trace!(empty = "", "trace level");
-                });
-            });
-            tracing::info!(parent: &root, status = 200u16, latency_us = 12u64, "request completed");
-        });
-        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
-        text.lines().map(|l| l[27..].to_string()).collect()
-    }
-
-    #[test]
-    fn plain_format_writes_the_default_full_format_text() {
-        let ours = lines_through(true);
-        assert_eq!(ours.len(), 4, "{ours:#?}");
-        assert_eq!(ours, lines_through(false));
-        assert!(ours[0].starts_with(" ERROR backend_unix::telemetry::tests: outside any span n=-5 min=-9223372036854775808 max=18446744073709551615"), "{}", ours[0]);
-        assert!(
-            ours[3].contains("request completed status=200 latency_us=12"),
-            "{}",
-            ours[3]
-        );
-    }
-
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-    impl Write for Capture {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
     }
 
     #[test]
