@@ -708,7 +708,10 @@ mod tests {
     #[test]
     fn qemu_command_forwards_ports() {
         let img = std::env::current_exe().expect("exe");
-        let cmd = qemu_command(&img, &opts()).expect("command");
+        // Its own token directory: it removes it at the end while the other tests run on.
+        let mut o = opts();
+        o.secret_dir = o.secret_dir.with_extension("ports");
+        let cmd = qemu_command(&img, &o).expect("command");
         let args: Vec<String> = cmd
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
@@ -732,7 +735,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(file).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let _ = std::fs::remove_dir_all(&opts().secret_dir);
+        let _ = std::fs::remove_dir_all(&o.secret_dir);
         assert!(netdev.contains("hostfwd=tcp:127.0.0.1:9090-:81"));
         assert!(args.iter().any(|a| a == "tcg"));
         assert!(args.iter().any(|a| a.starts_with("microvm")));
