@@ -54,7 +54,8 @@ ratio() { echo "scale=4; $1 / $2" | bc | awk '{printf "%.2f", $1}'; }
 
 # qemu_args IMG MEMORY_MIB NETDEV APPEND: the command line janus uses (microvm, one vCPU, no defaults)
 qemu_args() {
-  printf '%s\n' qemu-system-x86_64 -M microvm,acpi=off,rtc=on,pit=on,pic=on -accel "$ACCEL" -smp 1 -m "$2" \
+  local accel="$ACCEL"; [ "$accel" = kvm ] && accel=kvm,kernel-irqchip=on
+  printf '%s\n' qemu-system-x86_64 -M microvm,acpi=off,rtc=on,pit=on,pic=on -accel "$accel" -smp 1 -m "$2" \
     -nodefaults -no-user-config -no-reboot -display none -serial stdio \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
     -netdev "$3" -device virtio-net-device,netdev=n0 -kernel "$1" -append "$4"

@@ -279,15 +279,18 @@ pub fn bring_up(boot: &crate::boot::BootInfo) -> KernelEnv {
         clock::monotonic_ns() / 1_000_000,
     );
     marks.mark("net");
-    // The PIT (line 0) and the NIC's line are the only interrupts; the PICs are programmed once
-    // with their final masks.
+    // The PIT (line 0) and the NIC's line are the only interrupts; the PICs are programmed once,
+    // with masks only where a line must stay masked (see `pic::init`).
     if let Some(irq) = irq {
         if level_triggered {
             crate::arch::cpu::set_irq_level_triggered(irq);
         }
         net::enable_interrupts();
     }
-    pic::init(1 | irq.filter(|i| *i < 16).map_or(0, |i| 1u16 << i));
+    pic::init(
+        1 | irq.filter(|i| *i < 16).map_or(0, |i| 1u16 << i),
+        level_triggered,
+    );
     crate::drivers::lapic::route_pic();
     marks.mark("pic");
     let summary = alloc::format!(

@@ -9,11 +9,13 @@ const MASTER_DATA: u16 = 0x21;
 const SLAVE_CMD: u16 = 0xa0;
 const SLAVE_DATA: u16 = 0xa1;
 
-/// Remaps the PICs to vectors 32..48 in auto-EOI mode and leaves exactly the lines in `lines`
-/// (bit n = line n) unmasked. Every write is a VM exit, so the masks are written once, with
-/// their final values, and the slave is left alone (and masked off at the cascade line) when
-/// no line of it is wanted: 5 writes, or 10 with the slave.
-pub fn init(lines: u16) {
+/// Remaps the PICs to vectors 32..48 in auto-EOI mode. Initialisation leaves every line
+/// unmasked, and an unwanted edge only sets its pending bit in a stub, so the masks are written
+/// (once, with their final values) only when `exact`: level-triggered lines must stay masked
+/// unless wanted, or when the slave is left alone (no line of it wanted), to mask it off at the
+/// cascade line. Every write is a VM exit: 4 writes for the master alone, 8 with the slave, one
+/// more per mask.
+pub fn init(lines: u16, exact: bool) {
     let slave_lines = (lines >> 8) as u8;
     let master_lines = (lines as u8) | if slave_lines != 0 { 1 << 2 } else { 0 };
     // SAFETY: standard 8259 initialisation words (ICW1 edge + ICW4, ICW2 vector base, ICW3
@@ -23,13 +25,17 @@ pub fn init(lines: u16) {
         outb(MASTER_DATA, 32);
         outb(MASTER_DATA, 4);
         outb(MASTER_DATA, 0x03);
-        outb(MASTER_DATA, !master_lines);
+        if exact || slave_lines == 0 {
+            outb(MASTER_DATA, !master_lines);
+        }
         if slave_lines != 0 {
             outb(SLAVE_CMD, 0x11);
             outb(SLAVE_DATA, 40);
             outb(SLAVE_DATA, 2);
             outb(SLAVE_DATA, 0x03);
-            outb(SLAVE_DATA, !slave_lines);
+            if exact {
+                outb(SLAVE_DATA, !slave_lines);
+            }
         }
     }
 }

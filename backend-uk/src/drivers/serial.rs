@@ -4,14 +4,12 @@ use crate::arch::port::{inb, outb, outsb};
 
 const COM1: u16 = 0x3f8;
 
-/// Programs COM1 for 8N1 with FIFOs on (interrupts stay off, as at reset). The divisor is left
-/// alone: a virtual UART has no baud rate, and every port write is a VM exit.
+/// Turns COM1's FIFOs on (interrupts stay off, as at reset). The divisor and the line format
+/// are left alone: a virtual UART has no baud rate and sends whole bytes whatever its word
+/// length (QEMU's, Firecracker's), and every port write is a VM exit.
 pub fn init() {
-    // SAFETY: COM1 registers; programming the UART has no memory side effects.
-    unsafe {
-        outb(COM1 + 3, 0x03);
-        outb(COM1 + 2, 0x07);
-    }
+    // SAFETY: COM1's FIFO control register; programming the UART has no memory side effects.
+    unsafe { outb(COM1 + 2, 0x07) };
 }
 
 /// Bytes the transmitter FIFO (enabled by [`init`]) takes once it is empty.
