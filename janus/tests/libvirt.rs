@@ -424,14 +424,11 @@ subnet = "10.78.0.0/24"
         .args(["-KILL", &sup.to_string()])
         .status()
         .expect("kill");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while janus::up::pid_alive(sup) && !janus::up::is_zombie(sup) {
-        assert!(
-            Instant::now() < deadline,
-            "supervisor {sup} survived SIGKILL"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until(
+        "the supervisor dies of SIGKILL",
+        Duration::from_secs(10),
+        || !janus::up::pid_alive(sup) || janus::up::is_zombie(sup),
+    );
     let o = janus(&["up", c.file.to_str().expect("utf8")]);
     assert!(o.status.success(), "janus up again:\n{}", text(&o));
     wait_router_nodes(&c, &["stable-0", "stable-1"], Duration::from_secs(30));
