@@ -26,8 +26,9 @@ BACKEND="${BACKEND:-nginx}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 
+"$ROOT/scripts/install-deps" wrk nginx-light haproxy curl python3
 for tool in wrk nginx haproxy curl python3; do
-  command -v "$tool" >/dev/null || { echo "bench: missing $tool (apt-get install wrk nginx-light haproxy curl)" >&2; exit 2; }
+  command -v "$tool" >/dev/null || { echo "bench: missing $tool (scripts/install-deps wrk nginx-light haproxy)" >&2; exit 2; }
 done
 
 WORK="$(mktemp -d /tmp/janus-router-bench.XXXXXX)"
