@@ -175,24 +175,17 @@ impl Lane {
         !st.busy && !st.closed && st.queued.is_empty()
     }
 
-    /// Waits until requests are queued, then takes them (written next: the lane turns busy);
-    /// `false` if the lane was closed meanwhile.
-    async fn next_batch(&self, out: &mut Vec<u8>, slots: &mut VecDeque<Waiting>) -> bool {
-        std::future::poll_fn(|cx| {
-            let mut st = lock(&self.0);
-            if st.closed {
-                return Poll::Ready(false);
-            }
-            if st.queued.is_empty() {
-                st.task = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-            st.busy = true;
-            std::mem::swap(out, &mut st.outbox);
-            slots.extend(st.queued.drain(..));
-            Poll::Ready(true)
-        })
-        .await
+    /// Takes the queued requests (written next: the lane turns busy); `false` if the lane was
+    /// closed meanwhile.
+    fn take_batch(&self, out: &mut Vec<u8>, slots: &mut VecDeque<Waiting>) -> bool {
+        let mut st = lock(&self.0);
+        if st.closed {
+            return false;
+        }
+        st.busy = true;
+        std::mem::swap(out, &mut st.outbox);
+        slots.extend(st.queued.drain(..));
+        true
     }
 
     /// Waits until requests are queued (without taking them); `false` if the lane was closed.
@@ -389,7 +382,7 @@ async fn run(lane: &Lane, addr: SocketAddr, limits: Limits) -> String {
                     }
                     queued = now;
                 }
-                if !lane.next_batch(&mut out, &mut waiting).await {
+                if !lane.take_batch(&mut out, &mut waiting) {
                     return "closed".into();
                 }
             }
