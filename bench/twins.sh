@@ -5,9 +5,10 @@
 # /kv mirrored) run twice with the same load:
 #   before   [debug] twins = false: mirrors go to the debug node, whose store is its own (today's A/B)
 #   after    [debug] twins = true: mirrors go to the stable node's twin at the stable answer's seq
-# Load (python3, keep-alive connections through the router): one writer PUTting /kv/k<i % 200> paced at
-# WRITES_PER_S (default 1000), and one reader GETting random keys until READS (default 10000) mirrored
-# GETs were answered. Meanwhile a sampler polls the stable node's /health seq and the twin's applied seq
+# Load (python3, keep-alive connections through the router): WRITERS writers (default 4, each on a
+# connection of its own: one writer waiting for each answer stays under ~700 writes/s) PUTting
+# /kv/k<n % 200> paced at WRITES_PER_S together (default 1000), and one reader GETting random keys
+# until READS (default 10000) mirrored GETs were answered. Meanwhile a sampler polls the stable node's /health seq and the twin's applied seq
 # every 5 ms: lag in seqs (stable - twin) and in ms (from a write's answer until the twin's /health shows
 # its seq; 5 ms polling granularity included).
 # Prints per run: writes/s reached, mirrors sent/compared/skipped_lag/diverged/noisy/error, the share
@@ -21,6 +22,7 @@
 set -euo pipefail
 
 WRITES_PER_S="${WRITES_PER_S:-1000}"
+WRITERS="${WRITERS:-4}"
 READS="${READS:-10000}"
 STABLE_FLAVOR="${STABLE_FLAVOR:-uk}"
 REPLAY_DELAY_MS="${REPLAY_DELAY_MS:-}"   # twin_replay_delay_ms (default: the cluster file's default)
@@ -69,11 +71,11 @@ fraction = 1.0
 TOML
   echo "janus up ($name: 1 $STABLE_FLAVOR stable, twins = $twins)..." >&2
   "$JANUS" up "$WORK/$name.toml" >"$WORK/$name.up.log" 2>&1 || { cat "$WORK/$name.up.log" >&2; exit 1; }
-  python3 - "$JANUS_RUN_DIR/$name/state.json" "$WRITES_PER_S" "$READS" "$name" <<'PY'
+  python3 - "$JANUS_RUN_DIR/$name/state.json" "$WRITES_PER_S" "$READS" "$name" "$WRITERS" <<'PY'
 import http.client, json, random, sys, threading, time
 
 state = json.load(open(sys.argv[1]))
-writes_per_s, reads, name = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+writes_per_s, reads, name, writers = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 procs = {p["spec"]["id"]: p["spec"] for p in state["procs"]}
 router, stable, twin = procs["router"], procs["stable-0"], procs.get("twin-stable-0")
 
@@ -106,21 +108,25 @@ stop = threading.Event()
 acks = {}          # write seq -> time its answer arrived
 lag_ms, lag_seq = [], []
 written = [0]
+lock = threading.Lock()
 
-def writer():
+def writer(w):
+    # Writer w of `writers`, on a keep-alive connection of its own, paced at its share of the rate.
     c = conn(router["listen"])
-    i, start = 0, time.monotonic()
+    i, start, rate = 0, time.monotonic(), writes_per_s / writers
     while not stop.is_set():
-        due = start + i / writes_per_s
+        due = start + i / rate
         now = time.monotonic()
         if due > now:
             time.sleep(due - now)
-        r, _ = call(c, "PUT", f"/kv/k{i % 200}", body=f"v{i}".encode())
+        n = i * writers + w
+        r, _ = call(c, "PUT", f"/kv/k{n % 200}", body=f"v{n}".encode())
         seq = r.getheader("x-janus-state-seq")
         if seq is not None:
             acks[int(seq) + 1] = time.monotonic()
         i += 1
-        written[0] = i
+        with lock:
+            written[0] += 1
 
 def sampler():
     cs, ct = conn(stable["admin"]), conn(twin["admin"])
@@ -137,7 +143,7 @@ def sampler():
         marked = max(marked, t)
         time.sleep(0.005)
 
-threads = [threading.Thread(target=writer)]
+threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
 if twin:
     threads.append(threading.Thread(target=sampler))
 for t in threads:
@@ -159,7 +165,7 @@ while time.monotonic() < deadline:
     time.sleep(0.1)
 m = {k: v - before.get(k, 0) for k, v in mirrors().items()}
 sent = max(m.get("sent", 0), 1)
-print(f"== {name}: {reads} GETs in {elapsed:.1f} s with {written[0]} PUTs ({written[0] / elapsed:.0f} writes/s)")
+print(f"== {name}: {reads} GETs in {elapsed:.1f} s with {written[0]} PUTs from {writers} writers ({written[0] / elapsed:.0f} writes/s, asked {writes_per_s})")
 print("   mirrors: " + " ".join(f"{k}={m.get(k, 0)}" for k in ("sent", "match", "skipped_lag", "diverged", "noisy", "error", "dropped")))
 print(f"   compared {100 * m.get('match', 0) / sent:.1f}%  skipped_lag {100 * m.get('skipped_lag', 0) / sent:.1f}%  false divergences {m.get('diverged', 0)} ({100 * m.get('diverged', 0) / sent:.2f}%)")
 def pct(xs, p):
