@@ -8,9 +8,9 @@
 # Load (python3, keep-alive connections through the router): WRITERS writers (default 4, each on a
 # connection of its own: one writer waiting for each answer stays under ~700 writes/s) PUTting
 # /kv/k<n % 200> paced at WRITES_PER_S together (default 1000), and one reader GETting random keys
-# until READS (default 10000) mirrored GETs were answered. Meanwhile a sampler polls the stable node's /health seq and the twin's applied seq
-# every 5 ms: lag in seqs (stable - twin) and in ms (from a write's answer until the twin's /health shows
-# its seq; 5 ms polling granularity included).
+# until READS (default 10000) mirrored GETs were answered. Meanwhile a sampler polls the stable node's
+# /health seq and the twin's applied seq every 5 ms: lag in seqs (stable - twin) and in ms (from a
+# write's answer until the twin's /health shows its seq; 5 ms polling granularity included).
 # Prints per run: writes/s reached, mirrors sent/compared/skipped_lag/diverged/noisy/error, the share
 # compared and skipped, and for twins the lag p50/p99/max. Every kv divergence is false (kv has no
 # build-dependent bug), so `diverged` is the false-divergence count. Asserts nothing.

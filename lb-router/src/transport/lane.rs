@@ -209,6 +209,24 @@ impl Lane {
         lock(&self.0).queued.len()
     }
 
+    /// Lets requests that become ready in the worker's next I/O turns join the queued batch: the
+    /// worker polls its sockets again (a `yield_now` runs after the I/O driver's next poll) for as
+    /// long as each turn brings more requests, at most [`MAX_GATHER_TURNS`] and up to `depth`.
+    async fn gather(&self, depth: usize) {
+        let mut queued = self.queued();
+        for _ in 0..MAX_GATHER_TURNS {
+            if queued >= depth {
+                break;
+            }
+            tokio::task::yield_now().await;
+            let now = self.queued();
+            if now == queued {
+                break;
+            }
+            queued = now;
+        }
+    }
+
     /// The written requests are all answered: the lane collects again.
     fn answered(&self) {
         lock(&self.0).busy = false;
@@ -367,21 +385,7 @@ async fn run(lane: &Lane, addr: SocketAddr, limits: Limits) -> String {
                 if !taken {
                     return "closed".into();
                 }
-                // Requests that become ready in the next I/O turns join this batch: the lane
-                // lets the worker poll its sockets again (a `yield_now` runs after the I/O driver's
-                // next poll) for as long as each turn brings more requests, up to the depth.
-                let mut queued = lane.queued();
-                for _ in 0..MAX_GATHER_TURNS {
-                    if queued >= limits.depth {
-                        break;
-                    }
-                    tokio::task::yield_now().await;
-                    let now = lane.queued();
-                    if now == queued {
-                        break;
-                    }
-                    queued = now;
-                }
+                lane.gather(limits.depth).await;
                 if !lane.take_batch(&mut out, &mut waiting) {
                     return "closed".into();
                 }
