@@ -200,7 +200,10 @@ fn faulty_state_dependent_panic_post_is_replayed_only_with_idempotency_key_and_s
     let debug = node("faulty", Flavor::Unix, "state-debug-1");
     let r = start_router(
         "state",
-        "[mix]\nstable_weight = 100\ndebug_weight = 0\n[health]\nconsecutive_failures = 50\n",
+        // Active checks far apart: a unikernel exits on its panic, and a check that found it gone before
+        // the keyed POST would (rightly) send that POST to the debug pool as plain traffic, not a fault.
+        "[mix]\nstable_weight = 100\ndebug_weight = 0\n[health]\nconsecutive_failures = 50\n\
+         interval_ms = 600000\n",
         &[(&stable, "stable"), (&debug, "debug")],
     );
     let addr = r.running.downstream_addr;
