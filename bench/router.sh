@@ -37,6 +37,14 @@ for tool in wrk nginx haproxy curl python3; do
   command -v "$tool" >/dev/null || { echo "bench: missing $tool (scripts/install-deps wrk nginx-light haproxy)" >&2; exit 2; }
 done
 
+CPU_ROOT=/sys/fs/cgroup/cpu
+if [ -n "${PROXY_CPU:-}" ]; then  # checked before anything starts
+  QUOTA="$(python3 -c 'import sys; q=float(sys.argv[1]); assert 0.05 <= q <= 64; print(int(q*100000))' "$PROXY_CPU" 2>/dev/null)" || {
+    echo "bench: PROXY_CPU=$PROXY_CPU: want a number of cores between 0.05 and 64" >&2; exit 2; }
+  [ -w "$CPU_ROOT" ] && [ -e "$CPU_ROOT/cpu.cfs_quota_us" ] || {
+    echo "bench: PROXY_CPU needs a writable cgroup v1 cpu hierarchy at $CPU_ROOT (run as root)" >&2; exit 2; }
+fi
+
 WORK="$(mktemp -d /tmp/janus-router-bench.XXXXXX)"
 chmod 755 "$WORK"
 PIDS=()
@@ -44,7 +52,10 @@ CGROUP=""
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  [ -n "$CGROUP" ] && rmdir "$CGROUP" 2>/dev/null || true
+  # The group goes once its last process (a proxy's worker may outlive its master briefly) has left.
+  if [ -n "$CGROUP" ]; then
+    for _ in $(seq 1 50); do rmdir "$CGROUP" 2>/dev/null && break; sleep 0.1; done
+  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -175,11 +186,6 @@ wait_http "http://127.0.0.1:$HAPROXY_PORT$BACK_PATH"
 
 # --- proxy-bound mode: the three proxies in one cgroup with a CPU quota (only one carries load at a time)
 if [ -n "${PROXY_CPU:-}" ]; then
-  CPU_ROOT=/sys/fs/cgroup/cpu
-  [ -w "$CPU_ROOT" ] && [ -e "$CPU_ROOT/cpu.cfs_quota_us" ] || {
-    echo "bench: PROXY_CPU needs a writable cgroup v1 cpu hierarchy at $CPU_ROOT (run as root)" >&2; exit 2; }
-  QUOTA="$(python3 -c 'import sys; q=float(sys.argv[1]); assert 0.05 <= q <= 64; print(int(q*100000))' "$PROXY_CPU" 2>/dev/null)" || {
-    echo "bench: PROXY_CPU=$PROXY_CPU: want a number of cores between 0.05 and 64" >&2; exit 2; }
   CGROUP="$CPU_ROOT/janus-bench-$$"
   mkdir "$CGROUP"
   echo 100000 >"$CGROUP/cpu.cfs_period_us"
