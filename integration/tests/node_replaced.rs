@@ -141,6 +141,15 @@ impl Host {
     }
 }
 
+/// A host the test did not destroy (its last one, or one a failed assertion left behind): its node
+/// goes with it. Nothing else would stop it, since its namespace lives on as long as it does.
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.node.kill();
+        let _ = self.node.wait();
+    }
+}
+
 /// `cmd` (program, arguments, environment) to run inside network namespace `ns`.
 fn in_namespace(ns: &str, cmd: &Command) -> Command {
     let mut wrapped = Command::new("ip");
