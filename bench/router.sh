@@ -308,12 +308,13 @@ if rb > 0:
 # Issue 17's targets: with lanes >= 1.3x, without (PIPELINE=0) >= 1.1x, both proxies; p99 not above nginx's.
 want = 1.3 if os.environ.get("PIPELINE", "16") != "0" else 1.1
 ok = r / n >= want and r / h >= want and pr <= pn
-if os.environ.get("PROXY_CPU"):
+cores = os.environ.get("PROXY_CPU")
+if cores:
     # Capped proxies: the ratios are requests per core of proxy CPU, and p99 includes the quota's
     # throttling; the target is judged on the shared run.
+    c = float(cores)
     print("proxy-bound (each proxy capped at %s cores): requests per proxy core %.0f / %.0f / %.0f"
-          " (lb-router / nginx / HAProxy)" % (os.environ["PROXY_CPU"], r / float(os.environ["PROXY_CPU"]),
-                                            n / float(os.environ["PROXY_CPU"]), h / float(os.environ["PROXY_CPU"])))
+          " (lb-router / nginx / HAProxy)" % (cores, r / c, n / c, h / c))
 else:
     print("target lb-router >= %.1fx nginx and HAProxy, p99 not above nginx's: %s"
           % (want, "met" if ok else "NOT met"))
