@@ -26,6 +26,9 @@ WRITERS="${WRITERS:-4}"
 READS="${READS:-10000}"
 STABLE_FLAVOR="${STABLE_FLAVOR:-uk}"
 REPLAY_DELAY_MS="${REPLAY_DELAY_MS:-}"   # twin_replay_delay_ms (default: the cluster file's default)
+for v in WRITES_PER_S WRITERS READS; do
+  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "bench: $v=${!v}: want a whole number above 0" >&2; exit 2; }
+done
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 
